@@ -1,0 +1,52 @@
+// The extension's one registration unit: op schemas (torch.library), their CPU/CUDA kernels, and a
+// small pybind11 module carrying build facts for `python -m interleave info`.
+#include <pybind11/pybind11.h>
+#include <torch/library.h>
+
+#include "ops/merge_tokens.h"
+
+#ifndef INTERLEAVE_TORCH_VERSION
+#define INTERLEAVE_TORCH_VERSION "unknown"
+#endif
+#ifndef INTERLEAVE_ARCH_LIST
+#define INTERLEAVE_ARCH_LIST ""
+#endif
+#ifndef INTERLEAVE_CUDA_VERSION
+#define INTERLEAVE_CUDA_VERSION ""
+#endif
+
+TORCH_LIBRARY(interleave, m) {
+  m.def(
+      "merge_tokens(Tensor input_ids, Tensor embed_weight, Tensor visual, int[] image_token_ids, "
+      "int? num_placeholders=None, int padding_idx=-1) -> Tensor");
+  m.def(
+      "merge_tokens_backward(Tensor grad_output, Tensor input_ids, int[] image_token_ids, "
+      "int num_embeddings, int num_visual, ScalarType visual_dtype, int padding_idx, "
+      "bool weight_grad, bool visual_grad) -> (Tensor, Tensor)");
+}
+
+TORCH_LIBRARY_IMPL(interleave, CPU, m) {
+  m.impl("merge_tokens", &interleave::merge_tokens_cpu);
+  m.impl("merge_tokens_backward", &interleave::merge_tokens_backward_cpu);
+}
+
+#ifdef INTERLEAVE_WITH_CUDA
+TORCH_LIBRARY_IMPL(interleave, CUDA, m) {
+  m.impl("merge_tokens", &interleave::merge_tokens_cuda);
+  m.impl("merge_tokens_backward", &interleave::merge_tokens_backward_cuda);
+}
+#endif
+
+// Importing the module loads the library and runs the registrations above; its attributes
+// describe how it was built.
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.doc() = "interleave kernels: ops are registered under torch.ops.interleave";
+#ifdef INTERLEAVE_WITH_CUDA
+  m.attr("with_cuda") = true;
+#else
+  m.attr("with_cuda") = false;
+#endif
+  m.attr("torch_version") = INTERLEAVE_TORCH_VERSION;
+  m.attr("cuda_version") = INTERLEAVE_CUDA_VERSION;
+  m.attr("arch_list") = INTERLEAVE_ARCH_LIST;
+}

@@ -1,0 +1,73 @@
+#include "output_alloc.h"
+
+#include <ATen/ops/empty.h>
+#include <c10/core/CPUAllocator.h>
+#include <c10/core/Storage.h>
+
+#include <cstdlib>
+#include <cstring>
+
+#if defined(__linux__)
+#include <sys/mman.h>
+#endif
+
+namespace interleave {
+namespace {
+
+constexpr size_t kHugePage = size_t(2) << 20;
+constexpr size_t kMinBytes = size_t(4) << 20;
+
+bool hugepages_enabled() {
+  static const bool enabled = [] {
+    const char* v = std::getenv("INTERLEAVE_HUGEPAGES");
+    return !(v && std::strcmp(v, "0") == 0);
+  }();
+  return enabled;
+}
+
+#if defined(__linux__)
+struct Mapping {
+  void* base;
+  size_t length;
+};
+
+void unmap(void* ctx) {
+  auto* m = static_cast<Mapping*>(ctx);
+  munmap(m->base, m->length);
+  delete m;
+}
+#endif
+
+}  // namespace
+
+at::Tensor empty_cpu_output(at::IntArrayRef sizes, at::ScalarType dtype) {
+  int64_t numel = 1;
+  for (auto s : sizes) numel *= s;
+  const size_t nbytes = static_cast<size_t>(numel) * c10::elementSize(dtype);
+#if defined(__linux__)
+  if (hugepages_enabled() && nbytes >= kMinBytes) {
+    const size_t length = (nbytes + kHugePage - 1) / kHugePage * kHugePage;
+    // Over-map by one huge page, then trim so the kept range starts on a 2 MiB boundary.
+    void* raw = mmap(nullptr, length + kHugePage, PROT_READ | PROT_WRITE,
+                     MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (raw != MAP_FAILED) {
+      const auto start = reinterpret_cast<uintptr_t>(raw);
+      const uintptr_t aligned = (start + kHugePage - 1) & ~(uintptr_t(kHugePage) - 1);
+      const size_t head = aligned - start;
+      if (head) munmap(raw, head);
+      const size_t tail = kHugePage - head;
+      if (tail) munmap(reinterpret_cast<void*>(aligned + length), tail);
+      void* data = reinterpret_cast<void*>(aligned);
+      madvise(data, length, MADV_HUGEPAGE);  // advisory: without THP it is a plain mapping
+      auto* ctx = new Mapping{data, length};
+      c10::DataPtr ptr(data, ctx, &unmap, c10::Device(c10::kCPU));
+      c10::Storage storage(c10::Storage::use_byte_size_t(), nbytes, std::move(ptr),
+                           c10::GetCPUAllocator(), /*resizable=*/true);
+      return at::empty({0}, at::TensorOptions().dtype(dtype)).set_(storage, 0, sizes);
+    }
+  }
+#endif
+  return at::empty(sizes, at::TensorOptions().dtype(dtype));
+}
+
+}  // namespace interleave

@@ -1,0 +1,131 @@
+// Torch glue of the merge_tokens CUDA kernels: checks, allocation, stream, and the one host sync of
+// the default path (ATen/cuda/CUDAContext.h is avoided: it needs cuBLAS/cuSPARSE headers that a
+// minimal toolkit lacks). The kernels themselves live in merge_tokens_kernels.cu (no torch headers).
+#include <c10/cuda/CUDAStream.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/sort.h>
+#include <ATen/ops/zeros.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+
+#include "../ops/merge_tokens.h"
+#include "merge_tokens_kernels.h"
+
+namespace interleave {
+namespace {
+
+cuda::DType to_kernel_dtype(at::ScalarType t) {
+  switch (t) {
+    case at::kFloat: return cuda::DType::kFloat32;
+    case at::kDouble: return cuda::DType::kFloat64;
+    case at::kBFloat16: return cuda::DType::kBFloat16;
+    case at::kHalf: return cuda::DType::kFloat16;
+    default: TORCH_CHECK_TYPE(false, "merge_tokens: unsupported dtype ", t);
+  }
+}
+
+// Runs the counting pass; chunk_info stays on the device.
+cuda::MergePositions count_positions(const at::Tensor& ids, const MergeShape& s,
+                                     at::Tensor& chunk_info, cudaStream_t stream) {
+  cuda::MergePositions pos{};
+  pos.ids = ids.const_data_ptr<int64_t>();
+  pos.n = s.batch * s.length;
+  pos.placeholders = s.placeholders;
+  pos.num_embeddings = s.num_embeddings;
+  pos.num_visual = s.num_visual;
+  pos.dim = s.dim;
+  pos.chunk = merge_chunk_size(pos.n);
+  pos.num_chunks = merge_num_chunks(pos.n, pos.chunk);
+  chunk_info = at::empty({2 * std::max<int64_t>(pos.num_chunks, 1)}, ids.options());
+  pos.chunk_info = chunk_info.mutable_data_ptr<int64_t>();
+  cuda::launch_merge_count(pos, stream);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return pos;
+}
+
+}  // namespace
+
+at::Tensor merge_tokens_cuda(const at::Tensor& input_ids_arg, const at::Tensor& embed_weight_arg,
+                             const at::Tensor& visual_arg, at::IntArrayRef image_token_ids,
+                             std::optional<int64_t> num_placeholders, int64_t /*padding_idx*/) {
+  const MergeShape s = check_merge_tokens_args(input_ids_arg, embed_weight_arg, visual_arg,
+                                               image_token_ids, num_placeholders);
+  TORCH_CHECK_VALUE(input_ids_arg.is_cuda(), "merge_tokens_cuda: tensors must be on a CUDA device");
+  const c10::cuda::CUDAGuard guard(input_ids_arg.device());
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  const at::Tensor ids = input_ids_arg.contiguous();
+  const at::Tensor weight = embed_weight_arg.contiguous();
+  const at::Tensor visual = visual_arg.contiguous();
+
+  at::Tensor chunk_info;
+  const cuda::MergePositions pos = count_positions(ids, s, chunk_info, stream);
+  const bool sync_free = num_placeholders.has_value();
+  if (!sync_free && pos.num_chunks > 0) {
+    // The default path's one host sync: read the per-chunk counts and bad-id slots (16 bytes per
+    // chunk, at most 1024 chunks) and raise before the copy kernel runs.
+    const at::Tensor info = chunk_info.cpu();
+    const int64_t* h = info.const_data_ptr<int64_t>();
+    int64_t total = 0, first_bad = -1;
+    for (int64_t c = 0; c < pos.num_chunks; ++c) {
+      total += h[c];
+      if (first_bad < 0) first_bad = h[pos.num_chunks + c];
+    }
+    if (first_bad >= 0 || total != s.num_visual)
+      raise_merge_data_error(ids, total, s.num_visual, first_bad, s.num_embeddings);
+  }
+  at::Tensor out = at::empty({s.batch, s.length, s.dim}, weight.options());
+  if (s.dim == 0) return out;
+  cuda::launch_merge_forward(pos, weight.const_data_ptr(), to_kernel_dtype(weight.scalar_type()),
+                             visual.const_data_ptr(), to_kernel_dtype(visual.scalar_type()),
+                             out.mutable_data_ptr(), /*device_assert=*/sync_free, stream);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return out;
+}
+
+std::tuple<at::Tensor, at::Tensor> merge_tokens_backward_cuda(
+    const at::Tensor& grad_output_arg, const at::Tensor& input_ids_arg,
+    at::IntArrayRef image_token_ids, int64_t num_embeddings, int64_t num_visual,
+    at::ScalarType visual_dtype, int64_t padding_idx, bool weight_grad, bool visual_grad) {
+  const MergeShape s = check_merge_tokens_backward_args(grad_output_arg, input_ids_arg,
+                                                        image_token_ids, num_embeddings,
+                                                        num_visual, visual_dtype);
+  TORCH_CHECK_VALUE(input_ids_arg.is_cuda(), "merge_tokens_backward_cuda: tensors must be on a CUDA device");
+  const c10::cuda::CUDAGuard guard(input_ids_arg.device());
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  const at::Tensor grad = grad_output_arg.contiguous();
+  const at::Tensor ids = input_ids_arg.contiguous();
+  const int64_t n = s.batch * s.length;
+
+  at::Tensor grad_weight = weight_grad ? at::zeros({num_embeddings, s.dim}, grad.options())
+                                       : at::empty({0}, grad.options());
+  // Rows of grad_visual that no placeholder reaches (only if the ids changed since the forward)
+  // stay zero rather than uninitialized.
+  at::Tensor grad_visual = visual_grad ? at::zeros({num_visual, s.dim}, grad.options().dtype(visual_dtype))
+                                       : at::empty({0}, grad.options().dtype(visual_dtype));
+  if (n == 0 || s.dim == 0) return {grad_weight, grad_visual};
+
+  at::Tensor chunk_info;
+  const cuda::MergePositions pos = count_positions(ids, s, chunk_info, stream);
+  if (visual_grad) {
+    cuda::launch_merge_backward_visual(pos, grad.const_data_ptr(), to_kernel_dtype(grad.scalar_type()),
+                                       grad_visual.mutable_data_ptr(), to_kernel_dtype(visual_dtype),
+                                       stream);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  }
+  if (weight_grad) {
+    at::Tensor keys = at::empty({n}, ids.options());
+    cuda::launch_merge_weight_keys(pos, padding_idx, keys.mutable_data_ptr<int64_t>(), stream);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    // A stable sort keeps each row's positions ascending: the sum order is fixed (deterministic)
+    // and equal to the order of ATen's CPU embedding backward.
+    auto [sorted_keys, order] = at::sort(keys, /*stable=*/true, /*dim=*/0, /*descending=*/false);
+    cuda::launch_merge_weight_grad(sorted_keys.const_data_ptr<int64_t>(),
+                                   order.const_data_ptr<int64_t>(), n, num_embeddings, s.dim,
+                                   grad.const_data_ptr(), to_kernel_dtype(grad.scalar_type()),
+                                   grad_weight.mutable_data_ptr(), stream);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  }
+  return {grad_weight, grad_visual};
+}
+
+}  // namespace interleave

@@ -1,0 +1,350 @@
+// CUDA kernels of merge_tokens. No torch headers here (compile time); see merge_tokens_kernels.h.
+//
+// Forward = transformers' `embed_tokens(input_ids).masked_scatter(mask, visual.to(dtype))` in two
+// launches and no host sync of its own:
+//   1. merge_count_kernel: one block per chunk of positions counts placeholders and finds bad ids.
+//   2. merge_forward_kernel: one block per chunk sums the counts of the chunks before it (at most
+//      kMaxChunks values, so no scan kernel is needed), ranks its placeholders with a ballot scan,
+//      then copies every row of the chunk once, one warp per row, 16-byte vectors where aligned.
+#include <assert.h>  // declares __assert_fail for device code (the sync-free trap)
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include <cstdint>
+#include <type_traits>
+
+#include "merge_tokens_kernels.h"
+
+namespace interleave {
+namespace cuda {
+namespace {
+
+constexpr int kThreads = 256;  // threads per block, and positions per tile
+constexpr int kWarps = kThreads / 32;
+
+// ---- conversions with the rounding of Tensor.to (c10 converts through float) ----------------
+__device__ __forceinline__ float to_float(float x) { return x; }
+__device__ __forceinline__ float to_float(double x) { return static_cast<float>(x); }
+__device__ __forceinline__ float to_float(__nv_bfloat16 x) { return __bfloat162float(x); }
+__device__ __forceinline__ float to_float(__half x) { return __half2float(x); }
+
+template <typename T> __device__ __forceinline__ T from_float(float x);
+template <> __device__ __forceinline__ float from_float<float>(float x) { return x; }
+template <> __device__ __forceinline__ double from_float<double>(float x) { return x; }
+template <> __device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float x) {
+  return __float2bfloat16_rn(x);
+}
+template <> __device__ __forceinline__ __half from_float<__half>(float x) { return __float2half_rn(x); }
+
+template <typename To, typename From>
+__device__ __forceinline__ To cast_to(From x) {
+  if constexpr (std::is_same_v<To, From>) {
+    return x;
+  } else if constexpr (std::is_same_v<To, double> && std::is_same_v<From, float>) {
+    return static_cast<double>(x);
+  } else {
+    return from_float<To>(to_float(x));
+  }
+}
+
+// ---- block reductions and the ballot scan --------------------------------------------------
+template <typename T, typename Op>
+__device__ __forceinline__ T block_reduce(T v, Op op, T* scratch /* [kWarps] */) {
+  for (int o = 16; o > 0; o >>= 1) v = op(v, __shfl_down_sync(0xffffffffu, v, o));
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  __syncthreads();  // scratch may still be read by a previous call
+  if (lane == 0) scratch[warp] = v;
+  __syncthreads();
+  T r = scratch[0];
+  for (int w = 1; w < kWarps; ++w) r = op(r, scratch[w]);
+  return r;
+}
+
+struct Sum {
+  __device__ int64_t operator()(int64_t a, int64_t b) const { return a + b; }
+};
+struct Min {
+  __device__ int64_t operator()(int64_t a, int64_t b) const { return a < b ? a : b; }
+};
+
+// Exclusive prefix of a 0/1 flag over the block, and the block's total.
+__device__ __forceinline__ int flag_exclusive_scan(bool flag, int* warp_counts /* [kWarps] */,
+                                                   int* total) {
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const unsigned ballot = __ballot_sync(0xffffffffu, flag);
+  __syncthreads();
+  if (lane == 0) warp_counts[warp] = __popc(ballot);
+  __syncthreads();
+  int before = 0, all = 0;
+  for (int w = 0; w < kWarps; ++w) {
+    before += w < warp ? warp_counts[w] : 0;
+    all += warp_counts[w];
+  }
+  *total = all;
+  return before + __popc(ballot & ((1u << lane) - 1u));
+}
+
+// Placeholders before this block's chunk: the sum of the counts of all earlier chunks.
+__device__ __forceinline__ int64_t chunk_prefix(const MergePositions& pos, int64_t* scratch) {
+  int64_t pre = 0;
+  for (int64_t j = threadIdx.x; j < blockIdx.x; j += kThreads) pre += pos.chunk_info[j];
+  return block_reduce(pre, Sum{}, scratch);
+}
+
+enum RowKind : unsigned char { kText = 0, kVisual = 1, kZero = 2 };
+
+// Visits the chunk of this block one tile of kThreads positions at a time. For each tile it fills
+// kind[]/row[] (row = embedding id or visual rank) and calls body(tile_begin, tile_rows).
+template <typename Body>
+__device__ __forceinline__ void for_each_tile(const MergePositions& pos, int64_t first_rank,
+                                              bool validate, unsigned char* kind, int64_t* row,
+                                              int* warp_counts, Body body) {
+  const int64_t p0 = blockIdx.x * pos.chunk;
+  const int64_t p1 = min(pos.n, p0 + pos.chunk);
+  int64_t rank_base = first_rank;
+  for (int64_t t0 = p0; t0 < p1; t0 += kThreads) {
+    const int64_t p = t0 + threadIdx.x;
+    const bool in_range = p < p1;
+    const int64_t id = in_range ? pos.ids[p] : 0;
+    const bool visual = in_range && is_placeholder(id, pos.placeholders);
+    int tile_total;
+    const int64_t rank = rank_base + flag_exclusive_scan(visual, warp_counts, &tile_total);
+    if (visual) {
+      kind[threadIdx.x] = rank < pos.num_visual ? kVisual : kZero;
+      row[threadIdx.x] = rank;
+    } else {
+      const bool ok = !validate || is_valid_text_id(id, pos.num_embeddings);
+      kind[threadIdx.x] = ok ? kText : kZero;
+      row[threadIdx.x] = id;
+    }
+    __syncthreads();
+    body(t0, static_cast<int>(p1 - t0 < kThreads ? p1 - t0 : kThreads));
+    rank_base += tile_total;
+    __syncthreads();
+  }
+}
+
+// One warp copies (and casts) one row of `dim` elements.
+template <typename To, typename From>
+__device__ __forceinline__ void warp_copy_row(To* __restrict__ dst, const From* __restrict__ src,
+                                              int64_t dim, bool vec16) {
+  const int lane = threadIdx.x % 32;
+  if constexpr (std::is_same_v<To, From>) {
+    if (vec16) {
+      const int64_t nvec = dim * static_cast<int64_t>(sizeof(To)) / 16;
+      const uint4* s = reinterpret_cast<const uint4*>(src);
+      uint4* d = reinterpret_cast<uint4*>(dst);
+      int64_t i = lane;
+      // Four independent 16-byte loads in flight per lane before the stores.
+      for (; i + 96 < nvec; i += 128) {
+        const uint4 a = __ldg(s + i), b = __ldg(s + i + 32), c = __ldg(s + i + 64),
+                    e = __ldg(s + i + 96);
+        d[i] = a; d[i + 32] = b; d[i + 64] = c; d[i + 96] = e;
+      }
+      for (; i < nvec; i += 32) d[i] = __ldg(s + i);
+      return;
+    }
+  }
+#pragma unroll 4
+  for (int64_t i = lane; i < dim; i += 32) dst[i] = cast_to<To>(src[i]);
+}
+
+template <typename T>
+__device__ __forceinline__ void warp_zero_row(T* dst, int64_t dim) {
+  for (int64_t i = threadIdx.x % 32; i < dim; i += 32) dst[i] = from_float<T>(0.f);
+}
+
+__device__ __forceinline__ void trap_on_mismatch(const MergePositions& pos, int64_t prefix,
+                                                 int64_t* scratch) {
+  // Only the last chunk knows the total; it also scans every chunk's bad-id slot.
+  if (blockIdx.x != pos.num_chunks - 1) return;
+  const int64_t total = prefix + pos.chunk_info[blockIdx.x];
+  int64_t worst = -1;
+  for (int64_t j = threadIdx.x; j < pos.num_chunks; j += kThreads) {
+    const int64_t b = pos.chunk_info[pos.num_chunks + j];
+    worst = b > worst ? b : worst;
+  }
+  worst = -block_reduce(-worst, Min{}, scratch);
+  if (threadIdx.x == 0 && (total != pos.num_visual || worst >= 0)) {
+    __assert_fail(
+        "interleave.merge_tokens (sync-free path): placeholder count != visual rows, or a text id "
+        "outside the embedding table",
+        __FILE__, __LINE__, __func__);
+  }
+}
+
+// ---- kernels --------------------------------------------------------------------------------
+__global__ void __launch_bounds__(kThreads) merge_count_kernel(MergePositions pos) {
+  __shared__ int64_t scratch[kWarps];
+  const int64_t p0 = blockIdx.x * pos.chunk;
+  const int64_t p1 = min(pos.n, p0 + pos.chunk);
+  int64_t count = 0, bad = INT64_MAX;
+  for (int64_t p = p0 + threadIdx.x; p < p1; p += kThreads) {
+    const int64_t id = pos.ids[p];
+    const bool visual = is_placeholder(id, pos.placeholders);
+    count += visual;
+    if (!visual && !is_valid_text_id(id, pos.num_embeddings) && p < bad) bad = p;
+  }
+  count = block_reduce(count, Sum{}, scratch);
+  bad = block_reduce(bad, Min{}, scratch);
+  if (threadIdx.x == 0) {
+    pos.chunk_info[blockIdx.x] = count;
+    pos.chunk_info[pos.num_chunks + blockIdx.x] = bad == INT64_MAX ? -1 : bad;
+  }
+}
+
+template <typename To, typename From>
+__global__ void __launch_bounds__(kThreads)
+    merge_forward_kernel(MergePositions pos, const To* __restrict__ table,
+                         const From* __restrict__ visual, To* __restrict__ out, bool vec_table,
+                         bool vec_visual, bool device_assert) {
+  __shared__ int64_t scratch[kWarps];
+  __shared__ int warp_counts[kWarps];
+  __shared__ unsigned char kind[kThreads];
+  __shared__ int64_t row[kThreads];
+  const int64_t prefix = chunk_prefix(pos, scratch);
+  if (device_assert) trap_on_mismatch(pos, prefix, scratch);
+  const int64_t dim = pos.dim;
+  const int warp = threadIdx.x / 32;
+  for_each_tile(pos, prefix, /*validate=*/true, kind, row, warp_counts,
+                [&](int64_t t0, int rows) {
+                  for (int r = warp; r < rows; r += kWarps) {
+                    To* dst = out + (t0 + r) * dim;
+                    if (kind[r] == kText)
+                      warp_copy_row(dst, table + row[r] * dim, dim, vec_table);
+                    else if (kind[r] == kVisual)
+                      warp_copy_row(dst, visual + row[r] * dim, dim, vec_visual);
+                    else
+                      warp_zero_row(dst, dim);
+                  }
+                });
+}
+
+template <typename To, typename From>
+__global__ void __launch_bounds__(kThreads)
+    merge_backward_visual_kernel(MergePositions pos, const From* __restrict__ grad,
+                                 To* __restrict__ grad_visual, bool vec) {
+  __shared__ int64_t scratch[kWarps];
+  __shared__ int warp_counts[kWarps];
+  __shared__ unsigned char kind[kThreads];
+  __shared__ int64_t row[kThreads];
+  const int64_t prefix = chunk_prefix(pos, scratch);
+  const int64_t dim = pos.dim;
+  const int warp = threadIdx.x / 32;
+  for_each_tile(pos, prefix, /*validate=*/false, kind, row, warp_counts,
+                [&](int64_t t0, int rows) {
+                  for (int r = warp; r < rows; r += kWarps)
+                    if (kind[r] == kVisual)
+                      warp_copy_row(grad_visual + row[r] * dim, grad + (t0 + r) * dim, dim, vec);
+                });
+}
+
+__global__ void merge_weight_keys_kernel(MergePositions pos, int64_t padding_idx,
+                                         int64_t* __restrict__ keys) {
+  const int64_t p = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (p >= pos.n) return;
+  const int64_t id = pos.ids[p];
+  const bool skip = id == padding_idx || is_placeholder(id, pos.placeholders) ||
+                    !is_valid_text_id(id, pos.num_embeddings);
+  keys[p] = skip ? pos.num_embeddings : id;
+}
+
+template <typename T, typename Acc>
+__global__ void merge_weight_grad_kernel(const int64_t* __restrict__ sorted_keys,
+                                         const int64_t* __restrict__ order, int64_t n,
+                                         int64_t num_embeddings, int64_t dim,
+                                         const T* __restrict__ grad, T* __restrict__ grad_weight) {
+  const int64_t i = blockIdx.x;
+  const int64_t key = sorted_keys[i];
+  // One block per segment of equal keys, started by the segment's first element.
+  if (key >= num_embeddings || (i > 0 && sorted_keys[i - 1] == key)) return;
+  for (int64_t d = threadIdx.x; d < dim; d += blockDim.x) {
+    Acc acc = 0;
+    for (int64_t j = i; j < n && sorted_keys[j] == key; ++j)
+      acc += cast_to<Acc>(grad[order[j] * dim + d]);
+    grad_weight[key * dim + d] = cast_to<T>(acc);
+  }
+}
+
+// ---- dtype dispatch -------------------------------------------------------------------------
+template <typename F>
+void with_type(DType t, F&& f) {
+  switch (t) {
+    case DType::kFloat32: f(float{}); break;
+    case DType::kFloat64: f(double{}); break;
+    case DType::kBFloat16: f(__nv_bfloat16{}); break;
+    case DType::kFloat16: f(__half{}); break;
+  }
+}
+
+bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 0; }
+
+bool rows_vectorizable(const void* a, const void* b, int64_t row_bytes) {
+  return aligned16(a) && aligned16(b) && row_bytes % 16 == 0;
+}
+
+}  // namespace
+
+void launch_merge_count(const MergePositions& pos, cudaStream_t stream) {
+  if (pos.num_chunks == 0) return;
+  merge_count_kernel<<<static_cast<unsigned>(pos.num_chunks), kThreads, 0, stream>>>(pos);
+}
+
+void launch_merge_forward(const MergePositions& pos, const void* embed_weight, DType weight_dtype,
+                          const void* visual, DType visual_dtype, void* out, bool device_assert,
+                          cudaStream_t stream) {
+  if (pos.num_chunks == 0) return;
+  with_type(weight_dtype, [&](auto to_tag) {
+    using To = decltype(to_tag);
+    with_type(visual_dtype, [&](auto from_tag) {
+      using From = decltype(from_tag);
+      const bool vec_table = rows_vectorizable(embed_weight, out, pos.dim * sizeof(To));
+      const bool vec_visual = std::is_same_v<To, From> &&
+                              rows_vectorizable(visual, out, pos.dim * sizeof(From));
+      merge_forward_kernel<To, From><<<static_cast<unsigned>(pos.num_chunks), kThreads, 0, stream>>>(
+          pos, static_cast<const To*>(embed_weight), static_cast<const From*>(visual),
+          static_cast<To*>(out), vec_table, vec_visual, device_assert);
+    });
+  });
+}
+
+void launch_merge_backward_visual(const MergePositions& pos, const void* grad_output,
+                                  DType grad_dtype, void* grad_visual, DType visual_dtype,
+                                  cudaStream_t stream) {
+  if (pos.num_chunks == 0) return;
+  with_type(grad_dtype, [&](auto from_tag) {
+    using From = decltype(from_tag);
+    with_type(visual_dtype, [&](auto to_tag) {
+      using To = decltype(to_tag);
+      const bool vec = std::is_same_v<To, From> &&
+                       rows_vectorizable(grad_output, grad_visual, pos.dim * sizeof(From));
+      merge_backward_visual_kernel<To, From>
+          <<<static_cast<unsigned>(pos.num_chunks), kThreads, 0, stream>>>(
+              pos, static_cast<const From*>(grad_output), static_cast<To*>(grad_visual), vec);
+    });
+  });
+}
+
+void launch_merge_weight_keys(const MergePositions& pos, int64_t padding_idx, int64_t* keys,
+                              cudaStream_t stream) {
+  if (pos.n == 0) return;
+  const unsigned blocks = static_cast<unsigned>((pos.n + kThreads - 1) / kThreads);
+  merge_weight_keys_kernel<<<blocks, kThreads, 0, stream>>>(pos, padding_idx, keys);
+}
+
+void launch_merge_weight_grad(const int64_t* sorted_keys, const int64_t* order, int64_t n,
+                              int64_t num_embeddings, int64_t dim, const void* grad_output,
+                              DType grad_dtype, void* grad_weight, cudaStream_t stream) {
+  if (n == 0 || dim == 0) return;
+  const unsigned threads = dim >= 256 ? 256 : 64;
+  with_type(grad_dtype, [&](auto tag) {
+    using T = decltype(tag);
+    using Acc = std::conditional_t<std::is_same_v<T, double>, double, float>;
+    merge_weight_grad_kernel<T, Acc><<<static_cast<unsigned>(n), threads, 0, stream>>>(
+        sorted_keys, order, n, num_embeddings, dim, static_cast<const T*>(grad_output),
+        static_cast<T*>(grad_weight));
+  });
+}
+
+}  // namespace cuda
+}  // namespace interleave

@@ -1,0 +1,55 @@
+// Launchers of the merge_tokens CUDA kernels. Raw pointers and sizes only: this header is included
+// by the torch glue (merge_tokens_cuda.cpp) and by merge_tokens_kernels.cu, which must stay free of
+// torch headers to keep its compile time low.
+#pragma once
+
+#include <cuda_runtime_api.h>
+
+#include <cstdint>
+
+#include "../common/merge_tokens.h"
+
+namespace interleave {
+namespace cuda {
+
+enum class DType : int { kFloat32 = 0, kFloat64 = 1, kBFloat16 = 2, kFloat16 = 3 };
+
+struct MergePositions {
+  const int64_t* ids;      // [n] flattened input_ids
+  int64_t n;               // B * L
+  PlaceholderIds placeholders;
+  int64_t num_embeddings;  // V
+  int64_t num_visual;      // K
+  int64_t dim;             // D
+  int64_t chunk, num_chunks;
+  int64_t* chunk_info;     // [2 * num_chunks]: placeholder count, then first bad text position or -1
+};
+
+// First pass: per chunk, count placeholders and find the first text id outside [0, V).
+void launch_merge_count(const MergePositions& pos, cudaStream_t stream);
+
+// Second pass: every output row written once. With device_assert, a count mismatch or a bad id
+// (possible only on the sync-free path, where the host did not read chunk_info) traps with a
+// device-side assertion; rows that would be read out of bounds are written as zeros instead.
+void launch_merge_forward(const MergePositions& pos, const void* embed_weight, DType weight_dtype,
+                          const void* visual, DType visual_dtype, void* out, bool device_assert,
+                          cudaStream_t stream);
+
+// Backward, visual part: grad_visual[k] = grad_output[position of placeholder k] (cast).
+void launch_merge_backward_visual(const MergePositions& pos, const void* grad_output,
+                                  DType grad_dtype, void* grad_visual, DType visual_dtype,
+                                  cudaStream_t stream);
+
+// Backward, embedding part: keys[p] = id for text positions that get a gradient, V otherwise.
+void launch_merge_weight_keys(const MergePositions& pos, int64_t padding_idx, int64_t* keys,
+                              cudaStream_t stream);
+
+// grad_weight (zeroed by the caller) rows summed deterministically: sorted_keys/order come from a
+// stable sort of keys, so each row sums its positions in ascending order, in float (double for
+// float64) and is rounded once.
+void launch_merge_weight_grad(const int64_t* sorted_keys, const int64_t* order, int64_t n,
+                              int64_t num_embeddings, int64_t dim, const void* grad_output,
+                              DType grad_dtype, void* grad_weight, cudaStream_t stream);
+
+}  // namespace cuda
+}  // namespace interleave

@@ -1,0 +1,58 @@
+"""Loads the compiled extension `interleave._C`, or explains why the reference is used instead.
+
+Importing never fails because the extension is missing or stale: every op falls back to its
+pure-PyTorch reference and one warning names the cause and the fix. Nothing here touches CUDA.
+"""
+from __future__ import annotations
+
+import importlib
+import warnings
+
+import torch
+
+REBUILD = "rebuild it with `pip install --no-build-isolation -e .` in the repository"
+
+
+class ExtensionWarning(UserWarning):
+    """The compiled kernels are unavailable; ops run their PyTorch references."""
+
+
+def _load():
+    try:
+        info = importlib.import_module("interleave._build_info")
+    except ImportError:
+        return None, f"the compiled extension interleave._C is not built; {REBUILD}"
+    if info.torch_version != torch.__version__:
+        return None, (f"interleave._C was built for torch {info.torch_version} but torch "
+                      f"{torch.__version__} is installed; {REBUILD}")
+    try:
+        module = importlib.import_module("interleave._C")
+    except (ImportError, OSError) as exc:
+        return None, f"interleave._C failed to load ({exc}); {REBUILD}"
+    return module, None
+
+
+module, unavailable_reason = _load()
+if module is None:
+    warnings.warn(f"interleave: using PyTorch reference ops: {unavailable_reason}",
+                  ExtensionWarning, stacklevel=2)
+
+
+def has_kernel(device_type: str) -> bool:
+    """Whether the extension holds a kernel for tensors on `device_type` ('cpu' or 'cuda')."""
+    if module is None:
+        return False
+    if device_type == "cpu":
+        return True
+    if device_type == "cuda":
+        return bool(module.with_cuda)
+    return False
+
+
+def backend_reason(device_type: str) -> str:
+    """One line: which backend a tensor on `device_type` uses, and why."""
+    if has_kernel(device_type):
+        return f"{device_type} kernel (interleave._C)"
+    if module is None:
+        return f"reference ({unavailable_reason})"
+    return f"reference (interleave._C was built without {device_type} kernels)"

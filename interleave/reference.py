@@ -1,0 +1,53 @@
+"""Pure-PyTorch references: the semantics every kernel must match, written as transformers does.
+
+Each function cites the code it mirrors. They are also the fallback when the compiled extension is
+unavailable, so they check their arguments as the ops do.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+
+
+def placeholder_mask(input_ids: torch.Tensor, image_token_ids: Sequence[int]) -> torch.Tensor:
+    """`input_ids == config.image_token_id` (transformers LlavaModel.get_placeholder_mask), for one
+    or several placeholder ids (image and video)."""
+    mask = input_ids == image_token_ids[0]
+    for token_id in image_token_ids[1:]:
+        mask = mask | (input_ids == token_id)
+    return mask
+
+
+def merge_tokens(input_ids: torch.Tensor, embed_weight: torch.Tensor, visual: torch.Tensor,
+                 image_token_ids: Sequence[int], padding_idx: int | None = None) -> torch.Tensor:
+    """transformers LlavaModel.forward: `inputs_embeds = embed_tokens(input_ids)`, then
+    `get_placeholder_mask` (count check) and `inputs_embeds.masked_scatter(mask, image_features)`
+    with the features cast to the embedding dtype.
+
+    Placeholder ids at or past the end of the table (some configs) are looked up as row 0, whose
+    value the scatter overwrites; the gradient of row 0 is unchanged by it.
+    """
+    image_token_ids = list(image_token_ids)
+    mask = placeholder_mask(input_ids, image_token_ids)
+    lookup = input_ids
+    if max(image_token_ids) >= embed_weight.shape[0]:
+        lookup = input_ids.masked_fill(mask, 0)
+    inputs_embeds = F.embedding(lookup, embed_weight, padding_idx)
+    n_tokens = int(mask.sum())
+    if n_tokens != visual.shape[0]:
+        raise ValueError(f"merge_tokens: input_ids holds {n_tokens} placeholder tokens but visual "
+                         f"has {visual.shape[0]} rows; they must be equal")
+    mask = mask.unsqueeze(-1).expand_as(inputs_embeds)
+    return inputs_embeds.masked_scatter(mask, visual.to(inputs_embeds.dtype))
+
+
+def merge_tokens_index_put(input_ids: torch.Tensor, embed_weight: torch.Tensor,
+                           visual: torch.Tensor, image_token_ids: Sequence[int]) -> torch.Tensor:
+    """The best plain-PyTorch version we know (benchmark baseline, not a semantic reference): one
+    embedding output, then the visual rows written in place at the placeholder positions."""
+    mask = placeholder_mask(input_ids, list(image_token_ids))
+    inputs_embeds = F.embedding(input_ids.masked_fill(mask, 0), embed_weight)
+    inputs_embeds[mask] = visual.to(inputs_embeds.dtype)
+    return inputs_embeds
