@@ -35,10 +35,13 @@ def merge_tokens(input_ids: torch.Tensor, embed_weight: torch.Tensor, visual: to
     if max(image_token_ids) >= embed_weight.shape[0]:
         lookup = input_ids.masked_fill(mask, 0)
     inputs_embeds = F.embedding(lookup, embed_weight, padding_idx)
-    n_tokens = int(mask.sum())
-    if n_tokens != visual.shape[0]:
-        raise ValueError(f"merge_tokens: input_ids holds {n_tokens} placeholder tokens but visual "
-                         f"has {visual.shape[0]} rows; they must be equal")
+    n_tokens = mask.sum()
+    # transformers' torch_compilable_check: a tracing hint under torch.compile, a sync otherwise.
+    if torch.compiler.is_compiling():
+        torch._check_tensor_all(n_tokens == visual.shape[0])
+    elif int(n_tokens) != visual.shape[0]:
+        raise ValueError(f"merge_tokens: input_ids holds {int(n_tokens)} placeholder tokens but "
+                         f"visual has {visual.shape[0]} rows; they must be equal")
     mask = mask.unsqueeze(-1).expand_as(inputs_embeds)
     return inputs_embeds.masked_scatter(mask, visual.to(inputs_embeds.dtype))
 

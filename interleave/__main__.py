@@ -1,0 +1,46 @@
+"""`python -m interleave info|bench`."""
+from __future__ import annotations
+
+import sys
+
+
+def info() -> int:
+    import torch
+
+    from . import __version__, _extension, ops
+
+    ext = _extension.module
+    print(f"interleave {__version__}")
+    print(f"torch {torch.__version__} (CUDA {torch.version.cuda or 'none'})")
+    if ext is None:
+        print(f"extension: not loaded: {_extension.unavailable_reason}")
+    else:
+        print(f"extension: {ext.__file__}")
+        print(f"  built for torch {ext.torch_version}, "
+              + (f"CUDA {ext.cuda_version}, arch list {ext.arch_list or '(torch default)'}"
+                 if ext.with_cuda else "CPU kernels only (no CUDA)"))
+    print("backends (which implementation a tensor on each device uses):")
+    for op in ops.OPS:
+        print(f"  {op:14s} cpu:  {ops.backend(op, 'cpu')}")
+        print(f"  {'':14s} cuda: {ops.backend(op, 'cuda')}")
+    return 0
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    usage = "usage: python -m interleave {info,bench} [options]   (bench --help for its options)"
+    if not argv or argv[0] in ("-h", "--help"):
+        print(usage)
+        return 0
+    command, rest = argv[0], argv[1:]
+    if command == "info":
+        return info()
+    if command == "bench":
+        from . import bench
+        return bench.main(rest)
+    print(f"unknown command {command!r}\n{usage}", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,239 @@
+"""Benchmarks: every op against its references, timed in the same run.
+
+`python -m interleave bench` runs the embedded default cases on every available device, prints a
+table (shape, ours, reference, ratio, GB/s) and writes JSON. The pytest-benchmark suites in bench/
+time the same cases (this module is their single source of shapes and baselines).
+
+Timing: medians. CPU: time.perf_counter around each call (outputs are fresh allocations, as in
+real use). CUDA: CUDA events around each call, with the L2 flushed before it (a 256 MiB write) so
+inputs never sit in cache.
+"""
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from typing import Callable, Optional
+
+import torch
+
+from . import __version__, _extension, reference
+from .ops import merge_tokens
+
+IMAGE_TOKEN_ID = 151646  # <image> of the llava-interleave-qwen checkpoints (REFERENCE.md section 8)
+
+
+@dataclasses.dataclass
+class Case:
+    """One benchmark: `ours` and each baseline take no arguments and return the op's output."""
+    op: str
+    device: str
+    shape: str
+    dtype: str
+    ours: Callable[[], torch.Tensor]
+    baselines: dict[str, Callable[[], torch.Tensor]]
+    bytes_moved: int  # bytes the op must read and write at least
+    variants: dict[str, Callable[[], torch.Tensor]] = dataclasses.field(default_factory=dict)
+
+
+# ---- merge_tokens ------------------------------------------------------------------------------
+def merge_tokens_inputs(B=1, L=8192, D=1024, K=7290, V=152000, dtype=torch.float32, device="cpu", seed=0):
+    """Ten 27x27 images (K = 7290 placeholders) spread over an 8192-token prompt, random text ids
+    from a Qwen-sized vocabulary, a random table and random visual rows (never zeros)."""
+    g = torch.Generator().manual_seed(seed)
+    input_ids = torch.randint(0, V - 1000, (B, L), generator=g)
+    per_row = [K // B + (1 if b < K % B else 0) for b in range(B)]
+    for b, count in enumerate(per_row):
+        input_ids[b, torch.randperm(L, generator=g)[:count]] = IMAGE_TOKEN_ID
+    weight = torch.randn(V, D, generator=g, dtype=torch.float32).to(dtype)
+    visual = torch.randn(K, D, generator=g, dtype=torch.float32).to(dtype)
+    return input_ids.to(device), weight.to(device), visual.to(device)
+
+
+def merge_tokens_cases(device: str, quick: bool = False, compile_reference: bool = True) -> list[Case]:
+    configs = [(1024, torch.float32), (1024, torch.bfloat16), (4096, torch.float32), (4096, torch.bfloat16)]
+    L, K, V = 8192, 7290, 152000
+    if quick:
+        configs, L, K, V = [(256, torch.float32)], 1024, 729, 4096
+    compiled = torch.compile(reference.merge_tokens) if compile_reference else None
+    cases = []
+    for D, dtype in configs:
+        ids, weight, visual = merge_tokens_inputs(L=L, D=D, K=K, V=V, dtype=dtype, device=device)
+        n, es = ids.numel(), weight.element_size()
+        moved = n * D * es + (n - K) * D * es + K * D * visual.element_size() + n * 8
+        baselines = {
+            "transformers": lambda i=ids, w=weight, v=visual: reference.merge_tokens(i, w, v, [IMAGE_TOKEN_ID]),
+            "index_put": lambda i=ids, w=weight, v=visual: reference.merge_tokens_index_put(i, w, v, [IMAGE_TOKEN_ID]),
+        }
+        if compiled is not None:
+            baselines["compiled"] = lambda i=ids, w=weight, v=visual: compiled(i, w, v, [IMAGE_TOKEN_ID])
+        cases.append(Case(
+            op="merge_tokens", device=device, shape=f"B=1 L={L} D={D} K={K}",
+            dtype=str(dtype).replace("torch.", ""),
+            ours=lambda i=ids, w=weight, v=visual: merge_tokens(i, w, v, IMAGE_TOKEN_ID),
+            variants={"ours_sync_free": lambda i=ids, w=weight, v=visual, k=K: merge_tokens(
+                i, w, v, IMAGE_TOKEN_ID, num_placeholders=k)},
+            baselines=baselines, bytes_moved=moved))
+    return cases
+
+
+CASES: dict[str, Callable[..., list[Case]]] = {"merge_tokens": merge_tokens_cases}
+
+
+# ---- timing ------------------------------------------------------------------------------------
+class _Flush:
+    def __init__(self, device):
+        self.buf = torch.empty(256 << 20, dtype=torch.uint8, device=device) if device == "cuda" else None
+
+    def __call__(self):
+        if self.buf is not None:
+            self.buf.zero_()
+
+
+def time_fn(fn: Callable[[], object], device: str, reps: int, warmup: int = 3) -> float:
+    """Median seconds per call."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    if device == "cuda":
+        flush = _Flush(device)
+        for _ in range(reps):
+            flush()
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end) / 1e3)
+    else:
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def copy_bandwidth(device: str, nbytes: int = 1 << 30) -> float:
+    """Device-copy bandwidth in GB/s (read + write counted), the ceiling for data-movement ops."""
+    src = torch.empty(nbytes, dtype=torch.uint8, device=device).random_()
+    dst = torch.empty_like(src)
+    t = time_fn(lambda: dst.copy_(src), device, reps=20)
+    return 2 * nbytes / t / 1e9
+
+
+def _max_error(ours: torch.Tensor, ref: torch.Tensor) -> float:
+    if ours.shape != ref.shape:
+        return float("inf")
+    return float((ours.double() - ref.double()).abs().max()) if ours.numel() else 0.0
+
+
+def run_case(case: Case, reps: int) -> dict:
+    out, ref = case.ours(), case.baselines["transformers"]()
+    result = {
+        "op": case.op, "device": case.device, "shape": case.shape, "dtype": case.dtype,
+        "bitwise_equal": bool(torch.equal(out, ref)), "max_abs_error": _max_error(out, ref),
+        "bytes_moved": case.bytes_moved, "median_ms": {},
+    }
+    del out, ref
+    for name, fn in {"ours": case.ours, **case.variants, **case.baselines}.items():
+        result["median_ms"][name] = time_fn(fn, case.device, reps) * 1e3
+    ms = result["median_ms"]
+    result["ours_gbps"] = case.bytes_moved / (ms["ours"] / 1e3) / 1e9
+    result["speedup_vs"] = {name: ms[name] / ms["ours"] for name in case.baselines}
+    return result
+
+
+# ---- reporting -----------------------------------------------------------------------------------
+def environment(devices: list[str]) -> dict:
+    env = {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "interleave": __version__, "torch": torch.__version__, "python": platform.python_version(),
+        "commit": _commit(), "cpu": platform.processor() or platform.machine(),
+        "threads": torch.get_num_threads(), "extension": _extension.backend_reason("cpu"),
+    }
+    if "cuda" in devices:
+        env["gpu"] = torch.cuda.get_device_name()
+        env["cuda"] = torch.version.cuda
+        env["cuda_extension"] = _extension.backend_reason("cuda")
+    return env
+
+
+def _commit() -> str:
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    try:
+        return subprocess.run(["git", "-C", root, "rev-parse", "--short", "HEAD"], capture_output=True,
+                              text=True, timeout=10, check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return os.environ.get("INTERLEAVE_COMMIT", "unknown")
+
+
+def format_table(results: list[dict]) -> str:
+    baselines = list(dict.fromkeys(b for r in results for b in r["speedup_vs"]))
+    head = ["op", "device", "shape", "dtype", "ours ms", "GB/s"]
+    head += [f"{b} ms (ratio)" for b in baselines] + ["equal"]
+    rows = [tuple(head)]
+    for r in results:
+        ms = r["median_ms"]
+        row = [r["op"], r["device"], r["shape"], r["dtype"], f"{ms['ours']:.3f}", f"{r['ours_gbps']:.1f}"]
+        row += [f"{ms[b]:.3f} ({r['speedup_vs'][b]:.2f}x)" if b in ms else "-" for b in baselines]
+        row.append("yes" if r["bitwise_equal"] else f"err {r['max_abs_error']:.2e}")
+        rows.append(tuple(row))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def run(devices: list[str], ops: list[str], quick: bool, reps: int, compile_reference: bool,
+        progress=print) -> dict:
+    report = {"environment": environment(devices), "results": []}
+    for device in devices:
+        if device == "cuda":
+            report["environment"]["copy_gbps"] = copy_bandwidth("cuda")
+        for op in ops:
+            cases = CASES[op](device, quick=quick, compile_reference=compile_reference)
+            for i, case in enumerate(cases, 1):
+                progress(f"[{op} {device} {i}/{len(cases)}] {case.shape} {case.dtype} ...")
+                result = run_case(case, reps)
+                if device == "cuda":
+                    result["fraction_of_copy_bw"] = result["ours_gbps"] / report["environment"]["copy_gbps"]
+                report["results"].append(result)
+            del cases
+    return report
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    import argparse
+
+    p = argparse.ArgumentParser(prog="python -m interleave bench", description=__doc__.split("\n")[0])
+    p.add_argument("--device", choices=["all", "cpu", "cuda"], default="all")
+    p.add_argument("--op", action="append", choices=sorted(CASES), help="default: every op")
+    p.add_argument("--quick", action="store_true", help="small shapes (a smoke run)")
+    p.add_argument("--reps", type=int, default=None, help="timed calls per implementation")
+    p.add_argument("--no-compile", action="store_true", help="skip torch.compile of the reference")
+    p.add_argument("--json", default="interleave-bench.json", help="where to write the results")
+    args = p.parse_args(argv)
+    devices = ["cpu", "cuda"] if args.device == "all" else [args.device]
+    if "cuda" in devices and not torch.cuda.is_available():
+        if args.device == "cuda":
+            p.error("--device cuda: no CUDA device is visible")
+        devices.remove("cuda")
+    reps = args.reps or (5 if args.quick else 30)
+    report = run(devices, args.op or sorted(CASES), args.quick, reps, not args.no_compile,
+                 progress=lambda s: print(s, file=sys.stderr, flush=True))
+    os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
+    with open(args.json, "w") as f:
+        json.dump(report, f, indent=1)
+    env = report["environment"]
+    print(f"interleave {env['interleave']}, torch {env['torch']}, commit {env['commit']}, "
+          f"{env['threads']} CPU threads" + (f", {env['gpu']} (copy {env['copy_gbps']:.0f} GB/s)"
+                                             if "gpu" in env else ""))
+    print(format_table(report["results"]))
+    print(f"wrote {args.json}")
+    return 0 if all(r["bitwise_equal"] for r in report["results"]) else 1

@@ -1,0 +1,341 @@
+"""merge_tokens against transformers' embedding + masked_scatter (interleave.reference)."""
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import interleave
+from interleave import _extension, reference
+from interleave.ops import merge_tokens
+
+from conftest import CUDA, poison_allocator
+
+IMAGE, VIDEO = 151, 152  # placeholder ids inside a small vocabulary
+HAS_EXT = _extension.module is not None
+needs_ext = pytest.mark.skipif(not HAS_EXT, reason="compiled extension not built")
+
+
+def make_inputs(B, L, D, V, n_placeholders_per_row, *, dtype=torch.float32, visual_dtype=None,
+                ids=(IMAGE,), device="cpu", seed=0):
+    """Random ids in [0, V) avoiding the placeholder ids, then placeholders at random positions
+    (cycling over `ids`), random embedding table and visual rows of the right count."""
+    g = torch.Generator().manual_seed(seed)
+    input_ids = torch.randint(0, V, (B, L), generator=g)
+    for token_id in ids:
+        input_ids[input_ids == token_id] = 0
+    for b, count in enumerate(n_placeholders_per_row):
+        pos = torch.randperm(L, generator=g)[:count]
+        input_ids[b, pos] = torch.tensor([ids[i % len(ids)] for i in range(count)], dtype=torch.long)
+    K = int(reference.placeholder_mask(input_ids, list(ids)).sum())
+    weight = torch.randn(V, D, generator=g).to(dtype)
+    visual = torch.randn(K, D, generator=g).to(visual_dtype or dtype)
+    return input_ids.to(device), weight.to(device), visual.to(device)
+
+
+SHAPES = [
+    # B, L, D, V, placeholders per row
+    (1, 1, 1, 200, [1]),            # one token, which is a placeholder; D = 1
+    (1, 5, 3, 200, [1]),            # K = 1
+    (1, 9, 1, 200, [0]),            # no placeholder at all (K = 0)
+    (3, 37, 5, 200, [4, 0, 11]),    # B > 1, placeholders spread over rows, one row without
+    (2, 730, 24, 300, [729, 1]),    # a 27x27 image (+ newline) in row 0
+    (1, 1000, 130, 1000, [600]),    # non-power-of-two width, several chunks
+]
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("ids", [(IMAGE,), (IMAGE, VIDEO)])
+def test_forward_bitwise(device, shape, ids):
+    B, L, D, V, per_row = shape
+    input_ids, weight, visual = make_inputs(B, L, D, V, per_row, ids=ids, device=device)
+    poison_allocator(B * L * D * 4, device)
+    out = merge_tokens(input_ids, weight, visual, list(ids))
+    expected = reference.merge_tokens(input_ids, weight, visual, ids)
+    assert out.shape == (B, L, D) and out.dtype == weight.dtype
+    assert torch.equal(out, expected)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16, torch.float64])
+@pytest.mark.parametrize("visual_dtype", [None, torch.float32, torch.bfloat16])
+def test_forward_dtypes(device, dtype, visual_dtype):
+    input_ids, weight, visual = make_inputs(2, 300, 40, 400, [50, 77], dtype=dtype,
+                                            visual_dtype=visual_dtype, device=device, seed=1)
+    out = merge_tokens(input_ids, weight, visual, IMAGE)
+    expected = reference.merge_tokens(input_ids, weight, visual, [IMAGE])
+    assert out.dtype == dtype
+    assert torch.equal(out, expected)
+
+
+def test_forward_large_many_chunks(device):
+    # n = 40000 positions: chunk > 32, more than one tile of 256 positions per chunk on CUDA.
+    input_ids, weight, visual = make_inputs(4, 10000, 16, 5000, [3000, 0, 9999, 1], device=device, seed=2)
+    poison_allocator(4 * 10000 * 16 * 4, device)
+    out = merge_tokens(input_ids, weight, visual, IMAGE)
+    assert torch.equal(out, reference.merge_tokens(input_ids, weight, visual, [IMAGE]))
+
+
+def test_placeholder_id_outside_vocabulary(device):
+    # Placeholders never read the table, so their id may lie past its end.
+    input_ids, weight, visual = make_inputs(1, 20, 4, 100, [0], device=device)
+    input_ids[0, 3] = 100000
+    visual = torch.randn(1, 4, device=device)
+    out = merge_tokens(input_ids, weight, visual, 100000)
+    assert torch.equal(out, reference.merge_tokens(input_ids, weight, visual, [100000]))
+
+
+def test_non_contiguous_inputs(device):
+    input_ids, weight, visual = make_inputs(2, 64, 10, 300, [5, 9], device=device, seed=3)
+    ids_t = input_ids.t().contiguous().t()  # same values, column-major strides
+    weight_t = weight.t().contiguous().t()
+    out = merge_tokens(ids_t, weight_t, visual, IMAGE)
+    assert torch.equal(out, reference.merge_tokens(input_ids, weight, visual, [IMAGE]))
+
+
+# ---- backward ----------------------------------------------------------------------------
+def _grads(fn, weight, visual, grad_out):
+    weight = weight.detach().requires_grad_(True)
+    visual = visual.detach().requires_grad_(True)
+    out = fn(weight, visual)
+    return torch.autograd.grad(out, (weight, visual), grad_out)
+
+
+@pytest.mark.parametrize("shape", SHAPES[1:])
+@pytest.mark.parametrize("ids", [(IMAGE,), (IMAGE, VIDEO)])
+def test_backward_fp32_bitwise_cpu(shape, ids):
+    # Repeated text ids (small vocabularies) make the sum order matter: it must be ATen's.
+    B, L, D, V, per_row = shape
+    input_ids, weight, visual = make_inputs(B, L, D, min(V, 40) if L > 30 else V, per_row, ids=ids)
+    grad_out = torch.randn(B, L, D)
+    ours = _grads(lambda w, v: merge_tokens(input_ids, w, v, list(ids)), weight, visual, grad_out)
+    ref = _grads(lambda w, v: reference.merge_tokens(input_ids, w, v, ids), weight, visual, grad_out)
+    assert torch.equal(ours[0], ref[0]) and torch.equal(ours[1], ref[1])
+
+
+@pytest.mark.parametrize("dtype,visual_dtype", [(torch.bfloat16, torch.bfloat16),
+                                                (torch.float16, torch.float32),
+                                                (torch.bfloat16, torch.float32)])
+def test_backward_low_precision_cpu(dtype, visual_dtype):
+    # The CPU reference accumulates in the embedding dtype; so do we, in the same order.
+    input_ids, weight, visual = make_inputs(2, 500, 33, 50, [100, 3], dtype=dtype,
+                                            visual_dtype=visual_dtype, seed=4)
+    grad_out = torch.randn(2, 500, 33).to(dtype)
+    ours = _grads(lambda w, v: merge_tokens(input_ids, w, v, IMAGE), weight, visual, grad_out)
+    ref = _grads(lambda w, v: reference.merge_tokens(input_ids, w, v, [IMAGE]), weight, visual, grad_out)
+    assert ours[1].dtype == visual_dtype
+    assert torch.equal(ours[0], ref[0]) and torch.equal(ours[1], ref[1])
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_backward_cuda(dtype):
+    # Deterministic sorted-segment sum: each row sums its positions in ascending order from zero,
+    # in float, so fp32 equals the CPU reference bitwise; bf16 is checked against float64.
+    input_ids, weight, visual = make_inputs(3, 700, 96, 60, [200, 0, 31], dtype=dtype, seed=5)
+    grad_out = torch.randn(3, 700, 96).to(dtype)
+    gw, gv = _grads(lambda w, v: merge_tokens(input_ids.cuda(), w, v, IMAGE),
+                    weight.cuda(), visual.cuda(), grad_out.cuda())
+    if dtype == torch.float32:
+        rw, rv = _grads(lambda w, v: reference.merge_tokens(input_ids, w, v, [IMAGE]), weight, visual, grad_out)
+        assert torch.equal(gw.cpu(), rw) and torch.equal(gv.cpu(), rv)
+    else:
+        rw, rv = _grads(lambda w, v: reference.merge_tokens(input_ids, w, v, [IMAGE]),
+                        weight.double(), visual.double(), grad_out.double())
+        assert torch.equal(gv.cpu().double(), rv)  # a gather is exact
+        ref_err = (_grads(lambda w, v: reference.merge_tokens(input_ids.cuda(), w, v, [IMAGE]),
+                          weight.cuda(), visual.cuda(), grad_out.cuda())[0].double().cpu() - rw).abs().max()
+        assert (gw.double().cpu() - rw).abs().max() <= 2 * ref_err + 1e-6
+    # Run twice: deterministic.
+    gw2, _ = _grads(lambda w, v: merge_tokens(input_ids.cuda(), w, v, IMAGE),
+                    weight.cuda(), visual.cuda(), grad_out.cuda())
+    assert torch.equal(gw, gw2)
+
+
+def test_backward_padding_idx(device):
+    input_ids, weight, visual = make_inputs(1, 200, 8, 20, [10], device=device, seed=6)
+    grad_out = torch.randn(1, 200, 8, device=device)
+    pad = int(input_ids[0, 0]) if int(input_ids[0, 0]) != IMAGE else int(input_ids[0, 1])
+    ours = _grads(lambda w, v: merge_tokens(input_ids, w, v, IMAGE, padding_idx=pad), weight, visual, grad_out)
+    # The reference runs on the CPU: its summation order is the one both our backends follow.
+    ref = _grads(lambda w, v: reference.merge_tokens(input_ids.cpu(), w, v, [IMAGE], padding_idx=pad),
+                 weight.cpu(), visual.cpu(), grad_out.cpu())
+    assert torch.all(ours[0][pad] == 0)
+    assert torch.equal(ours[0].cpu(), ref[0]) and torch.equal(ours[1].cpu(), ref[1])
+
+
+def test_backward_only_visual(device):
+    input_ids, weight, visual = make_inputs(2, 30, 6, 100, [4, 2], device=device)
+    v = visual.clone().requires_grad_(True)
+    out = merge_tokens(input_ids, weight, v, IMAGE)
+    (gv,) = torch.autograd.grad(out.sum(), v)
+    assert torch.equal(gv, torch.ones_like(v))
+
+
+@needs_ext
+def test_gradcheck_float64(device):
+    input_ids, weight, visual = make_inputs(2, 7, 3, 9, [2, 1], dtype=torch.float64, ids=(5,), device=device)
+    w = weight.clone().requires_grad_(True)
+    v = visual.clone().requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda w, v: merge_tokens(input_ids, w, v, 5), (w, v))
+
+
+# ---- torch.library --------------------------------------------------------------------------
+@needs_ext
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_opcheck(device, dtype):
+    input_ids, weight, visual = make_inputs(2, 40, 8, 100, [6, 3], dtype=dtype, device=device)
+    weight.requires_grad_(True)
+    visual.requires_grad_(True)
+    torch.library.opcheck(torch.ops.interleave.merge_tokens.default,
+                          (input_ids, weight, visual, [IMAGE], None, -1))
+    torch.library.opcheck(torch.ops.interleave.merge_tokens.default,
+                          (input_ids, weight, visual, [IMAGE], visual.shape[0], -1))
+
+
+@needs_ext
+def test_torch_compile_fullgraph(device):
+    input_ids, weight, visual = make_inputs(2, 50, 8, 100, [6, 3], device=device)
+    torch._dynamo.reset()
+
+    def step(input_ids, weight, visual):
+        return merge_tokens(input_ids, weight, visual, IMAGE, num_placeholders=visual.shape[0]) * 2
+
+    compiled = torch.compile(step, fullgraph=True, backend="aot_eager")  # raises on a graph break
+    w = weight.clone().requires_grad_(True)
+    out = compiled(input_ids, w, visual)
+    out.sum().backward()
+    assert torch.equal(out, step(input_ids, weight, visual))
+    assert w.grad is not None
+
+
+# ---- errors ---------------------------------------------------------------------------------
+def test_count_mismatch_names_both_numbers(device):
+    input_ids, weight, visual = make_inputs(2, 30, 4, 100, [3, 2], device=device)
+    snapshot = [t.clone() for t in (input_ids, weight, visual)]
+    with pytest.raises(ValueError, match=r"5 placeholder tokens.*4 rows"):
+        merge_tokens(input_ids, weight, visual[:4], IMAGE)
+    with pytest.raises(ValueError, match=r"5 placeholder tokens.*6 rows"):
+        merge_tokens(input_ids, weight, torch.cat([visual, visual[:1]]), IMAGE)
+    for before, after in zip(snapshot, (input_ids, weight, visual)):
+        assert torch.equal(before, after)  # the caller's tensors are untouched
+
+
+@pytest.mark.parametrize("bad", [-1, 100, 10**12])
+def test_text_id_out_of_range(device, bad):
+    input_ids, weight, visual = make_inputs(2, 30, 4, 100, [3, 2], device=device)
+    input_ids[1, 7] = bad if int(input_ids[1, 7]) != IMAGE else input_ids[1, 7]
+    if int(input_ids[1, 7]) == IMAGE:
+        input_ids[1, 8] = bad
+    with pytest.raises(ValueError, match=rf"= {bad} is a text token outside the embedding table \[0, 100\)"):
+        merge_tokens(input_ids, weight, visual, IMAGE)
+
+
+def test_bad_arguments(device):
+    input_ids, weight, visual = make_inputs(1, 10, 4, 100, [2], device=device)
+    with pytest.raises(TypeError, match="input_ids must be int64"):
+        merge_tokens(input_ids.int(), weight, visual, IMAGE)
+    with pytest.raises(TypeError, match="embed_weight must be float"):
+        merge_tokens(input_ids, weight.long(), visual, IMAGE)
+    with pytest.raises(ValueError, match=r"input_ids must be \[B, L\]"):
+        merge_tokens(input_ids[0], weight, visual, IMAGE)
+    with pytest.raises(ValueError, match="visual has D=3 but embed_weight has D=4"):
+        merge_tokens(input_ids, weight, visual[:, :3], IMAGE)
+    with pytest.raises(ValueError, match="num_placeholders=3 but visual has 2 rows"):
+        merge_tokens(input_ids, weight, visual, IMAGE, num_placeholders=3)
+    with pytest.raises(ValueError, match="1..8 ints"):
+        merge_tokens(input_ids, weight, visual, [])
+    with pytest.raises(ValueError, match="1..8 ints"):
+        merge_tokens(input_ids, weight, visual, list(range(9)))
+
+
+@needs_ext
+def test_op_checks_without_wrapper():
+    # torch.ops.interleave.merge_tokens called directly repeats the checks in C++.
+    input_ids, weight, visual = make_inputs(1, 10, 4, 100, [2])
+    with pytest.raises(ValueError, match="visual has D=3"):
+        torch.ops.interleave.merge_tokens(input_ids, weight, visual[:, :3], [IMAGE], None, -1)
+    with pytest.raises(TypeError, match="input_ids must be int64"):
+        torch.ops.interleave.merge_tokens(input_ids.int(), weight, visual, [IMAGE], None, -1)
+    with pytest.raises(ValueError, match="2 placeholder tokens but visual has 1 rows"):
+        torch.ops.interleave.merge_tokens(input_ids, weight, visual[:1], [IMAGE], None, -1)
+
+
+@pytest.mark.cuda
+def test_device_mismatch():
+    input_ids, weight, visual = make_inputs(1, 10, 4, 100, [2])
+    with pytest.raises(ValueError, match="all tensors must be on one device"):
+        merge_tokens(input_ids, weight.cuda(), visual.cuda(), IMAGE)
+
+
+@pytest.mark.cuda
+@needs_ext
+def test_sync_free_path_does_not_sync():
+    input_ids, weight, visual = make_inputs(2, 4096, 64, 1000, [729, 1458], device="cuda")
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        out = merge_tokens(input_ids, weight, visual, IMAGE, num_placeholders=visual.shape[0])
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    assert torch.equal(out, reference.merge_tokens(input_ids, weight, visual, [IMAGE]))
+
+
+# ---- property test --------------------------------------------------------------------------
+@settings(max_examples=40, deadline=None)
+@given(B=st.integers(1, 3), L=st.integers(1, 300), D=st.integers(1, 20), data=st.data())
+def test_property_random_shapes_cpu(B, L, D, data):
+    per_row = [data.draw(st.integers(0, L)) for _ in range(B)]
+    two = data.draw(st.booleans())
+    ids = (IMAGE, VIDEO) if two else (IMAGE,)
+    input_ids, weight, visual = make_inputs(B, L, D, 200, per_row, ids=ids, seed=data.draw(st.integers(0, 99)))
+    out = merge_tokens(input_ids, weight, visual, list(ids))
+    assert torch.equal(out, reference.merge_tokens(input_ids, weight, visual, ids))
+
+
+# ---- import behaviour -------------------------------------------------------------------------
+def _run(code, env=None):
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env={**os.environ, **(env or {})}, timeout=300)
+
+
+def test_import_does_not_initialize_cuda():
+    r = _run("import torch, interleave; assert not torch.cuda.is_initialized(); print('ok')")
+    assert r.returncode == 0 and "ok" in r.stdout, r.stderr
+
+
+def test_stale_extension_falls_back_with_one_warning():
+    code = (
+        "import sys, types, warnings\n"
+        "info = types.ModuleType('interleave._build_info'); info.torch_version = '0.0.0'\n"
+        "sys.modules['interleave._build_info'] = info\n"
+        "with warnings.catch_warnings(record=True) as w:\n"
+        "    warnings.simplefilter('always')\n"
+        "    import interleave, torch\n"
+        "msgs = [str(x.message) for x in w if issubclass(x.category, interleave.ExtensionWarning)]\n"
+        "assert len(msgs) == 1, msgs\n"
+        "assert 'built for torch 0.0.0' in msgs[0] and 'pip install --no-build-isolation -e .' in msgs[0]\n"
+        "assert interleave.ops.backend('merge_tokens', 'cpu').startswith('reference')\n"
+        "ids = torch.tensor([[1, 7, 2]]); w_ = torch.randn(10, 3); v = torch.randn(1, 3)\n"
+        "out = interleave.ops.merge_tokens(ids, w_, v, 7)\n"
+        "assert torch.equal(out[0, 1], v[0])\n"
+        "try:\n"
+        "    interleave.ops.merge_tokens(ids, w_, v[:0], 7)\n"
+        "except ValueError as e:\n"
+        "    assert '1 placeholder tokens' in str(e)\n"
+        "else:\n"
+        "    raise AssertionError('no error')\n"
+        "print('ok')\n"
+    )
+    r = _run(code)
+    assert r.returncode == 0 and "ok" in r.stdout, r.stderr
+
+
+@needs_ext
+def test_info_command():
+    r = subprocess.run([sys.executable, "-m", "interleave", "info"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert "torch" in r.stdout and "merge_tokens" in r.stdout
+    assert "cpu kernel" in r.stdout
