@@ -75,6 +75,10 @@ import torch  # noqa: E402
 from torch.utils import cpp_extension  # noqa: E402
 
 WITH_CUDA = bool(CUDA_HOME) and torch.version.cuda is not None and not CPU_ONLY
+if os.environ.get("INTERLEAVE_REQUIRE_CUDA") == "1" and not WITH_CUDA:
+    # CI sets this so that a build silently falling back to CPU-only fails loudly.
+    sys.exit("interleave: INTERLEAVE_REQUIRE_CUDA=1 but the CUDA kernels would not be built "
+             f"(CUDA toolkit: {CUDA_HOME}, torch CUDA: {torch.version.cuda}, CPU_ONLY: {CPU_ONLY})")
 if WITH_CUDA and not os.environ.get("TORCH_CUDA_ARCH_LIST"):
     # torch's arch detection needs a visible GPU; without one, build for Hopper.
     if not torch.cuda.is_available():

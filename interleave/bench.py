@@ -145,6 +145,7 @@ def run_case(case: Case, reps: int) -> dict:
         result["median_ms"][name] = time_fn(fn, case.device, reps) * 1e3
     ms = result["median_ms"]
     result["ours_gbps"] = case.bytes_moved / (ms["ours"] / 1e3) / 1e9
+    result["variants_gbps"] = {name: case.bytes_moved / (ms[name] / 1e3) / 1e9 for name in case.variants}
     result["speedup_vs"] = {name: ms[name] / ms["ours"] for name in case.baselines}
     return result
 
@@ -191,7 +192,8 @@ def format_table(results: list[dict]) -> str:
 
 
 def run(devices: list[str], ops: list[str], quick: bool, reps: int, compile_reference: bool,
-        progress=print) -> dict:
+        progress=print, checkpoint: Callable[[dict], None] = lambda report: None) -> dict:
+    """Runs every case; `checkpoint(report)` after each one, so a run cut short keeps its results."""
     report = {"environment": environment(devices), "results": []}
     for device in devices:
         if device == "cuda":
@@ -202,8 +204,12 @@ def run(devices: list[str], ops: list[str], quick: bool, reps: int, compile_refe
                 progress(f"[{op} {device} {i}/{len(cases)}] {case.shape} {case.dtype} ...")
                 result = run_case(case, reps)
                 if device == "cuda":
-                    result["fraction_of_copy_bw"] = result["ours_gbps"] / report["environment"]["copy_gbps"]
+                    copy = report["environment"]["copy_gbps"]
+                    result["fraction_of_copy_bw"] = result["ours_gbps"] / copy
+                    result["variants_fraction_of_copy_bw"] = {
+                        k: v / copy for k, v in result["variants_gbps"].items()}
                 report["results"].append(result)
+                checkpoint(report)
             del cases
     return report
 
@@ -218,6 +224,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--reps", type=int, default=None, help="timed calls per implementation")
     p.add_argument("--no-compile", action="store_true", help="skip torch.compile of the reference")
     p.add_argument("--json", default="interleave-bench.json", help="where to write the results")
+    p.add_argument("--tests-rc", type=int, default=None, help=argparse.SUPPRESS)  # gpu_check.sh
     args = p.parse_args(argv)
     devices = ["cpu", "cuda"] if args.device == "all" else [args.device]
     if "cuda" in devices and not torch.cuda.is_available():
@@ -225,11 +232,17 @@ def main(argv: Optional[list[str]] = None) -> int:
             p.error("--device cuda: no CUDA device is visible")
         devices.remove("cuda")
     reps = args.reps or (5 if args.quick else 30)
-    report = run(devices, args.op or sorted(CASES), args.quick, reps, not args.no_compile,
-                 progress=lambda s: print(s, file=sys.stderr, flush=True))
     os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-    with open(args.json, "w") as f:
-        json.dump(report, f, indent=1)
+
+    def write(report):
+        if args.tests_rc is not None:
+            report["environment"]["cuda_tests_passed"] = args.tests_rc == 0
+        with open(args.json, "w") as f:
+            json.dump(report, f, indent=1)
+
+    report = run(devices, args.op or sorted(CASES), args.quick, reps, not args.no_compile,
+                 progress=lambda s: print(s, file=sys.stderr, flush=True), checkpoint=write)
+    write(report)
     env = report["environment"]
     print(f"interleave {env['interleave']}, torch {env['torch']}, commit {env['commit']}, "
           f"{env['threads']} CPU threads" + (f", {env['gpu']} (copy {env['copy_gbps']:.0f} GB/s)"
