@@ -339,3 +339,13 @@ def test_info_command():
     assert r.returncode == 0, r.stderr
     assert "torch" in r.stdout and "merge_tokens" in r.stdout
     assert "cpu kernel" in r.stdout
+
+
+def test_empty_sequence(device):
+    weight = torch.randn(10, 4, device=device)
+    input_ids = torch.empty(2, 0, dtype=torch.long, device=device)
+    out = merge_tokens(input_ids, weight, torch.empty(0, 4, device=device), 7)
+    assert out.shape == (2, 0, 4)
+    for n in (None, 1):
+        with pytest.raises(ValueError, match="0 placeholder tokens but visual has 1 rows"):
+            merge_tokens(input_ids, weight, torch.randn(1, 4, device=device), 7, num_placeholders=n)

@@ -60,19 +60,20 @@ at::Tensor merge_tokens_cuda(const at::Tensor& input_ids_arg, const at::Tensor& 
   at::Tensor chunk_info;
   const cuda::MergePositions pos = count_positions(ids, s, chunk_info, stream);
   const bool sync_free = num_placeholders.has_value();
+  int64_t total = 0, first_bad = -1;  // what the host knows: nothing to count when n == 0
   if (!sync_free && pos.num_chunks > 0) {
     // The default path's one host sync: read the per-chunk counts and bad-id slots (16 bytes per
     // chunk, at most 1024 chunks) and raise before the copy kernel runs.
     const at::Tensor info = chunk_info.cpu();
     const int64_t* h = info.const_data_ptr<int64_t>();
-    int64_t total = 0, first_bad = -1;
     for (int64_t c = 0; c < pos.num_chunks; ++c) {
       total += h[c];
       if (first_bad < 0) first_bad = h[pos.num_chunks + c];
     }
-    if (first_bad >= 0 || total != s.num_visual)
-      raise_merge_data_error(ids, total, s.num_visual, first_bad, s.num_embeddings);
   }
+  // Sync-free with chunks: the forward kernel checks on the device (device_assert) instead.
+  if ((!sync_free || pos.num_chunks == 0) && (first_bad >= 0 || total != s.num_visual))
+    raise_merge_data_error(ids, total, s.num_visual, first_bad, s.num_embeddings);
   at::Tensor out = at::empty({s.batch, s.length, s.dim}, weight.options());
   if (s.dim == 0) return out;
   cuda::launch_merge_forward(pos, weight.const_data_ptr(), to_kernel_dtype(weight.scalar_type()),

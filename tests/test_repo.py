@@ -1,0 +1,41 @@
+"""Promises of the repository itself: the README's commands, the CLI, the benchmark JSON."""
+import json
+import os
+import re
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _readme_commands():
+    text = open(os.path.join(ROOT, "README.md")).read()
+    setup = text.split("## Set up", 1)[1].split("\n## ", 1)[0]
+    return re.findall(r"```bash\n(.+?)\n```", setup, flags=re.S)
+
+
+def test_readme_has_exactly_two_setup_commands():
+    commands = _readme_commands()
+    assert len(commands) == 2
+    assert commands[0].endswith("python -m interleave bench")
+    assert commands[1].endswith("python -m pytest -q")
+
+
+def test_ci_runs_the_readme_test_command():
+    ci = open(os.path.join(ROOT, ".ci", "run")).read()
+    assert _readme_commands()[1] in ci.splitlines()
+
+
+def test_bench_quick_writes_json(tmp_path):
+    out = tmp_path / "bench.json"
+    r = subprocess.run([sys.executable, "-m", "interleave", "bench", "--device", "cpu", "--quick",
+                        "--no-compile", "--reps", "2", "--json", str(out)],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    report = json.loads(out.read_text())
+    assert report["environment"]["torch"]
+    (result,) = report["results"]
+    assert result["op"] == "merge_tokens" and result["bitwise_equal"]
+    assert set(result["median_ms"]) >= {"ours", "ours_sync_free", "transformers", "index_put"}
+    assert result["ours_gbps"] > 0
+    assert "ratio" in r.stdout and "merge_tokens" in r.stdout
