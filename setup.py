@@ -123,7 +123,8 @@ def extension():
         ("INTERLEAVE_ARCH_LIST", f'"{arch_list}"'),
         ("INTERLEAVE_CUDA_VERSION", f'"{cuda_version}"'),
     ]
-    cxx = ["-O3", "-fvisibility=hidden"]
+    # -ffp-contract=off: Pillow-exact resample coefficients need uncontracted double arithmetic.
+    cxx = ["-O3", "-fvisibility=hidden", "-ffp-contract=off"]
     if WITH_CUDA:
         macros.append(("INTERLEAVE_WITH_CUDA", None))
         nvcc = ["-O3", "-lineinfo", "--expt-relaxed-constexpr", "-Xfatbin", "-compress-all"]

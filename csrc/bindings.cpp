@@ -3,6 +3,7 @@
 #include <pybind11/pybind11.h>
 #include <torch/library.h>
 
+#include "ops/anyres_tiles.h"
 #include "ops/merge_tokens.h"
 
 #ifndef INTERLEAVE_TORCH_VERSION
@@ -23,11 +24,13 @@ TORCH_LIBRARY(interleave, m) {
       "merge_tokens_backward(Tensor grad_output, Tensor input_ids, int[] image_token_ids, "
       "int num_embeddings, int num_visual, ScalarType visual_dtype, int padding_idx, "
       "bool weight_grad, bool visual_grad) -> (Tensor, Tensor)");
+  m.def("anyres_tiles(Tensor[] images, Tensor jobs, int num_tiles, int tile) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(interleave, CPU, m) {
   m.impl("merge_tokens", &interleave::merge_tokens_cpu);
   m.impl("merge_tokens_backward", &interleave::merge_tokens_backward_cpu);
+  m.impl("anyres_tiles", &interleave::anyres_tiles_cpu);
 }
 
 #ifdef INTERLEAVE_WITH_CUDA

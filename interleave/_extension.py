@@ -49,10 +49,21 @@ def has_kernel(device_type: str) -> bool:
     return False
 
 
-def backend_reason(device_type: str) -> str:
+def has_op_kernel(op: str, device_type: str) -> bool:
+    """Whether the extension registered a kernel of `op` ("interleave::name") for `device_type`:
+    an op can have a CPU kernel before its CUDA kernel lands."""
+    if not has_kernel(device_type):
+        return False
+    key = {"cpu": "CPU", "cuda": "CUDA"}[device_type]
+    return torch._C._dispatch_has_kernel_for_dispatch_key(op, key)
+
+
+def backend_reason(device_type: str, op: str | None = None) -> str:
     """One line: which backend a tensor on `device_type` uses, and why."""
     if has_kernel(device_type):
-        return f"{device_type} kernel (interleave._C)"
+        if op is None or has_op_kernel(op, device_type):
+            return f"{device_type} kernel (interleave._C)"
+        return f"reference (interleave._C has no {device_type} kernel of {op} yet)"
     if module is None:
         return f"reference ({unavailable_reason})"
     return f"reference (interleave._C was built without {device_type} kernels)"

@@ -54,3 +54,33 @@ def merge_tokens_index_put(input_ids: torch.Tensor, embed_weight: torch.Tensor,
     inputs_embeds = F.embedding(input_ids.masked_fill(mask, 0), embed_weight)
     inputs_embeds[mask] = visual.to(inputs_embeds.dtype)
     return inputs_embeds
+
+
+def anyres_tiles(images, plans, tile: int = 384) -> torch.Tensor:
+    """Tiles as transformers' PIL image processors make them (LlavaNext/LlavaOnevision
+    get_image_patches, pad_to_square), with Pillow itself: base = Image.resize((tile, tile),
+    BICUBIC) of the image (of its padded square in `pad` mode); grid = the image resized to the
+    plan's size, pasted centred on a canvas of the pad value, cut into tiles row-major.
+    images: uint8 [H, W, 3] CPU tensors; plans: interleave.plan.ImagePlan per image."""
+    import numpy as np
+    from PIL import Image
+
+    out = []
+    for image, p in zip(images, plans):
+        pil = Image.fromarray(image.numpy(), "RGB")
+        source = pil
+        if p.mode == "pad":
+            source = Image.new("RGB", (p.canvas[1], p.canvas[0]), (p.pad_value,) * 3)
+            source.paste(pil, (p.padding[2], p.padding[0]))
+        out.append(np.asarray(source.resize((tile, tile), Image.BICUBIC)))
+        if p.grid != (0, 0):
+            resized = pil.resize((p.resized[1], p.resized[0]), Image.BICUBIC)
+            canvas = Image.new("RGB", (p.canvas[1], p.canvas[0]), (p.pad_value,) * 3)
+            canvas.paste(resized, (p.padding[2], p.padding[0]))
+            grid = np.asarray(canvas)
+            for r in range(p.grid[0]):
+                for c in range(p.grid[1]):
+                    out.append(grid[r * tile:(r + 1) * tile, c * tile:(c + 1) * tile])
+    if not out:
+        return torch.empty(0, tile, tile, 3, dtype=torch.uint8)
+    return torch.from_numpy(np.stack(out))

@@ -1,0 +1,34 @@
+// Torch-facing entry points of anyres_tiles: the job-table checks shared by both backends and the
+// per-backend implementations registered in bindings.cpp.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+#include <c10/util/ArrayRef.h>
+
+#include <vector>
+
+#include "../common/resample.h"
+
+namespace interleave {
+
+// One validated job, unpacked from the int64 job table.
+struct TileJob {
+  int64_t image, src_h, src_w, src_top, src_left, src_pad;
+  int64_t resize_h, resize_w, canvas_h, canvas_w, dst_top, dst_left, dst_pad, first_tile;
+  bool vertical_first;
+};
+
+// Validates images (uint8 [h, w, 3], one device) and jobs (int64 CPU [J, kJobFields]): indices,
+// placements inside their canvases, tiles of all jobs disjoint and covering [0, num_tiles).
+// Raises ValueError/TypeError naming the problem; returns the unpacked jobs.
+std::vector<TileJob> check_anyres_tiles_args(at::TensorList images, const at::Tensor& jobs,
+                                             int64_t num_tiles, int64_t tile);
+
+at::Tensor anyres_tiles_cpu(at::TensorList images, const at::Tensor& jobs, int64_t num_tiles,
+                            int64_t tile);
+#ifdef INTERLEAVE_WITH_CUDA
+at::Tensor anyres_tiles_cuda(at::TensorList images, const at::Tensor& jobs, int64_t num_tiles,
+                             int64_t tile);
+#endif
+
+}  // namespace interleave

@@ -1,0 +1,74 @@
+// Argument checks of anyres_tiles, run before any kernel.
+#include "anyres_tiles.h"
+
+#include <c10/util/Exception.h>
+
+namespace interleave {
+
+std::vector<TileJob> check_anyres_tiles_args(at::TensorList images, const at::Tensor& jobs,
+                                             int64_t num_tiles, int64_t tile) {
+  TORCH_CHECK_VALUE(tile >= 1, "anyres_tiles: tile must be >= 1, got ", tile);
+  TORCH_CHECK_VALUE(num_tiles >= 0, "anyres_tiles: num_tiles must be >= 0, got ", num_tiles);
+  for (size_t i = 0; i < images.size(); ++i) {
+    const at::Tensor& im = images[i];
+    TORCH_CHECK_TYPE(im.scalar_type() == at::kByte, "anyres_tiles: images[", i,
+                     "] must be uint8, got ", im.scalar_type());
+    TORCH_CHECK_VALUE(im.dim() == 3 && im.size(2) == 3 && im.size(0) >= 1 && im.size(1) >= 1,
+                      "anyres_tiles: images[", i, "] must be [H, W, 3] with H, W >= 1, got shape ",
+                      im.sizes());
+    TORCH_CHECK_VALUE(im.device() == images[0].device(), "anyres_tiles: images[", i, "] is on ",
+                      im.device(), " but images[0] is on ", images[0].device());
+  }
+  TORCH_CHECK_TYPE(jobs.scalar_type() == at::kLong, "anyres_tiles: jobs must be int64");
+  TORCH_CHECK_VALUE(jobs.is_cpu() && jobs.dim() == 2 && jobs.size(1) == kJobFields,
+                    "anyres_tiles: jobs must be a CPU tensor [J, ", int(kJobFields), "], got ",
+                    jobs.sizes(), " on ", jobs.device());
+  const at::Tensor table = jobs.contiguous();
+  const int64_t* t = table.const_data_ptr<int64_t>();
+  std::vector<TileJob> out(jobs.size(0));
+  std::vector<char> covered(num_tiles, 0);
+  for (int64_t j = 0; j < jobs.size(0); ++j) {
+    const int64_t* r = t + j * kJobFields;
+    TileJob a{r[kJobImage], r[kJobSrcH], r[kJobSrcW], r[kJobSrcTop], r[kJobSrcLeft], r[kJobSrcPad],
+              r[kJobResizeH], r[kJobResizeW], r[kJobCanvasH], r[kJobCanvasW], r[kJobDstTop],
+              r[kJobDstLeft], r[kJobDstPad], r[kJobFirstTile], r[kJobVerticalFirst] != 0};
+    TORCH_CHECK_VALUE(a.image >= 0 && a.image < static_cast<int64_t>(images.size()),
+                      "anyres_tiles: job ", j, " names image ", a.image, " of ", images.size());
+    const int64_t h = images[a.image].size(0), w = images[a.image].size(1);
+    TORCH_CHECK_VALUE(a.src_top >= 0 && a.src_left >= 0 && a.src_top + h <= a.src_h &&
+                          a.src_left + w <= a.src_w,
+                      "anyres_tiles: job ", j, ": image ", h, "x", w, " at (", a.src_top, ", ",
+                      a.src_left, ") does not fit its source canvas ", a.src_h, "x", a.src_w);
+    TORCH_CHECK_VALUE(!a.vertical_first || (a.src_h == h && a.src_w == w),
+                      "anyres_tiles: job ", j, ": the vertical-first order needs an unpadded source");
+    TORCH_CHECK_VALUE(a.resize_h >= 1 && a.resize_w >= 1 && a.resize_h <= (1 << 20) &&
+                          a.resize_w <= (1 << 20) && a.src_h <= (1 << 24) && a.src_w <= (1 << 24),
+                      "anyres_tiles: job ", j, ": bad sizes (source ", a.src_h, "x", a.src_w,
+                      ", resize ", a.resize_h, "x", a.resize_w, ")");
+    TORCH_CHECK_VALUE(a.canvas_h >= tile && a.canvas_w >= tile && a.canvas_h % tile == 0 &&
+                          a.canvas_w % tile == 0,
+                      "anyres_tiles: job ", j, ": canvas ", a.canvas_h, "x", a.canvas_w,
+                      " is not a grid of ", tile, "x", tile, " tiles");
+    TORCH_CHECK_VALUE(a.dst_top >= 0 && a.dst_left >= 0 && a.dst_top + a.resize_h <= a.canvas_h &&
+                          a.dst_left + a.resize_w <= a.canvas_w,
+                      "anyres_tiles: job ", j, ": resized ", a.resize_h, "x", a.resize_w, " at (",
+                      a.dst_top, ", ", a.dst_left, ") does not fit the canvas ", a.canvas_h, "x",
+                      a.canvas_w);
+    TORCH_CHECK_VALUE(a.src_pad >= 0 && a.src_pad <= 255 && a.dst_pad >= 0 && a.dst_pad <= 255,
+                      "anyres_tiles: job ", j, ": pad values must be in [0, 255]");
+    const int64_t ntiles = (a.canvas_h / tile) * (a.canvas_w / tile);
+    TORCH_CHECK_VALUE(a.first_tile >= 0 && a.first_tile + ntiles <= num_tiles,
+                      "anyres_tiles: job ", j, " writes tiles [", a.first_tile, ", ",
+                      a.first_tile + ntiles, ") outside [0, ", num_tiles, ")");
+    for (int64_t k = a.first_tile; k < a.first_tile + ntiles; ++k) {
+      TORCH_CHECK_VALUE(!covered[k], "anyres_tiles: tile ", k, " is written by two jobs");
+      covered[k] = 1;
+    }
+    out[j] = a;
+  }
+  for (int64_t k = 0; k < num_tiles; ++k)
+    TORCH_CHECK_VALUE(covered[k], "anyres_tiles: no job writes tile ", k);
+  return out;
+}
+
+}  // namespace interleave

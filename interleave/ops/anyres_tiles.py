@@ -1,0 +1,125 @@
+"""anyres_tiles: uint8 images -> the uint8 384x384 tiles the vision tower reads.
+
+    result = anyres_tiles([image_a, image_b], mode="anyres_max_9")
+    result.tiles          # [P, 384, 384, 3] uint8; per image: base tile first, then the grid row-major
+    result.plans          # interleave.plan.ImagePlan per image (token counts, grids, sizes)
+    result.tile_offsets   # image i owns tiles[tile_offsets[i]:tile_offsets[i + 1]]
+
+Equal to Pillow, bit for bit: the base tile is `Image.resize((384, 384), BICUBIC)` of the image
+(of its padded square in `pad` mode), the grid is the image resized to the plan's size, pasted
+centred on a black canvas of the best resolution and cut into tiles, as transformers' PIL image
+processors do (LlavaNext/LlavaOnevision `get_image_patches`). Modes: see interleave.plan. Video
+frames and 3D views are a list of images in mode "llava" (a plain squash each).
+
+One call handles a whole batch of images of different sizes: `plan` turns every image into one or
+two resize jobs (a table of integers) and the kernel runs them all.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Optional, Sequence, Union
+
+import numpy as np
+import torch
+
+from .. import _extension, plan as planning, reference
+
+_OP = "interleave::anyres_tiles"
+JOB_FIELDS = 15  # csrc/common/resample.h JobField
+
+ImageLike = Union[torch.Tensor, np.ndarray]
+
+
+@dataclasses.dataclass
+class Tiles:
+    tiles: torch.Tensor                 # [P, tile, tile, 3] uint8
+    plans: list                         # ImagePlan per image
+    tile_offsets: list[int]             # len(images) + 1
+
+
+def _as_uint8_hwc(image: ImageLike, index: int) -> torch.Tensor:
+    if isinstance(image, np.ndarray):
+        image = torch.from_numpy(np.ascontiguousarray(image))
+    if not isinstance(image, torch.Tensor):
+        raise TypeError(f"anyres_tiles: images[{index}] must be a uint8 tensor or numpy array [H, W, 3], "
+                        f"got {type(image).__name__} (convert PIL images with numpy.asarray(img.convert('RGB')))")
+    if image.dtype != torch.uint8:
+        raise TypeError(f"anyres_tiles: images[{index}] must be uint8, got {image.dtype}")
+    if image.dim() != 3 or image.shape[2] != 3 or image.shape[0] < 1 or image.shape[1] < 1:
+        raise ValueError(f"anyres_tiles: images[{index}] must be [H, W, 3] (RGB, channels last), "
+                         f"got shape {tuple(image.shape)}")
+    return image
+
+
+def _installed_pillow_order() -> str:
+    try:
+        import PIL
+        major = int(PIL.__version__.split(".")[0])
+    except (ImportError, ValueError):
+        return "pillow13"
+    return "pillow13" if major >= 13 else "horizontal"
+
+
+def vertical_first(src_h: int, src_w: int, out_h: int, out_w: int, order: str) -> bool:
+    """Pillow's pass order. "pillow13" (Pillow >= 13, ImagingResampleInner): vertical first when
+    the height shrinks by more than twice as many pixels as the width. "horizontal": always
+    horizontal first (Pillow before 13; some 12.x releases instead resize images more than 100x
+    taller than wide vertically first in Python, which is not modelled)."""
+    if order == "pillow13":
+        return (src_h - out_h) > 0 and (src_h - out_h) > (src_w - out_w) * 2
+    if order == "horizontal":
+        return False
+    raise ValueError(f"pass order must be 'pillow13' or 'horizontal', got {order!r}")
+
+
+def build_jobs(plans: Sequence[planning.ImagePlan], tile: int,
+               order: Optional[str] = None) -> tuple[torch.Tensor, list[int]]:
+    """The job table (int64 [J, 15], csrc/common/resample.h) and the first tile of each image.
+    order: Pillow's pass order (see vertical_first); default: that of the installed Pillow."""
+    order = order or _installed_pillow_order()
+    rows, offsets, next_tile = [], [], 0
+    for index, p in enumerate(plans):
+        offsets.append(next_tile)
+        h, w = p.size
+        if p.mode == "pad":  # pad to the square first (a virtual canvas), then squash
+            top, _, left, _ = p.padding
+            rows.append([index, *p.canvas, top, left, p.pad_value, tile, tile, tile, tile, 0, 0, 0, next_tile,
+                         vertical_first(*p.canvas, tile, tile, order)])
+        else:                # base tile: squash of the original image
+            rows.append([index, h, w, 0, 0, 0, tile, tile, tile, tile, 0, 0, 0, next_tile,
+                         vertical_first(h, w, tile, tile, order)])
+        next_tile += 1
+        if p.grid != (0, 0):  # anyres: resize into the best resolution, pad, cut
+            top, _, left, _ = p.padding
+            rows.append([index, h, w, 0, 0, 0, *p.resized, *p.canvas, top, left, p.pad_value, next_tile,
+                         vertical_first(h, w, *p.resized, order)])
+            next_tile += p.grid[0] * p.grid[1]
+    offsets.append(next_tile)
+    return torch.tensor(rows, dtype=torch.int64).reshape(-1, JOB_FIELDS), offsets
+
+
+def anyres_tiles(images: Union[ImageLike, Sequence[ImageLike]], mode: str = "anyres_max_9", *,
+                 pinpoints: planning.Pinpoints = planning.ONEVISION_PINPOINTS,
+                 newline: Optional[bool] = None, tile: int = planning.TILE) -> Tiles:
+    """Tiles for every image of the batch. images: uint8 [H, W, 3] tensors (CPU or CUDA, all on
+    one device) or numpy arrays, or one such image."""
+    if isinstance(images, (torch.Tensor, np.ndarray)):
+        images = [images]
+    images = [_as_uint8_hwc(im, i) for i, im in enumerate(images)]
+    plans = [planning.plan_image(int(im.shape[0]), int(im.shape[1]), mode, pinpoints=pinpoints,
+                                 newline=newline, tile=tile) for im in images]
+    jobs, offsets = build_jobs(plans, tile)
+    device = images[0].device if images else torch.device("cpu")
+    if _extension.has_op_kernel(_OP, device.type):
+        tiles = torch.ops.interleave.anyres_tiles(images, jobs, offsets[-1], tile)
+    else:
+        tiles = reference.anyres_tiles([im.cpu() for im in images], plans, tile).to(device)
+    return Tiles(tiles, plans, offsets)
+
+
+if _extension.module is not None:
+
+    @torch.library.register_fake(_OP)
+    def _anyres_tiles_fake(images, jobs, num_tiles, tile):
+        device = images[0].device if images else torch.device("cpu")
+        return torch.empty(num_tiles, tile, tile, 3, dtype=torch.uint8, device=device)

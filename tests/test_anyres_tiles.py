@@ -1,0 +1,139 @@
+"""anyres_tiles against Pillow itself (interleave.reference.anyres_tiles), bit for bit."""
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from interleave import _extension, plan, reference
+from interleave.ops import anyres_tiles
+from interleave.ops.anyres_tiles import build_jobs
+
+from conftest import poison_allocator
+
+HAS_EXT = _extension.module is not None
+MODES = ["anyres_max_9", "anyres", "llava", "pad"]
+
+
+def random_image(h, w, seed=0, smooth=False):
+    rng = np.random.default_rng(seed)
+    if smooth:  # gradients and edges, like photos
+        y, x = np.mgrid[0:h, 0:w]
+        img = np.stack([(x * 255 // max(w - 1, 1)), (y * 255 // max(h - 1, 1)), ((x + y) % 64) * 4], -1)
+        return torch.from_numpy(img.astype(np.uint8))
+    return torch.from_numpy(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
+
+
+def check(images, mode, device="cpu", pinpoints=plan.ONEVISION_PINPOINTS):
+    poison_allocator(16 << 20, device)
+    result = anyres_tiles([im.to(device) for im in images], mode, pinpoints=pinpoints)
+    expected = reference.anyres_tiles(images, result.plans)
+    assert result.tiles.dtype == torch.uint8 and result.tiles.device.type == device
+    assert result.tiles.shape == expected.shape
+    assert torch.equal(result.tiles.cpu(), expected), (mode, [tuple(i.shape) for i in images])
+    assert result.tile_offsets[-1] == result.tiles.shape[0]
+    assert [b - a for a, b in zip(result.tile_offsets, result.tile_offsets[1:])] == [p.num_patches for p in result.plans]
+
+
+SIZES = [(1, 1), (1, 2), (2, 1), (3, 3), (7, 5000), (5000, 7), (300, 200), (383, 385), (384, 384),
+         (899, 1024), (1080, 1920), (2000, 37)]
+
+
+@pytest.mark.parametrize("size", SIZES)
+@pytest.mark.parametrize("mode", MODES)
+def test_equals_pillow(device, size, mode):
+    check([random_image(*size, seed=size[0] * 7 + size[1])], mode, device)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_batch_of_different_sizes_in_one_call(device, mode):
+    images = [random_image(480, 640, 1), random_image(1, 1, 2), random_image(1411, 1411, 3, smooth=True),
+              random_image(20, 900, 4), random_image(384, 384, 5)]
+    check(images, mode, device)
+
+
+def test_lmms_grid(device):
+    images = [random_image(384, 384, 6), random_image(1080, 1920, 7, smooth=True), random_image(1000, 1000, 8)]
+    check(images, "anyres", device, pinpoints=plan.LMMS_INTERLEAVE_PINPOINTS)
+
+
+def test_video_frames_squash(device):
+    frames = [random_image(360, 640, s) for s in range(16)]
+    check(frames, "llava", device)
+
+
+@settings(max_examples=25, deadline=None)
+@given(h=st.integers(1, 700), w=st.integers(1, 700), mode=st.sampled_from(MODES), seed=st.integers(0, 9))
+def test_property_random_sizes_cpu(h, w, mode, seed):
+    check([random_image(h, w, seed)], mode)
+
+
+def test_numpy_input_and_single_image():
+    image = random_image(50, 70, 9)
+    result = anyres_tiles(image.numpy(), "llava")
+    assert result.tiles.shape == (1, 384, 384, 3)
+    assert torch.equal(result.tiles, anyres_tiles(image, "llava").tiles)
+
+
+def test_bad_images():
+    with pytest.raises(TypeError, match=r"images\[0\] must be uint8"):
+        anyres_tiles([torch.zeros(4, 4, 3)], "llava")
+    with pytest.raises(ValueError, match=r"must be \[H, W, 3\]"):
+        anyres_tiles([torch.zeros(4, 4, 4, dtype=torch.uint8)], "llava")
+    with pytest.raises(ValueError, match=r"must be \[H, W, 3\]"):
+        anyres_tiles([torch.zeros(0, 4, 3, dtype=torch.uint8)], "llava")
+    with pytest.raises(TypeError, match="PIL images"):
+        anyres_tiles([[1, 2, 3]], "llava")
+    with pytest.raises(ValueError, match="unknown mode"):
+        anyres_tiles([torch.zeros(4, 4, 3, dtype=torch.uint8)], "tiles")
+
+
+@pytest.mark.skipif(not HAS_EXT, reason="compiled extension not built")
+def test_job_table_checks():
+    image = random_image(10, 10)
+    plans = [plan.plan_image(10, 10, "anyres_max_9")]
+    jobs, offsets = build_jobs(plans, 384)
+    op = torch.ops.interleave.anyres_tiles
+    with pytest.raises(ValueError, match="no job writes tile"):
+        op([image], jobs, offsets[-1] + 1, 384)
+    overlap = jobs.clone()
+    overlap[1, 13] = 0
+    with pytest.raises(ValueError, match="written by two jobs"):
+        op([image], overlap, offsets[-1], 384)
+    bad = jobs.clone()
+    bad[0, 0] = 3
+    with pytest.raises(ValueError, match="names image 3 of 1"):
+        op([image], bad, offsets[-1], 384)
+    bad = jobs.clone()
+    bad[1, 10] = 5000  # dst_top past the canvas
+    with pytest.raises(ValueError, match="does not fit the canvas"):
+        op([image], bad, offsets[-1], 384)
+    with pytest.raises(ValueError, match=r"jobs must be a CPU tensor \[J, 15\]"):
+        op([image], jobs[:, :5], offsets[-1], 384)
+
+
+@pytest.mark.skipif(not HAS_EXT, reason="compiled extension not built")
+def test_opcheck(device):
+    images = [random_image(30, 50, 1).to(device), random_image(700, 20, 2).to(device)]
+    plans = [plan.plan_image(30, 50, "anyres_max_9"), plan.plan_image(700, 20, "anyres_max_9")]
+    jobs, offsets = build_jobs(plans, 384)
+    if not _extension.has_op_kernel("interleave::anyres_tiles", device):
+        pytest.skip(f"no {device} kernel of anyres_tiles yet")
+    torch.library.opcheck(torch.ops.interleave.anyres_tiles.default, (images, jobs, offsets[-1], 384))
+
+
+@pytest.mark.parametrize("h,w,oh,ow", [(1000, 1000, 100, 200), (1000, 1000, 100, 600), (1000, 500, 100, 100),
+                                       (5000, 7, 384, 384), (2000, 37, 384, 384), (37, 2000, 384, 384)])
+def test_pillow_pass_order(h, w, oh, ow):
+    # A single resize job (tile = 1) against Image.resize: both pass orders of Pillow 13 occur here.
+    from PIL import Image
+    from interleave.ops.anyres_tiles import vertical_first
+
+    image = random_image(h, w, seed=h + w)
+    jobs = torch.tensor([[0, h, w, 0, 0, 0, oh, ow, oh, ow, 0, 0, 0, 0,
+                          vertical_first(h, w, oh, ow, "pillow13")]])
+    if not HAS_EXT:
+        pytest.skip("compiled extension not built")
+    ours = torch.ops.interleave.anyres_tiles([image], jobs, oh * ow, 1).reshape(oh, ow, 3)
+    expected = np.asarray(Image.fromarray(image.numpy()).resize((ow, oh), Image.BICUBIC))
+    assert torch.equal(ours, torch.from_numpy(expected.copy()))
