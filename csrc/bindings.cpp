@@ -37,6 +37,7 @@ TORCH_LIBRARY_IMPL(interleave, CPU, m) {
 TORCH_LIBRARY_IMPL(interleave, CUDA, m) {
   m.impl("merge_tokens", &interleave::merge_tokens_cuda);
   m.impl("merge_tokens_backward", &interleave::merge_tokens_backward_cuda);
+  m.impl("anyres_tiles", &interleave::anyres_tiles_cuda);
 }
 #endif
 

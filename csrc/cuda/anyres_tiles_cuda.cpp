@@ -1,0 +1,99 @@
+// Torch glue of the anyres_tiles CUDA kernels: checks, Pillow coefficients computed on the host
+// (never on the device, see csrc/common/resample.h), one upload of the job descriptors and
+// coefficients, one intermediate arena, two launches for the whole batch.
+#include <ATen/ops/empty.h>
+#include <ATen/ops/from_blob.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+
+#include <cstring>
+#include <vector>
+
+#include "../ops/anyres_tiles.h"
+#include "anyres_tiles_kernels.h"
+
+namespace interleave {
+
+at::Tensor anyres_tiles_cuda(at::TensorList images, const at::Tensor& jobs, int64_t num_tiles,
+                             int64_t tile) {
+  const std::vector<TileJob> table = check_anyres_tiles_args(images, jobs, num_tiles, tile);
+  TORCH_CHECK_VALUE(!images.empty() && images[0].is_cuda(), "anyres_tiles_cuda: images must be on a CUDA device");
+  const c10::cuda::CUDAGuard guard(images[0].device());
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  std::vector<at::Tensor> contiguous;
+  for (const auto& im : images) contiguous.push_back(im.contiguous());
+
+  std::vector<cuda::TileJobDevice> descs(table.size());
+  std::vector<int32_t> arena;
+  auto append = [&arena](const std::vector<int32_t>& v) {
+    const int64_t at = static_cast<int64_t>(arena.size());
+    arena.insert(arena.end(), v.begin(), v.end());
+    return at;
+  };
+  int64_t mid_bytes = 0, pass1 = 0, pass2 = 0;
+  for (size_t i = 0; i < table.size(); ++i) {
+    const TileJob& j = table[i];
+    cuda::TileJobDevice& d = descs[i];
+    std::memset(&d, 0, sizeof(d));
+    const at::Tensor& im = contiguous[j.image];
+    d.image = im.const_data_ptr<uint8_t>();
+    d.img_h = im.size(0);
+    d.img_w = im.size(1);
+    d.src_h = j.src_h; d.src_w = j.src_w; d.src_top = j.src_top; d.src_left = j.src_left;
+    d.resize_h = j.resize_h; d.resize_w = j.resize_w;
+    d.canvas_h = j.canvas_h; d.canvas_w = j.canvas_w;
+    d.dst_top = j.dst_top; d.dst_left = j.dst_left; d.first_tile = j.first_tile;
+    d.src_pad = static_cast<int32_t>(j.src_pad);
+    d.dst_pad = static_cast<int32_t>(j.dst_pad);
+    d.need_horizontal = j.resize_w != j.src_w;
+    d.need_vertical = j.resize_h != j.src_h;
+    d.vertical_first = j.vertical_first && d.need_vertical;
+    if (d.need_horizontal) {
+      const AxisCoeffs h = pil_bicubic_coeffs(static_cast<int>(j.src_w), static_cast<int>(j.resize_w));
+      d.h_ksize = h.ksize;
+      d.h_first = append(h.first);
+      d.h_count = append(h.count);
+      d.h_weights = append(h.weights);
+    }
+    if (d.need_vertical) {
+      const AxisCoeffs v = pil_bicubic_coeffs(static_cast<int>(j.src_h), static_cast<int>(j.resize_h));
+      d.v_ksize = v.ksize;
+      d.v_first = append(v.first);
+      d.v_count = append(v.count);
+      d.v_weights = append(v.weights);
+      d.row_first = d.vertical_first ? 0 : v.first.front();
+      d.mid_rows = d.vertical_first ? j.resize_h : v.first.back() + v.count.back() - d.row_first;
+    } else {
+      d.row_first = 0;
+      d.mid_rows = j.src_h;
+    }
+    d.mid_width = d.vertical_first ? j.src_w : j.resize_w;
+    d.mid_offset = mid_bytes;
+    mid_bytes += d.mid_rows * d.mid_width * 3;
+    d.pass1_begin = pass1;
+    pass1 += d.mid_rows;
+    d.pass2_begin = pass2;
+    pass2 += j.canvas_h;
+  }
+  TORCH_CHECK_VALUE(pass1 < (int64_t(1) << 31) && pass2 < (int64_t(1) << 31),
+                    "anyres_tiles_cuda: batch too large for one launch");
+  if (arena.empty()) arena.push_back(0);
+
+  // One host->device copy for descriptors and coefficients (pageable: the copy is synchronous with
+  // respect to the host, which the host-side vectors need anyway).
+  const auto dev = at::TensorOptions().device(images[0].device());
+  const int64_t desc_bytes = static_cast<int64_t>(descs.size() * sizeof(cuda::TileJobDevice));
+  at::Tensor meta = at::from_blob(descs.data(), {desc_bytes}, at::kByte).to(dev.dtype(at::kByte));
+  at::Tensor coeffs = at::from_blob(arena.data(), {static_cast<int64_t>(arena.size())}, at::kInt)
+                          .to(dev.dtype(at::kInt));
+  at::Tensor mid = at::empty({std::max<int64_t>(mid_bytes, 1)}, dev.dtype(at::kByte));
+  at::Tensor out = at::empty({num_tiles, tile, tile, 3}, dev.dtype(at::kByte));
+  cuda::launch_anyres_tiles(reinterpret_cast<const cuda::TileJobDevice*>(meta.const_data_ptr<uint8_t>()),
+                            static_cast<int>(descs.size()), pass1, pass2, coeffs.const_data_ptr<int32_t>(),
+                            mid.mutable_data_ptr<uint8_t>(), out.mutable_data_ptr<uint8_t>(), tile, stream);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return out;
+}
+
+}  // namespace interleave
