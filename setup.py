@@ -124,17 +124,19 @@ def extension():
         ("INTERLEAVE_CUDA_VERSION", f'"{cuda_version}"'),
     ]
     # -ffp-contract=off: Pillow-exact resample coefficients need uncontracted double arithmetic.
-    cxx = ["-O3", "-fvisibility=hidden", "-ffp-contract=off"]
+    # -fopenmp: at::parallel_for is an inline OpenMP loop; without the flag it silently runs serially.
+    cxx = ["-O3", "-fvisibility=hidden", "-ffp-contract=off", "-fopenmp"]
     if WITH_CUDA:
         macros.append(("INTERLEAVE_WITH_CUDA", None))
         nvcc = ["-O3", "-lineinfo", "--expt-relaxed-constexpr", "-Xfatbin", "-compress-all"]
         ext = cpp_extension.CUDAExtension(
             "interleave._C", sources(), define_macros=macros,
-            extra_compile_args={"cxx": cxx, "nvcc": nvcc},
+            extra_compile_args={"cxx": cxx, "nvcc": nvcc}, extra_link_args=["-fopenmp"],
         )
     else:
         ext = cpp_extension.CppExtension(
             "interleave._C", sources(), define_macros=macros, extra_compile_args={"cxx": cxx},
+            extra_link_args=["-fopenmp"],
         )
     kind = "CUDAExtension (CPU + CUDA kernels)" if WITH_CUDA else "CppExtension (CPU kernels only)"
     why = ""
