@@ -14,30 +14,6 @@
 namespace interleave {
 namespace {
 
-struct JobCoeffs {
-  AxisCoeffs horizontal, vertical;
-  bool need_horizontal, need_vertical;
-  bool vertical_first;
-  int64_t row_first, row_last;  // source-canvas rows the first pass reads
-};
-
-JobCoeffs job_coeffs(const TileJob& j) {
-  JobCoeffs c;
-  c.need_horizontal = j.resize_w != j.src_w;
-  c.need_vertical = j.resize_h != j.src_h;
-  c.vertical_first = j.vertical_first && c.need_vertical;
-  if (c.need_horizontal) c.horizontal = pil_bicubic_coeffs(static_cast<int>(j.src_w), static_cast<int>(j.resize_w));
-  if (c.need_vertical) c.vertical = pil_bicubic_coeffs(static_cast<int>(j.src_h), static_cast<int>(j.resize_h));
-  if (c.need_vertical && !c.vertical_first) {
-    c.row_first = c.vertical.first.front();
-    c.row_last = c.vertical.first.back() + c.vertical.count.back();
-  } else {
-    c.row_first = 0;
-    c.row_last = j.src_h;
-  }
-  return c;
-}
-
 // Row sy of the (virtual) source canvas: the image row with src_pad around it, or all src_pad.
 const uint8_t* source_row(const TileJob& j, const at::Tensor& image, int64_t sy, uint8_t* buf) {
   const int64_t h = image.size(0), w = image.size(1);
@@ -81,11 +57,11 @@ void vertical_pass(const uint8_t* rows, int64_t row_bytes, const AxisCoeffs& c, 
 }
 
 void run_job(const TileJob& j, const at::Tensor& image, int64_t tile, uint8_t* out) {
-  const JobCoeffs c = job_coeffs(j);
+  const ResizePlan c = plan_resize(j);
   // First pass into `mid`: horizontal over the rows the vertical pass reads (or a copy when the
-  // width does not change), or, for Pillow's very tall images, vertical over all rows.
-  const int64_t mid_bytes = (c.vertical_first ? j.src_w : j.resize_w) * 3;
-  const int64_t mid_rows = c.vertical_first ? j.resize_h : c.row_last - c.row_first;
+  // width does not change), or, in Pillow's vertical-first order, vertical over all rows.
+  const int64_t mid_bytes = c.mid_width * 3;
+  const int64_t mid_rows = c.mid_rows;
   std::vector<uint8_t> mid(static_cast<size_t>(mid_rows * mid_bytes));
   if (c.vertical_first) {
     // The checks allow this order only for an unpadded source: the image itself.

@@ -46,29 +46,25 @@ at::Tensor anyres_tiles_cuda(at::TensorList images, const at::Tensor& jobs, int6
     d.dst_top = j.dst_top; d.dst_left = j.dst_left; d.first_tile = j.first_tile;
     d.src_pad = static_cast<int32_t>(j.src_pad);
     d.dst_pad = static_cast<int32_t>(j.dst_pad);
-    d.need_horizontal = j.resize_w != j.src_w;
-    d.need_vertical = j.resize_h != j.src_h;
-    d.vertical_first = j.vertical_first && d.need_vertical;
-    if (d.need_horizontal) {
-      const AxisCoeffs h = pil_bicubic_coeffs(static_cast<int>(j.src_w), static_cast<int>(j.resize_w));
-      d.h_ksize = h.ksize;
-      d.h_first = append(h.first);
-      d.h_count = append(h.count);
-      d.h_weights = append(h.weights);
+    const ResizePlan p = plan_resize(j);
+    d.need_horizontal = p.need_horizontal;
+    d.need_vertical = p.need_vertical;
+    d.vertical_first = p.vertical_first;
+    if (p.need_horizontal) {
+      d.h_ksize = p.horizontal.ksize;
+      d.h_first = append(p.horizontal.first);
+      d.h_count = append(p.horizontal.count);
+      d.h_weights = append(p.horizontal.weights);
     }
-    if (d.need_vertical) {
-      const AxisCoeffs v = pil_bicubic_coeffs(static_cast<int>(j.src_h), static_cast<int>(j.resize_h));
-      d.v_ksize = v.ksize;
-      d.v_first = append(v.first);
-      d.v_count = append(v.count);
-      d.v_weights = append(v.weights);
-      d.row_first = d.vertical_first ? 0 : v.first.front();
-      d.mid_rows = d.vertical_first ? j.resize_h : v.first.back() + v.count.back() - d.row_first;
-    } else {
-      d.row_first = 0;
-      d.mid_rows = j.src_h;
+    if (p.need_vertical) {
+      d.v_ksize = p.vertical.ksize;
+      d.v_first = append(p.vertical.first);
+      d.v_count = append(p.vertical.count);
+      d.v_weights = append(p.vertical.weights);
     }
-    d.mid_width = d.vertical_first ? j.src_w : j.resize_w;
+    d.row_first = p.row_first;
+    d.mid_rows = p.mid_rows;
+    d.mid_width = p.mid_width;
     d.mid_offset = mid_bytes;
     mid_bytes += d.mid_rows * d.mid_width * 3;
     d.pass1_begin = pass1;

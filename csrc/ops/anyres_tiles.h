@@ -18,6 +18,16 @@ struct TileJob {
   bool vertical_first;
 };
 
+// How one job runs: Pillow's coefficients of each axis that changes size, the pass order, and the
+// uint8 intermediate between the passes (rows x width pixels; horizontal-first keeps only the rows
+// the vertical pass reads, from row_first on, as ImagingResampleInner does). Shared by both backends.
+struct ResizePlan {
+  AxisCoeffs horizontal, vertical;
+  bool need_horizontal, need_vertical, vertical_first;
+  int64_t row_first, mid_rows, mid_width;
+};
+ResizePlan plan_resize(const TileJob& job);
+
 // Validates images (uint8 [h, w, 3], one device) and jobs (int64 CPU [J, kJobFields]): indices,
 // placements inside their canvases, tiles of all jobs disjoint and covering [0, num_tiles).
 // Raises ValueError/TypeError naming the problem; returns the unpacked jobs.

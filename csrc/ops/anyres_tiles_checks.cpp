@@ -1,4 +1,4 @@
-// Argument checks of anyres_tiles, run before any kernel.
+// Argument checks of anyres_tiles, run before any kernel, and the per-job resize plan.
 #include "anyres_tiles.h"
 
 #include <c10/util/Exception.h>
@@ -69,6 +69,24 @@ std::vector<TileJob> check_anyres_tiles_args(at::TensorList images, const at::Te
   for (int64_t k = 0; k < num_tiles; ++k)
     TORCH_CHECK_VALUE(covered[k], "anyres_tiles: no job writes tile ", k);
   return out;
+}
+
+ResizePlan plan_resize(const TileJob& j) {
+  ResizePlan p;
+  p.need_horizontal = j.resize_w != j.src_w;
+  p.need_vertical = j.resize_h != j.src_h;
+  p.vertical_first = j.vertical_first && p.need_vertical;
+  if (p.need_horizontal) p.horizontal = pil_bicubic_coeffs(static_cast<int>(j.src_w), static_cast<int>(j.resize_w));
+  if (p.need_vertical) p.vertical = pil_bicubic_coeffs(static_cast<int>(j.src_h), static_cast<int>(j.resize_h));
+  if (p.need_vertical && !p.vertical_first) {
+    p.row_first = p.vertical.first.front();
+    p.mid_rows = p.vertical.first.back() + p.vertical.count.back() - p.row_first;
+  } else {
+    p.row_first = 0;
+    p.mid_rows = p.vertical_first ? j.resize_h : j.src_h;
+  }
+  p.mid_width = p.vertical_first ? j.src_w : j.resize_w;
+  return p;
 }
 
 }  // namespace interleave
