@@ -24,7 +24,7 @@ TORCH_LIBRARY(interleave, m) {
       "merge_tokens_backward(Tensor grad_output, Tensor input_ids, int[] image_token_ids, "
       "int num_embeddings, int num_visual, ScalarType visual_dtype, int padding_idx, "
       "bool weight_grad, bool visual_grad) -> (Tensor, Tensor)");
-  m.def("anyres_tiles(Tensor[] images, Tensor jobs, int num_tiles, int tile) -> Tensor");
+  m.def("anyres_tiles(Tensor[] images, Tensor jobs, int num_tiles, int tile, Tensor? lut=None) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(interleave, CPU, m) {

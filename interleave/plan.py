@@ -22,7 +22,7 @@ from typing import Optional, Sequence
 TILE = 384        # SigLIP so400m-patch14-384 input size
 PATCH = 14        # its patch size
 GRID_SIDE = TILE // PATCH  # 27 features per side, 729 per tile
-PAD_COLOR = 127   # int(0.5 * 255): OneVision pads to square with the image mean
+PAD_COLOR = (127, 127, 127)  # int(0.5 * 255) per channel: OneVision pads to square with the image mean
 
 Pinpoints = Sequence[Sequence[int]]
 
@@ -123,7 +123,7 @@ class ImagePlan:
     canvas: tuple[int, int]                  # what the tiles are cut from: best resolution, or the square
     resized: tuple[int, int]                 # the image inside the canvas before padding
     padding: tuple[int, int, int, int]       # (top, bottom, left, right) around `resized`
-    pad_value: int                           # uint8 value of the padding (0 anyres, 127 pad mode)
+    pad_value: tuple[int, int, int]          # RGB of the padding ((0, 0, 0) anyres, PAD_COLOR pad mode)
     grid: tuple[int, int]                    # tile rows, cols after the base tile; (0, 0) when none
     num_patches: int                         # 384x384 tiles fed to the vision tower, base first
     unpadded_features: Optional[tuple[int, int]]  # anyres: the map after unpad
@@ -134,18 +134,22 @@ class ImagePlan:
 
 def plan_image(height: int, width: int, mode: str = "llava", *, pinpoints: Pinpoints = ONEVISION_PINPOINTS,
                newline: Optional[bool] = None, rounding: str = "hf", tile: int = TILE,
-               patch: int = PATCH) -> ImagePlan:
+               patch: int = PATCH, pad_color: Sequence[int] = PAD_COLOR) -> ImagePlan:
     """Plans one image. newline: for llava/pad, whether one image_newline token follows the 729
-    (default False); anyres modes always put one after every feature row."""
+    (default False); anyres modes always put one after every feature row. pad_color: the RGB of
+    `pad` mode (transformers: int(255 * image_mean) per channel)."""
     _check_size(height, width)
     side = tile // patch
     base = side * side
     if mode in ("llava", "pad"):
         if mode == "pad":
             square = max(height, width)
-            padding, canvas, pad_value = center_padding(height, width, square, square), (square, square), PAD_COLOR
+            padding, canvas = center_padding(height, width, square, square), (square, square)
+            pad_value = tuple(int(v) for v in pad_color)
+            if len(pad_value) != 3 or not all(0 <= v <= 255 for v in pad_value):
+                raise ValueError(f"plan_image: pad_color must be 3 values in [0, 255], got {pad_color!r}")
         else:
-            padding, canvas, pad_value = (0, 0, 0, 0), (height, width), 0
+            padding, canvas, pad_value = (0, 0, 0, 0), (height, width), (0, 0, 0)
         extra = 1 if newline else 0
         return ImagePlan(mode, (height, width), canvas, (height, width), padding, pad_value, (0, 0), 1,
                          None, None, bool(newline), base + extra)
@@ -160,7 +164,7 @@ def plan_image(height: int, width: int, mode: str = "llava", *, pinpoints: Pinpo
     feat = unpadded_extent(height, width, rows * side, cols * side, rounding)
     shrunk = shrink_extent(*feat, max_patches, side) if max_patches else None
     fh, fw = shrunk or feat
-    return ImagePlan(mode, (height, width), (best_h, best_w), resized, padding, 0, (rows, cols),
+    return ImagePlan(mode, (height, width), (best_h, best_w), resized, padding, (0, 0, 0), (rows, cols),
                      1 + rows * cols, feat, shrunk, True, base + fh * (fw + 1))
 
 

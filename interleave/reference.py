@@ -70,12 +70,12 @@ def anyres_tiles(images, plans, tile: int = 384) -> torch.Tensor:
         pil = Image.fromarray(image.numpy(), "RGB")
         source = pil
         if p.mode == "pad":
-            source = Image.new("RGB", (p.canvas[1], p.canvas[0]), (p.pad_value,) * 3)
+            source = Image.new("RGB", (p.canvas[1], p.canvas[0]), tuple(p.pad_value))
             source.paste(pil, (p.padding[2], p.padding[0]))
         out.append(np.asarray(source.resize((tile, tile), Image.BICUBIC)))
         if p.grid != (0, 0):
             resized = pil.resize((p.resized[1], p.resized[0]), Image.BICUBIC)
-            canvas = Image.new("RGB", (p.canvas[1], p.canvas[0]), (p.pad_value,) * 3)
+            canvas = Image.new("RGB", (p.canvas[1], p.canvas[0]), tuple(p.pad_value))
             canvas.paste(resized, (p.padding[2], p.padding[0]))
             grid = np.asarray(canvas)
             for r in range(p.grid[0]):

@@ -137,3 +137,37 @@ def test_pillow_pass_order(h, w, oh, ow):
     ours = torch.ops.interleave.anyres_tiles([image], jobs, oh * ow, 1).reshape(oh, ow, 3)
     expected = np.asarray(Image.fromarray(image.numpy()).resize((ow, oh), Image.BICUBIC))
     assert torch.equal(ours, torch.from_numpy(expected.copy()))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_normalized_output_is_a_lookup_of_the_tiles(device, dtype):
+    from interleave.ops.anyres_tiles import normalization_table
+
+    images = [random_image(300, 500, 1).to(device), random_image(40, 41, 2).to(device)]
+    table = normalization_table([0.48145466, 0.4578275, 0.40821073], [0.26862954, 0.26130258, 0.27577711],
+                                dtype=dtype)
+    tiles = anyres_tiles(images, "anyres_max_9").tiles.cpu()
+    values = anyres_tiles(images, "anyres_max_9", normalize=table).tiles
+    assert values.shape == (tiles.shape[0], 3, 384, 384) and values.dtype == dtype
+    expected = table[torch.arange(3).view(1, 3, 1, 1), tiles.permute(0, 3, 1, 2).long()]
+    assert torch.equal(values.cpu(), expected)
+
+
+def test_normalization_table_matches_transformers_arithmetic():
+    from interleave.ops.anyres_tiles import normalization_table
+
+    mean, std = [0.5, 0.5, 0.5], [0.5, 0.5, 0.5]
+    table = normalization_table(mean, std)
+    u8 = np.arange(256, dtype=np.uint8)
+    x = (u8.astype(np.float64) * (1 / 255)).astype(np.float32)  # transformers rescale
+    expected = (x - np.float32(0.5)) / np.float32(0.5)           # transformers normalize
+    assert np.array_equal(table[0].numpy(), expected)
+    assert table[0, 0] == -1.0 and table[0, 255] == 1.0
+
+
+def test_pad_mode_with_per_channel_color(device):
+    check_images = [random_image(200, 120, 3)]
+    result = anyres_tiles([im.to(device) for im in check_images], "pad", pad_color=(122, 116, 104))
+    assert result.plans[0].pad_value == (122, 116, 104)
+    expected = reference.anyres_tiles(check_images, result.plans)
+    assert torch.equal(result.tiles.cpu(), expected)

@@ -105,7 +105,7 @@ def test_squash_and_pad_modes():
     assert plan.plan_image(300, 500, "llava").num_tokens == 729
     assert plan.plan_image(300, 500, "llava", newline=True).num_tokens == 730
     p = plan.plan_image(300, 501, "pad", newline=True)
-    assert p.num_tokens == 730 and p.canvas == (501, 501) and p.pad_value == 127
+    assert p.num_tokens == 730 and p.canvas == (501, 501) and p.pad_value == (127, 127, 127)
     assert p.padding == (100, 101, 0, 0)  # transformers pad_to_square: start = (501 - 300) // 2
     assert plan.plan_image(7, 7, "pad").padding == (0, 0, 0, 0)
 

@@ -91,14 +91,19 @@ enum JobField : int {
   kJobImage = 0,
   kJobSrcH, kJobSrcW,          // the (virtual) source canvas
   kJobSrcTop, kJobSrcLeft,     // where the image sits in it
-  kJobSrcPad,
+  kJobSrcPad,                  // packed RGB: r | g << 8 | b << 16
   kJobResizeH, kJobResizeW,
   kJobCanvasH, kJobCanvasW,    // destination canvas, multiples of the tile size
   kJobDstTop, kJobDstLeft,
-  kJobDstPad,
+  kJobDstPad,                  // packed RGB
   kJobFirstTile,
   kJobVerticalFirst,           // 0: horizontal pass first, 1: vertical pass first
   kJobFields
 };
+
+// Channel c of a packed RGB pad value.
+IL_HD uint8_t pad_channel(int64_t packed_rgb, int c) {
+  return static_cast<uint8_t>((packed_rgb >> (8 * c)) & 0xFF);
+}
 
 }  // namespace interleave

@@ -2,6 +2,7 @@
 // the job's pass order; horizontal-first keeps only the rows the vertical pass reads, as
 // ImagingResampleInner does), then padding and tiling written straight into the
 // [P, tile, tile, 3] output. Multi-threaded over rows.
+#include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/ops/empty.h>
 
@@ -14,13 +15,60 @@
 namespace interleave {
 namespace {
 
+// Fills `pixels` RGB pixels with a packed pad colour.
+void fill_rgb(uint8_t* dst, int64_t pixels, int64_t packed) {
+  const uint8_t r = pad_channel(packed, 0), g = pad_channel(packed, 1), b = pad_channel(packed, 2);
+  if (r == g && g == b) {
+    std::memset(dst, r, pixels * 3);
+    return;
+  }
+  for (int64_t i = 0; i < pixels; ++i) {
+    dst[i * 3 + 0] = r;
+    dst[i * 3 + 1] = g;
+    dst[i * 3 + 2] = b;
+  }
+}
+
+// Where finished canvas rows go: uint8 HWC tiles, or normalized CHW tiles through a lookup table.
+struct TileSink {
+  uint8_t* tiles_u8 = nullptr;   // [P, T, T, 3]
+  void* tiles_lut = nullptr;     // [P, 3, T, T], lut dtype
+  const void* lut = nullptr;     // [3, 256]
+  at::ScalarType lut_dtype = at::kFloat;
+};
+
+void write_canvas_row(const TileSink& sink, const uint8_t* row, int64_t first_tile, int64_t cols,
+                      int64_t cy, int64_t tile) {
+  const int64_t tile_row = cy / tile, in_tile = cy % tile, row_bytes = tile * 3;
+  if (sink.tiles_u8) {
+    for (int64_t col = 0; col < cols; ++col) {
+      uint8_t* dst = sink.tiles_u8 + ((first_tile + tile_row * cols + col) * tile + in_tile) * row_bytes;
+      std::memcpy(dst, row + col * row_bytes, row_bytes);
+    }
+    return;
+  }
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, sink.lut_dtype, "anyres_tiles_lut", [&] {
+    const scalar_t* lut = static_cast<const scalar_t*>(sink.lut);
+    scalar_t* out = static_cast<scalar_t*>(sink.tiles_lut);
+    for (int64_t col = 0; col < cols; ++col) {
+      const int64_t t = first_tile + tile_row * cols + col;
+      const uint8_t* src = row + col * row_bytes;
+      for (int c = 0; c < 3; ++c) {
+        scalar_t* dst = out + ((t * 3 + c) * tile + in_tile) * tile;
+        const scalar_t* table = lut + c * 256;
+        for (int64_t x = 0; x < tile; ++x) dst[x] = table[src[x * 3 + c]];
+      }
+    }
+  });
+}
+
 // Row sy of the (virtual) source canvas: the image row with src_pad around it, or all src_pad.
 const uint8_t* source_row(const TileJob& j, const at::Tensor& image, int64_t sy, uint8_t* buf) {
   const int64_t h = image.size(0), w = image.size(1);
   const uint8_t* img = image.const_data_ptr<uint8_t>();
   const int64_t y = sy - j.src_top;
   if (y >= 0 && y < h && j.src_left == 0 && w == j.src_w) return img + y * w * 3;
-  std::memset(buf, static_cast<int>(j.src_pad), j.src_w * 3);
+  fill_rgb(buf, j.src_w, j.src_pad);
   if (y >= 0 && y < h) std::memcpy(buf + j.src_left * 3, img + y * w * 3, w * 3);
   return buf;
 }
@@ -56,7 +104,7 @@ void vertical_pass(const uint8_t* rows, int64_t row_bytes, const AxisCoeffs& c, 
   for (int64_t i = 0; i < row_bytes; ++i) dst[i] = resample_clip8(acc[i]);
 }
 
-void run_job(const TileJob& j, const at::Tensor& image, int64_t tile, uint8_t* out) {
+void run_job(const TileJob& j, const at::Tensor& image, int64_t tile, const TileSink& sink) {
   const ResizePlan c = plan_resize(j);
   // First pass into `mid`: horizontal over the rows the vertical pass reads (or a copy when the
   // width does not change), or, in Pillow's vertical-first order, vertical over all rows.
@@ -83,7 +131,7 @@ void run_job(const TileJob& j, const at::Tensor& image, int64_t tile, uint8_t* o
     });
   }
 
-  const int64_t cols = j.canvas_w / tile, row_bytes = tile * 3;
+  const int64_t cols = j.canvas_w / tile;
   at::parallel_for(0, j.canvas_h, 16, [&](int64_t y0, int64_t y1) {
     std::vector<uint8_t> canvas_row(j.canvas_w * 3);
     std::vector<int32_t> acc(mid_bytes);
@@ -91,11 +139,11 @@ void run_job(const TileJob& j, const at::Tensor& image, int64_t tile, uint8_t* o
       const int64_t y = cy - j.dst_top;
       uint8_t* row = canvas_row.data();
       if (y < 0 || y >= j.resize_h) {
-        std::memset(row, static_cast<int>(j.dst_pad), j.canvas_w * 3);
+        fill_rgb(row, j.canvas_w, j.dst_pad);
       } else {
-        std::memset(row, static_cast<int>(j.dst_pad), j.dst_left * 3);
+        fill_rgb(row, j.dst_left, j.dst_pad);
         const int64_t right = j.dst_left + j.resize_w;
-        std::memset(row + right * 3, static_cast<int>(j.dst_pad), (j.canvas_w - right) * 3);
+        fill_rgb(row + right * 3, j.canvas_w - right, j.dst_pad);
         uint8_t* px = row + j.dst_left * 3;
         if (c.vertical_first) {
           const uint8_t* src = mid.data() + y * mid_bytes;
@@ -107,12 +155,7 @@ void run_job(const TileJob& j, const at::Tensor& image, int64_t tile, uint8_t* o
           std::memcpy(px, mid.data() + y * mid_bytes, mid_bytes);
         }
       }
-      // Scatter the canvas row into its tiles: tile (cy / tile, c), row cy % tile.
-      const int64_t tile_row = cy / tile, in_tile = cy % tile;
-      for (int64_t col = 0; col < cols; ++col) {
-        uint8_t* dst = out + ((j.first_tile + tile_row * cols + col) * tile + in_tile) * row_bytes;
-        std::memcpy(dst, row + col * row_bytes, row_bytes);
-      }
+      write_canvas_row(sink, row, j.first_tile, cols, cy, tile);
     }
   });
 }
@@ -120,15 +163,26 @@ void run_job(const TileJob& j, const at::Tensor& image, int64_t tile, uint8_t* o
 }  // namespace
 
 at::Tensor anyres_tiles_cpu(at::TensorList images, const at::Tensor& jobs, int64_t num_tiles,
-                            int64_t tile) {
+                            int64_t tile, const std::optional<at::Tensor>& lut) {
   const std::vector<TileJob> table = check_anyres_tiles_args(images, jobs, num_tiles, tile);
   TORCH_CHECK_VALUE(images.empty() || images[0].is_cpu(), "anyres_tiles_cpu: images must be on the CPU");
+  if (!images.empty()) check_anyres_lut(lut, images[0]);
   std::vector<at::Tensor> contiguous;
   contiguous.reserve(images.size());
   for (const auto& im : images) contiguous.push_back(im.contiguous());
-  at::Tensor out = at::empty({num_tiles, tile, tile, 3}, at::TensorOptions().dtype(at::kByte));
-  uint8_t* dst = out.mutable_data_ptr<uint8_t>();
-  for (const TileJob& j : table) run_job(j, contiguous[j.image], tile, dst);
+  TileSink sink;
+  at::Tensor out, lut_c;
+  if (lut.has_value()) {
+    lut_c = lut->contiguous();
+    out = at::empty({num_tiles, 3, tile, tile}, at::TensorOptions().dtype(lut_c.scalar_type()));
+    sink.tiles_lut = out.mutable_data_ptr();
+    sink.lut = lut_c.const_data_ptr();
+    sink.lut_dtype = lut_c.scalar_type();
+  } else {
+    out = at::empty({num_tiles, tile, tile, 3}, at::TensorOptions().dtype(at::kByte));
+    sink.tiles_u8 = out.mutable_data_ptr<uint8_t>();
+  }
+  for (const TileJob& j : table) run_job(j, contiguous[j.image], tile, sink);
   return out;
 }
 

@@ -16,9 +16,10 @@
 namespace interleave {
 
 at::Tensor anyres_tiles_cuda(at::TensorList images, const at::Tensor& jobs, int64_t num_tiles,
-                             int64_t tile) {
+                             int64_t tile, const std::optional<at::Tensor>& lut) {
   const std::vector<TileJob> table = check_anyres_tiles_args(images, jobs, num_tiles, tile);
   TORCH_CHECK_VALUE(!images.empty() && images[0].is_cuda(), "anyres_tiles_cuda: images must be on a CUDA device");
+  check_anyres_lut(lut, images[0]);
   const c10::cuda::CUDAGuard guard(images[0].device());
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   std::vector<at::Tensor> contiguous;
@@ -44,7 +45,7 @@ at::Tensor anyres_tiles_cuda(at::TensorList images, const at::Tensor& jobs, int6
     d.resize_h = j.resize_h; d.resize_w = j.resize_w;
     d.canvas_h = j.canvas_h; d.canvas_w = j.canvas_w;
     d.dst_top = j.dst_top; d.dst_left = j.dst_left; d.first_tile = j.first_tile;
-    d.src_pad = static_cast<int32_t>(j.src_pad);
+    d.src_pad = static_cast<int32_t>(j.src_pad);  // packed RGB, < 2^24
     d.dst_pad = static_cast<int32_t>(j.dst_pad);
     const ResizePlan p = plan_resize(j);
     d.need_horizontal = p.need_horizontal;
@@ -84,10 +85,18 @@ at::Tensor anyres_tiles_cuda(at::TensorList images, const at::Tensor& jobs, int6
   at::Tensor coeffs = at::from_blob(arena.data(), {static_cast<int64_t>(arena.size())}, at::kInt)
                           .to(dev.dtype(at::kInt));
   at::Tensor mid = at::empty({std::max<int64_t>(mid_bytes, 1)}, dev.dtype(at::kByte));
-  at::Tensor out = at::empty({num_tiles, tile, tile, 3}, dev.dtype(at::kByte));
+  at::Tensor out, lut_c;
+  if (lut.has_value()) {
+    lut_c = lut->contiguous();
+    out = at::empty({num_tiles, 3, tile, tile}, dev.dtype(lut_c.scalar_type()));
+  } else {
+    out = at::empty({num_tiles, tile, tile, 3}, dev.dtype(at::kByte));
+  }
   cuda::launch_anyres_tiles(reinterpret_cast<const cuda::TileJobDevice*>(meta.const_data_ptr<uint8_t>()),
                             static_cast<int>(descs.size()), pass1, pass2, coeffs.const_data_ptr<int32_t>(),
-                            mid.mutable_data_ptr<uint8_t>(), out.mutable_data_ptr<uint8_t>(), tile, stream);
+                            mid.mutable_data_ptr<uint8_t>(), out.mutable_data_ptr(),
+                            lut.has_value() ? lut_c.const_data_ptr() : nullptr,
+                            lut.has_value() ? static_cast<int>(lut_c.element_size()) : 0, tile, stream);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return out;
 }

@@ -16,7 +16,7 @@ struct TileJobDevice {
   int64_t img_h, img_w;
   int64_t src_h, src_w, src_top, src_left;
   int64_t resize_h, resize_w, canvas_h, canvas_w, dst_top, dst_left, first_tile;
-  int32_t src_pad, dst_pad;
+  int32_t src_pad, dst_pad;  // packed RGB
   int32_t need_horizontal, need_vertical, vertical_first;
   int32_t h_ksize, v_ksize;
   int64_t h_first, h_count, h_weights;  // offsets into the int32 coefficient arena
@@ -28,10 +28,12 @@ struct TileJobDevice {
 };
 
 // Pass 1 (one block per intermediate row of every job), then pass 2 (one block per canvas row of
-// every job, writing the tiles). One launch each for the whole batch.
+// every job, writing the tiles). One launch each for the whole batch. With lut (a [3, 256] table of
+// lut_bytes-wide entries: 4 for float32, 2 for bfloat16/float16) the output is [P, 3, T, T]
+// normalized values, else [P, T, T, 3] uint8.
 void launch_anyres_tiles(const TileJobDevice* jobs, int num_jobs, int64_t pass1_rows,
-                         int64_t pass2_rows, const int32_t* coeffs, uint8_t* mid, uint8_t* out,
-                         int64_t tile, cudaStream_t stream);
+                         int64_t pass2_rows, const int32_t* coeffs, uint8_t* mid, void* out,
+                         const void* lut, int lut_bytes, int64_t tile, cudaStream_t stream);
 
 }  // namespace cuda
 }  // namespace interleave

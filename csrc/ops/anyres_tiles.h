@@ -5,6 +5,7 @@
 #include <ATen/core/Tensor.h>
 #include <c10/util/ArrayRef.h>
 
+#include <optional>
 #include <vector>
 
 #include "../common/resample.h"
@@ -34,11 +35,16 @@ ResizePlan plan_resize(const TileJob& job);
 std::vector<TileJob> check_anyres_tiles_args(at::TensorList images, const at::Tensor& jobs,
                                              int64_t num_tiles, int64_t tile);
 
+// lut: optional [3, 256] float32/bfloat16/float16 table (normalized value of each uint8 per
+// channel); with it the output is [P, 3, tile, tile] in the table's dtype (HF pixel_values layout),
+// without it [P, tile, tile, 3] uint8.
+void check_anyres_lut(const std::optional<at::Tensor>& lut, const at::Tensor& first_image);
+
 at::Tensor anyres_tiles_cpu(at::TensorList images, const at::Tensor& jobs, int64_t num_tiles,
-                            int64_t tile);
+                            int64_t tile, const std::optional<at::Tensor>& lut);
 #ifdef INTERLEAVE_WITH_CUDA
 at::Tensor anyres_tiles_cuda(at::TensorList images, const at::Tensor& jobs, int64_t num_tiles,
-                             int64_t tile);
+                             int64_t tile, const std::optional<at::Tensor>& lut);
 #endif
 
 }  // namespace interleave

@@ -54,8 +54,8 @@ std::vector<TileJob> check_anyres_tiles_args(at::TensorList images, const at::Te
                       "anyres_tiles: job ", j, ": resized ", a.resize_h, "x", a.resize_w, " at (",
                       a.dst_top, ", ", a.dst_left, ") does not fit the canvas ", a.canvas_h, "x",
                       a.canvas_w);
-    TORCH_CHECK_VALUE(a.src_pad >= 0 && a.src_pad <= 255 && a.dst_pad >= 0 && a.dst_pad <= 255,
-                      "anyres_tiles: job ", j, ": pad values must be in [0, 255]");
+    TORCH_CHECK_VALUE(a.src_pad >= 0 && a.src_pad <= 0xFFFFFF && a.dst_pad >= 0 && a.dst_pad <= 0xFFFFFF,
+                      "anyres_tiles: job ", j, ": pad values must be packed RGB in [0, 0xFFFFFF]");
     const int64_t ntiles = (a.canvas_h / tile) * (a.canvas_w / tile);
     TORCH_CHECK_VALUE(a.first_tile >= 0 && a.first_tile + ntiles <= num_tiles,
                       "anyres_tiles: job ", j, " writes tiles [", a.first_tile, ", ",
@@ -69,6 +69,17 @@ std::vector<TileJob> check_anyres_tiles_args(at::TensorList images, const at::Te
   for (int64_t k = 0; k < num_tiles; ++k)
     TORCH_CHECK_VALUE(covered[k], "anyres_tiles: no job writes tile ", k);
   return out;
+}
+
+void check_anyres_lut(const std::optional<at::Tensor>& lut, const at::Tensor& first_image) {
+  if (!lut.has_value()) return;
+  const auto t = lut->scalar_type();
+  TORCH_CHECK_TYPE(t == at::kFloat || t == at::kBFloat16 || t == at::kHalf,
+                   "anyres_tiles: lut must be float32/bfloat16/float16, got ", t);
+  TORCH_CHECK_VALUE(lut->dim() == 2 && lut->size(0) == 3 && lut->size(1) == 256,
+                    "anyres_tiles: lut must be [3, 256], got ", lut->sizes());
+  TORCH_CHECK_VALUE(lut->device() == first_image.device(), "anyres_tiles: lut is on ", lut->device(),
+                    " but the images are on ", first_image.device());
 }
 
 ResizePlan plan_resize(const TileJob& j) {

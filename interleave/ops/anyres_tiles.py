@@ -72,6 +72,22 @@ def vertical_first(src_h: int, src_w: int, out_h: int, out_w: int, order: str) -
     raise ValueError(f"pass order must be 'pillow13' or 'horizontal', got {order!r}")
 
 
+def _packed_rgb(rgb) -> int:
+    r, g, b = rgb
+    return int(r) | int(g) << 8 | int(b) << 16
+
+
+def normalization_table(mean: Sequence[float], std: Sequence[float], rescale_factor: float = 1 / 255,
+                        dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """[3, 256]: the normalized value of every uint8 per channel, computed as transformers' PIL
+    processors do (rescale: float64 multiply then float32; normalize: (x - mean) / std in float32),
+    so a lookup gives their pixel_values bit for bit."""
+    values = (np.arange(256, dtype=np.float64) * rescale_factor).astype(np.float32)
+    mean32 = np.asarray(mean, dtype=np.float32).reshape(3, 1)
+    std32 = np.asarray(std, dtype=np.float32).reshape(3, 1)
+    return torch.from_numpy((values[None, :] - mean32) / std32).to(dtype)
+
+
 def build_jobs(plans: Sequence[planning.ImagePlan], tile: int,
                order: Optional[str] = None) -> tuple[torch.Tensor, list[int]]:
     """The job table (int64 [J, 15], csrc/common/resample.h) and the first tile of each image.
@@ -83,7 +99,7 @@ def build_jobs(plans: Sequence[planning.ImagePlan], tile: int,
         h, w = p.size
         if p.mode == "pad":  # pad to the square first (a virtual canvas), then squash
             top, _, left, _ = p.padding
-            rows.append([index, *p.canvas, top, left, p.pad_value, tile, tile, tile, tile, 0, 0, 0, next_tile,
+            rows.append([index, *p.canvas, top, left, _packed_rgb(p.pad_value), tile, tile, tile, tile, 0, 0, 0, next_tile,
                          vertical_first(*p.canvas, tile, tile, order)])
         else:                # base tile: squash of the original image
             rows.append([index, h, w, 0, 0, 0, tile, tile, tile, tile, 0, 0, 0, next_tile,
@@ -91,7 +107,7 @@ def build_jobs(plans: Sequence[planning.ImagePlan], tile: int,
         next_tile += 1
         if p.grid != (0, 0):  # anyres: resize into the best resolution, pad, cut
             top, _, left, _ = p.padding
-            rows.append([index, h, w, 0, 0, 0, *p.resized, *p.canvas, top, left, p.pad_value, next_tile,
+            rows.append([index, h, w, 0, 0, 0, *p.resized, *p.canvas, top, left, _packed_rgb(p.pad_value), next_tile,
                          vertical_first(h, w, *p.resized, order)])
             next_tile += p.grid[0] * p.grid[1]
     offsets.append(next_tile)
@@ -100,26 +116,36 @@ def build_jobs(plans: Sequence[planning.ImagePlan], tile: int,
 
 def anyres_tiles(images: Union[ImageLike, Sequence[ImageLike]], mode: str = "anyres_max_9", *,
                  pinpoints: planning.Pinpoints = planning.ONEVISION_PINPOINTS,
-                 newline: Optional[bool] = None, tile: int = planning.TILE) -> Tiles:
+                 newline: Optional[bool] = None, tile: int = planning.TILE,
+                 pad_color: Sequence[int] = planning.PAD_COLOR,
+                 normalize: Optional[torch.Tensor] = None) -> Tiles:
     """Tiles for every image of the batch. images: uint8 [H, W, 3] tensors (CPU or CUDA, all on
-    one device) or numpy arrays, or one such image."""
+    one device) or numpy arrays, or one such image. normalize: a [3, 256] table from
+    `normalization_table`; then tiles are [P, 3, tile, tile] normalized values in its dtype
+    (transformers' pixel_values layout) instead of [P, tile, tile, 3] uint8."""
     if isinstance(images, (torch.Tensor, np.ndarray)):
         images = [images]
     images = [_as_uint8_hwc(im, i) for i, im in enumerate(images)]
     plans = [planning.plan_image(int(im.shape[0]), int(im.shape[1]), mode, pinpoints=pinpoints,
-                                 newline=newline, tile=tile) for im in images]
+                                 newline=newline, tile=tile, pad_color=pad_color) for im in images]
     jobs, offsets = build_jobs(plans, tile)
     device = images[0].device if images else torch.device("cpu")
+    if normalize is not None:
+        normalize = normalize.to(device)
     if _extension.has_op_kernel(_OP, device.type):
-        tiles = torch.ops.interleave.anyres_tiles(images, jobs, offsets[-1], tile)
+        tiles = torch.ops.interleave.anyres_tiles(images, jobs, offsets[-1], tile, normalize)
     else:
         tiles = reference.anyres_tiles([im.cpu() for im in images], plans, tile).to(device)
+        if normalize is not None:  # the same table lookup, in PyTorch
+            tiles = normalize[torch.arange(3, device=device).view(1, 3, 1, 1), tiles.permute(0, 3, 1, 2).long()]
     return Tiles(tiles, plans, offsets)
 
 
 if _extension.module is not None:
 
     @torch.library.register_fake(_OP)
-    def _anyres_tiles_fake(images, jobs, num_tiles, tile):
+    def _anyres_tiles_fake(images, jobs, num_tiles, tile, lut=None):
         device = images[0].device if images else torch.device("cpu")
+        if lut is not None:
+            return torch.empty(num_tiles, 3, tile, tile, dtype=lut.dtype, device=device)
         return torch.empty(num_tiles, tile, tile, 3, dtype=torch.uint8, device=device)
