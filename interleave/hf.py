@@ -1,0 +1,183 @@
+"""Drop-ins for transformers: a fast image processor (more patches come with later issues).
+
+    from interleave.hf import ImageProcessor
+    processor = ImageProcessor.from_hf(hf_image_processor)        # SigLIP, LLaVA-NeXT or OneVision
+    batch = processor(images, return_tensors="pt", device="cuda")  # decode on CPU, tile on the GPU
+
+The call signature and the BatchFeature keys are transformers' (`pixel_values`, `image_sizes`,
+`batch_num_images`); `pixel_values` equal those of transformers' PIL processors bit for bit (same
+Pillow resize, same float32 rescale/normalize arithmetic through a lookup table, zero batch padding),
+computed by the anyres_tiles op in one call per batch.
+"""
+from __future__ import annotations
+
+from typing import Optional, Sequence, Union
+
+import warnings
+
+import numpy as np
+import torch
+
+from . import plan as planning
+from .ops.anyres_tiles import anyres_tiles, normalization_table
+
+KINDS = ("siglip", "llava_next", "onevision")
+
+
+def _kind_of(hf_image_processor) -> str:
+    name = type(hf_image_processor).__name__
+    if name.startswith("LlavaOnevision"):
+        return "onevision"
+    if name.startswith("LlavaNext"):
+        return "llava_next"
+    if name.startswith("Siglip"):
+        return "siglip"
+    raise TypeError(f"ImageProcessor.from_hf: unsupported processor {name}; supported: Siglip*, "
+                    "LlavaNext*, LlavaOnevision* image processors")
+
+
+def _square_size(size, what: str) -> int:
+    """transformers SizeDict/dict with height == width -> that side."""
+    get = size.get if isinstance(size, dict) else (lambda k, d=None: getattr(size, k, d))
+    h, w = get("height"), get("width")
+    if h is None or h != w:
+        raise ValueError(f"ImageProcessor: only square {what} with height == width is supported, got {size}")
+    return int(h)
+
+
+def to_rgb_uint8(image, index: int = 0) -> torch.Tensor:
+    """One image as uint8 [H, W, 3], converted to RGB as transformers does (convert_to_rgb:
+    alpha composited onto white, grayscale and palette expanded). Accepts PIL images, numpy
+    arrays and tensors ([H, W, C] or [C, H, W], C in 1, 3, 4, or [H, W])."""
+    if isinstance(image, torch.Tensor):
+        if image.dtype == torch.uint8 and image.dim() == 3 and image.shape[2] == 3:
+            return image
+        image = image.cpu().numpy()
+    try:
+        import PIL.Image
+    except ImportError:  # pragma: no cover - Pillow is a dependency of transformers
+        PIL = None
+    if PIL is not None and isinstance(image, PIL.Image.Image):
+        if image.mode == "RGB":
+            return _from_numpy(np.asarray(image))
+        if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+            raise ValueError(f"ImageProcessor: image {index} has mode {image.mode!r} (16-bit or float); "
+                             "convert it to 8-bit RGB first, e.g. image.convert('RGB')")
+        from transformers.image_transforms import convert_to_rgb
+        return _from_numpy(np.ascontiguousarray(convert_to_rgb(image, return_numpy=True)))
+    if not isinstance(image, np.ndarray):
+        raise TypeError(f"ImageProcessor: image {index} is a {type(image).__name__}; pass PIL images, "
+                        "numpy arrays or uint8 tensors")
+    if image.dtype != np.uint8:
+        raise ValueError(f"ImageProcessor: image {index} has dtype {image.dtype}; only uint8 arrays are "
+                         "supported (16-bit and float images: convert to 8-bit RGB first)")
+    if image.ndim == 2:
+        image = image[:, :, None]
+    if image.ndim == 3 and image.shape[0] in (1, 3, 4) and image.shape[2] not in (1, 3, 4):
+        image = np.moveaxis(image, 0, -1)  # channels first -> last
+    if image.ndim != 3 or image.shape[2] not in (1, 3, 4):
+        raise ValueError(f"ImageProcessor: image {index} has shape {image.shape}; expected [H, W, C] or "
+                         "[C, H, W] with C in 1, 3, 4")
+    if image.shape[2] == 1:
+        image = np.repeat(image, 3, axis=2)
+    elif image.shape[2] == 4:
+        from transformers.image_transforms import convert_to_rgb
+        image = convert_to_rgb(np.ascontiguousarray(image), return_numpy=True)
+    return _from_numpy(np.ascontiguousarray(image))
+
+
+def _from_numpy(array: np.ndarray) -> torch.Tensor:
+    # Read-only arrays (np.asarray of a PIL image) are fine: the op never writes its inputs.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        return torch.from_numpy(array)
+
+
+class ImageProcessor:
+    """The image processors of SigLIP, LLaVA-NeXT and LLaVA-OneVision, on CPU or CUDA."""
+
+    def __init__(self, kind: str, *, image_mean: Sequence[float], image_std: Sequence[float],
+                 rescale_factor: float = 1 / 255, size: int = planning.TILE,
+                 grid_pinpoints: Optional[Sequence[Sequence[int]]] = None, do_pad: bool = True,
+                 device: Union[str, torch.device, None] = None):
+        if kind not in KINDS:
+            raise ValueError(f"ImageProcessor: kind must be one of {KINDS}, got {kind!r}")
+        self.kind = kind
+        self.size = int(size)
+        self.grid_pinpoints = [tuple(p) for p in (grid_pinpoints or planning.ONEVISION_PINPOINTS)]
+        self.do_pad = do_pad
+        self.device = torch.device(device) if device is not None else None
+        self.table = normalization_table(image_mean, image_std, rescale_factor)
+        # OneVision pads multi-image samples to a square of int(255 * mean) (pad_to_square).
+        self.pad_color = tuple(int(x * 255) for x in image_mean)
+
+    @classmethod
+    def from_hf(cls, hf_image_processor, device: Union[str, torch.device, None] = None) -> "ImageProcessor":
+        """Reads the settings of a transformers image processor (PIL or torchvision backend)."""
+        p = hf_image_processor
+        kind = _kind_of(p)
+        for flag in ("do_resize", "do_rescale", "do_normalize"):
+            if getattr(p, flag, True) is False:
+                raise ValueError(f"ImageProcessor.from_hf: {flag}=False is not supported")
+        if getattr(p, "do_center_crop", None):
+            crop = _square_size(p.crop_size, "crop_size")
+            if crop != _square_size(p.size, "size"):
+                raise ValueError("ImageProcessor.from_hf: a center crop smaller than the resize is not supported")
+        resample = getattr(p, "resample", 3)
+        if int(resample) != 3:
+            raise ValueError(f"ImageProcessor.from_hf: only bicubic resampling is supported, got {resample}")
+        grid = getattr(p, "image_grid_pinpoints", None) if kind != "siglip" else None
+        mean = list(np.broadcast_to(np.asarray(p.image_mean, dtype=np.float64), (3,)))
+        std = list(np.broadcast_to(np.asarray(p.image_std, dtype=np.float64), (3,)))
+        return cls(kind, image_mean=mean, image_std=std, rescale_factor=p.rescale_factor,
+                   size=_square_size(p.size, "size"), grid_pinpoints=grid,
+                   do_pad=bool(getattr(p, "do_pad", True)), device=device)
+
+    def __call__(self, images, return_tensors: Optional[str] = "pt", device=None, **kwargs):
+        from transformers.image_processing_utils import BatchFeature
+
+        if kwargs:
+            raise TypeError(f"ImageProcessor: unsupported arguments {sorted(kwargs)}")
+        device = torch.device(device) if device is not None else (self.device or torch.device("cpu"))
+        # Nesting as transformers reads it: a list of lists is a batch of multi-image samples.
+        if isinstance(images, (list, tuple)) and images and isinstance(images[0], (list, tuple)):
+            samples = [list(s) for s in images if s]
+        elif isinstance(images, (list, tuple)):
+            samples = [[im] for im in images]
+        else:
+            samples = [[images]]
+        batch_num_images = [len(s) for s in samples]
+        flat = [to_rgb_uint8(im, i).to(device) for i, im in enumerate(x for s in samples for x in s)]
+        table = self.table.to(device)
+
+        if self.kind == "siglip":
+            values = anyres_tiles(flat, "llava", tile=self.size, normalize=table).tiles
+            return BatchFeature(data={"pixel_values": values}, tensor_type=return_tensors)
+
+        # OneVision tiles only single-image samples; multi-image samples are padded to a square.
+        single = [n == 1 for n in batch_num_images for _ in range(n)] if self.kind == "onevision" \
+            else [True] * len(flat)
+        per_image = [None] * len(flat)
+        for want_grid, mode in ((True, "anyres"), (False, "pad")):
+            idx = [i for i, s in enumerate(single) if s == want_grid]
+            if not idx:
+                continue
+            result = anyres_tiles([flat[i] for i in idx], mode, pinpoints=self.grid_pinpoints,
+                                  tile=self.size, pad_color=self.pad_color, normalize=table)
+            for k, i in enumerate(idx):
+                per_image[i] = result.tiles[result.tile_offsets[k]:result.tile_offsets[k + 1]]
+        image_sizes = [list(im.shape[:2]) for im in flat]
+        if self.do_pad:
+            most = max(t.shape[0] for t in per_image)
+            if all(t.shape[0] == most for t in per_image):
+                values = torch.stack(per_image) if len(per_image) > 1 else per_image[0].unsqueeze(0)
+            else:
+                values = per_image[0].new_zeros(len(per_image), most, *per_image[0].shape[1:])
+                for i, t in enumerate(per_image):
+                    values[i, :t.shape[0]] = t
+        else:
+            values = per_image
+        data = {"pixel_values": values, "image_sizes": torch.tensor(image_sizes, dtype=torch.int64)}
+        if self.kind == "onevision":
+            data["batch_num_images"] = batch_num_images
+        return BatchFeature(data=data, tensor_type=return_tensors)

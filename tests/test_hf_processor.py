@@ -1,0 +1,110 @@
+"""interleave.hf.ImageProcessor against transformers' PIL image processors, bit for bit."""
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from interleave.hf import ImageProcessor
+
+pil_onevision = pytest.importorskip(
+    "transformers.models.llava_onevision.image_processing_pil_llava_onevision")
+pil_llava_next = pytest.importorskip("transformers.models.llava_next.image_processing_pil_llava_next")
+pil_siglip = pytest.importorskip("transformers.models.siglip.image_processing_pil_siglip")
+
+SIGLIP = dict(image_mean=[0.5, 0.5, 0.5], image_std=[0.5, 0.5, 0.5])
+
+
+def real_images():
+    """Photos that scikit-image ships (no download): astronaut 512x512, retina 1411x1411, coffee
+    400x600, chelsea 300x451, and a 1920x1080 resize of the astronaut."""
+    data = pytest.importorskip("skimage.data")
+    astronaut = data.astronaut()
+    wide = np.asarray(Image.fromarray(astronaut).resize((1920, 1080), Image.BICUBIC))
+    return {"astronaut": astronaut, "retina": data.retina(), "coffee": data.coffee(),
+            "chelsea": data.chelsea(), "wide": wide}
+
+
+def assert_same(theirs, ours):
+    assert set(theirs.keys()) == set(ours.keys())
+    for key in theirs:
+        a, b = theirs[key], ours[key]
+        if isinstance(a, torch.Tensor):
+            assert a.dtype == b.dtype and a.shape == b.shape, key
+            assert torch.equal(a, b.cpu()), key
+        else:
+            assert a == b, key
+
+
+@pytest.mark.parametrize("mean", ["siglip", "clip_default"])
+@pytest.mark.parametrize("batch", ["single", "two_singles", "multi_image", "mixed"])
+def test_onevision_equals_pil_processor(mean, batch):
+    imgs = real_images()
+    hf = pil_onevision.LlavaOnevisionImageProcessorPil(**(SIGLIP if mean == "siglip" else {}))
+    ours = ImageProcessor.from_hf(hf)
+    images = {"single": [imgs["wide"]],
+              "two_singles": [imgs["retina"], imgs["chelsea"]],
+              "multi_image": [[imgs["astronaut"], imgs["coffee"], imgs["chelsea"]]],
+              "mixed": [[imgs["coffee"]], [imgs["astronaut"], imgs["chelsea"]]]}[batch]
+    assert_same(hf(images, return_tensors="pt"), ours(images, return_tensors="pt"))
+
+
+def test_llava_next_equals_pil_processor():
+    imgs = real_images()
+    hf = pil_llava_next.LlavaNextImageProcessorPil(
+        size={"height": 384, "width": 384}, crop_size={"height": 384, "width": 384},
+        image_grid_pinpoints=[[384, 768], [768, 384], [768, 768], [1152, 384], [384, 1152]], **SIGLIP)
+    ours = ImageProcessor.from_hf(hf)
+    images = [imgs["coffee"], imgs["retina"]]
+    assert_same(hf(images, return_tensors="pt"), ours(images, return_tensors="pt"))
+
+
+def test_siglip_equals_pil_processor():
+    imgs = real_images()
+    hf = pil_siglip.SiglipImageProcessorPil(size={"height": 384, "width": 384}, **SIGLIP)
+    ours = ImageProcessor.from_hf(hf)
+    images = [imgs["astronaut"], imgs["wide"], imgs["chelsea"]]
+    assert_same(hf(images, return_tensors="pt"), ours(images, return_tensors="pt"))
+
+
+@pytest.mark.parametrize("convert", ["rgba", "palette", "gray_pil", "gray_array", "chw_array", "tensor"])
+def test_input_kinds_convert_like_transformers(convert):
+    imgs = real_images()
+    coffee = imgs["coffee"]
+    rgba = np.concatenate([coffee, (np.arange(coffee.shape[1]) % 256).astype(np.uint8)[None, :, None]
+                           .repeat(coffee.shape[0], 0)], axis=2)
+    image = {"rgba": Image.fromarray(rgba, "RGBA"),
+             "palette": Image.fromarray(coffee).convert("P"),
+             "gray_pil": Image.fromarray(coffee).convert("L"),
+             "gray_array": np.asarray(Image.fromarray(coffee).convert("L")),
+             "chw_array": np.ascontiguousarray(np.moveaxis(coffee, -1, 0)),
+             "tensor": torch.from_numpy(coffee.copy())}[convert]
+    hf = pil_onevision.LlavaOnevisionImageProcessorPil(**SIGLIP)
+    theirs_input = image.numpy() if isinstance(image, torch.Tensor) else image
+    if convert == "gray_array":  # transformers rejects a bare [H, W] array in a list: give it the PIL image
+        theirs_input = Image.fromarray(image)
+    assert_same(hf([theirs_input], return_tensors="pt"), ImageProcessor.from_hf(hf)([image]))
+
+
+def test_clear_errors():
+    hf = pil_onevision.LlavaOnevisionImageProcessorPil(**SIGLIP)
+    ours = ImageProcessor.from_hf(hf)
+    with pytest.raises(ValueError, match="16-bit"):
+        ours([Image.fromarray(np.zeros((8, 8), dtype=np.uint16))])
+    with pytest.raises(ValueError, match="only uint8 arrays"):
+        ours([np.zeros((8, 8, 3), dtype=np.float32)])
+    with pytest.raises(TypeError, match="pass PIL images"):
+        ours(["not an image"])
+    with pytest.raises(TypeError, match="unsupported processor"):
+        ImageProcessor.from_hf(object())
+    with pytest.raises(ValueError, match="only bicubic"):
+        ImageProcessor.from_hf(pil_onevision.LlavaOnevisionImageProcessorPil(resample=2, **SIGLIP))
+
+
+@pytest.mark.cuda
+def test_onevision_on_cuda_equals_pil_processor():
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 256, (1080, 1920, 3), dtype=np.uint8), rng.integers(0, 256, (300, 451, 3), dtype=np.uint8)]
+    hf = pil_onevision.LlavaOnevisionImageProcessorPil(**SIGLIP)
+    ours = ImageProcessor.from_hf(hf, device="cuda")(images)
+    assert ours["pixel_values"].device.type == "cuda"
+    assert_same(hf(images, return_tensors="pt"), ours)
