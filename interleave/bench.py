@@ -120,8 +120,61 @@ def anyres_tiles_cases(device: str, quick: bool = False, compile_reference: bool
     return cases
 
 
+# ---- the image processor (anyres_tiles + normalization + batching) ---------------------------------
+def _photo(h: int, w: int) -> "np.ndarray":
+    """scikit-image's astronaut resized to (h, w) with Pillow, or a smooth synthetic image when
+    scikit-image is not installed (GPU machines)."""
+    import numpy as np
+    try:
+        from skimage import data
+        from PIL import Image
+        return np.asarray(Image.fromarray(data.astronaut()).resize((w, h), Image.BICUBIC))
+    except ImportError:
+        return _smooth_image(h, w, 0).numpy()
+
+
+def image_processor_cases(device: str, quick: bool = False, compile_reference: bool = True) -> list[Case]:
+    """interleave.hf.ImageProcessor against transformers' PIL processor (the reference: equal
+    pixel_values) and its torchvision-backend processor (when torchvision is installed)."""
+    from .hf import ImageProcessor
+    try:
+        from transformers.models.llava_onevision import image_processing_pil_llava_onevision as ov_pil
+        from transformers.models.siglip import image_processing_pil_siglip as sg_pil
+    except ImportError:
+        return []
+    siglip = dict(image_mean=[0.5] * 3, image_std=[0.5] * 3)
+    configs = [("OneVision 1080x1920 -> 16 tiles", ov_pil.LlavaOnevisionImageProcessorPil(**siglip),
+                "LlavaOnevisionImageProcessor", [_photo(1080, 1920)]),
+               ("SigLIP 16 frames 1080x1920", sg_pil.SiglipImageProcessorPil(size={"height": 384, "width": 384}, **siglip),
+                "SiglipImageProcessor", [_photo(1080, 1920)] * 16)]
+    if quick:
+        configs = [("OneVision 300x500", configs[0][1], configs[0][2], [_photo(300, 500)])]
+    cases = []
+    for name, hf_pil, tv_name, images in configs:
+        ours = ImageProcessor.from_hf(hf_pil, device=device)
+        baselines = {"transformers_pil": lambda p=hf_pil, ims=images: p(ims, return_tensors="pt")["pixel_values"]}
+        try:  # the torchvision backend (transformers' default processor class)
+            import importlib
+            module = importlib.import_module(type(hf_pil).__module__.replace("image_processing_pil_", "image_processing_"))
+            hf_tv = getattr(module, tv_name)(**{k: getattr(hf_pil, k) for k in ("image_mean", "image_std")},
+                                             **({"size": {"height": 384, "width": 384}} if "Siglip" in tv_name else {}))
+            kwargs = {"device": device} if device == "cuda" else {}
+            baselines["transformers_torchvision"] = lambda p=hf_tv, ims=images, kw=kwargs: p(
+                ims, return_tensors="pt", **kw)["pixel_values"]
+        except (ImportError, AttributeError, TypeError):
+            pass
+        probe = ours(images)["pixel_values"]
+        out_bytes = probe.numel() * probe.element_size()
+        cases.append(Case(
+            op="image_processor", device=device, shape=name, dtype="float32",
+            ours=lambda p=ours, ims=images: p(ims)["pixel_values"],
+            baselines=baselines, bytes_moved=sum(im.nbytes for im in images) + out_bytes))
+    return cases
+
+
 CASES: dict[str, Callable[..., list[Case]]] = {"merge_tokens": merge_tokens_cases,
-                                               "anyres_tiles": anyres_tiles_cases}
+                                               "anyres_tiles": anyres_tiles_cases,
+                                               "image_processor": image_processor_cases}
 
 
 # ---- timing ------------------------------------------------------------------------------------
