@@ -35,7 +35,7 @@ def test_bench_quick_writes_json(tmp_path):
     report = json.loads(out.read_text())
     assert report["environment"]["torch"]
     results = {r["op"]: r for r in report["results"]}
-    assert set(results) == {"merge_tokens", "anyres_tiles"}
+    assert set(results) == {"merge_tokens", "anyres_tiles", "image_processor"}
     assert all(r["bitwise_equal"] and r["ours_gbps"] > 0 for r in results.values())
     assert set(results["merge_tokens"]["median_ms"]) >= {"ours", "ours_sync_free", "transformers", "index_put"}
     assert results["anyres_tiles"]["reference"] == "pillow"
