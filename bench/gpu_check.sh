@@ -3,7 +3,8 @@
 # has torch, triton, transformers, pytest, pytest-benchmark and hypothesis (no network):
 #   1. print the GPU and versions; 2. build the extension from source; 3. run the CUDA tests;
 #   4. run the GPU benchmarks and write one JSON into $OUT (else bench/results/), table last.
-# Usage (device tool): bash bench/gpu_check.sh      Budget: 8 minutes.
+# Usage (device tool): INTERLEAVE_COMMIT=$(git rev-parse --short HEAD) bash bench/gpu_check.sh
+# (expand the sha locally when writing the command). Budget: 8 minutes.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT_DIR="${OUT:-bench/results}"
@@ -43,7 +44,8 @@ test_rc=${PIPESTATUS[0]}
 
 echo "== 4. GPU benchmarks"
 gpu=$("$PY" -c "import torch; print(torch.cuda.get_device_name().replace(' ', '-'))" 2>/dev/null || echo gpu)
-commit=$(git rev-parse --short HEAD 2>/dev/null || cat bench/.commit 2>/dev/null || echo unknown)
+# The device copy of the tree may have no .git: pass INTERLEAVE_COMMIT=<short sha> in the command.
+commit=${INTERLEAVE_COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || echo unknown)}
 json="$OUT_DIR/$(date -u +%Y-%m-%d)-${gpu}-${commit}.json"
 INTERLEAVE_COMMIT="$commit" "$PY" -m interleave bench --device cuda --reps 50 \
   --json "$json" --tests-rc "$test_rc" || status=1

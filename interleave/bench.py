@@ -187,9 +187,17 @@ class _Flush:
             self.buf.zero_()
 
 
-def time_fn(fn: Callable[[], object], device: str, reps: int, warmup: int = 3) -> float:
-    """Median seconds per call."""
-    for _ in range(warmup):
+def time_fn(fn: Callable[[], object], device: str, reps: int, warmup: int = 3,
+            budget_s: float = 4.0) -> float:
+    """Median seconds per call, over `reps` calls or as many as fit in `budget_s` (at least 5), so
+    slow baselines (Pillow on 16 frames) do not dominate a run."""
+    t0 = time.perf_counter()
+    fn()
+    if device == "cuda":
+        torch.cuda.synchronize()
+    first = time.perf_counter() - t0
+    reps = max(5, min(reps, int(budget_s / max(first, 1e-9))))
+    for _ in range(warmup - 1):
         fn()
     times = []
     if device == "cuda":
