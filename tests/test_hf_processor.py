@@ -108,3 +108,14 @@ def test_onevision_on_cuda_equals_pil_processor():
     ours = ImageProcessor.from_hf(hf, device="cuda")(images)
     assert ours["pixel_values"].device.type == "cuda"
     assert_same(hf(images, return_tensors="pt"), ours)
+
+
+def test_from_torchvision_backend_processor():
+    pytest.importorskip("torchvision")
+    from transformers.models.llava_onevision.image_processing_llava_onevision import LlavaOnevisionImageProcessor
+
+    imgs = real_images()
+    pil = pil_onevision.LlavaOnevisionImageProcessorPil(**SIGLIP)
+    ours = ImageProcessor.from_hf(LlavaOnevisionImageProcessor(**SIGLIP))
+    images = [imgs["coffee"]]
+    assert_same(pil(images, return_tensors="pt"), ours(images, return_tensors="pt"))
