@@ -98,6 +98,11 @@ def _smooth_image(h: int, w: int, seed: int) -> torch.Tensor:
 def anyres_tiles_cases(device: str, quick: bool = False, compile_reference: bool = True) -> list[Case]:
     from .ops import anyres_tiles
     from .plan import plan_image
+    try:
+        import PIL  # noqa: F401  (the baseline)
+    except ImportError:
+        print("bench: Pillow is not installed; skipping anyres_tiles", file=sys.stderr)
+        return []
 
     configs = [("1080x1920 anyres_max_9", [(1080, 1920)], "anyres_max_9"),
                ("1411x1411 anyres_max_9", [(1411, 1411)], "anyres_max_9"),
