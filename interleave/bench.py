@@ -160,6 +160,9 @@ def image_processor_cases(device: str, quick: bool = False, compile_reference: b
         baselines = {"transformers_pil": lambda p=hf_pil, ims=images: p(ims, return_tensors="pt")["pixel_values"]}
         try:  # the torchvision backend (transformers' default processor class)
             import importlib
+            import importlib.util
+            if importlib.util.find_spec("torchvision") is None:
+                raise ImportError("torchvision is not installed")  # the class imports, then fails on call
             module = importlib.import_module(type(hf_pil).__module__.replace("image_processing_pil_", "image_processing_"))
             hf_tv = getattr(module, tv_name)(**{k: getattr(hf_pil, k) for k in ("image_mean", "image_std")},
                                              **({"size": {"height": 384, "width": 384}} if "Siglip" in tv_name else {}))
