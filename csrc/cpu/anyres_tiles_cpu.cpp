@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "../ops/anyres_tiles.h"
+#include "output_alloc.h"
 
 namespace interleave {
 namespace {
@@ -226,12 +227,12 @@ at::Tensor anyres_tiles_cpu(at::TensorList images, const at::Tensor& jobs, int64
   at::Tensor out, lut_c;
   if (lut.has_value()) {
     lut_c = lut->contiguous();
-    out = at::empty({num_tiles, 3, tile, tile}, at::TensorOptions().dtype(lut_c.scalar_type()));
+    out = empty_cpu_output({num_tiles, 3, tile, tile}, lut_c.scalar_type());
     sink.tiles_lut = out.mutable_data_ptr();
     sink.lut = lut_c.const_data_ptr();
     sink.lut_dtype = lut_c.scalar_type();
   } else {
-    out = at::empty({num_tiles, tile, tile, 3}, at::TensorOptions().dtype(at::kByte));
+    out = empty_cpu_output({num_tiles, tile, tile, 3}, at::kByte);
     sink.tiles_u8 = out.mutable_data_ptr<uint8_t>();
   }
   for (const TileJob& j : table) run_job(j, contiguous[j.image], tile, sink);

@@ -6,6 +6,8 @@
 
 #include <cstdlib>
 #include <cstring>
+#include <mutex>
+#include <vector>
 
 #if defined(__linux__)
 #include <sys/mman.h>
@@ -16,6 +18,7 @@ namespace {
 
 constexpr size_t kHugePage = size_t(2) << 20;
 constexpr size_t kMinBytes = size_t(4) << 20;
+constexpr size_t kCacheBytes = size_t(1) << 30;
 
 bool hugepages_enabled() {
   static const bool enabled = [] {
@@ -27,14 +30,67 @@ bool hugepages_enabled() {
 
 #if defined(__linux__)
 struct Mapping {
-  void* base;
-  size_t length;
+  void* data;
+  size_t length;  // a multiple of kHugePage
 };
 
-void unmap(void* ctx) {
+// Freed mappings kept for reuse. Intentionally leaked at exit (the OS reclaims it).
+struct MappingCache {
+  std::mutex mutex;
+  std::vector<Mapping*> free;
+  size_t bytes = 0;
+};
+
+MappingCache& cache() {
+  static auto* c = new MappingCache();
+  return *c;
+}
+
+// The smallest cached mapping that holds `length` without wasting more than half of it.
+Mapping* take_cached(size_t length) {
+  MappingCache& c = cache();
+  std::lock_guard<std::mutex> lock(c.mutex);
+  size_t best = c.free.size();
+  for (size_t i = 0; i < c.free.size(); ++i) {
+    const size_t have = c.free[i]->length;
+    if (have >= length && have <= 2 * length && (best == c.free.size() || have < c.free[best]->length))
+      best = i;
+  }
+  if (best == c.free.size()) return nullptr;
+  Mapping* m = c.free[best];
+  c.free.erase(c.free.begin() + static_cast<std::ptrdiff_t>(best));
+  c.bytes -= m->length;
+  return m;
+}
+
+void release(void* ctx) {
   auto* m = static_cast<Mapping*>(ctx);
-  munmap(m->base, m->length);
+  MappingCache& c = cache();
+  {
+    std::lock_guard<std::mutex> lock(c.mutex);
+    if (c.bytes + m->length <= kCacheBytes) {
+      c.free.push_back(m);
+      c.bytes += m->length;
+      return;
+    }
+  }
+  munmap(m->data, m->length);
   delete m;
+}
+
+Mapping* map_new(size_t length) {
+  // Over-map by one huge page, then trim so the kept range starts on a 2 MiB boundary.
+  void* raw = mmap(nullptr, length + kHugePage, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (raw == MAP_FAILED) return nullptr;
+  const auto start = reinterpret_cast<uintptr_t>(raw);
+  const uintptr_t aligned = (start + kHugePage - 1) & ~(uintptr_t(kHugePage) - 1);
+  const size_t head = aligned - start;
+  if (head) munmap(raw, head);
+  const size_t tail = kHugePage - head;
+  if (tail) munmap(reinterpret_cast<void*>(aligned + length), tail);
+  void* data = reinterpret_cast<void*>(aligned);
+  madvise(data, length, MADV_HUGEPAGE);  // advisory: without THP it is a plain mapping
+  return new Mapping{data, length};
 }
 #endif
 
@@ -47,20 +103,10 @@ at::Tensor empty_cpu_output(at::IntArrayRef sizes, at::ScalarType dtype) {
 #if defined(__linux__)
   if (hugepages_enabled() && nbytes >= kMinBytes) {
     const size_t length = (nbytes + kHugePage - 1) / kHugePage * kHugePage;
-    // Over-map by one huge page, then trim so the kept range starts on a 2 MiB boundary.
-    void* raw = mmap(nullptr, length + kHugePage, PROT_READ | PROT_WRITE,
-                     MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    if (raw != MAP_FAILED) {
-      const auto start = reinterpret_cast<uintptr_t>(raw);
-      const uintptr_t aligned = (start + kHugePage - 1) & ~(uintptr_t(kHugePage) - 1);
-      const size_t head = aligned - start;
-      if (head) munmap(raw, head);
-      const size_t tail = kHugePage - head;
-      if (tail) munmap(reinterpret_cast<void*>(aligned + length), tail);
-      void* data = reinterpret_cast<void*>(aligned);
-      madvise(data, length, MADV_HUGEPAGE);  // advisory: without THP it is a plain mapping
-      auto* ctx = new Mapping{data, length};
-      c10::DataPtr ptr(data, ctx, &unmap, c10::Device(c10::kCPU));
+    Mapping* m = take_cached(length);
+    if (!m) m = map_new(length);
+    if (m) {
+      c10::DataPtr ptr(m->data, m, &release, c10::Device(c10::kCPU));
       c10::Storage storage(c10::Storage::use_byte_size_t(), nbytes, std::move(ptr),
                            c10::GetCPUAllocator(), /*resizable=*/true);
       return at::empty({0}, at::TensorOptions().dtype(dtype)).set_(storage, 0, sizes);
