@@ -25,6 +25,8 @@ import torch
 from .. import _extension, plan as planning, reference
 
 _OP = "interleave::anyres_tiles"
+# Which devices have a compiled kernel, looked up once (see merge_tokens.py).
+_KERNELS = {dev: _extension.has_op_kernel(_OP, dev) for dev in ("cpu", "cuda")}
 JOB_FIELDS = 15  # csrc/common/resample.h JobField
 
 ImageLike = Union[torch.Tensor, np.ndarray]
@@ -132,7 +134,7 @@ def anyres_tiles(images: Union[ImageLike, Sequence[ImageLike]], mode: str = "any
     device = images[0].device if images else torch.device("cpu")
     if normalize is not None:
         normalize = normalize.to(device)
-    if _extension.has_op_kernel(_OP, device.type):
+    if _KERNELS.get(device.type, False):
         tiles = torch.ops.interleave.anyres_tiles(images, jobs, offsets[-1], tile, normalize)
     else:
         tiles = reference.anyres_tiles([im.cpu() for im in images], plans, tile).to(device)

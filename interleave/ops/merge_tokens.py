@@ -25,6 +25,9 @@ from .. import _extension, reference
 
 _FLOAT_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
 _OP = "interleave::merge_tokens"
+# Which devices have a compiled kernel, looked up once: the dispatcher query is not traceable by
+# torch.compile, a dict lookup is.
+_KERNELS = {dev: _extension.has_op_kernel(_OP, dev) for dev in ("cpu", "cuda")}
 
 
 def _placeholder_ids(image_token_id: Union[int, Sequence[int]]) -> list[int]:
@@ -74,7 +77,7 @@ def merge_tokens(input_ids: torch.Tensor, embed_weight: torch.Tensor, visual: to
     """
     ids = _placeholder_ids(image_token_id)
     _check_args(input_ids, embed_weight, visual, num_placeholders)
-    if _extension.has_kernel(input_ids.device.type):
+    if _KERNELS.get(input_ids.device.type, False):
         return torch.ops.interleave.merge_tokens(
             input_ids, embed_weight, visual, ids, num_placeholders,
             -1 if padding_idx is None else padding_idx)
