@@ -2,9 +2,10 @@
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from interleave.hf import ImageProcessor
+
+Image = pytest.importorskip("PIL.Image")
 
 pil_onevision = pytest.importorskip(
     "transformers.models.llava_onevision.image_processing_pil_llava_onevision")

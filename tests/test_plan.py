@@ -9,9 +9,12 @@ from hypothesis import strategies as st
 
 from interleave import plan
 
-from transformers.models.llava_next.modeling_llava_next import image_size_to_num_patches
-from transformers.models.llava_next.processing_llava_next import LlavaNextProcessor
-from transformers.models.llava_onevision.processing_llava_onevision import LlavaOnevisionProcessor
+# importorskip: an older transformers on a GPU machine must not break collection of the CUDA tests.
+image_size_to_num_patches = pytest.importorskip(
+    "transformers.models.llava_next.modeling_llava_next").image_size_to_num_patches
+LlavaNextProcessor = pytest.importorskip("transformers.models.llava_next.processing_llava_next").LlavaNextProcessor
+LlavaOnevisionProcessor = pytest.importorskip(
+    "transformers.models.llava_onevision.processing_llava_onevision").LlavaOnevisionProcessor
 
 # The lmms-lab grid as transformers reads the checkpoint config (pairs taken as (h, w)).
 LMMS_AS_HF = [list(p) for p in plan.LMMS_INTERLEAVE_PINPOINTS_WH]
