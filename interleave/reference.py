@@ -84,3 +84,60 @@ def anyres_tiles(images, plans, tile: int = 384) -> torch.Tensor:
     if not out:
         return torch.empty(0, tile, tile, 3, dtype=torch.uint8)
     return torch.from_numpy(np.stack(out))
+
+
+def pack_tokens(features: torch.Tensor, plans, newline: torch.Tensor | None = None,
+                side: int = 27) -> torch.Tensor:
+    """The visual tokens of a batch in the order the merge step consumes them, as transformers
+    builds them after the projector (LlavaOnevisionModel.pack_image_features for images,
+    apply_pooling + one newline for OneVision video; LLaVA-NeXT-Video 2x2 avg/max pooling).
+
+    features: [P_total, side*side, H], every image's tiles (base first, then the grid) or every
+    video's frames, in plan order. plans: interleave.plan.ImagePlan / VideoPlan per item.
+    newline: [H] (image_newline) or None. Returns [T_total, H]; T_total = sum of plan.num_tokens
+    when a newline is given.
+    """
+    from .plan import VideoPlan
+
+    counts = [p.num_frames if isinstance(p, VideoPlan) else p.num_patches for p in plans]
+    if features.dim() != 3 or features.shape[1] != side * side:
+        raise ValueError(f"pack_tokens: features must be [P, {side * side}, H], got {tuple(features.shape)}")
+    if sum(counts) != features.shape[0]:
+        raise ValueError(f"pack_tokens: the plans describe {sum(counts)} tiles/frames but features has "
+                         f"{features.shape[0]}")
+    if newline is not None and newline.shape != (features.shape[2],):
+        raise ValueError(f"pack_tokens: newline must be [{features.shape[2]}], got {tuple(newline.shape)}")
+    out, offset = [], 0
+    for p, n in zip(plans, counts):
+        f = features[offset:offset + n]
+        offset += n
+        if isinstance(p, VideoPlan):
+            maps = f.view(n, side, side, -1).permute(0, 3, 1, 2)  # [F, H, side, side]
+            if p.pooling == "bilinear":
+                maps = F.interpolate(maps, size=list(p.frame_features), mode="bilinear")
+            elif p.pooling == "avg":
+                maps = F.avg_pool2d(maps, 2)
+            elif p.pooling == "max":
+                maps = F.max_pool2d(maps, 2)
+            tokens = maps.permute(0, 2, 3, 1).reshape(-1, f.shape[-1])
+            if p.newline and newline is not None:
+                tokens = torch.cat((tokens, newline[None].to(tokens)), dim=0)
+        elif p.grid != (0, 0):
+            rows, cols = p.grid
+            grid = f[1:].view(rows, cols, side, side, -1).permute(4, 0, 2, 1, 3)
+            grid = grid.flatten(1, 2).flatten(2, 3)  # [H, rows*side, cols*side]
+            uh, uw = p.unpadded_features
+            top, left = (grid.shape[1] - uh) // 2, (grid.shape[2] - uw) // 2
+            grid = grid[:, top:top + uh, left:left + uw]  # unpad_image: a symmetric crop
+            if p.shrunk_features is not None:
+                grid = F.interpolate(grid[None], list(p.shrunk_features), mode="bilinear")[0]
+            if newline is not None:
+                column = newline[:, None, None].expand(*grid.shape[:-1], 1).to(grid)
+                grid = torch.cat((grid, column), dim=-1)
+            tokens = torch.cat((f[0], grid.flatten(1, 2).transpose(0, 1)), dim=0)
+        else:
+            tokens = f[0]
+            if p.newline and newline is not None:
+                tokens = torch.cat((tokens, newline[None].to(tokens)), dim=0)
+        out.append(tokens)
+    return torch.cat(out, dim=0)
