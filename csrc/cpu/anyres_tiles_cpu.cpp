@@ -150,16 +150,22 @@ void run_job(const TileJob& j, const at::Tensor& image, int64_t tile, const Tile
   // width does not change), or, in Pillow's vertical-first order, vertical over all rows.
   const int64_t mid_bytes = c.mid_width * 3;
   const int64_t mid_rows = c.mid_rows;
-  std::vector<uint8_t> mid(static_cast<size_t>(mid_rows * mid_bytes));
+  // Without a horizontal pass and without source padding the first pass would only copy image
+  // rows: the second pass reads them in place instead.
+  const bool in_place = !c.vertical_first && !c.need_horizontal && j.src_top == 0 &&
+                        j.src_left == 0 && j.src_h == image.size(0) && j.src_w == image.size(1);
+  std::vector<uint8_t> mid_buffer(in_place ? 0 : static_cast<size_t>(mid_rows * mid_bytes));
+  uint8_t* mid_out = mid_buffer.data();
+  const uint8_t* mid = in_place ? image.const_data_ptr<uint8_t>() + c.row_first * mid_bytes : mid_out;
   if (c.vertical_first) {
     // The checks allow this order only for an unpadded source: the image itself.
     const uint8_t* img = image.const_data_ptr<uint8_t>();
     at::parallel_for(0, mid_rows, 16, [&](int64_t r0, int64_t r1) {
       std::vector<int32_t> acc(mid_bytes);
       for (int64_t r = r0; r < r1; ++r)
-        vertical_pass(img, mid_bytes, c.vertical, static_cast<int>(r), 0, acc.data(), mid.data() + r * mid_bytes);
+        vertical_pass(img, mid_bytes, c.vertical, static_cast<int>(r), 0, acc.data(), mid_out + r * mid_bytes);
     });
-  } else {
+  } else if (!in_place) {
     at::parallel_for(0, mid_rows, 16, [&](int64_t r0, int64_t r1) {
       std::vector<uint8_t> bufs(static_cast<size_t>(kBlockRows) * j.src_w * 3);
       std::vector<uint8_t> transposed(c.need_horizontal ? static_cast<size_t>(j.src_w) * kLanes + 1 : 0);
@@ -170,14 +176,14 @@ void run_job(const TileJob& j, const at::Tensor& image, int64_t tile, const Tile
           uint8_t* dst[kBlockRows];
           for (int b = 0; b < kBlockRows; ++b) {
             src[b] = source_row(j, image, c.row_first + r + b, bufs.data() + b * j.src_w * 3);
-            dst[b] = mid.data() + (r + b) * mid_bytes;
+            dst[b] = mid_out + (r + b) * mid_bytes;
           }
           horizontal_pass_block(src, dst, c.horizontal, j.src_w, transposed.data());
         }
       }
       for (; r < r1; ++r) {
         const uint8_t* src = source_row(j, image, c.row_first + r, bufs.data());
-        uint8_t* dst = mid.data() + r * mid_bytes;
+        uint8_t* dst = mid_out + r * mid_bytes;
         if (c.need_horizontal) horizontal_pass(src, dst, c.horizontal);
         else std::memcpy(dst, src, mid_bytes);
       }
@@ -199,13 +205,13 @@ void run_job(const TileJob& j, const at::Tensor& image, int64_t tile, const Tile
         fill_rgb(row + right * 3, j.canvas_w - right, j.dst_pad);
         uint8_t* px = row + j.dst_left * 3;
         if (c.vertical_first) {
-          const uint8_t* src = mid.data() + y * mid_bytes;
+          const uint8_t* src = mid + y * mid_bytes;
           if (c.need_horizontal) horizontal_pass(src, px, c.horizontal);
           else std::memcpy(px, src, mid_bytes);
         } else if (c.need_vertical) {
-          vertical_pass(mid.data(), mid_bytes, c.vertical, static_cast<int>(y), c.row_first, acc.data(), px);
+          vertical_pass(mid, mid_bytes, c.vertical, static_cast<int>(y), c.row_first, acc.data(), px);
         } else {
-          std::memcpy(px, mid.data() + y * mid_bytes, mid_bytes);
+          std::memcpy(px, mid + y * mid_bytes, mid_bytes);
         }
       }
       write_canvas_row(sink, row, j.first_tile, cols, cy, tile);
