@@ -112,7 +112,8 @@ def pack_tokens(features: torch.Tensor, plans, newline: torch.Tensor | None = No
         f = features[offset:offset + n]
         offset += n
         if isinstance(p, VideoPlan):
-            maps = f.view(n, side, side, -1).permute(0, 3, 1, 2)  # [F, H, side, side]
+            # contiguous NCHW, as transformers' apply_pooling and LLaVA-NeXT-Video's pooling make it
+            maps = f.view(n, side, side, -1).permute(0, 3, 1, 2).contiguous()  # [F, H, side, side]
             if p.pooling == "bilinear":
                 maps = F.interpolate(maps, size=list(p.frame_features), mode="bilinear")
             elif p.pooling == "avg":
