@@ -317,3 +317,26 @@ def test_bilinear_taps_match_aten_interpolate_exactly_in_float64():
     assert p.grid == (3, 5) and p.unpadded_features == (75, 135) and p.shrunk_features == (60, 108)
     out = pack_tokens(torch.cat([torch.zeros(1, 729, 3, dtype=torch.float64), tiles]), [p])[729:]
     torch.testing.assert_close(out, expected[0].permute(1, 2, 0).reshape(-1, 3), rtol=1e-15, atol=1e-15)
+
+
+@pytest.mark.cuda
+def test_cuda_one_launch_and_no_host_sync():
+    """The whole batch is one kernel launch, and the op never synchronizes with the host (the
+    layout travels through pinned memory, asynchronously)."""
+    from torch.profiler import ProfilerActivity, profile
+    _needs_kernel("cuda")
+    plans = _mixed_plans()
+    feats, newline = _random_features(plans, 64, torch.bfloat16, "cuda", seed=13)
+    pack_tokens(feats, plans, newline)  # warm: the layout cache, the allocator
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            out = pack_tokens(feats, plans, newline)
+            torch.cuda.set_sync_debug_mode(0)
+            torch.cuda.synchronize()
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    kernels = [e.name for e in prof.events() if "pack_forward" in e.name]
+    assert len(kernels) == 1, kernels
+    torch.testing.assert_close(out.cpu(), reference.pack_tokens(feats.cpu(), plans, newline.cpu()))
