@@ -1,8 +1,9 @@
-"""Drop-ins for transformers: a fast image processor (more patches come with later issues).
+"""Drop-ins for transformers: a fast image processor, and patches for loaded Llava models.
 
     from interleave.hf import ImageProcessor
     processor = ImageProcessor.from_hf(hf_image_processor)        # SigLIP, LLaVA-NeXT or OneVision
     batch = processor(images, return_tensors="pt", device="cuda")  # decode on CPU, tile on the GPU
+    interleave.hf.patch(model)   # model's visual path + merge on our ops (interleave/patching.py)
 
 The call signature and the BatchFeature keys are transformers' (`pixel_values`, `image_sizes`,
 `batch_num_images`); `pixel_values` equal those of transformers' PIL processors bit for bit (same
@@ -20,6 +21,7 @@ import torch
 
 from . import plan as planning
 from .ops.anyres_tiles import anyres_tiles, normalization_table
+from .patching import is_patched, patch, unpatch, visual_tokens  # noqa: F401 (re-exported)
 
 KINDS = ("siglip", "llava_next", "onevision")
 

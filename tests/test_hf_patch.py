@@ -1,0 +1,141 @@
+"""interleave.hf.patch (issue 6, deliverable 4): a patched transformers Llava / LlavaNext /
+LlavaOnevision model gives the unpatched model's logits and greedy generations, on tiny random
+models (SigLIP + Qwen2 configs) built in memory."""
+import pytest
+import torch
+
+transformers = pytest.importorskip("transformers")
+
+import interleave.hf  # noqa: E402
+from interleave import plan  # noqa: E402
+
+IMAGE_ID, VIDEO_ID = 290, 291
+TILE = 28  # 2x2 features per tile: small enough for CPU, big enough for every packing path
+GRID = [[28, 56], [56, 28], [56, 56]]
+
+
+def _configs():
+    vision = transformers.SiglipVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=3,
+                                             num_attention_heads=2, image_size=TILE, patch_size=14)
+    text = transformers.Qwen2Config(vocab_size=300, hidden_size=48, intermediate_size=96, num_hidden_layers=2,
+                                    num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024)
+    return vision, text
+
+
+def _model(kind):
+    torch.manual_seed({"llava": 0, "llava_next": 1, "onevision": 2}[kind])
+    vision, text = _configs()
+    common = dict(vision_config=vision, text_config=text, image_token_id=IMAGE_ID,
+                  vision_feature_layer=-1, vision_feature_select_strategy="full")
+    if kind == "llava":
+        model = transformers.LlavaForConditionalGeneration(transformers.LlavaConfig(**common))
+    elif kind == "llava_next":
+        model = transformers.LlavaNextForConditionalGeneration(transformers.LlavaNextConfig(
+            image_grid_pinpoints=GRID, **common))
+    else:
+        model = transformers.LlavaOnevisionForConditionalGeneration(transformers.LlavaOnevisionConfig(
+            image_grid_pinpoints=GRID, video_token_id=VIDEO_ID, vision_aspect_ratio="anyres_max_1", **common))
+    return model.eval()
+
+
+def _image_inputs(kind, sizes, batch_num_images=None):
+    """input_ids with each image's placeholders (counts from interleave.plan, as the processors
+    expand them), pixel_values in transformers' layout, image_sizes."""
+    g = torch.Generator().manual_seed(7)
+    if kind == "llava":
+        plans = [plan.plan_image(h, w, "llava", tile=TILE) for h, w in sizes]
+        pixel_values = torch.randn(len(sizes), 3, TILE, TILE, generator=g)
+    else:
+        mode = "anyres" if kind == "llava_next" else "anyres_max_1"
+        multi = batch_num_images is not None and max(batch_num_images) > 1
+        plans = [plan.plan_image(h, w, "llava", newline=True, tile=TILE) if multi else
+                 plan.plan_image(h, w, mode, pinpoints=[tuple(p) for p in GRID], tile=TILE) for h, w in sizes]
+        pmax = max(p.num_patches for p in plans)
+        pixel_values = torch.zeros(len(sizes), pmax, 3, TILE, TILE)
+        for i, p in enumerate(plans):
+            pixel_values[i, :p.num_patches] = torch.randn(p.num_patches, 3, TILE, TILE, generator=g)
+    ids = []
+    for i, p in enumerate(plans):
+        ids += [10 + i, 11] + [IMAGE_ID] * p.num_tokens + [12]
+    inputs = dict(input_ids=torch.tensor([ids + [13, 14]]), pixel_values=pixel_values)
+    if kind != "llava":
+        inputs["image_sizes"] = torch.tensor(sizes)
+    if batch_num_images is not None:
+        inputs["batch_num_images"] = torch.tensor(batch_num_images)
+    return inputs, plans
+
+
+def _compare(model, inputs, exact):
+    with torch.no_grad():
+        interleave.hf.unpatch(model)
+        expected = model(**inputs).logits
+        greedy_expected = model.generate(**inputs, max_new_tokens=6, do_sample=False)
+        interleave.hf.patch(model)
+        try:
+            got = model(**inputs).logits
+            greedy = model.generate(**inputs, max_new_tokens=6, do_sample=False)
+        finally:
+            interleave.hf.unpatch(model)
+    if exact:
+        assert torch.equal(got, expected)
+    else:
+        torch.testing.assert_close(got, expected)
+    assert torch.equal(greedy, greedy_expected)
+
+
+@pytest.mark.parametrize("kind", ["llava", "llava_next", "onevision"])
+def test_patched_model_equals_transformers(kind):
+    """Copy-only packing (Llava, LlavaNext) is bitwise; OneVision's shrink is within rounding."""
+    model = _model(kind)
+    sizes = [(30, 50), (60, 20), (56, 56)]
+    inputs, plans = _image_inputs(kind, sizes)
+    shrinks = any(getattr(p, "shrunk_features", None) for p in plans)
+    assert shrinks == (kind == "onevision")
+    _compare(model, inputs, exact=not shrinks)
+
+
+def test_onevision_multi_image_sample_is_not_tiled():
+    """batch_num_images > 1: each image is its base tile + one newline (730 tokens at 384px)."""
+    model = _model("onevision")
+    inputs, plans = _image_inputs("onevision", [(30, 50), (60, 20)], batch_num_images=[2])
+    assert [p.num_tokens for p in plans] == [5, 5]
+    _compare(model, inputs, exact=True)
+
+
+def test_onevision_video_and_image_prompt():
+    model = _model("onevision")
+    inputs, _ = _image_inputs("onevision", [(30, 50)])
+    frames = torch.randn(1, 3, 3, TILE, TILE, generator=torch.Generator().manual_seed(3))
+    video = plan.plan_video(3, "bilinear", tile=TILE)
+    ids = inputs["input_ids"][0].tolist()
+    inputs["input_ids"] = torch.tensor([[20] + [VIDEO_ID] * video.num_tokens + ids])
+    inputs["pixel_values_videos"] = frames
+    _compare(model, inputs, exact=False)
+    only_video = dict(input_ids=torch.tensor([[20] + [VIDEO_ID] * video.num_tokens + [21]]), pixel_values_videos=frames)
+    _compare(model, only_video, exact=False)
+
+
+def test_visual_tokens_equal_transformers_features():
+    """The patched visual path alone: our tokens equal what transformers' get_image_features packs."""
+    model = _model("llava_next")
+    inputs, plans = _image_inputs("llava_next", [(30, 50), (60, 20)])
+    with torch.no_grad():
+        ours, _ = interleave.hf.visual_tokens(model, inputs["pixel_values"], inputs["image_sizes"])
+        hf = model.model.get_image_features(inputs["pixel_values"], inputs["image_sizes"], return_dict=True)
+    assert torch.equal(ours, torch.cat(hf.pooler_output))
+    assert ours.shape[0] == sum(p.num_tokens for p in plans)
+
+
+def test_patch_unpatch_and_errors():
+    model = _model("llava")
+    assert interleave.hf.patch(model) is model and interleave.hf.is_patched(model)
+    interleave.hf.patch(model)  # idempotent
+    interleave.hf.unpatch(model)
+    assert not interleave.hf.is_patched(model) and "forward" not in model.model.__dict__
+    with pytest.raises(TypeError, match="not a Llava"):
+        interleave.hf.patch(torch.nn.Linear(2, 2))
+    inputs, _ = _image_inputs("llava", [(30, 50)])
+    inputs["input_ids"][0, 3] = 5  # one placeholder fewer than the 4 feature rows
+    interleave.hf.patch(model)
+    with pytest.raises(ValueError, match="placeholder"):
+        model(**inputs)
