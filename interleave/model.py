@@ -1,0 +1,217 @@
+"""InterleaveModel: a LLaVA-NeXT-Interleave model whose whole visual path runs on our ops.
+
+    model = InterleaveModel.from_pretrained("llava-interleave-qwen-0.5b-hf")   # a local folder
+    batch = model.prepare(["<image><image>What changed?"], [[img_a, img_b]])
+    out = model(**batch, labels=labels)          # loss, logits (visual positions never labelled)
+    text = interleave.generate(model, "<image>Describe.", [img])
+
+Thin on purpose: it holds transformers' own model (SigLIP encoder layers, projector, Qwen2 causal
+LM, caches, generation), patched by interleave.hf.patch so that the visual path (truncated tower,
+pack_tokens) and the merge (merge_tokens) run on our ops, plus interleave.hf.ImageProcessor
+(anyres_tiles) for the pixels and interleave.processing for the prompt. Llava (the
+llava-interleave-qwen-*-hf layout: 729 tokens per image, frames and views as images),
+LlavaNext (anyres) and LlavaOnevision (anyres_max_9 single images, 730-token multi-image, bilinear
+pooled video) checkpoints all load; the mode comes from the config.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Optional, Sequence, Union
+
+import torch
+
+from . import plan as planning, processing
+from .hf import ImageProcessor, to_rgb_uint8
+from .patching import _image_plans, _inner, _kind, patch
+
+_ARCHITECTURES = {"llava": "LlavaForConditionalGeneration", "llava_next": "LlavaNextForConditionalGeneration",
+                  "llava_onevision": "LlavaOnevisionForConditionalGeneration"}
+
+
+@dataclasses.dataclass
+class Video:
+    """A video as its (already sampled) frames, uint8 [H, W, 3] each (or a [F, H, W, 3] tensor).
+    OneVision models pool it as one `<video>`; Llava/LlavaNext models see each frame as an `<image>`."""
+    frames: Union[Sequence, torch.Tensor]
+
+
+Visual = Union[torch.Tensor, "np.ndarray", Video, object]  # an image (array, tensor, PIL) or a Video
+
+
+class InterleaveModel(torch.nn.Module):
+    def __init__(self, hf_model, tokenizer=None, image_processor: Optional[ImageProcessor] = None):
+        super().__init__()
+        self.hf = patch(hf_model)
+        inner = _inner(hf_model)
+        self.kind = _kind(inner)
+        self.config = hf_model.config
+        self.tokenizer = tokenizer
+        vision = self.config.vision_config
+        if image_processor is None:  # SigLIP's normalization (mean = std = 0.5), the model's tile size
+            image_processor = ImageProcessor(
+                {"llava": "siglip", "llava_next": "llava_next", "onevision": "onevision"}[self.kind],
+                image_mean=[0.5] * 3, image_std=[0.5] * 3, size=vision.image_size,
+                grid_pinpoints=getattr(self.config, "image_grid_pinpoints", None))
+        self.image_processor = image_processor
+
+    # ---- loading ----------------------------------------------------------------------------------
+    @classmethod
+    def from_pretrained(cls, path: str, *, dtype: Optional[torch.dtype] = None,
+                        device: Union[str, torch.device, None] = None) -> "InterleaveModel":
+        """Loads a local transformers checkpoint folder of LlavaForConditionalGeneration,
+        LlavaNextForConditionalGeneration or LlavaOnevisionForConditionalGeneration (transformers reads
+        both its 4.57 and 5.x key layouts), its tokenizer and, when present, its image processor's
+        settings. Never touches the network."""
+        import transformers
+
+        if not os.path.isdir(path):
+            raise FileNotFoundError(f"InterleaveModel.from_pretrained: {path!r} is not a folder (give a local "
+                                    "checkpoint directory; nothing is downloaded)")
+        if not os.path.isfile(os.path.join(path, "config.json")):
+            raise FileNotFoundError(f"InterleaveModel.from_pretrained: {path!r} has no config.json")
+        config = transformers.AutoConfig.from_pretrained(path, local_files_only=True)
+        arch = _ARCHITECTURES.get(config.model_type)
+        if arch is None:
+            raise ValueError(f"InterleaveModel.from_pretrained: model_type {config.model_type!r} is not one of "
+                             f"{sorted(_ARCHITECTURES)}")
+        kwargs = {"dtype": dtype} if dtype is not None else {}
+        model = getattr(transformers, arch).from_pretrained(path, local_files_only=True, **kwargs)
+        tokenizer = None
+        if any(os.path.isfile(os.path.join(path, f)) for f in ("tokenizer.json", "tokenizer_config.json", "vocab.json")):
+            tokenizer = transformers.AutoTokenizer.from_pretrained(path, local_files_only=True)
+            tokenizer.padding_side = "left"
+        processor = None
+        if os.path.isfile(os.path.join(path, "preprocessor_config.json")):
+            try:
+                processor = ImageProcessor.from_hf(transformers.AutoImageProcessor.from_pretrained(path, local_files_only=True))
+            except (TypeError, ValueError, OSError):
+                processor = None  # an unsupported processor: keep the SigLIP defaults
+        out = cls(model.eval(), tokenizer, processor)
+        return out.to(device) if device is not None else out
+
+    @classmethod
+    def from_transformers(cls, model, tokenizer=None, image_processor=None) -> "InterleaveModel":
+        """Wraps (and patches) an in-memory transformers model."""
+        return cls(model, tokenizer, image_processor)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.hf.parameters()).device
+
+    @property
+    def image_token_id(self) -> int:
+        c = self.config
+        return c.image_token_id if getattr(c, "image_token_id", None) is not None else c.image_token_index
+
+    # ---- inputs -------------------------------------------------------------------------------------
+    def visual_inputs(self, visuals: Sequence[Sequence[Visual]]):
+        """Pixels and plans for a batch: visuals[b] is sample b's inputs in placeholder order.
+        Returns (model kwargs, per-sample plans)."""
+        images_per_sample, videos = [], []
+        for sample in visuals:
+            images = []
+            for item in sample:
+                if isinstance(item, Video) and self.kind != "onevision":
+                    images.extend(_frames(item))  # frames as images (the interleave model's video)
+                elif isinstance(item, Video):
+                    videos.append(_frames(item))
+                else:
+                    images.append(item)
+            images_per_sample.append(images)
+        kwargs: dict = {}
+        device = self.device
+        flat = [im for s in images_per_sample for im in s]
+        image_plans: list = []
+        if flat:
+            batch = self.image_processor([s for s in images_per_sample if s] if self.kind == "onevision" else flat,
+                                         device=device)
+            kwargs["pixel_values"] = batch["pixel_values"].to(self.hf.dtype)
+            if self.kind == "llava":
+                tile = self.config.vision_config.image_size
+                image_plans = [planning.plan_image(1, 1, "llava", tile=tile)] * len(flat)
+            else:
+                kwargs["image_sizes"] = batch["image_sizes"].to(device)
+                if "batch_num_images" in batch:
+                    kwargs["batch_num_images"] = torch.as_tensor(batch["batch_num_images"])
+                image_plans = _image_plans(_inner(self.hf), self.kind, batch["image_sizes"], kwargs.get("batch_num_images"))
+        video_plans = []
+        if videos:
+            counts = {len(v) for v in videos}
+            if len(counts) != 1:
+                raise ValueError(f"InterleaveModel: videos of one batch need the same number of frames, got {sorted(counts)}")
+            tile = self.config.vision_config.image_size
+            from .ops import anyres_tiles
+            pixels = [anyres_tiles([f.to(device) for f in v], "llava", tile=tile,
+                                   normalize=self.image_processor.table.to(device)).tiles for v in videos]
+            kwargs["pixel_values_videos"] = torch.stack(pixels).to(self.hf.dtype)
+            video_plans = [planning.plan_video(counts.pop(), "bilinear", tile=tile,
+                                               patch=self.config.vision_config.patch_size)] * len(videos)
+        # Plans back in each sample's placeholder order.
+        plans_per_sample, i_img, i_vid = [], 0, 0
+        for sample in visuals:
+            plans = []
+            for item in sample:
+                if isinstance(item, Video) and self.kind == "onevision":
+                    plans.append(video_plans[i_vid])
+                    i_vid += 1
+                else:
+                    n = len(_frames(item)) if isinstance(item, Video) else 1
+                    plans.extend(image_plans[i_img:i_img + n])
+                    i_img += n
+            plans_per_sample.append(plans)
+        return kwargs, plans_per_sample
+
+    def prepare(self, prompts: Sequence[str], visuals: Optional[Sequence[Sequence[Visual]]] = None, *,
+                chat: bool = True, system: Optional[str] = processing.DEFAULT_SYSTEM,
+                image_format: str = "interleaved") -> dict:
+        """Model inputs for a batch of prompts (left-padded, with attention_mask): each prompt's
+        `<image>` / `<video>` placeholders are expanded to its visual inputs' token counts. A
+        Video on a Llava/LlavaNext model is one `<image>` per frame in the prompt. chat=True wraps
+        each prompt as one ChatML user turn (with the system prompt) and opens the assistant turn."""
+        if self.tokenizer is None:
+            raise ValueError("InterleaveModel.prepare: the model has no tokenizer (load a checkpoint with one or "
+                             "pass tokenizer= to from_transformers)")
+        if isinstance(prompts, str):
+            prompts = [prompts]
+        visuals = visuals if visuals is not None else [[] for _ in prompts]
+        if len(visuals) != len(prompts):
+            raise ValueError(f"InterleaveModel.prepare: {len(prompts)} prompts but {len(visuals)} visual lists")
+        kwargs, plans = self.visual_inputs(visuals) if any(len(v) for v in visuals) else ({}, [[] for _ in prompts])
+        ids = []
+        video_id = getattr(self.config, "video_token_id", None)
+        for text, p in zip(prompts, plans):
+            text = processing.chat_prompt(text, system=system, image_format=image_format) if chat else text
+            ids.append(processing.encode(self.tokenizer, text, p, image_token_id=self.image_token_id,
+                                         video_token_id=video_id))
+        longest = max(len(x) for x in ids)
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        input_ids = torch.tensor([[pad] * (longest - len(x)) + x for x in ids], device=self.device)
+        attention_mask = torch.tensor([[0] * (longest - len(x)) + [1] * len(x) for x in ids], device=self.device)
+        return {"input_ids": input_ids, "attention_mask": attention_mask, **kwargs}
+
+    # ---- forward ------------------------------------------------------------------------------------
+    def forward(self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor] = None,
+                labels: Optional[torch.Tensor] = None, visuals: Optional[Sequence[Sequence[Visual]]] = None,
+                **pixel_kwargs):
+        """(input_ids, visual inputs, labels) -> transformers' output (loss, logits). Visual inputs
+        come either as `visuals` (raw images/videos per sample, processed here) or as the pixel
+        kwargs `prepare` returns. Positions holding image/video tokens never carry a label."""
+        if visuals is not None:
+            kwargs, _ = self.visual_inputs(visuals)
+            pixel_kwargs = {**kwargs, **pixel_kwargs}
+        if labels is not None:
+            labels = labels.clone()
+            for tid in (self.image_token_id, getattr(self.config, "video_token_id", None)):
+                if tid is not None:
+                    labels[input_ids == tid] = -100
+            if attention_mask is not None:
+                labels[attention_mask == 0] = -100
+        return self.hf(input_ids=input_ids, attention_mask=attention_mask, labels=labels, **pixel_kwargs)
+
+
+def _frames(video: Video) -> list[torch.Tensor]:
+    frames = video.frames
+    if isinstance(frames, torch.Tensor) and frames.dim() == 4:
+        frames = list(frames)
+    return [to_rgb_uint8(f, i) for i, f in enumerate(frames)]

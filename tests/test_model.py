@@ -1,0 +1,147 @@
+"""InterleaveModel, processing and generate (issue 6): tiny random checkpoints saved by transformers
+to a temporary folder (Llava, LlavaNext, LlavaOnevision), real images from scikit-image. Our model's
+logits equal transformers' (the same checkpoint, unpatched, on the same inputs), greedy generations
+are identical for every prompt kind, and a batch generates what its prompts generate one by one."""
+import pytest
+import torch
+
+transformers = pytest.importorskip("transformers")
+skdata = pytest.importorskip("skimage.data")
+
+import interleave  # noqa: E402
+from interleave import processing  # noqa: E402
+from interleave.tiny import save_tiny_checkpoint, tiny_tokenizer  # noqa: E402
+
+KINDS = ["llava", "llava_next", "onevision"]
+
+
+@pytest.fixture(scope="module")
+def images():
+    left, right, _ = skdata.stereo_motorcycle()
+    return {"astronaut": skdata.astronaut(), "cat": skdata.chelsea(), "coffee": skdata.coffee(),
+            "left": left, "right": right}
+
+
+@pytest.fixture(scope="module", params=KINDS)
+def model(request, tmp_path_factory):
+    path = str(tmp_path_factory.mktemp(request.param))
+    save_tiny_checkpoint(path, request.param)
+    return interleave.InterleaveModel.from_pretrained(path)
+
+
+def _prompts(model, im):
+    """Every prompt kind of the paper: multi-image, video (frames), 3D (a stereo pair), single image."""
+    video = interleave.Video([im["astronaut"], im["cat"], im["coffee"], im["cat"]])
+    video_holder = "<video>" if model.kind == "onevision" else "<image>" * 4
+    return {
+        "multi_image": ("<image><image>What differs between the two?", [im["astronaut"], im["cat"]]),
+        "video": (video_holder + "What happens?", [video]),
+        "3d": ("<image><image>How far is the motorcycle?", [im["left"], im["right"]]),
+        "single_anyres": ("<image>Describe the image.", [im["coffee"]]),
+    }
+
+
+def _reference(model, fn):
+    """Runs fn with the model unpatched: transformers' own visual path and merge."""
+    interleave.hf.unpatch(model.hf)
+    try:
+        return fn()
+    finally:
+        interleave.hf.patch(model.hf)
+
+
+def test_logits_and_greedy_generation_equal_transformers(model, images):
+    for name, (prompt, visuals) in _prompts(model, images).items():
+        batch = model.prepare([prompt], [visuals])
+        with torch.no_grad():
+            ours = model(**batch).logits
+            expected = _reference(model, lambda: model.hf(**batch).logits)
+        torch.testing.assert_close(ours, expected, msg=f"{model.kind} {name}")
+        ours_text = interleave.generate(model, prompt, visuals, max_new_tokens=8)
+        ref_ids = _reference(model, lambda: model.hf.generate(**batch, max_new_tokens=8, do_sample=False,
+                                                               pad_token_id=model.tokenizer.pad_token_id,
+                                                               eos_token_id=model.tokenizer.eos_token_id))
+        expected_text = model.tokenizer.decode(ref_ids[0, batch["input_ids"].shape[1]:], skip_special_tokens=True)
+        assert ours_text == expected_text, (model.kind, name)
+
+
+def test_batched_generation_equals_one_by_one(model, images):
+    prompts = _prompts(model, images)
+    names = ["multi_image", "single_anyres", "3d"]
+    batch_out = interleave.generate(model, [prompts[n][0] for n in names], [prompts[n][1] for n in names],
+                                    max_new_tokens=6)
+    single = [interleave.generate(model, prompts[n][0], prompts[n][1], max_new_tokens=6) for n in names]
+    assert batch_out == single
+
+
+def test_training_forward_masks_visual_labels(model, images):
+    prompt, visuals = _prompts(model, images)["multi_image"]
+    batch = model.prepare([prompt], [visuals])
+    labels = batch["input_ids"].clone()
+    out = model(**batch, labels=labels)
+    masked = labels.clone()
+    masked[labels == model.image_token_id] = -100
+    with torch.no_grad():
+        expected = _reference(model, lambda: model.hf(**batch, labels=masked).loss)
+    torch.testing.assert_close(out.loss.detach(), expected)
+    out.loss.backward()  # gradients flow through our ops into the projector and the LM
+    assert model.hf.model.multi_modal_projector.linear_1.weight.grad is not None
+    model.hf.zero_grad()
+
+
+def test_raw_visuals_in_forward(model, images):
+    prompt, visuals = _prompts(model, images)["single_anyres"]
+    batch = model.prepare([prompt], [visuals])
+    pixels = {k: v for k, v in batch.items() if k not in ("input_ids", "attention_mask")}
+    with torch.no_grad():
+        a = model(batch["input_ids"], batch["attention_mask"], **pixels).logits
+        b = model(batch["input_ids"], batch["attention_mask"], visuals=[visuals]).logits
+    assert torch.equal(a, b)
+
+
+def test_streaming_and_stop_strings(model, images):
+    prompt, visuals = _prompts(model, images)["single_anyres"]
+    full = interleave.generate(model, prompt, visuals, max_new_tokens=6)
+    assert "".join(interleave.generate(model, prompt, visuals, max_new_tokens=6, stream=True)) == full
+    sampled = interleave.generate(model, prompt, visuals, max_new_tokens=6, do_sample=True, top_k=5, top_p=0.9,
+                                  temperature=0.7, seed=0)
+    assert isinstance(sampled, str)
+    if len(full) > 1:
+        stop = full[1]
+        cut = interleave.generate(model, prompt, visuals, max_new_tokens=6, stop=[stop])
+        assert cut == full[:full.find(stop)]
+
+
+# ---- processing -----------------------------------------------------------------------------------
+def test_chat_prompt_formats():
+    text = processing.chat_prompt("Compare <image> and <image> please.", image_format="front")
+    assert text == ("<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n"
+                    "<image>\n<image>\nCompare  and  please.<|im_end|>\n<|im_start|>assistant\n")
+    inter = processing.chat_prompt("A <image> B", system=None)
+    assert inter == "<|im_start|>user\nA <image> B<|im_end|>\n<|im_start|>assistant\n"
+    with pytest.raises(ValueError, match="image_format"):
+        processing.chat_prompt("x", image_format="middle")
+
+
+def test_encode_expands_placeholders_and_checks_counts():
+    from interleave import plan
+    tok = tiny_tokenizer()
+    plans = [plan.plan_image(300, 500, "anyres_max_9"), plan.plan_video(2, "bilinear")]
+    ids = processing.encode(tok, "a<image>b<video>c", plans)
+    assert ids.count(259) == plans[0].num_tokens and ids.count(260) == plans[1].num_tokens
+    with pytest.raises(ValueError, match=r"1 <image> and 0 <video> placeholders \(1 in all\) but 2 visual inputs"):
+        processing.encode(tok, "a<image>b", plans)
+    with pytest.raises(ValueError, match="is <image> but its input is a video"):
+        processing.encode(tok, "<image><image>", [plans[1], plans[0]])
+    ids, labels = processing.encode_chat(tok, [("user", "<image>What?"), ("assistant", "A cat.")], plans[:1],
+                                         image_token_id=259)
+    learned = [t for t, lab in zip(ids, labels) if lab != -100]
+    assert tok.decode(learned) == "A cat.<|im_end|>\n"
+    assert all(lab == -100 for t, lab in zip(ids, labels) if t == 259)
+
+
+def test_from_pretrained_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nothing is downloaded"):
+        interleave.InterleaveModel.from_pretrained(str(tmp_path / "missing"))
+    with pytest.raises(FileNotFoundError, match="no config.json"):
+        interleave.InterleaveModel.from_pretrained(str(tmp_path))
