@@ -1,0 +1,41 @@
+"""`python -m interleave demo` and `python -m interleave generate` run end to end (subprocesses)."""
+import os
+import subprocess
+import sys
+
+import pytest
+
+pytest.importorskip("transformers")
+skdata = pytest.importorskip("skimage.data")
+Image = pytest.importorskip("PIL.Image")
+
+
+def _run(*args, timeout=240):
+    return subprocess.run([sys.executable, "-m", "interleave", *args], capture_output=True, text=True, timeout=timeout)
+
+
+def test_demo_runs_every_prompt_kind():
+    result = _run("demo", "--max-new-tokens", "3")
+    assert result.returncode == 0, result.stderr[-2000:]
+    for kind in ("multi-image", "video", "3d", "anyres image"):
+        assert f"{kind}" in result.stdout
+    assert result.stdout.count("logits match transformers: True") == 4
+
+
+def test_generate_with_images_and_a_frame_folder(tmp_path):
+    from interleave.tiny import save_tiny_checkpoint
+    model_dir = save_tiny_checkpoint(str(tmp_path / "model"), "onevision")
+    Image.fromarray(skdata.astronaut()).save(tmp_path / "a.png")
+    frames = tmp_path / "clip"
+    frames.mkdir()
+    for i, im in enumerate([skdata.chelsea(), skdata.coffee(), skdata.astronaut()]):
+        Image.fromarray(im).save(frames / f"{i:03d}.jpg")
+    result = _run("generate", "--model", model_dir, "--image", str(tmp_path / "a.png"), "--video", str(frames),
+                  "--frames", "2", "--prompt", "What is shown?", "--max-new-tokens", "4")
+    assert result.returncode == 0, result.stderr[-2000:]
+    missing = _run("generate", "--model", str(tmp_path / "nope"), "--prompt", "x")
+    assert missing.returncode != 0 and "nothing is downloaded" in missing.stderr
+    no_frames = tmp_path / "empty"
+    no_frames.mkdir()
+    bad = _run("generate", "--model", model_dir, "--video", str(no_frames), "--prompt", "x")
+    assert bad.returncode != 0 and "holds no frame images" in bad.stderr
