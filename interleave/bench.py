@@ -270,10 +270,102 @@ def pack_tokens_cases(device: str, quick: bool = False, compile_reference: bool 
     return cases
 
 
+# ---- the model's visual path and time to first token ---------------------------------------------------
+def model_cases(device: str, quick: bool = False, compile_reference: bool = True) -> list[Case]:
+    """A OneVision-layout model with the real widths (SigLIP 1152, Qwen2 1024, vocabulary 152000, random
+    weights; few layers on CPU, the 0.5B depth on GPU), ours (InterleaveModel: our processor, patched
+    visual path, merge) against transformers (its PIL image processor, unpatched model):
+      - visual path: a 1920x1080 photo under anyres_max_9, uint8 image -> inputs_embeds
+        (processor + vision tower + projector + packing + merge);
+      - time to first token: a 4-image prompt, processor + prefill + one decoded token."""
+    try:
+        from transformers.models.llava_onevision.image_processing_pil_llava_onevision import (
+            LlavaOnevisionImageProcessorPil)
+    except ImportError:
+        print("bench: transformers/Pillow missing; skipping model", file=sys.stderr)
+        return []
+    from . import InterleaveModel, hf
+    from .tiny import tiny_model, tiny_tokenizer
+
+    on_gpu = device == "cuda"
+    vision_layers, text_layers = (26, 24) if on_gpu else (1, 2)
+    if quick:
+        vision_layers, text_layers = 1, 1
+    dtype = torch.bfloat16 if on_gpu else torch.float32
+    hf_model = tiny_model("onevision", widths="real", vision_layers=vision_layers, text_layers=text_layers,
+                          image_token_id=151646, video_token_id=151647).to(device=device, dtype=dtype)
+    ref_processor = LlavaOnevisionImageProcessorPil(image_mean=[0.5] * 3, image_std=[0.5] * 3,
+                                                    image_grid_pinpoints=hf_model.config.image_grid_pinpoints)
+    model = InterleaveModel.from_transformers(hf_model, tiny_tokenizer(), hf.ImageProcessor.from_hf(ref_processor))
+    inner = hf_model.model
+    embed = inner.get_input_embeddings()
+    photo = _photo(1080, 1920) if not quick else _photo(300, 500)
+    batch = model.prepare(["<image>Describe the image."], [[photo]])
+    ids = batch["input_ids"]
+
+    def ours_embeds():
+        pixels = model.visual_inputs([[photo]])[0]
+        tokens, _ = hf.visual_tokens(hf_model, pixels["pixel_values"], pixels["image_sizes"],
+                                     batch_num_images=pixels.get("batch_num_images"))
+        return merge_tokens(ids, embed.weight, tokens, 151646)
+
+    def ref_embeds():
+        pixels = ref_processor([[photo]], return_tensors="pt")
+        was = hf.is_patched(hf_model)
+        hf.unpatch(hf_model)
+        try:
+            feats = inner.get_image_features(pixels["pixel_values"].to(device, dtype), pixels["image_sizes"].to(device),
+                                             batch_num_images=pixels["batch_num_images"], return_dict=True)
+        finally:
+            if was:
+                hf.patch(hf_model)
+        visual = torch.cat(feats.pooler_output).to(dtype)
+        mask = (ids == 151646).unsqueeze(-1)
+        return embed(ids).masked_scatter(mask, visual)
+
+    with torch.no_grad():
+        probe = ours_embeds()
+    layers = f"SigLIP 1152 x{vision_layers} layers"
+    cases = [Case(op="model", device=device, dtype=str(dtype).replace("torch.", ""),
+                  shape=f"visual path {photo.shape[0]}x{photo.shape[1]} anyres_max_9 ({ids.shape[1]} tokens), {layers}",
+                  ours=torch.no_grad()(ours_embeds), baselines={"transformers": torch.no_grad()(ref_embeds)},
+                  bytes_moved=photo.nbytes + probe.numel() * probe.element_size(), tolerance=1e-5)]
+
+    four = [_photo(h, w) for h, w in ((480, 640), (720, 1280), (600, 600), (1080, 1920))]
+    prompt = "<image><image><image><image>What do these pictures have in common?"
+    tok = model.tokenizer
+
+    def ours_first_token():
+        b = model.prepare([prompt], [four])
+        return model.hf.generate(**b, max_new_tokens=1, do_sample=False, pad_token_id=tok.pad_token_id)[:, -1:]
+
+    ref_batch = model.prepare([prompt], [four])  # the same ids; pixels come from transformers' processor
+
+    def ref_first_token():
+        pixels = ref_processor([four], return_tensors="pt")
+        hf.unpatch(hf_model)
+        try:
+            return hf_model.generate(input_ids=ref_batch["input_ids"], attention_mask=ref_batch["attention_mask"],
+                                     pixel_values=pixels["pixel_values"].to(device, dtype),
+                                     image_sizes=pixels["image_sizes"].to(device),
+                                     batch_num_images=pixels["batch_num_images"], max_new_tokens=1, do_sample=False,
+                                     pad_token_id=tok.pad_token_id)[:, -1:]
+        finally:
+            hf.patch(hf_model)
+
+    cases.append(Case(op="model", device=device, dtype=str(dtype).replace("torch.", ""),
+                      shape=f"time to first token, 4 images ({ref_batch['input_ids'].shape[1]} tokens), "
+                            f"{layers}, Qwen2 1024 x{text_layers} layers",
+                      ours=torch.no_grad()(ours_first_token), baselines={"transformers": torch.no_grad()(ref_first_token)},
+                      bytes_moved=sum(im.nbytes for im in four)))
+    return cases
+
+
 CASES: dict[str, Callable[..., list[Case]]] = {"merge_tokens": merge_tokens_cases,
                                                "anyres_tiles": anyres_tiles_cases,
                                                "image_processor": image_processor_cases,
-                                               "pack_tokens": pack_tokens_cases}
+                                               "pack_tokens": pack_tokens_cases,
+                                               "model": model_cases}
 
 
 # ---- timing ------------------------------------------------------------------------------------

@@ -63,7 +63,10 @@ def tiny_model(kind: str = "llava", *, widths: str = "tiny", vision_layers: int 
                                         max_position_embeddings=32768, rope_theta=1e6, tie_word_embeddings=True)
     else:
         raise ValueError(f"tiny_model: widths must be 'tiny' or 'real', got {widths!r}")
-    grid = [[tile * r, tile * c] for r in range(1, 4) for c in range(1, 4) if r * c > 1]
+    if widths == "real":  # OneVision's 6x6 grid of 384-pixel tiles
+        grid = [list(p) for p in planning.ONEVISION_PINPOINTS]
+    else:  # up to 3x3 tiles
+        grid = [[tile * r, tile * c] for r in range(1, 4) for c in range(1, 4) if r * c > 1]
     common = dict(vision_config=vision, text_config=text, image_token_id=image_token_id,
                   vision_feature_layer=-1, vision_feature_select_strategy="full")
     if kind == "llava":
