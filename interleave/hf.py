@@ -21,7 +21,7 @@ import torch
 
 from . import plan as planning
 from .ops.anyres_tiles import anyres_tiles, normalization_table
-from .patching import is_patched, patch, unpatch, visual_tokens  # noqa: F401 (re-exported)
+from .patching import is_patched, patch, unpatch, visual_path, visual_tokens  # noqa: F401 (re-exported)
 
 KINDS = ("siglip", "llava_next", "onevision")
 

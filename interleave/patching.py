@@ -90,6 +90,22 @@ def _image_plans(inner, kind: str, image_sizes, batch_num_images) -> list:
             for (h, w), p in zip(sizes, patched)]
 
 
+def visual_path(model, pixel_values: torch.Tensor, plans, vision_feature_layer=None,
+                vision_feature_select_strategy=None) -> torch.Tensor:
+    """Visual tokens [K, hidden] of tiles/frames `pixel_values` [P, 3, S, S] described by `plans`
+    (interleave.plan, in order): vision tower (truncated), projector, pack_tokens. Everything that
+    depends on sizes is in the plans (Python objects), so `torch.compile(fullgraph=True)` of this
+    plus merge_tokens has no graph break (tests/test_hf_patch.py)."""
+    inner = _inner(model)
+    config = inner.config
+    layer = vision_feature_layer if vision_feature_layer is not None else config.vision_feature_layer
+    strategy = vision_feature_select_strategy or config.vision_feature_select_strategy
+    projected = _projected(inner, pixel_values, layer, strategy)
+    if _kind(inner) == "llava":
+        return projected.flatten(0, 1)
+    return pack_tokens(projected, plans, inner.image_newline)
+
+
 def visual_tokens(model, pixel_values=None, image_sizes=None, pixel_values_videos=None, batch_num_images=None,
                   vision_feature_layer=None, vision_feature_select_strategy=None):
     """The visual tokens of a batch, in merge order, computed with our ops: (image_tokens or None,
@@ -102,14 +118,10 @@ def visual_tokens(model, pixel_values=None, image_sizes=None, pixel_values_video
     strategy = vision_feature_select_strategy or config.vision_feature_select_strategy
     images = videos = None
     if pixel_values is not None:
-        if kind == "llava":
-            images = _projected(inner, pixel_values, layer, strategy).flatten(0, 1)
-        else:
-            plans = _image_plans(inner, kind, image_sizes, batch_num_images)
-            if pixel_values.dim() == 5:  # [B, max_patches, 3, S, S], zero-padded per image
-                pixel_values = torch.cat([pv[:p.num_patches] for pv, p in zip(pixel_values, plans)])
-            projected = _projected(inner, pixel_values, layer, strategy)
-            images = pack_tokens(projected, plans, inner.image_newline)
+        plans = None if kind == "llava" else _image_plans(inner, kind, image_sizes, batch_num_images)
+        if plans is not None and pixel_values.dim() == 5:  # [B, max_patches, 3, S, S], zero-padded per image
+            pixel_values = torch.cat([pv[:p.num_patches] for pv, p in zip(pixel_values, plans)])
+        images = visual_path(inner, pixel_values, plans, layer, strategy)
     if pixel_values_videos is not None:
         if kind != "onevision":
             raise NotImplementedError(f"interleave.hf.patch: videos of {type(inner).__name__} are not supported")

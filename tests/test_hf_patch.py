@@ -7,6 +7,7 @@ import torch
 transformers = pytest.importorskip("transformers")
 
 import interleave.hf  # noqa: E402
+import interleave.ops  # noqa: E402
 from interleave import plan  # noqa: E402
 
 IMAGE_ID, VIDEO_ID = 290, 291
@@ -139,3 +140,24 @@ def test_patch_unpatch_and_errors():
     interleave.hf.patch(model)
     with pytest.raises(ValueError, match="placeholder"):
         model(**inputs)
+
+
+def test_compiled_visual_path_and_merge_have_no_graph_break():
+    """torch.compile(fullgraph=True) of the patched visual path + merge: one graph (the sizes live in
+    the plans), and it computes what eager does."""
+    import torch._dynamo
+    model = _model("llava_next")
+    inputs, plans = _image_inputs("llava_next", [(30, 50)])
+    pixels = inputs["pixel_values"][0, :plans[0].num_patches]
+    weight = model.model.get_input_embeddings().weight
+
+    def path(pv, ids):
+        tokens = interleave.hf.visual_path(model, pv, plans)
+        return interleave.ops.merge_tokens(ids, weight, tokens, IMAGE_ID)
+
+    with torch.no_grad():
+        explained = torch._dynamo.explain(path)(pixels, inputs["input_ids"])
+        assert explained.graph_count == 1 and explained.graph_break_count == 0, explained.break_reasons
+        torch._dynamo.reset()
+        compiled = torch.compile(path, fullgraph=True)(pixels, inputs["input_ids"])
+        torch.testing.assert_close(compiled, path(pixels, inputs["input_ids"]))

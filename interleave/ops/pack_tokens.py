@@ -100,6 +100,8 @@ def _cached_layout(plans: tuple, side: int, with_newline: bool):
 def build_layout(plans: Sequence[Plan], side: int = planning.GRID_SIDE, with_newline: bool = True):
     """(table int64 [S, 16], num_rows, num_features, has_max) for `plans`; cached by the plans (they are
     frozen dataclasses). The table format is documented in csrc/common/pack_tokens.h."""
+    if torch.compiler.is_compiling():  # dynamo traces the pure function itself (no cache-wrapper warning)
+        return _cached_layout.__wrapped__(tuple(plans), int(side), bool(with_newline))
     return _cached_layout(tuple(plans), int(side), bool(with_newline))
 
 
