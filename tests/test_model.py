@@ -145,3 +145,21 @@ def test_from_pretrained_errors(tmp_path):
         interleave.InterleaveModel.from_pretrained(str(tmp_path / "missing"))
     with pytest.raises(FileNotFoundError, match="no config.json"):
         interleave.InterleaveModel.from_pretrained(str(tmp_path))
+
+
+def test_both_checkpoint_key_layouts_load(tmp_path):
+    """REFERENCE.md section 10: the Hub / transformers 4.57 layout (`vision_tower.vision_model.*`)
+    and the 5.x layout (`vision_tower.*`) load to the same weights."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+    new = save_tiny_checkpoint(str(tmp_path / "new"), "llava")
+    state = load_file(f"{new}/model.safetensors")
+    assert any(k.startswith("vision_tower.") and ".vision_model." not in k for k in state)
+    old = tmp_path / "old"
+    shutil.copytree(new, old)
+    save_file({("vision_tower.vision_model." + k[len("vision_tower."):] if k.startswith("vision_tower.") else k): v
+               for k, v in state.items()}, str(old / "model.safetensors"), metadata={"format": "pt"})
+    a = interleave.InterleaveModel.from_pretrained(new).hf.state_dict()
+    b = interleave.InterleaveModel.from_pretrained(str(old)).hf.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
