@@ -292,8 +292,11 @@ def model_cases(device: str, quick: bool = False, compile_reference: bool = True
     if quick:
         vision_layers, text_layers = 1, 1
     dtype = torch.bfloat16 if on_gpu else torch.float32
+    # Qwen's <image> id and vocabulary; --quick keeps the widths but a small vocabulary.
+    image_id, vocab = (259, 2048) if quick else (151646, 152000)
     hf_model = tiny_model("onevision", widths="real", vision_layers=vision_layers, text_layers=text_layers,
-                          image_token_id=151646, video_token_id=151647).to(device=device, dtype=dtype)
+                          image_token_id=image_id, video_token_id=image_id + 1,
+                          vocab_size=vocab).to(device=device, dtype=dtype)
     ref_processor = LlavaOnevisionImageProcessorPil(image_mean=[0.5] * 3, image_std=[0.5] * 3,
                                                     image_grid_pinpoints=hf_model.config.image_grid_pinpoints)
     model = InterleaveModel.from_transformers(hf_model, tiny_tokenizer(), hf.ImageProcessor.from_hf(ref_processor))
@@ -307,7 +310,7 @@ def model_cases(device: str, quick: bool = False, compile_reference: bool = True
         pixels = model.visual_inputs([[photo]])[0]
         tokens, _ = hf.visual_tokens(hf_model, pixels["pixel_values"], pixels["image_sizes"],
                                      batch_num_images=pixels.get("batch_num_images"))
-        return merge_tokens(ids, embed.weight, tokens, 151646)
+        return merge_tokens(ids, embed.weight, tokens, image_id)
 
     def ref_embeds():
         pixels = ref_processor([[photo]], return_tensors="pt")
@@ -320,7 +323,7 @@ def model_cases(device: str, quick: bool = False, compile_reference: bool = True
             if was:
                 hf.patch(hf_model)
         visual = torch.cat(feats.pooler_output).to(dtype)
-        mask = (ids == 151646).unsqueeze(-1)
+        mask = (ids == image_id).unsqueeze(-1)
         return embed(ids).masked_scatter(mask, visual)
 
     with torch.no_grad():
