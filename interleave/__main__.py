@@ -1,4 +1,4 @@
-"""`python -m interleave info|bench|generate|demo`."""
+"""`python -m interleave info|bench|generate|demo|train`."""
 from __future__ import annotations
 
 import sys
@@ -28,7 +28,7 @@ def info() -> int:
 
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    usage = "usage: python -m interleave {info,bench,generate,demo} [options]   (COMMAND --help for its options)"
+    usage = "usage: python -m interleave {info,bench,generate,demo,train} [options]   (COMMAND --help for its options)"
     if not argv or argv[0] in ("-h", "--help"):
         print(usage)
         return 0
@@ -38,6 +38,9 @@ def main(argv=None) -> int:
     if command == "bench":
         from . import bench
         return bench.main(rest)
+    if command == "train":
+        from . import train
+        return train.main(rest)
     if command in ("generate", "demo"):
         from . import cli
         return cli.generate_main(rest) if command == "generate" else cli.demo_main(rest)

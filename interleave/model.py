@@ -105,6 +105,35 @@ class InterleaveModel(torch.nn.Module):
         return c.image_token_id if getattr(c, "image_token_id", None) is not None else c.image_token_index
 
     # ---- inputs -------------------------------------------------------------------------------------
+    def plan_visuals(self, visuals: Sequence[Sequence[Visual]]) -> list[list]:
+        """The plans (interleave.plan) of each sample's visual inputs in placeholder order, without
+        touching pixels: what `visual_inputs` and the patched visual path will produce (a Video is
+        one plan on OneVision, one plan per frame elsewhere)."""
+        tile, patch = self.config.vision_config.image_size, self.config.vision_config.patch_size
+        out = []
+        for sample in visuals:
+            sizes, kinds = [], []
+            for item in sample:
+                if isinstance(item, Video) and self.kind == "onevision":
+                    kinds.append(("video", len(_frames(item))))
+                elif isinstance(item, Video):
+                    for f in _frames(item):
+                        kinds.append(("image", len(sizes)))
+                        sizes.append(tuple(f.shape[:2]))
+                else:
+                    kinds.append(("image", len(sizes)))
+                    sizes.append(tuple(to_rgb_uint8(item).shape[:2]))
+            if self.kind == "llava":
+                image_plans = [planning.plan_image(1, 1, "llava", tile=tile, patch=patch)] * len(sizes)
+            elif sizes:
+                image_plans = _image_plans(_inner(self.hf), self.kind, torch.tensor(sizes),
+                                           [len(sizes)] if self.kind == "onevision" else None)
+            else:
+                image_plans = []
+            out.append([planning.plan_video(n, "bilinear", tile=tile, patch=patch) if k == "video" else image_plans[n]
+                        for k, n in kinds])
+        return out
+
     def visual_inputs(self, visuals: Sequence[Sequence[Visual]]):
         """Pixels and plans for a batch: visuals[b] is sample b's inputs in placeholder order.
         Returns (model kwargs, per-sample plans)."""

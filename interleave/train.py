@@ -1,0 +1,288 @@
+"""Training: `python -m interleave train --model DIR --data FILE --out DIR ...` (or `train(TrainConfig)`).
+
+The release's recipe (REFERENCE.md section 9): continue from a checkpoint, fine-tune on mixed
+multi-image / video / 3D / single-image conversations, vision tower frozen, projector and LLM
+trained (`--tune projector,llm`), AdamW, cosine schedule with warmup, bf16 autocast on GPU, gradient
+accumulation and clipping, optional activation checkpointing. The model's visual path and merge run
+on our ops (InterleaveModel); `--reference` trains the same model through transformers' own path.
+
+Exactness choices:
+- The loss of a step is the sum of the token cross-entropies of all its micro-batches (and all
+  ranks) divided by the step's total count of labelled tokens, so gradient accumulation and data
+  parallelism give the loss and gradients of the one big batch (a 2-process run equals the
+  1-process run over the same global batch; tests/test_train.py).
+- The data order is a function of (seed, step): step s takes samples [s*G, (s+1)*G) of the seeded
+  epoch permutation (G = global batch), rank r the r-th slice of it. Resuming from a checkpoint
+  (weights, optimizer, schedule, RNG states, step) therefore continues bit for bit.
+Checkpoints are transformers folders (`from_pretrained` loads them) plus `trainer_state.pt`.
+Under `torchrun` the same command uses torch.distributed (DDP; gloo on CPU, NCCL on GPU).
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+import os
+import random
+import time
+from typing import Optional
+
+import torch
+
+from . import data as datamod
+
+TUNABLE = ("vision", "projector", "llm")
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    model: str                      # checkpoint folder to start from
+    data: list                      # data files (JSON/JSONL), or Source objects
+    out: str                        # where checkpoints go
+    image_root: str = ""
+    steps: int = 100
+    batch_size: int = 4             # samples per micro-batch per process
+    grad_accum: int = 1
+    lr: float = 1e-5
+    warmup_ratio: float = 0.03
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    max_len: int = 4096
+    image_format: str = "mixed"
+    front_ratio: float = 0.5
+    num_frames: int = 10
+    tune: str = "projector,llm"
+    bf16: Optional[bool] = None     # default: on CUDA
+    activation_checkpointing: bool = False
+    save_every: int = 0             # 0: only the final checkpoint
+    seed: int = 0
+    num_workers: int = 0
+    resume: Optional[str] = None    # a checkpoint folder written by this trainer
+    reference: bool = False         # train through transformers' unpatched path
+    device: Optional[str] = None
+    progress: bool = True
+
+
+def cosine_with_warmup(step: int, total: int, warmup: int) -> float:
+    """LR multiplier: linear warmup from 0 over `warmup` steps, then cosine decay to 0 at `total`."""
+    if warmup > 0 and step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+def set_trainable(model, tune: str) -> list:
+    """Freezes everything, then unfreezes the named parts; returns the trainable parameters."""
+    parts = [p.strip() for p in tune.split(",") if p.strip()]
+    bad = [p for p in parts if p not in TUNABLE]
+    if bad or not parts:
+        raise ValueError(f"--tune takes a comma list of {TUNABLE}, got {tune!r}")
+    inner = model.hf.model
+    model.hf.requires_grad_(False)
+    if "vision" in parts:
+        inner.vision_tower.requires_grad_(True)
+    if "projector" in parts:
+        inner.multi_modal_projector.requires_grad_(True)
+        if getattr(inner, "image_newline", None) is not None:
+            inner.image_newline.requires_grad_(True)
+    if "llm" in parts:
+        inner.language_model.requires_grad_(True)
+        model.hf.lm_head.requires_grad_(True)
+    return [p for p in model.hf.parameters() if p.requires_grad]
+
+
+def _rng_state() -> dict:
+    import numpy as np
+    return {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+
+
+def _set_rng_state(state: dict) -> None:
+    import numpy as np
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    if state.get("cuda") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _dist():
+    import torch.distributed as dist
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    rank = dist.get_rank() if world > 1 else 0
+    return world, rank
+
+
+class _StepBatches(torch.utils.data.Sampler):
+    """Index lists of this rank's micro-batches, step after step (see the module doc)."""
+
+    def __init__(self, n: int, cfg: TrainConfig, world: int, rank: int, start_step: int):
+        self.n, self.cfg, self.world, self.rank, self.start = n, cfg, world, rank, start_step
+
+    def _order(self, epoch: int) -> list[int]:
+        if getattr(self, "_epoch", None) != epoch:
+            g = torch.Generator().manual_seed(self.cfg.seed * 1009 + epoch)
+            self._epoch, self._perm = epoch, torch.randperm(self.n, generator=g).tolist()
+        return self._perm
+
+    def __iter__(self):
+        cfg, B = self.cfg, self.cfg.batch_size
+        per_step = B * cfg.grad_accum * self.world
+        for step in range(self.start, cfg.steps):
+            first = step * per_step
+            for micro in range(cfg.grad_accum):
+                base = first + micro * B * self.world + self.rank * B
+                yield [self._order((base + k) // self.n)[(base + k) % self.n] for k in range(B)]
+
+    def __len__(self):
+        return (self.cfg.steps - self.start) * self.cfg.grad_accum
+
+
+def train(cfg: TrainConfig, model=None) -> dict:
+    """Runs the training; returns {"losses": [per-step loss], "skipped": n, "truncated": n,
+    "skip_reasons": [...], "checkpoint": final folder}."""
+    from . import InterleaveModel, hf
+
+    world, rank = _dist()
+    torch.manual_seed(cfg.seed)
+    random.seed(cfg.seed)
+    device = torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if device.type == "cuda" and world > 1:
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    start_step, state = 0, None
+    source = cfg.resume or cfg.model
+    if model is None:
+        model = InterleaveModel.from_pretrained(source, device=device)
+    elif cfg.resume:
+        raise ValueError("train: pass either a model or resume=, not both")
+    if cfg.resume:
+        state = torch.load(os.path.join(cfg.resume, "trainer_state.pt"), weights_only=False)
+        start_step = state["step"]
+    if cfg.reference:
+        hf.unpatch(model.hf)
+    trainable = set_trainable(model, cfg.tune)
+    if cfg.activation_checkpointing:
+        model.hf.gradient_checkpointing_enable()
+    model.hf.train()
+    net = model.hf
+    if world > 1:
+        # find_unused_parameters: a step without multi-patch images leaves image_newline unused.
+        net = torch.nn.parallel.DistributedDataParallel(model.hf, device_ids=[device.index] if device.type == "cuda" else None,
+                                                        find_unused_parameters=True)
+    optimizer = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    warmup = int(round(cfg.warmup_ratio * cfg.steps))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: cosine_with_warmup(s, cfg.steps, warmup))
+    if state is not None:
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        _set_rng_state(state["rng"])
+    sources = [s if isinstance(s, datamod.Source) else datamod.Source(s, cfg.image_root) for s in cfg.data]
+    dataset = datamod.ConversationDataset(sources, model, max_len=cfg.max_len, image_format=cfg.image_format,
+                                          front_ratio=cfg.front_ratio, num_frames=cfg.num_frames, seed=cfg.seed)
+    pad = model.tokenizer.pad_token_id or 0
+    loader = torch.utils.data.DataLoader(dataset, batch_sampler=_StepBatches(len(dataset), cfg, world, rank, start_step),
+                                         collate_fn=functools.partial(datamod.collate, pad_id=pad),
+                                         num_workers=cfg.num_workers)
+    use_bf16 = cfg.bf16 if cfg.bf16 is not None else device.type == "cuda"
+    bar = None
+    if cfg.progress and rank == 0:
+        from tqdm.auto import tqdm
+        bar = tqdm(total=cfg.steps, initial=start_step, desc="train", unit="step")
+    result = {"losses": [], "skipped": 0, "truncated": 0, "skip_reasons": []}
+    batches = iter(loader)
+    for step in range(start_step, cfg.steps):
+        t0 = time.perf_counter()
+        micro = [next(batches) for _ in range(cfg.grad_accum)]
+        for b in micro:
+            result["skipped"] += b["skipped"]
+            result["truncated"] += b["truncated"]
+            result["skip_reasons"] += b["skip_reasons"]
+        micro = [b for b in micro if b["input_ids"] is not None]
+        # The step's labelled-token count over micro-batches and ranks: the loss's denominator.
+        count = torch.tensor(float(sum(int((b["labels"][:, 1:] != -100).sum()) for b in micro)))
+        if world > 1:
+            torch.distributed.all_reduce(count)
+        loss_sum = torch.zeros((), dtype=torch.float64)
+        tokens = visual_tokens = 0
+        for b in micro:
+            ids, labels, mask = (b[k].to(device) for k in ("input_ids", "labels", "attention_mask"))
+            pixels = model.visual_inputs(b["visuals"])[0] if any(b["visuals"]) else {}
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
+                logits = net(input_ids=ids, attention_mask=mask, **pixels).logits
+            ce = torch.nn.functional.cross_entropy(logits[:, :-1].float().flatten(0, 1), labels[:, 1:].flatten(),
+                                                   ignore_index=-100, reduction="sum")
+            # x world: DDP averages gradients over ranks; the denominator already counts every rank.
+            (ce * world / count.clamp(min=1).to(device)).backward()
+            loss_sum += ce.detach().double().cpu()
+            tokens += int(mask.sum())
+            visual_tokens += b["visual_tokens"]
+        if world > 1:
+            torch.distributed.all_reduce(loss_sum)
+        torch.nn.utils.clip_grad_norm_(trainable, cfg.max_grad_norm)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        loss = float(loss_sum / max(count.item(), 1))
+        result["losses"].append(loss)
+        if bar is not None:
+            dt = time.perf_counter() - t0
+            bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{tokens * world / dt:.0f}", vis_tok_s=f"{visual_tokens * world / dt:.0f}",
+                            lr=f"{scheduler.get_last_lr()[0]:.2e}")
+            bar.update(1)
+        done = step + 1
+        if (cfg.save_every and done % cfg.save_every == 0) or done == cfg.steps:
+            result["checkpoint"] = save_checkpoint(model, optimizer, scheduler, done, cfg, rank)
+    if bar is not None:
+        bar.close()
+    if result["skipped"] and rank == 0:
+        print(f"train: skipped {result['skipped']} samples, e.g. {result['skip_reasons'][:3]}")
+    return result
+
+
+def save_checkpoint(model, optimizer, scheduler, step: int, cfg: TrainConfig, rank: int) -> str:
+    path = os.path.join(cfg.out, f"step-{step}")
+    if rank == 0:
+        os.makedirs(path, exist_ok=True)
+        model.hf.save_pretrained(path)
+        if model.tokenizer is not None:
+            model.tokenizer.save_pretrained(path)
+        torch.save({"step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                    "rng": _rng_state(), "config": {k: v for k, v in dataclasses.asdict(cfg).items()
+                                                    if isinstance(v, (int, float, str, bool, type(None)))}},
+                   os.path.join(path, "trainer_state.pt"))
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        torch.distributed.barrier()
+    return path
+
+
+def main(argv=None) -> int:
+    import argparse
+
+    p = argparse.ArgumentParser(prog="python -m interleave train", description=__doc__.split("\n")[0])
+    p.add_argument("--model", required=True)
+    p.add_argument("--data", action="append", required=True, help="a JSON/JSONL file; FILE:WEIGHT for a mixture")
+    p.add_argument("--image-root", default="")
+    p.add_argument("--out", required=True)
+    for f in dataclasses.fields(TrainConfig):
+        if f.name in ("model", "data", "out", "image_root", "bf16", "progress"):
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        if f.type in ("bool", bool) or isinstance(f.default, bool):
+            p.add_argument(flag, action="store_true")
+        else:
+            kind = {int: int, float: float}.get(type(f.default), str)
+            p.add_argument(flag, type=kind, default=f.default)
+    p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None)
+    args = vars(p.parse_args(argv))
+    sources = []
+    for item in args.pop("data"):
+        path, _, weight = item.rpartition(":") if not os.path.isfile(item) else (item, "", "")
+        sources.append(datamod.Source(path, args["image_root"], float(weight) if weight else 1.0))
+    cfg = TrainConfig(data=sources, **{k: v for k, v in args.items()})
+    result = train(cfg)
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"final loss {result['losses'][-1]:.4f}; checkpoint {result.get('checkpoint')}; "
+              f"skipped {result['skipped']}, truncated {result['truncated']}")
+    return 0

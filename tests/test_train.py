@@ -1,0 +1,155 @@
+"""The trainer and its data (issue 7), on CPU: a tiny random model and a small M4-format dataset
+made here from real images that packages ship (multi-image, a video as a frame folder, a stereo pair
+as 3D, a single image, text-only, and three bad samples)."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+pytest.importorskip("transformers")
+skdata = pytest.importorskip("skimage.data")
+Image = pytest.importorskip("PIL.Image")
+
+import interleave  # noqa: E402
+from interleave import data as datamod  # noqa: E402
+from interleave.tiny import save_tiny_checkpoint  # noqa: E402
+from interleave.train import TrainConfig, cosine_with_warmup, train  # noqa: E402
+
+GOOD = ["multi", "video", "3d", "single", "text"]
+BAD = {"missing": "missing image", "mismatch": "2 <image> placeholders but 1 images", "broken": "undecodable image"}
+
+
+def _conv(q, a):
+    return [{"from": "human", "value": q}, {"from": "gpt", "value": a}]
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("train")
+    img = root / "img"
+    (img / "clip").mkdir(parents=True)
+    left, right, _ = skdata.stereo_motorcycle()
+    for name, im in {"astronaut": skdata.astronaut(), "cat": skdata.chelsea(), "coffee": skdata.coffee(),
+                     "left": left, "right": right}.items():
+        Image.fromarray(im).save(img / f"{name}.png")
+    for i, im in enumerate([skdata.astronaut(), skdata.chelsea(), skdata.coffee()]):
+        Image.fromarray(im).save(img / "clip" / f"{i:02d}.png")
+    (img / "broken.png").write_bytes(b"not a png")
+    samples = [
+        {"id": "multi", "image": ["astronaut.png", "cat.png"], "conversations": _conv("<image><image>Which is a cat?", "The second.")},
+        {"id": "video", "video": "clip", "conversations": _conv("<image>What is in the clip?", "A person, a cat, coffee.")},
+        {"id": "3d", "image": ["left.png", "right.png"], "conversations": _conv("<image><image>What vehicle?", "A motorcycle.")},
+        {"id": "single", "image": "coffee.png", "conversations": _conv("<image>\nWhat drink?", "Coffee.") + _conv("Hot?", "Yes.")},
+        {"id": "text", "conversations": _conv("Say hi.", "Hi!")},
+        {"id": "missing", "image": "nope.png", "conversations": _conv("<image>x", "y")},
+        {"id": "mismatch", "image": ["cat.png"], "conversations": _conv("<image><image>x", "y")},
+        {"id": "broken", "image": "broken.png", "conversations": _conv("<image>x", "y")},
+    ]
+    (root / "m4.json").write_text(json.dumps(samples))
+    (root / "good.jsonl").write_text("\n".join(json.dumps(s) for s in samples[:5]))
+    save_tiny_checkpoint(str(root / "model"), "llava")
+    return root
+
+
+def _cfg(workdir, name, **kw):
+    base = dict(model=str(workdir / "model"), data=[str(workdir / "good.jsonl")], image_root=str(workdir / "img"),
+                out=str(workdir / name), steps=4, batch_size=2, lr=1e-3, warmup_ratio=0.25, progress=False)
+    return TrainConfig(**{**base, **kw})
+
+
+def test_dataset_builds_every_kind_and_skips_bad_samples(workdir):
+    model = interleave.InterleaveModel.from_pretrained(str(workdir / "model"))
+    ds = datamod.ConversationDataset([datamod.Source(str(workdir / "m4.json"), str(workdir / "img"))], model,
+                                     image_format="mixed", front_ratio=0.5, num_frames=2)
+    items = {ds.index[i][1]: ds[i] for i in range(len(ds))}
+    for j, name in enumerate(GOOD):
+        s = items[j]
+        assert "skip" not in s, s
+        n_images = {"multi": 2, "video": 2, "3d": 2, "single": 1, "text": 0}[name]
+        assert len(s["visuals"]) == n_images
+        assert s["input_ids"].count(model.image_token_id) == n_images * 4  # 2x2 features per 28px tile
+        learned = [t for t, lab in zip(s["input_ids"], s["labels"]) if lab != -100]
+        assert model.tokenizer.decode(learned).endswith("<|im_end|>\n")
+        assert all(lab == -100 for t, lab in zip(s["input_ids"], s["labels"]) if t == model.image_token_id)
+    for j, (name, reason) in enumerate(BAD.items(), start=len(GOOD)):
+        assert reason in items[j]["skip"] and items[j]["skip"].startswith(name)
+    batch = datamod.collate([items[0], items[5], items[3]], pad_id=257)
+    assert batch["skipped"] == 1 and batch["input_ids"].shape[0] == 2 and len(batch["visuals"]) == 2
+
+
+def test_truncation_never_cuts_a_visual_block():
+    ids = [1, 2] + [9] * 4 + [3, 4] + [9] * 4 + [5, 6]
+    labels = [-100] * 6 + [3, 4] + [-100] * 4 + [5, 6]
+    assert datamod.truncate(ids, labels, 100, {9}) == len(ids)
+    assert datamod.truncate(ids, labels, 10, {9}) == 8       # inside the second block: cut before it
+    assert datamod.truncate(ids, labels, 8, {9}) == 8
+    assert datamod.truncate(ids, labels, 4, {9}) is None     # nothing learnable before the first block
+
+
+def test_mixture_weights():
+    idx = datamod.mixture_indices([10, 4], [0.5, 2.0], seed=1)
+    assert sum(1 for s, _ in idx if s == 0) == 5 and sum(1 for s, _ in idx if s == 1) == 8
+    assert sorted(i for s, i in idx if s == 1) == [0, 0, 1, 1, 2, 2, 3, 3]
+
+
+def test_schedule():
+    assert cosine_with_warmup(0, 100, 10) == pytest.approx(0.1)
+    assert cosine_with_warmup(10, 100, 10) == pytest.approx(1.0)
+    assert cosine_with_warmup(100, 100, 10) == pytest.approx(0.0)
+
+
+def test_overfits(workdir):
+    result = train(_cfg(workdir, "overfit", steps=40, batch_size=5, lr=3e-3, warmup_ratio=0.05))
+    losses = result["losses"]
+    assert losses[-1] < 0.5 * losses[0], losses
+    assert interleave.InterleaveModel.from_pretrained(result["checkpoint"])  # a transformers checkpoint
+
+
+def test_ours_and_reference_path_train_alike(workdir):
+    ours = train(_cfg(workdir, "ours", steps=4))["losses"]
+    ref = train(_cfg(workdir, "ref", steps=4, reference=True))["losses"]
+    torch.testing.assert_close(torch.tensor(ours), torch.tensor(ref), rtol=1e-5, atol=1e-5)
+
+
+def test_resume_equals_uninterrupted(workdir):
+    full = train(_cfg(workdir, "full", steps=6, save_every=3))
+    resumed = train(_cfg(workdir, "resumed", steps=6, resume=str(workdir / "full" / "step-3")))
+    assert resumed["losses"] == full["losses"][3:]
+    a = interleave.InterleaveModel.from_pretrained(str(workdir / "full" / "step-6")).hf.state_dict()
+    b = interleave.InterleaveModel.from_pretrained(str(workdir / "resumed" / "step-6")).hf.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_bad_samples_are_skipped_and_counted(workdir):
+    result = train(_cfg(workdir, "bad", data=[str(workdir / "m4.json")], steps=2, batch_size=4))
+    assert result["skipped"] == 3 and len(result["losses"]) == 2  # 8 samples seen once, 3 of them bad
+    assert all(any(r.startswith(name) for r in result["skip_reasons"]) for name in BAD)
+
+
+def test_two_processes_equal_one(workdir):
+    """torchrun --nproc_per_node 2 (gloo) with batch 2 per process equals one process with batch 4."""
+    script = workdir / "dist_run.py"
+    script.write_text(
+        "import json, os, sys, torch\n"
+        "from interleave.train import TrainConfig, train\n"
+        "cfg = TrainConfig(**json.loads(sys.argv[1]))\n"
+        "res = train(cfg)\n"
+        "if int(os.environ.get('RANK', '0')) == 0:\n"
+        "    json.dump(res['losses'], open(sys.argv[2], 'w'))\n")
+    common = dict(model=str(workdir / "model"), data=[str(workdir / "good.jsonl")], image_root=str(workdir / "img"),
+                  steps=5, lr=1e-3, warmup_ratio=0.2, progress=False, tune="projector,llm")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
+                          str(script), json.dumps({**common, "batch_size": 2, "out": str(workdir / "two")}),
+                          str(workdir / "two.json")], capture_output=True, text=True, timeout=600, env=env)
+    assert two.returncode == 0, two.stderr[-3000:]
+    one = train(TrainConfig(**{**common, "batch_size": 4, "out": str(workdir / "one")}))
+    losses_two = json.loads((workdir / "two.json").read_text())
+    torch.testing.assert_close(torch.tensor(losses_two), torch.tensor(one["losses"]), rtol=1e-6, atol=0)
+    a = interleave.InterleaveModel.from_pretrained(str(workdir / "one" / "step-5")).hf.state_dict()
+    b = interleave.InterleaveModel.from_pretrained(str(workdir / "two" / "step-5")).hf.state_dict()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6)
