@@ -364,11 +364,77 @@ def model_cases(device: str, quick: bool = False, compile_reference: bool = True
     return cases
 
 
+# ---- a training step ------------------------------------------------------------------------------------
+def train_step_cases(device: str, quick: bool = False, compile_reference: bool = True) -> list[Case]:
+    """One optimizer step (pixels + forward + backward + AdamW) on a batch of 4 mixed samples
+    (multi-image, a 4-frame video, a 3D pair, a single image) of the interleave (Llava) layout with
+    real widths (SigLIP 1152, Qwen2 1024, 2 layers each; vision frozen, projector + LLM trained).
+    Ours: our processor, patched visual path and merge. Reference: transformers' PIL processor and the
+    unpatched model. Same initial weights each call (the optimizer state is reset), same loss."""
+    try:
+        from transformers.models.siglip.image_processing_pil_siglip import SiglipImageProcessorPil
+    except ImportError:
+        return []
+    from . import InterleaveModel, hf, processing
+    from .tiny import tiny_model, tiny_tokenizer
+    from .train import set_trainable
+
+    vocab = 2048 if quick else 32768  # the LM head at 152k would dwarf everything else on a CPU
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    hf_model = tiny_model("llava", widths="real", vision_layers=2 if not quick else 1, text_layers=2 if not quick else 1,
+                          vocab_size=vocab).to(device=device, dtype=dtype)
+    ref_processor = SiglipImageProcessorPil(size={"height": 384, "width": 384}, image_mean=[0.5] * 3, image_std=[0.5] * 3)
+    model = InterleaveModel.from_transformers(hf_model, tiny_tokenizer(), hf.ImageProcessor.from_hf(ref_processor))
+    trainable = set_trainable(model, "projector,llm")
+    initial = {k: v.detach().clone() for k, v in hf_model.state_dict().items()}
+    photos = [_photo(h, w) for h, w in ((480, 640), (720, 1280), (600, 600), (1080, 1920), (512, 512))]
+    sizes = (2, 4, 2, 1) if not quick else (1, 1, 1, 1)
+    visuals, k = [], 0
+    for n in sizes:
+        visuals.append([photos[(k + i) % len(photos)] for i in range(n)])
+        k += n
+    turns = [[("user", "<image>" * n + "Describe."), ("assistant", "Something worth describing. " * 4)] for n in sizes]
+    tok = model.tokenizer
+    encoded = [processing.encode_chat(tok, t, model.plan_visuals([v])[0], image_token_id=model.image_token_id)
+               for t, v in zip(turns, visuals)]
+    longest = max(len(i) for i, _ in encoded)
+    ids = torch.tensor([i + [tok.pad_token_id] * (longest - len(i)) for i, _ in encoded], device=device)
+    labels = torch.tensor([lab + [-100] * (longest - len(lab)) for _, lab in encoded], device=device)
+    mask = (torch.arange(longest)[None] < torch.tensor([len(i) for i, _ in encoded])[:, None]).long().to(device)
+
+    def step(reference: bool):
+        hf_model.load_state_dict(initial)
+        optimizer = torch.optim.AdamW(trainable, lr=1e-5)
+        if reference:
+            flat = [im for v in visuals for im in v]
+            pixels = {"pixel_values": ref_processor(flat, return_tensors="pt")["pixel_values"].to(device, dtype)}
+            hf.unpatch(hf_model)
+        else:
+            pixels = model.visual_inputs(visuals)[0]
+        try:
+            loss = hf_model(input_ids=ids, attention_mask=mask, labels=labels, **pixels).loss
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        finally:
+            hf.patch(hf_model)
+        return loss.detach().reshape(1)
+
+    tokens = int(mask.sum())
+    return [Case(op="train_step", device=device, dtype=str(dtype).replace("torch.", ""),
+                 shape=f"4 mixed samples ({sum(sizes)} images, {tokens} tokens), SigLIP 1152 + Qwen2 1024, vocab {vocab}",
+                 ours=lambda: step(False), baselines={"transformers": lambda: step(True)},
+                 bytes_moved=sum(p.nbytes for v in visuals for p in v), tolerance=1e-5)]
+
+
 CASES: dict[str, Callable[..., list[Case]]] = {"merge_tokens": merge_tokens_cases,
                                                "anyres_tiles": anyres_tiles_cases,
                                                "image_processor": image_processor_cases,
                                                "pack_tokens": pack_tokens_cases,
-                                               "model": model_cases}
+                                               "model": model_cases,
+                                               "train_step": train_step_cases}
+# Run only when named with --op (minutes on a CPU): not part of the default main job.
+HEAVY_OPS = ("train_step",)
 
 
 # ---- timing ------------------------------------------------------------------------------------
@@ -543,7 +609,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         with open(args.json, "w") as f:
             json.dump(report, f, indent=1)
 
-    report = run(devices, args.op or sorted(CASES), args.quick, reps, not args.no_compile,
+    report = run(devices, args.op or [op for op in sorted(CASES) if op not in HEAVY_OPS], args.quick, reps, not args.no_compile,
                  progress=lambda s: print(s, file=sys.stderr, flush=True), checkpoint=write)
     write(report)
     env = report["environment"]
