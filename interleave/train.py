@@ -59,6 +59,7 @@ class TrainConfig:
     num_workers: int = 0
     resume: Optional[str] = None    # a checkpoint folder written by this trainer
     reference: bool = False         # train through transformers' unpatched path
+    fsdp: bool = False              # shard parameters with FSDP2 (fully_shard) instead of DDP
     device: Optional[str] = None
     progress: bool = True
 
@@ -167,7 +168,16 @@ def train(cfg: TrainConfig, model=None) -> dict:
         model.hf.gradient_checkpointing_enable()
     model.hf.train()
     net = model.hf
-    if world > 1:
+    if world > 1 and cfg.fsdp:
+        # FSDP2 on the LLM's decoder layers (the bulk of a large model; every rank runs them every
+        # step). The rest (vision tower, projector, newline, embeddings, head) stays replicated and its
+        # gradients are all-reduced by hand below: a rank whose micro-batch holds no image does not
+        # use the visual parameters, which a sharded unit cannot tolerate (mismatched collectives).
+        from torch.distributed.fsdp import fully_shard
+        for layer in model.hf.model.language_model.layers:
+            fully_shard(layer)
+        trainable = [p for p in model.hf.parameters() if p.requires_grad]  # fully_shard swaps in DTensor parameters
+    elif world > 1:
         # find_unused_parameters: a step without multi-patch images leaves image_newline unused.
         net = torch.nn.parallel.DistributedDataParallel(model.hf, device_ids=[device.index] if device.type == "cuda" else None,
                                                         find_unused_parameters=True)
@@ -199,14 +209,22 @@ def train(cfg: TrainConfig, model=None) -> dict:
             result["skipped"] += b["skipped"]
             result["truncated"] += b["truncated"]
             result["skip_reasons"] += b["skip_reasons"]
-        micro = [b for b in micro if b["input_ids"] is not None]
+        if world == 1:
+            micro = [b for b in micro if b["input_ids"] is not None]
         # The step's labelled-token count over micro-batches and ranks: the loss's denominator.
-        count = torch.tensor(float(sum(int((b["labels"][:, 1:] != -100).sum()) for b in micro)))
+        count = torch.tensor(float(sum(int((b["labels"][:, 1:] != -100).sum()) for b in micro
+                                       if b["input_ids"] is not None)))
         if world > 1:
             torch.distributed.all_reduce(count)
         loss_sum = torch.zeros((), dtype=torch.float64)
         tokens = visual_tokens = 0
         for b in micro:
+            if b["input_ids"] is None:
+                # Every sample of this micro-batch was skipped, but every rank must take part in the
+                # gradient collectives: a zero-weight pass over one padding token.
+                dummy = torch.full((1, 2), pad, dtype=torch.long, device=device)
+                (net(input_ids=dummy, attention_mask=torch.ones_like(dummy)).logits.float().sum() * 0).backward()
+                continue
             ids, labels, mask = (b[k].to(device) for k in ("input_ids", "labels", "attention_mask"))
             pixels = model.visual_inputs(b["visuals"])[0] if any(b["visuals"]) else {}
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
@@ -220,7 +238,9 @@ def train(cfg: TrainConfig, model=None) -> dict:
             visual_tokens += b["visual_tokens"]
         if world > 1:
             torch.distributed.all_reduce(loss_sum)
-        torch.nn.utils.clip_grad_norm_(trainable, cfg.max_grad_norm)
+        if world > 1 and cfg.fsdp:
+            _all_reduce_replicated_grads(trainable, world)
+        clip_grad_norm(trainable, cfg.max_grad_norm, world)
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
@@ -241,11 +261,52 @@ def train(cfg: TrainConfig, model=None) -> dict:
     return result
 
 
+def clip_grad_norm(params, max_norm: float, world: int = 1) -> float:
+    """Scales the gradients so that their global 2-norm is at most max_norm; returns the norm.
+    Sums of squares in float64, sharded (FSDP2 DTensor) gradients summed over ranks, replicated ones
+    counted once: the same norm in 1-process, DDP and FSDP runs (torch's clip_grad_norm_ does not
+    mix sharded and plain gradients)."""
+    from torch.distributed.tensor import DTensor
+    sharded = torch.zeros((), dtype=torch.float64)
+    replicated = torch.zeros((), dtype=torch.float64)
+    grads = [p.grad for p in params if p.grad is not None]
+    for g in grads:
+        if isinstance(g, DTensor):
+            sharded += g.to_local().detach().double().pow(2).sum().cpu()
+        else:
+            replicated += g.detach().double().pow(2).sum().cpu()
+    if world > 1 and any(isinstance(g, DTensor) for g in grads):
+        torch.distributed.all_reduce(sharded)
+    total = float((sharded + replicated).sqrt())
+    coef = max_norm / (total + 1e-6)
+    if coef < 1.0:
+        for g in grads:
+            g.mul_(coef)
+    return total
+
+
+def _all_reduce_replicated_grads(params, world: int) -> None:
+    """Averages the gradients of the parameters FSDP does not shard (plain tensors), in a fixed
+    order, with zeros where a rank did not use a parameter."""
+    from torch.distributed.tensor import DTensor
+    for p in params:
+        if isinstance(p, DTensor):
+            continue
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+        torch.distributed.all_reduce(p.grad)
+        p.grad.div_(world)
+
+
 def save_checkpoint(model, optimizer, scheduler, step: int, cfg: TrainConfig, rank: int) -> str:
     path = os.path.join(cfg.out, f"step-{step}")
+    state_dict = None
+    if cfg.fsdp and int(os.environ.get("WORLD_SIZE", "1")) > 1:  # gather the shards (every rank takes part)
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+        state_dict = get_model_state_dict(model.hf, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     if rank == 0:
         os.makedirs(path, exist_ok=True)
-        model.hf.save_pretrained(path)
+        model.hf.save_pretrained(path, state_dict=state_dict)
         if model.tokenizer is not None:
             model.tokenizer.save_pretrained(path)
         torch.save({"step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),

@@ -129,8 +129,10 @@ def test_bad_samples_are_skipped_and_counted(workdir):
     assert all(any(r.startswith(name) for r in result["skip_reasons"]) for name in BAD)
 
 
-def test_two_processes_equal_one(workdir):
-    """torchrun --nproc_per_node 2 (gloo) with batch 2 per process equals one process with batch 4."""
+@pytest.mark.parametrize("fsdp", [False, True], ids=["ddp", "fsdp2"])
+def test_two_processes_equal_one(workdir, fsdp):
+    """torchrun --nproc_per_node 2 (gloo; DDP or FSDP2) with batch 2 per process equals one process
+    with batch 4. The data includes bad samples, so a rank can get a micro-batch with nothing left."""
     script = workdir / "dist_run.py"
     script.write_text(
         "import json, os, sys, torch\n"
@@ -139,17 +141,20 @@ def test_two_processes_equal_one(workdir):
         "res = train(cfg)\n"
         "if int(os.environ.get('RANK', '0')) == 0:\n"
         "    json.dump(res['losses'], open(sys.argv[2], 'w'))\n")
-    common = dict(model=str(workdir / "model"), data=[str(workdir / "good.jsonl")], image_root=str(workdir / "img"),
+    common = dict(model=str(workdir / "model"), data=[str(workdir / "m4.json")], image_root=str(workdir / "img"),
                   steps=5, lr=1e-3, warmup_ratio=0.2, progress=False, tune="projector,llm")
+    name = "fsdp" if fsdp else "ddp"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
-                          str(script), json.dumps({**common, "batch_size": 2, "out": str(workdir / "two")}),
-                          str(workdir / "two.json")], capture_output=True, text=True, timeout=600, env=env)
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+                          "29534" if fsdp else "29533", str(script),
+                          json.dumps({**common, "batch_size": 2, "fsdp": fsdp, "out": str(workdir / f"two-{name}")}),
+                          str(workdir / f"two-{name}.json")], capture_output=True, text=True, timeout=300, env=env)
     assert two.returncode == 0, two.stderr[-3000:]
-    one = train(TrainConfig(**{**common, "batch_size": 4, "out": str(workdir / "one")}))
-    losses_two = json.loads((workdir / "two.json").read_text())
+    one = train(TrainConfig(**{**common, "batch_size": 4, "out": str(workdir / f"one-{name}")}))
+    assert one["skipped"] > 0
+    losses_two = json.loads((workdir / f"two-{name}.json").read_text())
     torch.testing.assert_close(torch.tensor(losses_two), torch.tensor(one["losses"]), rtol=1e-6, atol=0)
-    a = interleave.InterleaveModel.from_pretrained(str(workdir / "one" / "step-5")).hf.state_dict()
-    b = interleave.InterleaveModel.from_pretrained(str(workdir / "two" / "step-5")).hf.state_dict()
+    a = interleave.InterleaveModel.from_pretrained(str(workdir / f"one-{name}" / "step-5")).hf.state_dict()
+    b = interleave.InterleaveModel.from_pretrained(str(workdir / f"two-{name}" / "step-5")).hf.state_dict()
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6)
