@@ -1,4 +1,4 @@
-"""`python -m interleave info|bench|generate|demo|train`."""
+"""`python -m interleave info|bench|generate|demo|train|profile`."""
 from __future__ import annotations
 
 import sys
@@ -28,7 +28,7 @@ def info() -> int:
 
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    usage = "usage: python -m interleave {info,bench,generate,demo,train} [options]   (COMMAND --help for its options)"
+    usage = "usage: python -m interleave {info,bench,generate,demo,train,profile} [options]   (COMMAND --help for its options)"
     if not argv or argv[0] in ("-h", "--help"):
         print(usage)
         return 0
@@ -41,9 +41,9 @@ def main(argv=None) -> int:
     if command == "train":
         from . import train
         return train.main(rest)
-    if command in ("generate", "demo"):
+    if command in ("generate", "demo", "profile"):
         from . import cli
-        return cli.generate_main(rest) if command == "generate" else cli.demo_main(rest)
+        return {"generate": cli.generate_main, "demo": cli.demo_main, "profile": cli.profile_main}[command](rest)
     print(f"unknown command {command!r}\n{usage}", file=sys.stderr)
     return 2
 

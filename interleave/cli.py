@@ -174,3 +174,75 @@ def demo_main(argv) -> int:
         print(f"{name:14s} {ids.shape[1]} prompt tokens, logits match transformers: {same}; "
               f"generated (random weights): {text!r}")
     return 0
+
+
+def _demo_dataset(root: str) -> str:
+    """A small M4-format dataset from scikit-image's photos (multi-image, 3D pair, a 3-frame video
+    folder, a single image, text-only) under `root`; returns the JSON path."""
+    import json
+
+    from PIL import Image
+    from skimage import data
+
+    os.makedirs(os.path.join(root, "clip"), exist_ok=True)
+    left, right, _ = data.stereo_motorcycle()
+    photos = {"astronaut": data.astronaut(), "cat": data.chelsea(), "coffee": data.coffee(), "left": left, "right": right}
+    for name, im in photos.items():
+        Image.fromarray(im).save(os.path.join(root, f"{name}.png"))
+    for i, name in enumerate(("astronaut", "cat", "coffee")):
+        Image.fromarray(photos[name]).save(os.path.join(root, "clip", f"{i:02d}.png"))
+
+    def conv(q, a):
+        return [{"from": "human", "value": q}, {"from": "gpt", "value": a}]
+    samples = [{"id": "multi", "image": ["astronaut.png", "cat.png"], "conversations": conv("<image><image>Which is a cat?", "The second.")},
+               {"id": "3d", "image": ["left.png", "right.png"], "conversations": conv("<image><image>What vehicle?", "A motorcycle.")},
+               {"id": "video", "video": "clip", "conversations": conv("<image>What is in the clip?", "A person, a cat, coffee.")},
+               {"id": "single", "image": "coffee.png", "conversations": conv("<image>What drink?", "Coffee.")},
+               {"id": "text", "conversations": conv("Say hi.", "Hi!")}]
+    path = os.path.join(root, "data.json")
+    with open(path, "w") as f:
+        json.dump(samples, f)
+    return path
+
+
+def profile_main(argv) -> int:
+    """A few training steps under the PyTorch profiler -> a Chrome trace and a summary table of the
+    interleave/* ranges (ops, visual-path stages, training-step stages) and the busiest ops."""
+    import tempfile
+
+    import torch
+
+    from .tiny import save_tiny_checkpoint
+    from .train import TrainConfig, train
+
+    p = argparse.ArgumentParser(prog="python -m interleave profile", description=profile_main.__doc__.split("\n")[0])
+    p.add_argument("--model", default=None, help="checkpoint folder (default: a tiny random model)")
+    p.add_argument("--data", default=None, help="JSON/JSONL data (default: a small dataset of scikit-image photos)")
+    p.add_argument("--image-root", default="")
+    p.add_argument("--steps", type=int, default=3)
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--out", default="interleave-trace.json", help="Chrome trace (chrome://tracing, Perfetto)")
+    args = p.parse_args(argv)
+    with tempfile.TemporaryDirectory() as tmp:
+        model = args.model or save_tiny_checkpoint(os.path.join(tmp, "model"), "onevision")
+        data_path, root = args.data, args.image_root
+        if data_path is None:
+            root = os.path.join(tmp, "images")
+            data_path = _demo_dataset(root)
+        cfg = TrainConfig(model=model, data=[data_path], image_root=root, out=os.path.join(tmp, "out"), steps=args.steps,
+                          batch_size=args.batch_size, progress=False)
+        activities = [torch.profiler.ProfilerActivity.CPU]
+        if torch.cuda.is_available():
+            activities.append(torch.profiler.ProfilerActivity.CUDA)
+        with torch.profiler.profile(activities=activities, record_shapes=False) as prof:
+            train(cfg)
+        prof.export_chrome_trace(args.out)
+    events = prof.key_averages()
+    ours = sorted((e for e in events if e.key.startswith("interleave/")), key=lambda e: -e.cpu_time_total)
+    print(f"{'range':34s} {'calls':>6s} {'CPU total ms':>13s}")
+    for e in ours:
+        print(f"{e.key:34s} {e.count:6d} {e.cpu_time_total / 1e3:13.2f}")
+    print()
+    print(events.table(sort_by="self_cpu_time_total", row_limit=12))
+    print(f"wrote {args.out}")
+    return 0

@@ -19,7 +19,7 @@ import warnings
 import numpy as np
 import torch
 
-from . import plan as planning
+from . import nvtx, plan as planning
 from .ops.anyres_tiles import anyres_tiles, normalization_table
 from .patching import is_patched, patch, unpatch, visual_path, visual_tokens  # noqa: F401 (re-exported)
 
@@ -136,6 +136,10 @@ class ImageProcessor:
                    do_pad=bool(getattr(p, "do_pad", True)), device=device)
 
     def __call__(self, images, return_tensors: Optional[str] = "pt", device=None, **kwargs):
+        with nvtx.range("image_processor"):
+            return self._process(images, return_tensors, device, **kwargs)
+
+    def _process(self, images, return_tensors, device, **kwargs):
         from transformers.image_processing_utils import BatchFeature
 
         if kwargs:

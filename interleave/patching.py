@@ -24,7 +24,7 @@ from typing import Optional
 
 import torch
 
-from . import plan as planning
+from . import nvtx, plan as planning
 from .ops import merge_tokens, pack_tokens
 
 _PATCH_ATTR = "_interleave_original_forward"
@@ -56,11 +56,13 @@ def vision_features(vision_tower, pixel_values: torch.Tensor, feature_layer: int
     keep = feature_layer + len(layers) + 1 if feature_layer < 0 else feature_layer
     if not 0 <= keep <= len(layers):
         raise ValueError(f"interleave: vision_feature_layer={feature_layer} is outside a {len(layers)}-layer tower")
-    hidden = vm.embeddings(pixel_values)
-    for layer in layers[:keep]:
-        hidden = layer(hidden, None)
-        if isinstance(hidden, tuple):  # transformers 4.x layers return (hidden_states,)
-            hidden = hidden[0]
+    with nvtx.range("vision/embeddings"):
+        hidden = vm.embeddings(pixel_values)
+    with nvtx.range("vision/encoder"):
+        for layer in layers[:keep]:
+            hidden = layer(hidden, None)
+            if isinstance(hidden, tuple):  # transformers 4.x layers return (hidden_states,)
+                hidden = hidden[0]
     return hidden
 
 
@@ -70,7 +72,8 @@ def _projected(inner, pixel_values: torch.Tensor, feature_layer, strategy) -> to
     features = vision_features(inner.vision_tower, pixel_values, feature_layer)
     if strategy == "default":
         features = features[:, 1:]
-    return inner.multi_modal_projector(features)
+    with nvtx.range("projector"):
+        return inner.multi_modal_projector(features)
 
 
 def _image_plans(inner, kind: str, image_sizes, batch_num_images) -> list:
@@ -161,7 +164,8 @@ def _patched_forward(inner, original):
         else:
             tokens, token_id = (image_tokens, image_id) if image_tokens is not None else (video_tokens, config.video_token_id)
             embeds = merge_tokens(input_ids, embed.weight, tokens, token_id, padding_idx=embed.padding_idx)
-        return original(None, None, *args, inputs_embeds=embeds, **kwargs)
+        with nvtx.range("language_model"):
+            return original(None, None, *args, inputs_embeds=embeds, **kwargs)
 
     forward.__interleave_kind__ = kind
     return forward

@@ -29,7 +29,7 @@ from typing import Optional
 
 import torch
 
-from . import data as datamod
+from . import data as datamod, nvtx
 
 TUNABLE = ("vision", "projector", "llm")
 
@@ -204,7 +204,8 @@ def train(cfg: TrainConfig, model=None) -> dict:
     batches = iter(loader)
     for step in range(start_step, cfg.steps):
         t0 = time.perf_counter()
-        micro = [next(batches) for _ in range(cfg.grad_accum)]
+        with nvtx.range("train/data"):
+            micro = [next(batches) for _ in range(cfg.grad_accum)]
         for b in micro:
             result["skipped"] += b["skipped"]
             result["truncated"] += b["truncated"]
@@ -226,13 +227,15 @@ def train(cfg: TrainConfig, model=None) -> dict:
                 (net(input_ids=dummy, attention_mask=torch.ones_like(dummy)).logits.float().sum() * 0).backward()
                 continue
             ids, labels, mask = (b[k].to(device) for k in ("input_ids", "labels", "attention_mask"))
-            pixels = model.visual_inputs(b["visuals"])[0] if any(b["visuals"]) else {}
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
+            with nvtx.range("train/pixels"):
+                pixels = model.visual_inputs(b["visuals"])[0] if any(b["visuals"]) else {}
+            with nvtx.range("train/forward"), torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
                 logits = net(input_ids=ids, attention_mask=mask, **pixels).logits
-            ce = torch.nn.functional.cross_entropy(logits[:, :-1].float().flatten(0, 1), labels[:, 1:].flatten(),
-                                                   ignore_index=-100, reduction="sum")
+                ce = torch.nn.functional.cross_entropy(logits[:, :-1].float().flatten(0, 1), labels[:, 1:].flatten(),
+                                                       ignore_index=-100, reduction="sum")
             # x world: DDP averages gradients over ranks; the denominator already counts every rank.
-            (ce * world / count.clamp(min=1).to(device)).backward()
+            with nvtx.range("train/backward"):
+                (ce * world / count.clamp(min=1).to(device)).backward()
             loss_sum += ce.detach().double().cpu()
             tokens += int(mask.sum())
             visual_tokens += b["visual_tokens"]
@@ -240,10 +243,11 @@ def train(cfg: TrainConfig, model=None) -> dict:
             torch.distributed.all_reduce(loss_sum)
         if world > 1 and cfg.fsdp:
             _all_reduce_replicated_grads(trainable, world)
-        clip_grad_norm(trainable, cfg.max_grad_norm, world)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
+        with nvtx.range("train/optimizer"):
+            clip_grad_norm(trainable, cfg.max_grad_norm, world)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
         loss = float(loss_sum / max(count.item(), 1))
         result["losses"].append(loss)
         if bar is not None:

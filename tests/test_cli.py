@@ -39,3 +39,20 @@ def test_generate_with_images_and_a_frame_folder(tmp_path):
     no_frames.mkdir()
     bad = _run("generate", "--model", model_dir, "--video", str(no_frames), "--prompt", "x")
     assert bad.returncode != 0 and "holds no frame images" in bad.stderr
+
+
+def test_profile_writes_a_trace_with_our_ranges(tmp_path):
+    out = tmp_path / "trace.json"
+    result = _run("profile", "--steps", "1", "--batch-size", "2", "--out", str(out))
+    assert result.returncode == 0, result.stderr[-2000:]
+    for name in ("interleave/train/forward", "interleave/train/backward", "interleave/merge_tokens",
+                 "interleave/vision/encoder", "interleave/image_processor"):
+        assert name in result.stdout, name
+    assert "interleave/train/optimizer" in out.read_text()
+
+
+def test_ranges_cost_nothing_without_a_profiler():
+    import contextlib
+
+    from interleave import nvtx
+    assert isinstance(nvtx.range("x"), contextlib.nullcontext)

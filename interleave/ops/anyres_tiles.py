@@ -22,7 +22,7 @@ from typing import Optional, Sequence, Union
 import numpy as np
 import torch
 
-from .. import _extension, plan as planning, reference
+from .. import _extension, nvtx, plan as planning, reference
 
 _OP = "interleave::anyres_tiles"
 # Which devices have a compiled kernel, looked up once (see merge_tokens.py).
@@ -135,7 +135,8 @@ def anyres_tiles(images: Union[ImageLike, Sequence[ImageLike]], mode: str = "any
     if normalize is not None:
         normalize = normalize.to(device)
     if _KERNELS.get(device.type, False):
-        tiles = torch.ops.interleave.anyres_tiles(images, jobs, offsets[-1], tile, normalize)
+        with nvtx.range("anyres_tiles"):
+            tiles = torch.ops.interleave.anyres_tiles(images, jobs, offsets[-1], tile, normalize)
     else:
         tiles = reference.anyres_tiles([im.cpu() for im in images], plans, tile).to(device)
         if normalize is not None:  # the same table lookup, in PyTorch

@@ -21,7 +21,7 @@ from typing import Optional, Sequence, Union
 
 import torch
 
-from .. import _extension, reference
+from .. import _extension, nvtx, reference
 
 _FLOAT_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
 _OP = "interleave::merge_tokens"
@@ -78,9 +78,10 @@ def merge_tokens(input_ids: torch.Tensor, embed_weight: torch.Tensor, visual: to
     ids = _placeholder_ids(image_token_id)
     _check_args(input_ids, embed_weight, visual, num_placeholders)
     if _KERNELS.get(input_ids.device.type, False):
-        return torch.ops.interleave.merge_tokens(
-            input_ids, embed_weight, visual, ids, num_placeholders,
-            -1 if padding_idx is None else padding_idx)
+        with nvtx.range("merge_tokens"):
+            return torch.ops.interleave.merge_tokens(
+                input_ids, embed_weight, visual, ids, num_placeholders,
+                -1 if padding_idx is None else padding_idx)
     return _reference_with_checks(input_ids, embed_weight, visual, ids, padding_idx)
 
 
