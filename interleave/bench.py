@@ -427,14 +427,72 @@ def train_step_cases(device: str, quick: bool = False, compile_reference: bool =
                  bytes_moved=sum(p.nbytes for v in visuals for p in v), tolerance=1e-5)]
 
 
+# ---- sequence packing -----------------------------------------------------------------------------------
+def packing_cases(device: str, quick: bool = False, compile_reference: bool = True) -> list[Case]:
+    """Forward + backward of a mixed batch (a 4-frame video, two images, one image, text-only) of
+    the interleave (Llava) layout at 384-pixel tiles (729 tokens per image), packed into rows of at
+    most the longest sample (first-fit, block-diagonal attention) against the same batch padded.
+    A Qwen2 of width 512 (2 layers, vocabulary 8192) keeps the LM the cost that padding multiplies.
+    GB/s here is tokens/s / 1e9 * 1e9 (the `bytes_moved` is the real token count), same loss."""
+    import transformers
+
+    from . import InterleaveModel, processing
+    from . import data as datamod
+    from .tiny import tiny_tokenizer
+
+    torch.manual_seed(0)
+    vision = transformers.SiglipVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                             num_attention_heads=2, image_size=384, patch_size=14)
+    text = transformers.Qwen2Config(vocab_size=8192, hidden_size=512 if not quick else 64, intermediate_size=1408,
+                                    num_hidden_layers=2, num_attention_heads=8, num_key_value_heads=2,
+                                    max_position_embeddings=8192)
+    config = transformers.LlavaConfig(vision_config=vision, text_config=text, image_token_id=259,
+                                      vision_feature_layer=-1, vision_feature_select_strategy="full")
+    model = InterleaveModel.from_transformers(transformers.LlavaForConditionalGeneration(config).to(device),
+                                              tiny_tokenizer())
+    photo = _photo(480, 640)
+    frames = 4 if not quick else 2
+    kinds = [("<image>" * frames + "What happens?", [photo] * frames), ("<image><image>Compare.", [photo] * 2),
+             ("<image>Describe.", [photo]), ("Say hi.", [])]
+    samples = []
+    for q, vis in kinds:
+        plans = model.plan_visuals([vis])[0] if vis else []
+        ids, labels = processing.encode_chat(model.tokenizer, [("user", q), ("assistant", "A reply. " * 8)], plans,
+                                             image_token_id=259)
+        samples.append({"input_ids": ids, "labels": labels, "visuals": vis, "truncated": False,
+                        "visual_tokens": sum(1 for t in ids if t == 259)})
+    longest = max(len(x["input_ids"]) for x in samples)
+    padded = datamod.collate(samples, pad_id=257)
+    packed = datamod.collate_packed(samples, max_len=longest, pad_id=257)
+    real_tokens = sum(len(x["input_ids"]) for x in samples)
+
+    def step(batch):
+        model.hf.zero_grad(set_to_none=True)
+        pixels = model.visual_inputs(batch["visuals"])[0]
+        extra = {"position_ids": batch["position_ids"].to(device)} if "position_ids" in batch else {}
+        logits = model.hf(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device),
+                          **extra, **pixels).logits
+        labels = batch["labels"].to(device)
+        loss = torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(),
+                                                 ignore_index=-100, reduction="sum")
+        loss.backward()
+        return loss.detach().reshape(1)
+
+    shape = (f"{len(samples)} samples ({real_tokens} tokens): padded {tuple(padded['input_ids'].shape)}, "
+             f"packed {tuple(packed['input_ids'].shape)}")
+    return [Case(op="packing", device=device, dtype="float32", shape=shape, ours=lambda: step(packed),
+                 baselines={"padded": lambda: step(padded)}, bytes_moved=real_tokens, tolerance=1e-5)]
+
+
 CASES: dict[str, Callable[..., list[Case]]] = {"merge_tokens": merge_tokens_cases,
                                                "anyres_tiles": anyres_tiles_cases,
                                                "image_processor": image_processor_cases,
                                                "pack_tokens": pack_tokens_cases,
                                                "model": model_cases,
-                                               "train_step": train_step_cases}
+                                               "train_step": train_step_cases,
+                                               "packing": packing_cases}
 # Run only when named with --op (minutes on a CPU): not part of the default main job.
-HEAVY_OPS = ("train_step",)
+HEAVY_OPS = ("train_step", "packing")
 
 
 # ---- timing ------------------------------------------------------------------------------------

@@ -267,3 +267,58 @@ def collate(samples: Sequence[dict], pad_id: int = 0) -> dict:
         labels[b, :n] = torch.tensor(s["labels"])
         mask[b, :n] = 1
     return {**batch, "input_ids": ids, "labels": labels, "attention_mask": mask, "visuals": [s["visuals"] for s in good]}
+
+
+def first_fit(lengths: Sequence[int], max_len: int) -> list[list[int]]:
+    """Sample indices grouped into rows of at most max_len tokens: longest first, each into the
+    first row with room (first-fit decreasing). A sample longer than max_len gets a row alone."""
+    rows, room = [], []
+    for i in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
+        for r, free in enumerate(room):
+            if lengths[i] <= free:
+                rows[r].append(i)
+                room[r] -= lengths[i]
+                break
+        else:
+            rows.append([i])
+            room.append(max_len - lengths[i])
+    return rows
+
+
+def collate_packed(samples: Sequence[dict], max_len: int, pad_id: int = 0) -> dict:
+    """Like `collate`, but packs the samples into rows of at most max_len tokens (first_fit): each
+    sample keeps its own positions (position_ids restart at 0) and attends only to itself (a
+    block-diagonal causal mask [R, 1, L, L], True = attend; padding attends to itself only). Its
+    first label is ignored, so no token learns across a sample boundary. `visuals` lists the
+    samples' inputs in row order, which is the order of their placeholders in the packed ids."""
+    base = collate([s for s in samples if "skip" in s], pad_id)  # the skip counts
+    good = [s for s in samples if "skip" not in s]
+    base.update(truncated=sum(s["truncated"] for s in good), visual_tokens=sum(s["visual_tokens"] for s in good))
+    if not good:
+        return {**base, "input_ids": None}
+    rows = first_fit([len(s["input_ids"]) for s in good], max_len)
+    width = max(sum(len(good[i]["input_ids"]) for i in row) for row in rows)
+    R = len(rows)
+    ids = torch.full((R, width), pad_id, dtype=torch.long)
+    labels = torch.full((R, width), IGNORE_INDEX, dtype=torch.long)
+    positions = torch.zeros((R, width), dtype=torch.long)
+    segment = torch.full((R, width), -1, dtype=torch.long)
+    visuals = []
+    for r, row in enumerate(rows):
+        at = 0
+        for k, i in enumerate(row):
+            s = good[i]
+            n = len(s["input_ids"])
+            ids[r, at:at + n] = torch.tensor(s["input_ids"])
+            labels[r, at:at + n] = torch.tensor(s["labels"])
+            labels[r, at] = IGNORE_INDEX
+            positions[r, at:at + n] = torch.arange(n)
+            segment[r, at:at + n] = k
+            visuals.append(s["visuals"])
+            at += n
+    pad = segment < 0
+    segment[pad] = -1 - torch.arange(int(pad.sum()))  # every padding position its own segment
+    causal = torch.ones(width, width, dtype=torch.bool).tril()
+    mask = (segment[:, :, None] == segment[:, None, :]) & causal
+    return {**base, "input_ids": ids, "labels": labels, "position_ids": positions, "attention_mask": mask[:, None],
+            "visuals": visuals, "rows": rows, "padding": int(pad.sum())}

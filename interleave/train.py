@@ -60,6 +60,7 @@ class TrainConfig:
     resume: Optional[str] = None    # a checkpoint folder written by this trainer
     reference: bool = False         # train through transformers' unpatched path
     fsdp: bool = False              # shard parameters with FSDP2 (fully_shard) instead of DDP
+    pack: bool = False              # pack each micro-batch's samples into rows of at most max_len
     device: Optional[str] = None
     progress: bool = True
 
@@ -193,7 +194,8 @@ def train(cfg: TrainConfig, model=None) -> dict:
                                           front_ratio=cfg.front_ratio, num_frames=cfg.num_frames, seed=cfg.seed)
     pad = model.tokenizer.pad_token_id or 0
     loader = torch.utils.data.DataLoader(dataset, batch_sampler=_StepBatches(len(dataset), cfg, world, rank, start_step),
-                                         collate_fn=functools.partial(datamod.collate, pad_id=pad),
+                                         collate_fn=functools.partial(datamod.collate_packed, max_len=cfg.max_len, pad_id=pad)
+                                         if cfg.pack else functools.partial(datamod.collate, pad_id=pad),
                                          num_workers=cfg.num_workers)
     use_bf16 = cfg.bf16 if cfg.bf16 is not None else device.type == "cuda"
     bar = None
@@ -227,17 +229,18 @@ def train(cfg: TrainConfig, model=None) -> dict:
                 (net(input_ids=dummy, attention_mask=torch.ones_like(dummy)).logits.float().sum() * 0).backward()
                 continue
             ids, labels, mask = (b[k].to(device) for k in ("input_ids", "labels", "attention_mask"))
+            extra = {"position_ids": b["position_ids"].to(device)} if "position_ids" in b else {}
             with nvtx.range("train/pixels"):
                 pixels = model.visual_inputs(b["visuals"])[0] if any(b["visuals"]) else {}
             with nvtx.range("train/forward"), torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
-                logits = net(input_ids=ids, attention_mask=mask, **pixels).logits
+                logits = net(input_ids=ids, attention_mask=mask, **extra, **pixels).logits
                 ce = torch.nn.functional.cross_entropy(logits[:, :-1].float().flatten(0, 1), labels[:, 1:].flatten(),
                                                        ignore_index=-100, reduction="sum")
             # x world: DDP averages gradients over ranks; the denominator already counts every rank.
             with nvtx.range("train/backward"):
                 (ce * world / count.clamp(min=1).to(device)).backward()
             loss_sum += ce.detach().double().cpu()
-            tokens += int(mask.sum())
+            tokens += int((ids != pad).sum()) if cfg.pack else int(mask.sum())
             visual_tokens += b["visual_tokens"]
         if world > 1:
             torch.distributed.all_reduce(loss_sum)
