@@ -132,19 +132,22 @@ def _cross_entropy_rows_torch(logits, labels, inv_count, ignore_index, write_gra
         block = logits[start:end]
         x = block if block.dtype == compute else block.to(compute)
         target = x.gather(1, safe[start:end])
+        m = x.amax(1, keepdim=True)
         if not write_grad:
-            lse = torch.logsumexp(x, 1, keepdim=True)
+            total = torch.exp(x - m).sum(1, keepdim=True, dtype=torch.float64)
+            lse = m + total.log()
         else:
-            m = x.amax(1, keepdim=True)
             x.sub_(m).exp_()
-            total = x.sum(1, keepdim=True)
+            # The row sums and the loss in float64: a reduction's worth of work, and the loss is
+            # then as exact as the float32 exponentials allow.
+            total = x.sum(1, keepdim=True, dtype=torch.float64)
             lse = m + total.log()
             scale = scale_all[start:end]
-            x.mul_(scale / total)
+            x.mul_((scale / total).to(compute))
             x.scatter_add_(1, safe[start:end], -scale)  # ignored rows add 0 at column 0
             if x is not block:
                 block.copy_(x)
-        loss[start:end] = torch.where(valid[start:end], (lse - target).squeeze(1), 0.0)
+        loss[start:end] = torch.where(valid[start:end], (lse - target).squeeze(1), 0.0).to(compute)
     return loss
 
 
@@ -185,7 +188,7 @@ def _forward(hidden, weight, labels, bias, ignore_index, chunk_size, use_triton,
     # 1 / count stays on the device (no sync); max(count, 1) makes an all-ignored batch give 0s.
     count = (labels != ignore_index).sum()
     inv_count = 1.0 / count.clamp(min=1).to(compute)
-    loss_sum = torch.zeros((), dtype=compute, device=hidden.device)
+    loss_sum = torch.zeros((), dtype=torch.float64, device=hidden.device)  # float64: N can be 10^5
     grad_hidden = torch.empty_like(hidden) if need_hidden else None
     acc_dtype = weight.dtype if weight.dtype in (torch.float32, torch.float64) else torch.float32
     grad_weight = torch.zeros(weight.shape, dtype=acc_dtype, device=weight.device) if need_weight else None
@@ -198,7 +201,7 @@ def _forward(hidden, weight, labels, bias, ignore_index, chunk_size, use_triton,
         logits = torch.addmm(bias, h, weight_t) if bias is not None else torch.mm(h, weight_t)  # [n, V]
         row_loss = _cross_entropy_rows(logits, labels[start:end], inv_count, ignore_index,
                                        write_grad, use_triton)
-        loss_sum += row_loss.sum()
+        loss_sum += row_loss.sum(dtype=torch.float64)
         if need_hidden:
             torch.mm(logits, weight, out=grad_hidden[start:end])
         if need_weight:
@@ -209,7 +212,7 @@ def _forward(hidden, weight, labels, bias, ignore_index, chunk_size, use_triton,
 
     if bad is not None and bool(bad):
         _raise_bad_labels(labels, _bad_labels(labels, vocab, ignore_index), vocab, ignore_index)
-    return loss_sum * inv_count, grad_hidden, grad_weight, grad_bias
+    return loss_sum * inv_count.double(), grad_hidden, grad_weight, grad_bias
 
 
 class _LinearCrossEntropy(torch.autograd.Function):
