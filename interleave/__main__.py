@@ -21,8 +21,8 @@ def info() -> int:
                  if ext.with_cuda else "CPU kernels only (no CUDA)"))
     print("backends (which implementation a tensor on each device uses):")
     for op in ops.OPS:
-        print(f"  {op:14s} cpu:  {ops.backend(op, 'cpu')}")
-        print(f"  {'':14s} cuda: {ops.backend(op, 'cuda')}")
+        print(f"  {op:20s} cpu:  {ops.backend(op, 'cpu')}")
+        print(f"  {'':20s} cuda: {ops.backend(op, 'cuda')}")
     return 0
 
 

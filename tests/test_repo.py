@@ -35,9 +35,13 @@ def test_bench_quick_writes_json(tmp_path):
     report = json.loads(out.read_text())
     assert report["environment"]["torch"]
     results = {r["op"]: r for r in report["results"]}
-    assert set(results) == {"merge_tokens", "anyres_tiles", "image_processor", "pack_tokens", "model"}
+    assert set(results) == {"merge_tokens", "anyres_tiles", "image_processor", "pack_tokens", "model",
+                            "linear_cross_entropy"}
     assert all(r["matches_reference"] and r["ours_gbps"] > 0 for r in report["results"])
     assert results["merge_tokens"]["bitwise_equal"] and results["anyres_tiles"]["bitwise_equal"]
+    lce = results["linear_cross_entropy"]
+    assert set(lce["peak_memory_bytes"]) == {"ours", "pytorch"}
+    assert 0 < lce["peak_memory_bytes"]["ours"] < lce["peak_memory_bytes"]["pytorch"]
     assert set(results["merge_tokens"]["median_ms"]) >= {"ours", "ours_sync_free", "transformers", "index_put"}
     assert results["anyres_tiles"]["reference"] == "pillow"
     assert "ratio" in r.stdout and "merge_tokens" in r.stdout and "anyres_tiles" in r.stdout
