@@ -61,8 +61,35 @@ class TrainConfig:
     reference: bool = False         # train through transformers' unpatched path
     fsdp: bool = False              # shard parameters with FSDP2 (fully_shard) instead of DDP
     pack: bool = False              # pack each micro-batch's samples into rows of at most max_len
+    fused_loss: bool = True         # LM head + cross-entropy without the logits (linear_cross_entropy)
     device: Optional[str] = None
     progress: bool = True
+
+
+class CausalLMLoss(torch.nn.Module):
+    """transformers' model up to the last hidden state, then the LM head and the summed token
+    cross-entropy (next-token targets, -100 ignored). fused: interleave.ops.linear_cross_entropy,
+    which never materializes the [tokens, vocabulary] logits; else the head and F.cross_entropy. One
+    module, so that DDP / FSDP see the head's weight used inside their forward."""
+
+    def __init__(self, hf_model, fused: bool = True):
+        super().__init__()
+        self.hf = hf_model
+        self.fused = fused
+
+    def forward(self, input_ids, attention_mask, labels, **kwargs):
+        hidden = self.hf.model(input_ids=input_ids, attention_mask=attention_mask, **kwargs).last_hidden_state
+        hidden, targets = hidden[:, :-1], labels[:, 1:]
+        head = self.hf.lm_head
+        if self.fused:
+            from .ops import linear_cross_entropy
+            weight = head.weight.to(hidden.dtype)
+            bias = head.bias.to(hidden.dtype) if head.bias is not None else None
+            mean = linear_cross_entropy(hidden, weight, targets, bias=bias).float()
+            return mean * (targets != -100).sum()
+        logits = head(hidden).float()
+        return torch.nn.functional.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=-100,
+                                                 reduction="sum")
 
 
 def cosine_with_warmup(step: int, total: int, warmup: int) -> float:
@@ -168,7 +195,7 @@ def train(cfg: TrainConfig, model=None) -> dict:
     if cfg.activation_checkpointing:
         model.hf.gradient_checkpointing_enable()
     model.hf.train()
-    net = model.hf
+    net = CausalLMLoss(model.hf, cfg.fused_loss and not cfg.reference)  # the reference path: transformers' head + CE
     if world > 1 and cfg.fsdp:
         # FSDP2 on the LLM's decoder layers (the bulk of a large model; every rank runs them every
         # step). The rest (vision tower, projector, newline, embeddings, head) stays replicated and its
@@ -180,7 +207,7 @@ def train(cfg: TrainConfig, model=None) -> dict:
         trainable = [p for p in model.hf.parameters() if p.requires_grad]  # fully_shard swaps in DTensor parameters
     elif world > 1:
         # find_unused_parameters: a step without multi-patch images leaves image_newline unused.
-        net = torch.nn.parallel.DistributedDataParallel(model.hf, device_ids=[device.index] if device.type == "cuda" else None,
+        net = torch.nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None,
                                                         find_unused_parameters=True)
     optimizer = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
     warmup = int(round(cfg.warmup_ratio * cfg.steps))
@@ -226,16 +253,14 @@ def train(cfg: TrainConfig, model=None) -> dict:
                 # Every sample of this micro-batch was skipped, but every rank must take part in the
                 # gradient collectives: a zero-weight pass over one padding token.
                 dummy = torch.full((1, 2), pad, dtype=torch.long, device=device)
-                (net(input_ids=dummy, attention_mask=torch.ones_like(dummy)).logits.float().sum() * 0).backward()
+                (net(dummy, torch.ones_like(dummy), torch.full_like(dummy, -100)) * 0).backward()
                 continue
             ids, labels, mask = (b[k].to(device) for k in ("input_ids", "labels", "attention_mask"))
             extra = {"position_ids": b["position_ids"].to(device)} if "position_ids" in b else {}
             with nvtx.range("train/pixels"):
                 pixels = model.visual_inputs(b["visuals"])[0] if any(b["visuals"]) else {}
             with nvtx.range("train/forward"), torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
-                logits = net(input_ids=ids, attention_mask=mask, **extra, **pixels).logits
-                ce = torch.nn.functional.cross_entropy(logits[:, :-1].float().flatten(0, 1), labels[:, 1:].flatten(),
-                                                       ignore_index=-100, reduction="sum")
+                ce = net(ids, mask, labels, **extra, **pixels)
             # x world: DDP averages gradients over ranks; the denominator already counts every rank.
             with nvtx.range("train/backward"):
                 (ce * world / count.clamp(min=1).to(device)).backward()
@@ -338,7 +363,7 @@ def main(argv=None) -> int:
             continue
         flag = "--" + f.name.replace("_", "-")
         if f.type in ("bool", bool) or isinstance(f.default, bool):
-            p.add_argument(flag, action="store_true")
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default)
         else:
             kind = {int: int, float: float}.get(type(f.default), str)
             p.add_argument(flag, type=kind, default=f.default)
