@@ -5,6 +5,7 @@
 
 #include "ops/anyres_tiles.h"
 #include "ops/merge_tokens.h"
+#include "ops/patch_embed.h"
 
 #ifndef INTERLEAVE_TORCH_VERSION
 #define INTERLEAVE_TORCH_VERSION "unknown"
@@ -25,12 +26,14 @@ TORCH_LIBRARY(interleave, m) {
       "int num_embeddings, int num_visual, ScalarType visual_dtype, int padding_idx, "
       "bool weight_grad, bool visual_grad) -> (Tensor, Tensor)");
   m.def("anyres_tiles(Tensor[] images, Tensor jobs, int num_tiles, int tile, Tensor? lut=None) -> Tensor");
+  m.def("patch_embed(Tensor tiles, Tensor weight, Tensor bias, Tensor pos_embed, ScalarType? out_dtype=None) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(interleave, CPU, m) {
   m.impl("merge_tokens", &interleave::merge_tokens_cpu);
   m.impl("merge_tokens_backward", &interleave::merge_tokens_backward_cpu);
   m.impl("anyres_tiles", &interleave::anyres_tiles_cpu);
+  m.impl("patch_embed", &interleave::patch_embed_cpu);
 }
 
 #ifdef INTERLEAVE_WITH_CUDA
@@ -38,6 +41,7 @@ TORCH_LIBRARY_IMPL(interleave, CUDA, m) {
   m.impl("merge_tokens", &interleave::merge_tokens_cuda);
   m.impl("merge_tokens_backward", &interleave::merge_tokens_backward_cuda);
   m.impl("anyres_tiles", &interleave::anyres_tiles_cuda);
+  m.impl("patch_embed", &interleave::patch_embed_cuda);
 }
 #endif
 

@@ -3,8 +3,9 @@ when interleave._C has one, else to its reference in interleave.reference."""
 from .. import _extension
 from .anyres_tiles import Tiles, anyres_tiles
 from .merge_tokens import merge_tokens
+from .patch_embed import patch_embed
 
-OPS = ("merge_tokens", "anyres_tiles")
+OPS = ("merge_tokens", "anyres_tiles", "patch_embed")
 
 
 def backend(op: str, device_type: str) -> str:
@@ -14,4 +15,4 @@ def backend(op: str, device_type: str) -> str:
     return _extension.backend_reason(device_type, f"interleave::{op}")
 
 
-__all__ = ["merge_tokens", "anyres_tiles", "Tiles", "backend", "OPS"]
+__all__ = ["merge_tokens", "anyres_tiles", "patch_embed", "Tiles", "backend", "OPS"]
