@@ -10,14 +10,17 @@
 // on this machine MKL's own threading on M = 729-row calls is slower than one block per thread.
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
+#include <ATen/core/LegacyTypeDispatch.h>
 #include <ATen/ops/add.h>
-#include <ATen/ops/empty.h>
+#include <ATen/ops/addmm.h>
+#include <ATen/ops/from_blob.h>
 #include <c10/util/BFloat16.h>
 #include <c10/util/Exception.h>
 #include <c10/util/Half.h>
 
 #include <algorithm>
 #include <cstring>
+#include <memory>
 
 #include "../ops/patch_embed.h"
 #include "output_alloc.h"
@@ -57,6 +60,17 @@ void with_pixel_type(at::ScalarType t, F&& f) {
   }
 }
 
+template <typename F>
+void with_out_type(at::ScalarType t, F&& f) {
+  switch (t) {
+    case at::kFloat: f(float{}); break;
+    case at::kDouble: f(double{}); break;
+    case at::kBFloat16: f(c10::BFloat16{}); break;
+    case at::kHalf: f(c10::Half{}); break;
+    default: TORCH_CHECK_TYPE(false, "patch_embed: unsupported output dtype ", t);
+  }
+}
+
 }  // namespace
 
 at::Tensor patch_embed_cpu(const at::Tensor& tiles_arg, const at::Tensor& weight,
@@ -73,10 +87,9 @@ at::Tensor patch_embed_cpu(const at::Tensor& tiles_arg, const at::Tensor& weight
   at::Tensor out = empty_cpu_output({s.batch, T, C}, s.out_dtype);
   if (M == 0 || C == 0) return out;
 
-  const at::Tensor wt = patch_embed_weight_order(weight, s.channels_last, acc, K).t();  // [K, C]
+  const at::Tensor w = patch_embed_weight_order(weight, s.channels_last, acc, K);  // [C, K]
   const at::Tensor bias_pos = at::add(pos_embed.to(acc), bias.to(acc).unsqueeze(0)).contiguous();  // [T, C]
-  const at::Tensor tiles = tiles_arg;  // contiguous (checked)
-  at::Tensor out2d = out.view({M, C});
+  const at::Tensor& tiles = tiles_arg;  // contiguous (checked)
   const bool direct = s.out_dtype == acc;
 
   // Blocks of about kBlockRows rows, as many as a multiple of the thread count when there is
@@ -87,26 +100,39 @@ at::Tensor patch_embed_cpu(const at::Tensor& tiles_arg, const at::Tensor& weight
   const int64_t R = (M + blocks - 1) / blocks;
   blocks = (M + R - 1) / R;
 
+  // at::parallel_for does not carry the caller's dispatch state into its OpenMP workers: the
+  // worker's GEMM call re-enters the dispatcher below autograd explicitly (as the caller is), on
+  // tensors that wrap the thread's own buffers (from_blob: no allocation, no copy).
+  const at::Tensor wt = w.t();  // [K, C]
   AT_DISPATCH_FLOATING_TYPES(acc, "patch_embed_cpu", [&] {
     using acc_t = scalar_t;
     const acc_t* bp = bias_pos.const_data_ptr<acc_t>();
     with_pixel_type(tiles.scalar_type(), [&](auto pix_tag) {
       using pix_t = decltype(pix_tag);
       const pix_t* pixels = static_cast<const pix_t*>(tiles.const_data_ptr());
-      at::parallel_for(0, blocks, 1, [&](int64_t b0, int64_t b1) {
-        at::Tensor A = at::empty({R, K}, bias_pos.options());
-        at::Tensor Y = direct ? at::Tensor() : at::empty({R, C}, bias_pos.options());
-        for (int64_t b = b0; b < b1; ++b) {
-          const int64_t r0 = b * R, rows = std::min(R, M - r0);
-          gather_rows(pixels, g, r0, rows, A.mutable_data_ptr<acc_t>());
-          at::Tensor y = direct ? out2d.narrow(0, r0, rows) : Y.narrow(0, 0, rows);
-          acc_t* yp = y.mutable_data_ptr<acc_t>();
-          // Epilogue first: rows start as bias' + pos_embed[t], the GEMM adds onto them.
-          for (int64_t r = 0; r < rows; ++r)
-            std::memcpy(yp + r * C, bp + ((r0 + r) % T) * C, sizeof(acc_t) * C);
-          y.addmm_(A.narrow(0, 0, rows), wt);
-          if (!direct) out2d.narrow(0, r0, rows).copy_(y);
-        }
+      with_out_type(s.out_dtype, [&](auto out_tag) {
+        using out_t = decltype(out_tag);
+        out_t* dst = static_cast<out_t*>(out.mutable_data_ptr());
+        at::parallel_for(0, blocks, 1, [&](int64_t b0, int64_t b1) {
+          const at::AutoDispatchBelowADInplaceOrView below_autograd;
+          std::unique_ptr<acc_t[]> A(new acc_t[R * K]);
+          std::unique_ptr<acc_t[]> Y(direct ? nullptr : new acc_t[R * C]);
+          const auto options = bias_pos.options();
+          for (int64_t b = b0; b < b1; ++b) {
+            const int64_t r0 = b * R, rows = std::min(R, M - r0);
+            gather_rows(pixels, g, r0, rows, A.get());
+            acc_t* y = direct ? reinterpret_cast<acc_t*>(dst) + r0 * C : Y.get();
+            // Epilogue first: rows start as bias' + pos_embed[t], the GEMM adds onto them.
+            for (int64_t r = 0; r < rows; ++r)
+              std::memcpy(y + r * C, bp + ((r0 + r) % T) * C, sizeof(acc_t) * C);
+            at::Tensor y_rows = at::from_blob(y, {rows, C}, options);
+            y_rows.addmm_(at::from_blob(A.get(), {rows, K}, options), wt);  // MKL gemm, beta = 1
+            if (!direct) {
+              out_t* o = dst + r0 * C;
+              for (int64_t i = 0; i < rows * C; ++i) o[i] = static_cast<out_t>(y[i]);
+            }
+          }
+        });
       });
     });
   });

@@ -3,7 +3,7 @@ when interleave._C has one, else to its reference in interleave.reference."""
 from .. import _extension
 from .anyres_tiles import Tiles, anyres_tiles
 from .merge_tokens import merge_tokens
-from .patch_embed import patch_embed
+from .patch_embed import patch_embed, set_fold_cache
 
 OPS = ("merge_tokens", "anyres_tiles", "patch_embed")
 
@@ -15,4 +15,4 @@ def backend(op: str, device_type: str) -> str:
     return _extension.backend_reason(device_type, f"interleave::{op}")
 
 
-__all__ = ["merge_tokens", "anyres_tiles", "patch_embed", "Tiles", "backend", "OPS"]
+__all__ = ["merge_tokens", "anyres_tiles", "patch_embed", "set_fold_cache", "Tiles", "backend", "OPS"]

@@ -10,7 +10,8 @@ position embedding) on the pixels its image processor would produce (`x / 255`, 
 weights, W' = W / (255 * std_c) and b' = b - sum(W * mean_c / std_c), and the kernel multiplies raw
 bytes. W' and b' are computed once per weight version and cached (keyed on the tensors themselves,
 their `_version` and data pointer: an optimizer step or `load_state_dict` invalidates them; an
-in-place change through `.data` does not bump the version and is not seen). Float pixel_values are
+in-place change through `.data` does not bump the version and is not seen: call
+`interleave.ops.set_fold_cache(False)` in code that does that). Float pixel_values are
 already normalized: the weights are used as they are.
 
 Output dtype: the weight's, or `out_dtype`. Gradients flow to weight, bias and pos_embed (none to the
@@ -109,9 +110,24 @@ def fold_normalization(weight: torch.Tensor, bias: torch.Tensor, mean: Sequence[
 
 _FOLD_CACHE: "collections.OrderedDict[tuple, tuple]" = collections.OrderedDict()
 _FOLD_CACHE_SIZE = 8
+# Set to False to fold on every call: needed when weights are changed in place through `.data`
+# (which keeps the version counter), as torch.autograd.gradcheck's perturbations are.
+cache_folded_weights = True
+
+
+def set_fold_cache(enabled: bool) -> bool:
+    """Turns the folded-weight cache on or off (off: fold on every call); returns the old setting."""
+    global cache_folded_weights
+    old, cache_folded_weights = cache_folded_weights, bool(enabled)
+    if not enabled:
+        _FOLD_CACHE.clear()
+    return old
 
 
 def _cached_fold(weight, bias, mean, std):
+    if not cache_folded_weights:
+        with torch.no_grad():
+            return fold_normalization(weight, bias, mean, std)
     key = (id(weight), id(bias), tuple(mean), tuple(std))
     state = (weight._version, bias._version, weight.data_ptr(), bias.data_ptr(), weight.dtype,
              weight.device)
