@@ -56,7 +56,12 @@ at::Tensor patch_embed_cuda(const at::Tensor& tiles, const at::Tensor& weight, c
     case at::kDouble: gemm = cuda::GemmType::kFloat64; operand = at::kDouble; epilogue = at::kDouble; break;
     default: gemm = cuda::GemmType::kFloat32; operand = at::kFloat; epilogue = at::kFloat; break;
   }
-  const at::Tensor w = patch_embed_weight_order(weight, s.channels_last, operand, Kp);  // [C, Kp]
+  // fp16 operands: the folded weight W / (255 * std) of a SigLIP-scale conv (|W| ~ 0.04) lies near
+  // fp16's subnormal range (< 6.1e-5), where it loses bits. Keep the 1/255 out of the operand
+  // (W * 255 = W / std) and apply it to the fp32 accumulator instead; exact in real arithmetic.
+  const bool unscale = gemm == cuda::GemmType::kFloat16 && s.channels_last;
+  const at::Tensor w = patch_embed_weight_order(unscale ? weight.mul(255.0) : weight, s.channels_last,
+                                                operand, Kp);  // [C, Kp]
   const at::Tensor b = bias.to(epilogue).contiguous();
   const at::Tensor pos = pos_embed.to(epilogue).contiguous();
   at::Tensor out = at::empty({s.batch, s.geometry.tokens, s.dim}, tiles.options().dtype(s.out_dtype));
@@ -71,6 +76,7 @@ at::Tensor patch_embed_cuda(const at::Tensor& tiles, const at::Tensor& weight, c
   args.k_padded = Kp;
   args.dim = s.dim;
   args.weight = w.const_data_ptr();
+  args.alpha = unscale ? static_cast<float>(1.0 / 255.0) : 1.0f;
   args.bias = b.const_data_ptr();
   args.pos_embed = pos.const_data_ptr();
   args.out = out.mutable_data_ptr();

@@ -231,7 +231,7 @@ __global__ void __launch_bounds__(kMmaThreads) mma_kernel(PatchEmbedArgs args) {
           const int64_t n = n0 + warp_n * 32 + j * 8 + tig * 2 + e;
           if (n < args.dim)
             store_out(args.out, args.out_type, m * args.dim + n,
-                      acc[i][j][half * 2 + e] + bias[n] + pos[t * args.dim + n]);
+                      args.alpha * acc[i][j][half * 2 + e] + bias[n] + pos[t * args.dim + n]);
         }
       }
     }
@@ -313,7 +313,9 @@ __global__ void __launch_bounds__(kSimtThreads) simt_kernel(PatchEmbedArgs args)
 #pragma unroll
     for (int j = 0; j < 4; ++j) {
       const int64_t n = n0 + tx * 4 + j;
-      if (n < args.dim) store_out(args.out, args.out_type, m * args.dim + n, acc[i][j] + bias[n] + pos[t * args.dim + n]);
+      if (n < args.dim)
+        store_out(args.out, args.out_type, m * args.dim + n,
+                  static_cast<T>(args.alpha) * acc[i][j] + bias[n] + pos[t * args.dim + n]);
     }
   }
 }

@@ -26,6 +26,7 @@ struct PatchEmbedArgs {
   int64_t k_padded;        // Kp: columns of `weight`, a multiple of kPatchKAlign, zeros past K
   int64_t dim;             // C
   const void* weight;      // [C, Kp] in the GemmType's element type, PatchGeometry's K order
+  float alpha;             // out = alpha * (A W^T) + bias + pos_embed (1, or 1/255 for fp16, see glue)
   const void* bias;        // [C]    float (double for GemmType::kFloat64)
   const void* pos_embed;   // [T, C] float (double for GemmType::kFloat64)
   void* out;               // [M, C]
