@@ -105,7 +105,9 @@ def fold_normalization(weight: torch.Tensor, bias: torch.Tensor, mean: Sequence[
     folded_w = w64 * scale.view(1, -1, 1, 1)
     folded_b = bias.double() - (w64 * shift.view(1, -1, 1, 1)).sum((1, 2, 3))
     dtype = _fold_dtype(weight)
-    return folded_w.to(dtype), folded_b.to(dtype)
+    # channels_last memory = [C, p, p, Cin] order, the kernels' K order for HWC tiles
+    # (csrc/common/patch_embed.h): the op then reads W' in place instead of permuting it per call.
+    return folded_w.to(dtype).contiguous(memory_format=torch.channels_last), folded_b.to(dtype)
 
 
 _FOLD_CACHE: "collections.OrderedDict[tuple, tuple]" = collections.OrderedDict()
