@@ -1,7 +1,9 @@
 """Benchmarks: every op against its references, timed in the same run.
 
 `python -m interleave bench` runs the embedded default cases on every available device, prints a
-table (shape, ours, reference, ratio, GB/s) and writes JSON. The pytest-benchmark suites in bench/
+table (shape, ours, reference, ratio, GB/s; TFLOP/s for GEMM-like ops) and writes JSON. Outputs are
+checked against the reference: bitwise, or for floating-point ops (patch_embed) an error against a
+float64 reference at most 2x the reference's own. The pytest-benchmark suites in bench/
 time the same cases (this module is their single source of shapes and baselines).
 
 Timing: medians. CPU: time.perf_counter around each call (outputs are fresh allocations, as in

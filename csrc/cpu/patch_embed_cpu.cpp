@@ -6,8 +6,9 @@
 // add); here every block of R token rows is gathered from the pixels into a cache-sized im2col
 // buffer [R, K] (K = 588 for SigLIP), the output rows are initialised with bias + pos_embed and the
 // GEMM accumulates into them (addmm_: MKL sgemm with beta = 1), so the output is written once and
-// the pixels are read once. Blocks run in parallel (at::parallel_for), each GEMM single-threaded:
-// on this machine MKL's own threading on M = 729-row calls is slower than one block per thread.
+// the pixels are read once. Blocks run in parallel (at::parallel_for), each GEMM single-threaded
+// (MKL runs sequentially inside a parallel region): here a single-threaded sgemm on such blocks
+// ran at ~96 GFLOP/s, and the op reaches ~0.19 TFLOP/s on 2 threads (python -m interleave bench).
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/LegacyTypeDispatch.h>
