@@ -6,6 +6,7 @@
 #include "ops/anyres_tiles.h"
 #include "ops/merge_tokens.h"
 #include "ops/pack_tokens.h"
+#include "ops/patch_embed.h"
 
 #ifndef INTERLEAVE_TORCH_VERSION
 #define INTERLEAVE_TORCH_VERSION "unknown"
@@ -30,6 +31,7 @@ TORCH_LIBRARY(interleave, m) {
   m.def(
       "pack_tokens_backward(Tensor grad, Tensor? features, Tensor layout, int num_features, int side, "
       "bool newline_grad) -> (Tensor, Tensor)");
+  m.def("patch_embed(Tensor tiles, Tensor weight, Tensor bias, Tensor pos_embed, ScalarType? out_dtype=None) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(interleave, CPU, m) {
@@ -38,6 +40,7 @@ TORCH_LIBRARY_IMPL(interleave, CPU, m) {
   m.impl("anyres_tiles", &interleave::anyres_tiles_cpu);
   m.impl("pack_tokens", &interleave::pack_tokens_cpu);
   m.impl("pack_tokens_backward", &interleave::pack_tokens_backward_cpu);
+  m.impl("patch_embed", &interleave::patch_embed_cpu);
 }
 
 #ifdef INTERLEAVE_WITH_CUDA
@@ -47,6 +50,7 @@ TORCH_LIBRARY_IMPL(interleave, CUDA, m) {
   m.impl("anyres_tiles", &interleave::anyres_tiles_cuda);
   m.impl("pack_tokens", &interleave::pack_tokens_cuda);
   m.impl("pack_tokens_backward", &interleave::pack_tokens_backward_cuda);
+  m.impl("patch_embed", &interleave::patch_embed_cuda);
 }
 #endif
 

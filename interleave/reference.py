@@ -142,3 +142,47 @@ def pack_tokens(features: torch.Tensor, plans, newline: torch.Tensor | None = No
                 tokens = torch.cat((tokens, newline[None].to(tokens)), dim=0)
         out.append(tokens)
     return torch.cat(out, dim=0)
+
+
+# ---- patch_embed (REFERENCE.md section 2) ------------------------------------------------------
+SIGLIP_MEAN = (0.5, 0.5, 0.5)
+SIGLIP_STD = (0.5, 0.5, 0.5)
+
+
+def normalize_tiles(tiles: torch.Tensor, mean=SIGLIP_MEAN, std=SIGLIP_STD) -> torch.Tensor:
+    """uint8 tiles [N, S, S, 3] -> float32 pixel_values [N, 3, S, S] with the arithmetic of
+    transformers' image processors (BaseImageProcessor.rescale then normalize): the rescale is
+    `float32(u8 * (1/255))` computed in float64, then `(x - mean) / std` in float32."""
+    x = (tiles.permute(0, 3, 1, 2).double() * (1 / 255)).float()
+    m = torch.tensor(mean, dtype=torch.float32, device=x.device).view(1, -1, 1, 1)
+    s = torch.tensor(std, dtype=torch.float32, device=x.device).view(1, -1, 1, 1)
+    return ((x - m) / s).contiguous()  # processors return contiguous [N, 3, S, S]
+
+
+def patch_embed(pixel_values: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
+                pos_embed: torch.Tensor) -> torch.Tensor:
+    """transformers SiglipVisionEmbeddings.forward (interpolate_pos_encoding=False): the pixels
+    cast to the weight dtype, Conv2d(kernel p, stride p, padding "valid"), flatten(2).transpose(1, 2),
+    plus the position embedding of every token (position_ids = arange(T)).
+    pixel_values [N, 3, S, S] float, weight [C, 3, p, p], bias [C], pos_embed [T, C] -> [N, T, C]."""
+    p = weight.shape[-1]
+    patch_embeds = F.conv2d(pixel_values.to(weight.dtype), weight, bias, stride=p)
+    embeddings = patch_embeds.flatten(2).transpose(1, 2)
+    return embeddings + pos_embed
+
+
+def patch_embed_tiles(tiles: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
+                      pos_embed: torch.Tensor, mean=SIGLIP_MEAN, std=SIGLIP_STD) -> torch.Tensor:
+    """The reference path from uint8 tiles: the processor's normalization (normalize_tiles) then
+    SiglipVisionEmbeddings (patch_embed)."""
+    return patch_embed(normalize_tiles(tiles, mean, std), weight, bias, pos_embed)
+
+
+def patch_embed_unfold(tiles: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
+                       pos_embed: torch.Tensor, mean=SIGLIP_MEAN, std=SIGLIP_STD) -> torch.Tensor:
+    """The conv as a linear layer (benchmark baseline): normalize, unfold into [N, T, 3*p*p]
+    patches, F.linear with the flattened weight, add the position embedding."""
+    p = weight.shape[-1]
+    x = normalize_tiles(tiles, mean, std).to(weight.dtype)
+    patches = F.unfold(x, kernel_size=p, stride=p).transpose(1, 2)  # [N, T, 3*p*p], (ch, i, j) order
+    return F.linear(patches, weight.flatten(1), bias) + pos_embed

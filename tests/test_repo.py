@@ -36,8 +36,10 @@ def test_bench_quick_writes_json(tmp_path):
     assert report["environment"]["torch"]
     results = {r["op"]: r for r in report["results"]}
     assert set(results) == {"merge_tokens", "anyres_tiles", "image_processor", "pack_tokens", "model",
-                            "linear_cross_entropy"}
+                            "linear_cross_entropy", "patch_embed"}
     assert all(r["matches_reference"] and r["ours_gbps"] > 0 for r in report["results"])
+    # patch_embed is floating-point math: checked against float64 (within 2x the reference's error).
+    assert results["patch_embed"]["within_2x_reference_error"] and results["patch_embed"]["tflops"]["ours"] > 0
     assert results["merge_tokens"]["bitwise_equal"] and results["anyres_tiles"]["bitwise_equal"]
     lce = results["linear_cross_entropy"]
     assert set(lce["peak_memory_bytes"]) == {"ours", "pytorch"}
@@ -45,3 +47,4 @@ def test_bench_quick_writes_json(tmp_path):
     assert set(results["merge_tokens"]["median_ms"]) >= {"ours", "ours_sync_free", "transformers", "index_put"}
     assert results["anyres_tiles"]["reference"] == "pillow"
     assert "ratio" in r.stdout and "merge_tokens" in r.stdout and "anyres_tiles" in r.stdout
+    assert "patch_embed" in r.stdout and "TFLOP/s" in r.stdout

@@ -8,8 +8,9 @@ from .anyres_tiles import Tiles, anyres_tiles
 from .linear_cross_entropy import linear_cross_entropy
 from .merge_tokens import merge_tokens
 from .pack_tokens import pack_tokens
+from .patch_embed import patch_embed, set_fold_cache
 
-OPS = ("merge_tokens", "anyres_tiles", "pack_tokens", "linear_cross_entropy")
+OPS = ("merge_tokens", "anyres_tiles", "pack_tokens", "patch_embed", "linear_cross_entropy")
 
 
 def backend(op: str, device_type: str) -> str:
@@ -25,4 +26,5 @@ def backend(op: str, device_type: str) -> str:
     return _extension.backend_reason(device_type, f"interleave::{op}")
 
 
-__all__ = ["merge_tokens", "anyres_tiles", "pack_tokens", "linear_cross_entropy", "Tiles", "backend", "OPS"]
+__all__ = ["merge_tokens", "anyres_tiles", "pack_tokens", "patch_embed", "set_fold_cache", "linear_cross_entropy",
+           "Tiles", "backend", "OPS"]

@@ -1,0 +1,354 @@
+// CUDA kernels of patch_embed. No torch headers here (compile time); see patch_embed_kernels.h.
+//
+// An implicit GEMM out[M, C] = A[M, K] * W[C, K]^T + bias[c] + pos_embed[m % T, c], M = N * T tokens,
+// K = Cin * p * p (588 for SigLIP, padded to Kp = 608 with zero weights), A never stored: each block
+// gathers its [BM, BK] slice of A straight from the pixels into shared memory (uint8 -> bf16/fp16 is
+// exact, so the folded normalization loses nothing on the pixel side). This mirrors transformers'
+// SiglipVisionEmbeddings.forward (conv + flatten/transpose + position embedding) in one launch.
+//
+// Two kernels (four instantiations in all, to keep compile time low):
+//  * mma_kernel<T>, T = bf16 or fp16: 128x128 block tile, 8 warps of 64x32, BK = 32, mma.sync
+//    m16n8k16 with fp32 accumulators; used for bf16/fp16 outputs.
+//  * simt_kernel<T>, T = float or double: 64x64 tile, 4x4 outputs per thread, plain FMA; used for
+//    float32/float64 outputs, so an fp32 model gets fp32 arithmetic (with bf16 operands the error
+//    against float64 was 8.9e-3 vs 3.3e-6 for the fp32 reference, emulated on the CPU).
+// Both stage the next K slice in registers while the current one is multiplied (one shared buffer,
+// loads in flight during the math).
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include <cstdint>
+#include <type_traits>
+
+#include "patch_embed_kernels.h"
+
+namespace interleave {
+namespace cuda {
+namespace {
+
+// ---- conversions -----------------------------------------------------------------------------
+template <typename T> __device__ __forceinline__ T from_float(float x);
+template <> __device__ __forceinline__ float from_float<float>(float x) { return x; }
+template <> __device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float x) {
+  return __float2bfloat16_rn(x);
+}
+template <> __device__ __forceinline__ __half from_float<__half>(float x) { return __float2half_rn(x); }
+
+// Pixel `index` of the pixel tensor as T (uint8 and the float types; double only reaches the
+// double GEMM, everything else goes through float, which is exact for uint8/bf16/fp16 sources).
+template <typename T>
+__device__ __forceinline__ T load_pixel(const void* pixels, PixelType type, int64_t index) {
+  if constexpr (std::is_same_v<T, double>) {
+    switch (type) {
+      case PixelType::kUInt8: return static_cast<double>(static_cast<const uint8_t*>(pixels)[index]);
+      case PixelType::kFloat64: return static_cast<const double*>(pixels)[index];
+      case PixelType::kFloat32: return static_cast<double>(static_cast<const float*>(pixels)[index]);
+      case PixelType::kBFloat16:
+        return static_cast<double>(__bfloat162float(static_cast<const __nv_bfloat16*>(pixels)[index]));
+      default: return static_cast<double>(__half2float(static_cast<const __half*>(pixels)[index]));
+    }
+  } else {
+    float v;
+    switch (type) {
+      case PixelType::kUInt8: v = static_cast<float>(static_cast<const uint8_t*>(pixels)[index]); break;
+      case PixelType::kFloat32: v = static_cast<const float*>(pixels)[index]; break;
+      case PixelType::kFloat64: v = static_cast<float>(static_cast<const double*>(pixels)[index]); break;
+      case PixelType::kBFloat16: v = __bfloat162float(static_cast<const __nv_bfloat16*>(pixels)[index]); break;
+      default: v = __half2float(static_cast<const __half*>(pixels)[index]); break;
+    }
+    return from_float<T>(v);
+  }
+}
+
+// Epilogue store of one output element (the output dtype is uniform across the grid).
+template <typename Acc>
+__device__ __forceinline__ void store_out(void* out, OutType type, int64_t index, Acc v) {
+  switch (type) {
+    case OutType::kFloat32: static_cast<float*>(out)[index] = static_cast<float>(v); break;
+    case OutType::kFloat64: static_cast<double*>(out)[index] = static_cast<double>(v); break;
+    case OutType::kBFloat16:
+      static_cast<__nv_bfloat16*>(out)[index] = __float2bfloat16_rn(static_cast<float>(v));
+      break;
+    case OutType::kFloat16: static_cast<__half*>(out)[index] = __float2half_rn(static_cast<float>(v)); break;
+  }
+}
+
+// Walks `count` consecutive GEMM columns from k0 in PatchGeometry's (outer, middle, run) order
+// without a division per element: f(e, offset) for k0 + e < K, f(e, -1) for the zero padding.
+template <typename F>
+__device__ __forceinline__ void for_each_k(const PatchGeometry& g, int64_t k, int64_t k0, int count,
+                                           F f) {
+  const int64_t per_outer = g.middle * g.run;
+  int64_t o = k0 / per_outer;
+  int64_t rem = k0 - o * per_outer;
+  int64_t mi = rem / g.run;
+  int64_t r = rem - mi * g.run;
+#pragma unroll
+  for (int e = 0; e < count; ++e) {
+    const bool valid = k0 + e < k;
+    f(e, valid ? o * g.outer_stride + mi * g.middle_stride + r : int64_t(-1));
+    if (++r == g.run) {
+      r = 0;
+      if (++mi == g.middle) {
+        mi = 0;
+        ++o;
+      }
+    }
+  }
+}
+
+// ---- tensor-core kernel (bf16 / fp16 operands, fp32 accumulate) ------------------------------
+constexpr int kMmaThreads = 256;
+constexpr int kBM = 128, kBN = 128, kBK = 32;
+constexpr int kLds = kBK + 8;  // shared row stride in elements: 80 bytes, fragment loads conflict-free
+
+template <typename T>
+__device__ __forceinline__ void mma_16816(float (&c)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
+  if constexpr (std::is_same_v<T, __nv_bfloat16>) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+        "{%8,%9}, {%0,%1,%2,%3};\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+  } else {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+        "{%8,%9}, {%0,%1,%2,%3};\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+  }
+}
+
+template <typename T>
+__device__ __forceinline__ uint32_t pack2(T lo, T hi) {
+  // The lower k index goes in the low half, as the mma fragments expect (and as memory order is).
+  uint16_t l, h;
+  memcpy(&l, &lo, 2);
+  memcpy(&h, &hi, 2);
+  return static_cast<uint32_t>(l) | (static_cast<uint32_t>(h) << 16);
+}
+
+template <typename T>
+__global__ void __launch_bounds__(kMmaThreads) mma_kernel(PatchEmbedArgs args) {
+  __shared__ __align__(16) T As[kBM * kLds];  // [row][k]
+  __shared__ __align__(16) T Bs[kBN * kLds];  // [channel][k]
+  const PatchGeometry& g = args.geometry;
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int warp_m = warp >> 2, warp_n = warp & 3;  // 2 x 4 warps of 64 x 32
+  const int group = lane >> 2, tig = lane & 3;
+  const int64_t m0 = static_cast<int64_t>(blockIdx.y) * kBM;
+  const int64_t n0 = static_cast<int64_t>(blockIdx.x) * kBN;
+
+  // A loader: thread -> one row, 16 consecutive k of the 32-wide slice.
+  const int a_row = tid >> 1, a_k = (tid & 1) * 16;
+  const int64_t a_m = m0 + a_row;
+  const bool a_valid = a_m < args.rows;
+  const int64_t a_base = a_valid ? patch_row_offset(g, a_m) : 0;
+  // B loader: thread -> rows tid/4 and tid/4 + 64, 8 consecutive k (one 16-byte vector each).
+  const int b_row = tid >> 2, b_k = (tid & 3) * 8;
+  const T* wt = static_cast<const T*>(args.weight);
+
+  uint32_t a_regs[8];
+  uint4 b_regs[2];
+  auto load_tile = [&](int64_t k0) {
+    T vals[16];
+    for_each_k(g, args.k, k0 + a_k, 16, [&](int e, int64_t off) {
+      vals[e] = (a_valid && off >= 0) ? load_pixel<T>(args.pixels, args.pixel_type, a_base + off)
+                                      : from_float<T>(0.f);
+    });
+#pragma unroll
+    for (int e = 0; e < 8; ++e) a_regs[e] = pack2(vals[2 * e], vals[2 * e + 1]);
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const int64_t n = n0 + b_row + h * 64;
+      b_regs[h] = n < args.dim
+                      ? *reinterpret_cast<const uint4*>(wt + n * args.k_padded + k0 + b_k)
+                      : make_uint4(0, 0, 0, 0);
+    }
+  };
+  auto store_tile = [&]() {
+    uint4* a_dst = reinterpret_cast<uint4*>(As + a_row * kLds + a_k);
+    a_dst[0] = make_uint4(a_regs[0], a_regs[1], a_regs[2], a_regs[3]);
+    a_dst[1] = make_uint4(a_regs[4], a_regs[5], a_regs[6], a_regs[7]);
+#pragma unroll
+    for (int h = 0; h < 2; ++h)
+      *reinterpret_cast<uint4*>(Bs + (b_row + h * 64) * kLds + b_k) = b_regs[h];
+  };
+
+  float acc[4][4][4];
+#pragma unroll
+  for (int i = 0; i < 4; ++i)
+#pragma unroll
+    for (int j = 0; j < 4; ++j)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) acc[i][j][e] = 0.f;
+
+  const int64_t k_tiles = args.k_padded / kBK;
+  load_tile(0);
+  for (int64_t kt = 0; kt < k_tiles; ++kt) {
+    store_tile();
+    __syncthreads();
+    if (kt + 1 < k_tiles) load_tile((kt + 1) * kBK);  // in flight during the MMAs below
+#pragma unroll
+    for (int ks = 0; ks < kBK; ks += 16) {
+      uint32_t a[4][4], b[4][2];
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        const T* p = As + (warp_m * 64 + i * 16 + group) * kLds + ks + tig * 2;
+        a[i][0] = *reinterpret_cast<const uint32_t*>(p);                 // row g,   k 2t..2t+1
+        a[i][1] = *reinterpret_cast<const uint32_t*>(p + 8 * kLds);      // row g+8, k 2t..2t+1
+        a[i][2] = *reinterpret_cast<const uint32_t*>(p + 8);             // row g,   k 2t+8..
+        a[i][3] = *reinterpret_cast<const uint32_t*>(p + 8 * kLds + 8);  // row g+8, k 2t+8..
+      }
+#pragma unroll
+      for (int j = 0; j < 4; ++j) {
+        const T* p = Bs + (warp_n * 32 + j * 8 + group) * kLds + ks + tig * 2;
+        b[j][0] = *reinterpret_cast<const uint32_t*>(p);      // k 2t..2t+1,   column g
+        b[j][1] = *reinterpret_cast<const uint32_t*>(p + 8);  // k 2t+8..2t+9, column g
+      }
+#pragma unroll
+      for (int i = 0; i < 4; ++i)
+#pragma unroll
+        for (int j = 0; j < 4; ++j) mma_16816<T>(acc[i][j], a[i], b[j]);
+    }
+    __syncthreads();
+  }
+
+  // Epilogue: c0, c1 at (row g, columns 2t, 2t+1), c2, c3 at row g + 8.
+  const float* bias = static_cast<const float*>(args.bias);
+  const float* pos = static_cast<const float*>(args.pos_embed);
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+      const int64_t m = m0 + warp_m * 64 + i * 16 + group + half * 8;
+      if (m >= args.rows) continue;
+      const int64_t t = m % g.tokens;
+#pragma unroll
+      for (int j = 0; j < 4; ++j) {
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+          const int64_t n = n0 + warp_n * 32 + j * 8 + tig * 2 + e;
+          if (n < args.dim)
+            store_out(args.out, args.out_type, m * args.dim + n,
+                      args.alpha * acc[i][j][half * 2 + e] + bias[n] + pos[t * args.dim + n]);
+        }
+      }
+    }
+  }
+}
+
+// ---- SIMT kernel (float / double) ------------------------------------------------------------
+constexpr int kSimtThreads = 256;
+constexpr int kSM = 64, kSN = 64, kSK = 16;
+
+template <typename T>
+__global__ void __launch_bounds__(kSimtThreads) simt_kernel(PatchEmbedArgs args) {
+  __shared__ T As[kSK][kSM + 4];  // [k][row]
+  __shared__ T Bs[kSK][kSN + 4];  // [k][channel]
+  const PatchGeometry& g = args.geometry;
+  const int tid = threadIdx.x;
+  const int64_t m0 = static_cast<int64_t>(blockIdx.y) * kSM;
+  const int64_t n0 = static_cast<int64_t>(blockIdx.x) * kSN;
+  // Loaders: thread -> row (or channel) tid / 4, 4 consecutive k.
+  const int l_row = tid >> 2, l_k = (tid & 3) * 4;
+  const int64_t a_m = m0 + l_row;
+  const bool a_valid = a_m < args.rows;
+  const int64_t a_base = a_valid ? patch_row_offset(g, a_m) : 0;
+  const int64_t b_n = n0 + l_row;
+  const bool b_valid = b_n < args.dim;
+  const T* wt = static_cast<const T*>(args.weight);
+  // Compute: thread -> rows ty*4..+3, channels tx*4..+3.
+  const int ty = tid >> 4, tx = tid & 15;
+
+  T a_regs[4], b_regs[4];
+  auto load_tile = [&](int64_t k0) {
+    for_each_k(g, args.k, k0 + l_k, 4, [&](int e, int64_t off) {
+      a_regs[e] = (a_valid && off >= 0) ? load_pixel<T>(args.pixels, args.pixel_type, a_base + off)
+                                        : T(0);
+    });
+#pragma unroll
+    for (int e = 0; e < 4; ++e)
+      b_regs[e] = b_valid ? wt[b_n * args.k_padded + k0 + l_k + e] : T(0);
+  };
+
+  T acc[4][4];
+#pragma unroll
+  for (int i = 0; i < 4; ++i)
+#pragma unroll
+    for (int j = 0; j < 4; ++j) acc[i][j] = T(0);
+
+  const int64_t k_tiles = args.k_padded / kSK;
+  load_tile(0);
+  for (int64_t kt = 0; kt < k_tiles; ++kt) {
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      As[l_k + e][l_row] = a_regs[e];
+      Bs[l_k + e][l_row] = b_regs[e];
+    }
+    __syncthreads();
+    if (kt + 1 < k_tiles) load_tile((kt + 1) * kSK);
+#pragma unroll
+    for (int k = 0; k < kSK; ++k) {
+      T a[4], b[4];
+#pragma unroll
+      for (int i = 0; i < 4; ++i) a[i] = As[k][ty * 4 + i];
+#pragma unroll
+      for (int j = 0; j < 4; ++j) b[j] = Bs[k][tx * 4 + j];
+#pragma unroll
+      for (int i = 0; i < 4; ++i)
+#pragma unroll
+        for (int j = 0; j < 4; ++j) acc[i][j] = fma(a[i], b[j], acc[i][j]);
+    }
+    __syncthreads();
+  }
+
+  const T* bias = static_cast<const T*>(args.bias);
+  const T* pos = static_cast<const T*>(args.pos_embed);
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    const int64_t m = m0 + ty * 4 + i;
+    if (m >= args.rows) continue;
+    const int64_t t = m % g.tokens;
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      const int64_t n = n0 + tx * 4 + j;
+      if (n < args.dim)
+        store_out(args.out, args.out_type, m * args.dim + n,
+                  static_cast<T>(args.alpha) * acc[i][j] + bias[n] + pos[t * args.dim + n]);
+    }
+  }
+}
+
+unsigned blocks_for(int64_t size, int tile) { return static_cast<unsigned>((size + tile - 1) / tile); }
+
+}  // namespace
+
+void launch_patch_embed(const PatchEmbedArgs& args, GemmType gemm, cudaStream_t stream) {
+  if (args.rows == 0 || args.dim == 0) return;
+  // grid.x over channels (9 tiles for C = 1152) so that consecutive blocks share their pixel rows
+  // in L2; grid.y over token rows (M / 128 = 365 for N = 64; the y limit 65535 means M < 8.3M rows).
+  switch (gemm) {
+    case GemmType::kBFloat16:
+    case GemmType::kFloat16: {
+      const dim3 grid(blocks_for(args.dim, kBN), blocks_for(args.rows, kBM));
+      if (gemm == GemmType::kBFloat16)
+        mma_kernel<__nv_bfloat16><<<grid, kMmaThreads, 0, stream>>>(args);
+      else
+        mma_kernel<__half><<<grid, kMmaThreads, 0, stream>>>(args);
+      break;
+    }
+    case GemmType::kFloat32:
+    case GemmType::kFloat64: {
+      const dim3 grid(blocks_for(args.dim, kSN), blocks_for(args.rows, kSM));
+      if (gemm == GemmType::kFloat32)
+        simt_kernel<float><<<grid, kSimtThreads, 0, stream>>>(args);
+      else
+        simt_kernel<double><<<grid, kSimtThreads, 0, stream>>>(args);
+      break;
+    }
+  }
+}
+
+}  // namespace cuda
+}  // namespace interleave

@@ -1,0 +1,46 @@
+// Torch-facing entry points of patch_embed: argument checks shared by both backends, and the
+// per-backend implementations registered in bindings.cpp.
+//
+// The op computes out[n, t, c] = sum_k pixels(n, t, k) * weight[c, k] + bias[c] + pos_embed[t, c]
+// with the weight and bias as given: for uint8 tiles the caller (interleave.ops.patch_embed) passes
+// the normalization-folded W' = W / (255 * std) and b' = b - sum(W * mean / std), so raw byte values
+// go straight into the GEMM; for float pixel_values it passes W and b unchanged.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+#include <c10/core/ScalarType.h>
+
+#include <optional>
+
+#include "../common/patch_embed.h"
+
+namespace interleave {
+
+struct PatchEmbedShape {
+  int64_t batch, height, width, channels, patch, dim;  // N, H, W, Cin, p, C
+  bool channels_last;                                  // uint8 [N, H, W, Cin] vs float [N, Cin, H, W]
+  PatchGeometry geometry;
+  at::ScalarType out_dtype;
+  int64_t rows() const { return batch * geometry.tokens; }  // M = N * T
+};
+
+// Checks shapes, dtypes, devices and contiguity (nothing reads tensor data) and raises
+// ValueError/TypeError naming the problem.
+PatchEmbedShape check_patch_embed_args(const at::Tensor& tiles, const at::Tensor& weight,
+                                       const at::Tensor& bias, const at::Tensor& pos_embed,
+                                       std::optional<at::ScalarType> out_dtype);
+
+at::Tensor patch_embed_cpu(const at::Tensor& tiles, const at::Tensor& weight, const at::Tensor& bias,
+                           const at::Tensor& pos_embed, std::optional<at::ScalarType> out_dtype);
+
+#ifdef INTERLEAVE_WITH_CUDA
+at::Tensor patch_embed_cuda(const at::Tensor& tiles, const at::Tensor& weight, const at::Tensor& bias,
+                            const at::Tensor& pos_embed, std::optional<at::ScalarType> out_dtype);
+#endif
+
+// The weight as the kernels read it: [C, K] in the K order of PatchGeometry (see
+// csrc/common/patch_embed.h), dtype `dtype`, zero-padded to `padded_k` columns.
+at::Tensor patch_embed_weight_order(const at::Tensor& weight, bool channels_last,
+                                    at::ScalarType dtype, int64_t padded_k);
+
+}  // namespace interleave

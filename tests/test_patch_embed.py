@@ -1,0 +1,318 @@
+"""patch_embed and FusedSiglipPatchEmbedding against transformers' SiglipVisionEmbeddings.
+
+Accuracy rule (DESIGN.md): against a float64 reference, our error is at most 2x the error of the
+PyTorch reference computed in the same dtype. The float64 reference of the uint8 path normalizes
+exactly (u8 / 255 - mean) / std in float64; HF's own fp32 pixel_values carry one rounding more.
+"""
+import importlib
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from interleave import _extension, reference
+from interleave.ops import anyres_tiles, patch_embed
+
+from conftest import poison_allocator
+
+patch_embed_module = importlib.import_module("interleave.ops.patch_embed")
+
+HAS_EXT = _extension.module is not None
+needs_ext = pytest.mark.skipif(not HAS_EXT, reason="compiled extension not built")
+SIGLIP = dict(image_mean=[0.5, 0.5, 0.5], image_std=[0.5, 0.5, 0.5])
+CLIP_MEAN, CLIP_STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
+
+
+# ---- helpers --------------------------------------------------------------------------------------
+def truth64(pixels, weight, bias, pos, mean=reference.SIGLIP_MEAN, std=reference.SIGLIP_STD):
+    """The float64 reference: exact normalization of uint8 tiles (or the given float pixels), conv,
+    flatten/transpose, + position embedding, all in float64."""
+    if pixels.dtype == torch.uint8:
+        m = torch.tensor(mean, dtype=torch.float64, device=pixels.device).view(1, -1, 1, 1)
+        s = torch.tensor(std, dtype=torch.float64, device=pixels.device).view(1, -1, 1, 1)
+        x = (pixels.permute(0, 3, 1, 2).double() / 255 - m) / s
+    else:
+        x = pixels.double()
+    return reference.patch_embed(x, weight.double(), bias.double(), pos.double())
+
+
+def max_err(a, b):
+    return float((a.double() - b.double()).abs().max())
+
+
+def assert_within_2x(ours, ref, truth, dtype):
+    """ours' error <= 2 x the reference's, with a floor of one rounding of the output's scale."""
+    truth = truth.detach()
+    floor = float(truth.abs().max()) * (2.0 ** -24 if dtype in (torch.float32, torch.float64) else 2.0 ** -9)
+    e_ours, e_ref = max_err(ours, truth), max_err(ref, truth)
+    assert e_ours <= 2 * max(e_ref, floor), f"ours {e_ours:.3e} vs reference {e_ref:.3e} (floor {floor:.1e})"
+
+
+def random_params(C, p, T, *, dtype=torch.float32, device="cpu", seed=0, cin=3):
+    g = torch.Generator().manual_seed(seed)
+    weight = (torch.randn(C, cin, p, p, generator=g) / (cin * p * p) ** 0.5).to(dtype)
+    bias = (torch.randn(C, generator=g) * 0.1).to(dtype)
+    pos = torch.randn(T, C, generator=g).to(dtype)
+    return weight.to(device), bias.to(device), pos.to(device)
+
+
+def random_tiles(N, S, device="cpu", seed=0, cin=3):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 256, (N, S, S, cin), generator=g, dtype=torch.uint8).to(device)
+
+
+# ---- the op against the reference on random data ---------------------------------------------------
+SHAPES = [
+    # N, S, p, C
+    (1, 28, 14, 8),      # 2x2 tokens, N = 1
+    (2, 30, 14, 24),     # 2 pixels past the last patch are ignored
+    (3, 17, 4, 5),       # 4x4 tokens, odd channel count
+    (1, 14, 14, 7),      # one token
+    (2, 384, 14, 40),    # SigLIP's 27x27 grid, 6 pixels ignored
+]
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_forward_uint8(device, shape, dtype):
+    N, S, p, C = shape
+    T = (S // p) ** 2
+    tiles = random_tiles(N, S, device)
+    weight, bias, pos = random_params(C, p, T, dtype=dtype, device=device)
+    poison_allocator(N * T * C * 4, device)
+    out = patch_embed(tiles, weight, bias, pos)
+    assert out.shape == (N, T, C) and out.dtype == dtype
+    ref = reference.patch_embed_tiles(tiles, weight, bias, pos)
+    assert_within_2x(out, ref, truth64(tiles, weight, bias, pos), dtype)
+
+
+@pytest.mark.parametrize("shape", SHAPES[1:3])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_forward_pixel_values(device, shape, dtype):
+    N, S, p, C = shape
+    T = (S // p) ** 2
+    pixel_values = reference.normalize_tiles(random_tiles(N, S, device, seed=1))
+    weight, bias, pos = random_params(C, p, T, dtype=dtype, device=device, seed=1)
+    out = patch_embed(pixel_values, weight, bias, pos)
+    assert out.shape == (N, T, C) and out.dtype == dtype
+    ref = reference.patch_embed(pixel_values, weight, bias, pos)
+    # HF casts the pixels to the weight dtype first: the float64 reference starts from those.
+    assert_within_2x(out, ref, truth64(pixel_values.to(dtype), weight, bias, pos), dtype)
+
+
+def test_forward_other_mean_std_and_out_dtype(device):
+    tiles = random_tiles(2, 30, device, seed=2)
+    weight, bias, pos = random_params(16, 14, 4, device=device, seed=2)
+    out = patch_embed(tiles, weight, bias, pos, CLIP_MEAN, CLIP_STD)
+    ref = reference.patch_embed_tiles(tiles, weight, bias, pos, CLIP_MEAN, CLIP_STD)
+    assert_within_2x(out, ref, truth64(tiles, weight, bias, pos, CLIP_MEAN, CLIP_STD), torch.float32)
+    # A bf16 output means bf16 arithmetic (as a bf16 model's): within 2x of the reference run with
+    # the weights cast to bf16, both against the float64 result of the float32 weights.
+    out16 = patch_embed(tiles, weight, bias, pos, CLIP_MEAN, CLIP_STD, out_dtype=torch.bfloat16)
+    assert out16.dtype == torch.bfloat16
+    ref16 = reference.patch_embed_tiles(tiles, weight.bfloat16(), bias.bfloat16(), pos.bfloat16(), CLIP_MEAN, CLIP_STD)
+    assert_within_2x(out16, ref16, truth64(tiles, weight, bias, pos, CLIP_MEAN, CLIP_STD), torch.bfloat16)
+
+
+def test_float64(device):
+    tiles = random_tiles(2, 30, device, seed=3)
+    weight, bias, pos = random_params(6, 14, 4, dtype=torch.float64, device=device, seed=3)
+    out = patch_embed(tiles, weight, bias, pos)
+    assert out.dtype == torch.float64
+    assert max_err(out, truth64(tiles, weight, bias, pos)) < 1e-12
+
+
+# ---- transformers' SiglipVisionEmbeddings on real photos through the HF processor ------------------
+def _hf_embeddings(hidden, image_size, patch, device, seed):
+    siglip = pytest.importorskip("transformers.models.siglip.modeling_siglip")
+    config = siglip.SiglipVisionConfig(hidden_size=hidden, image_size=image_size, patch_size=patch,
+                                       num_channels=3)
+    torch.manual_seed(seed)
+    return siglip.SiglipVisionEmbeddings(config).to(device)
+
+
+def _photos():
+    data = pytest.importorskip("skimage.data")
+    return [data.astronaut(), data.coffee(), data.chelsea()]
+
+
+def _processed(size, device):
+    """(uint8 tiles, HF pixel_values) of the photos at size x size: transformers' PIL SigLIP processor
+    for pixel_values, anyres_tiles (Pillow-exact squash) for the tiles."""
+    pil = pytest.importorskip("transformers.models.siglip.image_processing_pil_siglip")
+    processor = pil.SiglipImageProcessorPil(size={"height": size, "width": size}, **SIGLIP)
+    images = _photos()
+    pixel_values = processor(images, return_tensors="pt")["pixel_values"]
+    tiles = anyres_tiles([torch.from_numpy(np.ascontiguousarray(im)) for im in images], "llava", tile=size).tiles
+    # The chain is exact: normalizing our uint8 tiles gives HF's pixel_values bit for bit.
+    assert torch.equal(reference.normalize_tiles(tiles), pixel_values)
+    return tiles.to(device), pixel_values.to(device)
+
+
+HF_CONFIGS = [(32, 30, 14), (1152, 384, 14)]  # tiny (odd S), SigLIP so400m-patch14-384
+
+
+@pytest.mark.parametrize("config", HF_CONFIGS, ids=["tiny", "siglip384"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_matches_transformers(device, config, dtype):
+    from interleave.nn import FusedSiglipPatchEmbedding
+    hidden, size, patch = config
+    hf = _hf_embeddings(hidden, size, patch, device, seed=0).to(dtype)
+    ours = FusedSiglipPatchEmbedding.from_hf(hf)
+    tiles, pixel_values = _processed(size, device)
+    w, b, pos = hf.patch_embedding.weight, hf.patch_embedding.bias, hf.position_embedding.weight
+    with torch.no_grad():
+        theirs = hf(pixel_values)
+        from_tiles, from_pixels = ours(tiles), ours(pixel_values)
+    assert from_tiles.dtype == theirs.dtype == from_pixels.dtype and from_tiles.shape == theirs.shape
+    # uint8 tiles: truth from exact normalization; pixel_values: truth from the same (cast) pixels.
+    assert_within_2x(from_tiles, theirs, truth64(tiles, w, b, pos), dtype)
+    assert_within_2x(from_pixels, theirs, truth64(pixel_values.to(dtype), w, b, pos), dtype)
+
+
+@pytest.mark.parametrize("config", HF_CONFIGS, ids=["tiny", "siglip384"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_gradients_match_transformers(device, config, dtype):
+    from interleave.nn import FusedSiglipPatchEmbedding
+    hidden, size, patch = config
+    hf = _hf_embeddings(hidden, size, patch, device, seed=1).to(dtype)
+    ours = FusedSiglipPatchEmbedding.from_hf(hf)
+    tiles, pixel_values = _processed(size, device)
+    g = torch.Generator().manual_seed(1)
+    T = (size // patch) ** 2
+    upstream = torch.randn(tiles.shape[0], T, hidden, generator=g).to(device)
+    params = [hf.patch_embedding.weight, hf.patch_embedding.bias, hf.position_embedding.weight]
+
+    def grads(fn):
+        for p in params:
+            p.grad = None
+        (fn().float() * upstream).sum().backward()
+        return [p.grad.clone() for p in params]
+
+    theirs = grads(lambda: hf(pixel_values))
+    ours_tiles = grads(lambda: ours(tiles))
+    ours_pixels = grads(lambda: ours(pixel_values))
+    leaves = [p.detach().double().requires_grad_(True) for p in params]
+    for inputs, ours_g in ((tiles, ours_tiles), (pixel_values.to(dtype), ours_pixels)):
+        for leaf in leaves:
+            leaf.grad = None
+        (truth64(inputs, *leaves) * upstream.double()).sum().backward()
+        for name, o, t, leaf in zip(("weight", "bias", "pos_embed"), ours_g, theirs, leaves):
+            assert o.dtype == dtype, name
+            assert_within_2x(o, t, leaf.grad, dtype)
+
+
+@needs_ext
+def test_gradcheck_float64(device, monkeypatch):
+    # gradcheck perturbs the weights through .data, which the fold cache cannot see.
+    monkeypatch.setattr(patch_embed_module, "cache_folded_weights", False)
+    tiles = random_tiles(2, 9, device, seed=4)
+    weight, bias, pos = (t.requires_grad_(True) for t in random_params(3, 4, 4, dtype=torch.float64,
+                                                                        device=device, seed=4))
+    assert torch.autograd.gradcheck(lambda w, b, p: patch_embed(tiles, w, b, p, CLIP_MEAN, CLIP_STD),
+                                    (weight, bias, pos))
+    pixel_values = reference.normalize_tiles(tiles).double()
+    assert torch.autograd.gradcheck(lambda w, b, p: patch_embed(pixel_values, w, b, p), (weight, bias, pos))
+
+
+@needs_ext
+@pytest.mark.parametrize("pixels", ["uint8", "float32"])
+def test_opcheck(device, pixels):
+    tiles = random_tiles(2, 9, device, seed=5)
+    if pixels == "float32":
+        tiles = reference.normalize_tiles(tiles)
+    weight, bias, pos = (t.requires_grad_(True) for t in random_params(5, 4, 4, device=device, seed=5))
+    torch.library.opcheck(torch.ops.interleave.patch_embed.default, (tiles, weight, bias, pos, None))
+    torch.library.opcheck(torch.ops.interleave.patch_embed.default, (tiles, weight, bias, pos, torch.bfloat16))
+
+
+@needs_ext
+def test_torch_compile_fullgraph(device):
+    tiles = random_tiles(2, 30, device, seed=6)
+    weight, bias, pos = random_params(8, 14, 4, device=device, seed=6)
+    torch._dynamo.reset()
+
+    def step(tiles, weight, bias, pos):
+        return patch_embed(tiles, weight, bias, pos) * 2
+
+    compiled = torch.compile(step, fullgraph=True, backend="aot_eager")  # raises on a graph break
+    w = weight.clone().requires_grad_(True)
+    out = compiled(tiles, w, bias, pos)
+    out.sum().backward()
+    expected = step(tiles, weight, bias, pos)
+    assert max_err(out, expected) <= 1e-5 * float(expected.abs().max())
+    assert w.grad is not None and w.grad.shape == weight.shape
+
+
+# ---- the folded-weight cache ------------------------------------------------------------------------
+@needs_ext
+def test_fold_is_cached_and_invalidated(device, monkeypatch):
+    calls = []
+    real_fold = patch_embed_module.fold_normalization
+    monkeypatch.setattr(patch_embed_module, "fold_normalization",
+                        lambda *a: calls.append(1) or real_fold(*a))
+    tiles = random_tiles(1, 28, device, seed=7)
+    weight, bias, pos = (torch.nn.Parameter(t) for t in random_params(8, 14, 4, device=device, seed=7))
+    first = patch_embed(tiles, weight, bias, pos)
+    second = patch_embed(tiles, weight, bias, pos)
+    assert len(calls) == 1 and torch.equal(first, second)
+    # An optimizer step changes the weights in place (a new _version): the fold is recomputed.
+    first.sum().backward()
+    torch.optim.SGD([weight, bias, pos], lr=0.1).step()
+    after = patch_embed(tiles, weight, bias, pos)
+    assert len(calls) == 2
+    truth = truth64(tiles, weight.detach(), bias.detach(), pos.detach())
+    assert max_err(after, truth) <= 1e-5 * float(truth.abs().max())
+    with torch.no_grad():
+        bias.add_(1.0)  # the bias alone changing invalidates too
+    shifted = patch_embed(tiles, weight, bias, pos)
+    assert len(calls) == 3 and max_err(shifted, after + 1) < 1e-4
+
+
+def test_module_state_dict_is_hf_compatible():
+    from interleave.nn import FusedSiglipPatchEmbedding
+    hf = _hf_embeddings(16, 28, 14, "cpu", seed=8)
+    ours = FusedSiglipPatchEmbedding(hidden_size=16, patch_size=14, image_size=28)
+    assert set(ours.state_dict()) == set(hf.state_dict()) == {
+        "patch_embedding.weight", "patch_embedding.bias", "position_embedding.weight"}
+    ours.load_state_dict(hf.state_dict())
+    shared = FusedSiglipPatchEmbedding.from_hf(hf)
+    assert shared.patch_embedding.weight is hf.patch_embedding.weight
+    tiles = random_tiles(2, 28, seed=8)
+    assert torch.equal(ours(tiles), shared(tiles))
+
+
+# ---- errors -----------------------------------------------------------------------------------------
+BAD = [
+    ("wrong channels (uint8, 4 channels)", lambda t, w, b, p: (t[..., :1].expand(-1, -1, -1, 4).contiguous(), w, b, p), "channels last"),
+    ("uint8 channels first", lambda t, w, b, p: (t.permute(0, 3, 1, 2).contiguous(), w, b, p), "channels last"),
+    ("float channels last", lambda t, w, b, p: (t.float(), w, b, p), "channels first"),
+    ("image smaller than a patch", lambda t, w, b, p: (t[:, :10, :10].contiguous(), w, b, p[:0]), "smaller than one patch"),
+    ("non-contiguous tiles", lambda t, w, b, p: (t.transpose(1, 2), w, b, p), "contiguous"),
+    ("pos_embed of another grid", lambda t, w, b, p: (t, w, b, torch.cat([p, p[:1]])), "pos_embed must be"),
+    ("pos_embed of another width", lambda t, w, b, p: (t, w, b, p[:, :-1]), "pos_embed must be"),
+    ("bias of another width", lambda t, w, b, p: (t, w, b[:-1], p), "bias must be"),
+]
+
+
+@pytest.mark.parametrize("case", BAD, ids=[c[0] for c in BAD])
+@pytest.mark.parametrize("entry", ["python", "op"])
+def test_bad_input_raises(device, case, entry):
+    if entry == "op" and not HAS_EXT:
+        pytest.skip("compiled extension not built")
+    _, make, message = case
+    tiles = random_tiles(2, 28, device, seed=9)
+    args = make(tiles, *random_params(8, 14, 4, device=device, seed=9))
+    fn = patch_embed if entry == "python" else torch.ops.interleave.patch_embed
+    with pytest.raises(ValueError, match=message):
+        fn(*args)
+
+
+def test_bad_dtype_raises(device):
+    tiles = random_tiles(1, 28, device)
+    weight, bias, pos = random_params(8, 14, 4, device=device)
+    with pytest.raises(TypeError, match="uint8"):
+        patch_embed(tiles.int(), weight, bias, pos)
+    with pytest.raises(TypeError, match="weight"):
+        patch_embed(tiles, weight.int(), bias, pos)
