@@ -11,8 +11,8 @@ the image features (the whole vision tower with every hidden state kept, then th
 a Python loop of pack_image_features), and `masked_scatter`s them, inline in the inner model's
 `forward` (LlavaModel/LlavaNextModel/LlavaOnevisionModel). Copying that forward would break on every
 release, so the patch wraps it instead: when `input_ids` and pixels come in, the wrapper computes the
-visual tokens itself (the vision tower's embeddings and only the encoder layers the feature layer
-needs, no post-LayerNorm and no stored hidden states; transformers' projector; `pack_tokens`), builds
+visual tokens itself (our fused patch embedding over the tower's own parameters, then only the
+encoder layers the feature layer needs, no post-LayerNorm and no stored hidden states; transformers' projector; `pack_tokens`), builds
 `inputs_embeds` with `merge_tokens`, and calls the original forward with `inputs_embeds` (and no
 pixels); every other call goes to the original forward unchanged (generation's decode steps, calls
 with `inputs_embeds`). The language model, caches, loss and generation are transformers' own.
@@ -47,7 +47,10 @@ def _kind(inner) -> str:
     raise TypeError(f"interleave.hf.patch: unsupported model {name}; supported: Llava, LlavaNext, LlavaOnevision")
 
 
-def vision_features(vision_tower, pixel_values: torch.Tensor, feature_layer: int) -> torch.Tensor:
+_EMBED_ATTR = "_interleave_patch_embedding"
+
+
+def vision_features(vision_tower, pixel_values: torch.Tensor, feature_layer: int, embeddings=None) -> torch.Tensor:
     """transformers' `vision_tower(pixel_values).hidden_states[feature_layer]`, computing only what
     that needs: the embeddings and the first layers, no post-LayerNorm (SiglipVisionModel layout of
     transformers 5.x, `vision_model.*` of 4.x)."""
@@ -57,7 +60,7 @@ def vision_features(vision_tower, pixel_values: torch.Tensor, feature_layer: int
     if not 0 <= keep <= len(layers):
         raise ValueError(f"interleave: vision_feature_layer={feature_layer} is outside a {len(layers)}-layer tower")
     with nvtx.range("vision/embeddings"):
-        hidden = vm.embeddings(pixel_values)
+        hidden = (embeddings or vm.embeddings)(pixel_values)
     with nvtx.range("vision/encoder"):
         for layer in layers[:keep]:
             hidden = layer(hidden, None)
@@ -69,7 +72,7 @@ def vision_features(vision_tower, pixel_values: torch.Tensor, feature_layer: int
 def _projected(inner, pixel_values: torch.Tensor, feature_layer, strategy) -> torch.Tensor:
     if not isinstance(feature_layer, int):
         raise NotImplementedError("interleave.hf.patch: a list of vision_feature_layer values is not supported")
-    features = vision_features(inner.vision_tower, pixel_values, feature_layer)
+    features = vision_features(inner.vision_tower, pixel_values, feature_layer, inner.__dict__.get(_EMBED_ATTR))
     if strategy == "default":
         features = features[:, 1:]
     with nvtx.range("projector"):
@@ -181,6 +184,12 @@ def patch(model):
     original = inner.forward
     inner.__dict__[_PATCH_ATTR] = original
     inner.forward = _patched_forward(inner, original)
+    # Our patch embedding (interleave.ops.patch_embed) over the tower's own parameters (shared, not
+    # copied; kept out of the module tree so the state dict is unchanged).
+    vm = getattr(inner.vision_tower, "vision_model", inner.vision_tower)
+    if type(vm.embeddings).__name__ == "SiglipVisionEmbeddings" and not getattr(vm.embeddings, "position_embedding", None) is None:
+        from .nn import FusedSiglipPatchEmbedding
+        inner.__dict__[_EMBED_ATTR] = FusedSiglipPatchEmbedding.from_hf(vm.embeddings)
     return model
 
 
@@ -190,6 +199,7 @@ def unpatch(model):
     if _PATCH_ATTR in inner.__dict__:
         del inner.__dict__["forward"]
         del inner.__dict__[_PATCH_ATTR]
+        inner.__dict__.pop(_EMBED_ATTR, None)
     return model
 
 

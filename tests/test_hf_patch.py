@@ -86,13 +86,14 @@ def _compare(model, inputs, exact):
 
 @pytest.mark.parametrize("kind", ["llava", "llava_next", "onevision"])
 def test_patched_model_equals_transformers(kind):
-    """Copy-only packing (Llava, LlavaNext) is bitwise; OneVision's shrink is within rounding."""
+    """Within fp32 rounding: our patch embedding is a GEMM where transformers runs a conv, and
+    OneVision's shrink interpolates; packing and merging copies are bitwise (test_pack_tokens)."""
     model = _model(kind)
     sizes = [(30, 50), (60, 20), (56, 56)]
     inputs, plans = _image_inputs(kind, sizes)
     shrinks = any(getattr(p, "shrunk_features", None) for p in plans)
     assert shrinks == (kind == "onevision")
-    _compare(model, inputs, exact=not shrinks)
+    _compare(model, inputs, exact=False)
 
 
 def test_onevision_multi_image_sample_is_not_tiled():
@@ -100,7 +101,7 @@ def test_onevision_multi_image_sample_is_not_tiled():
     model = _model("onevision")
     inputs, plans = _image_inputs("onevision", [(30, 50), (60, 20)], batch_num_images=[2])
     assert [p.num_tokens for p in plans] == [5, 5]
-    _compare(model, inputs, exact=True)
+    _compare(model, inputs, exact=False)
 
 
 def test_onevision_video_and_image_prompt():
@@ -123,13 +124,15 @@ def test_visual_tokens_equal_transformers_features():
     with torch.no_grad():
         ours, _ = interleave.hf.visual_tokens(model, inputs["pixel_values"], inputs["image_sizes"])
         hf = model.model.get_image_features(inputs["pixel_values"], inputs["image_sizes"], return_dict=True)
-    assert torch.equal(ours, torch.cat(hf.pooler_output))
+    torch.testing.assert_close(ours, torch.cat(hf.pooler_output))
     assert ours.shape[0] == sum(p.num_tokens for p in plans)
 
 
 def test_patch_unpatch_and_errors():
     model = _model("llava")
+    keys = set(model.state_dict())
     assert interleave.hf.patch(model) is model and interleave.hf.is_patched(model)
+    assert set(model.state_dict()) == keys  # the fused patch embedding shares the tower's parameters
     interleave.hf.patch(model)  # idempotent
     interleave.hf.unpatch(model)
     assert not interleave.hf.is_patched(model) and "forward" not in model.model.__dict__
