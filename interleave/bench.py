@@ -843,6 +843,8 @@ def environment(devices: list[str]) -> dict:
 
 
 def _commit() -> str:
+    if os.environ.get("INTERLEAVE_COMMIT"):  # the GPU machine's copy of the tree may carry a stale .git
+        return os.environ["INTERLEAVE_COMMIT"]
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     try:
         return subprocess.run(["git", "-C", root, "rev-parse", "--short", "HEAD"], capture_output=True,
