@@ -13,7 +13,7 @@
 //    float32/float64 outputs, so an fp32 model gets fp32 arithmetic (with bf16 operands the error
 //    against float64 was 8.9e-3 vs 3.3e-6 for the fp32 reference, emulated on the CPU).
 // Both stage the next K slice in registers while the current one is multiplied (one shared buffer,
-// loads in flight during the math).
+// loads in flight during the math; the tensor-core kernel converts the pixels only after the MMAs).
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
@@ -59,6 +59,36 @@ __device__ __forceinline__ T load_pixel(const void* pixels, PixelType type, int6
     return from_float<T>(v);
   }
 }
+
+// The tensor-core kernel stages raw pixel bits in registers and converts them only when it stores
+// the next slice to shared memory, after the MMAs of the current one, so the global-load latency
+// overlaps the math (a conversion right after the load would wait for it). uint8 is zero-extended,
+// bf16/fp16 keep their 16-bit pattern, float32 its bits; float64 (rare) is narrowed at load time.
+__device__ __forceinline__ uint32_t stage_pixel(const void* pixels, PixelType type, int64_t index) {
+  switch (type) {
+    case PixelType::kUInt8: return static_cast<const uint8_t*>(pixels)[index];
+    case PixelType::kFloat32: return static_cast<const uint32_t*>(pixels)[index];
+    case PixelType::kBFloat16:
+    case PixelType::kFloat16: return static_cast<const uint16_t*>(pixels)[index];
+    default: return __float_as_uint(static_cast<float>(static_cast<const double*>(pixels)[index]));
+  }
+}
+
+// Staged bits -> float, per pixel type (0 bits are +0 in every type: the zero padding).
+struct FromUInt8 {
+  __device__ float operator()(uint32_t raw) const { return static_cast<float>(raw); }
+};
+struct FromBFloat16 {  // bf16 is the upper half of a float32
+  __device__ float operator()(uint32_t raw) const { return __uint_as_float(raw << 16); }
+};
+struct FromFloat16 {
+  __device__ float operator()(uint32_t raw) const {
+    return __half2float(__ushort_as_half(static_cast<unsigned short>(raw)));
+  }
+};
+struct FromFloat32 {  // float32, and float64 narrowed at load
+  __device__ float operator()(uint32_t raw) const { return __uint_as_float(raw); }
+};
 
 // Epilogue store of one output element (the output dtype is uniform across the grid).
 template <typename Acc>
@@ -148,16 +178,12 @@ __global__ void __launch_bounds__(kMmaThreads) mma_kernel(PatchEmbedArgs args) {
   const int b_row = tid >> 2, b_k = (tid & 3) * 8;
   const T* wt = static_cast<const T*>(args.weight);
 
-  uint32_t a_regs[8];
+  uint32_t a_stage[16];  // raw pixel bits (stage_pixel), converted in store_tile
   uint4 b_regs[2];
   auto load_tile = [&](int64_t k0) {
-    T vals[16];
     for_each_k(g, args.k, k0 + a_k, 16, [&](int e, int64_t off) {
-      vals[e] = (a_valid && off >= 0) ? load_pixel<T>(args.pixels, args.pixel_type, a_base + off)
-                                      : from_float<T>(0.f);
+      a_stage[e] = (a_valid && off >= 0) ? stage_pixel(args.pixels, args.pixel_type, a_base + off) : 0u;
     });
-#pragma unroll
-    for (int e = 0; e < 8; ++e) a_regs[e] = pack2(vals[2 * e], vals[2 * e + 1]);
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
       const int64_t n = n0 + b_row + h * 64;
@@ -167,6 +193,18 @@ __global__ void __launch_bounds__(kMmaThreads) mma_kernel(PatchEmbedArgs args) {
     }
   };
   auto store_tile = [&]() {
+    uint32_t a_regs[8];
+    auto convert = [&](auto to_float) {
+#pragma unroll
+      for (int e = 0; e < 8; ++e)
+        a_regs[e] = pack2(from_float<T>(to_float(a_stage[2 * e])), from_float<T>(to_float(a_stage[2 * e + 1])));
+    };
+    switch (args.pixel_type) {  // uniform over the grid: one branch per slice, not per element
+      case PixelType::kUInt8: convert(FromUInt8{}); break;
+      case PixelType::kBFloat16: convert(FromBFloat16{}); break;
+      case PixelType::kFloat16: convert(FromFloat16{}); break;
+      default: convert(FromFloat32{}); break;
+    }
     uint4* a_dst = reinterpret_cast<uint4*>(As + a_row * kLds + a_k);
     a_dst[0] = make_uint4(a_regs[0], a_regs[1], a_regs[2], a_regs[3]);
     a_dst[1] = make_uint4(a_regs[4], a_regs[5], a_regs[6], a_regs[7]);
@@ -188,7 +226,7 @@ __global__ void __launch_bounds__(kMmaThreads) mma_kernel(PatchEmbedArgs args) {
   for (int64_t kt = 0; kt < k_tiles; ++kt) {
     store_tile();
     __syncthreads();
-    if (kt + 1 < k_tiles) load_tile((kt + 1) * kBK);  // in flight during the MMAs below
+    if (kt + 1 < k_tiles) load_tile((kt + 1) * kBK);  // loads in flight during the MMAs below
 #pragma unroll
     for (int ks = 0; ks < kBK; ks += 16) {
       uint32_t a[4][4], b[4][2];
