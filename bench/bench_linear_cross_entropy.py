@@ -15,17 +15,10 @@ import torch
 
 from interleave import bench
 
-DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 IMPLS = ["ours", "pytorch"]
 
 
-def _cases():
-    for device in DEVICES:
-        for case in bench.linear_cross_entropy_cases(device):
-            yield pytest.param(case, id=f"{device}-{case.dtype}-{case.shape.replace(' ', '_')}")
-
-
-@pytest.fixture(scope="module", params=list(_cases()))
+@pytest.fixture(scope="module", params=bench.suite_params(bench.linear_cross_entropy_cases))
 def case(request):
     return request.param
 
@@ -34,20 +27,10 @@ def case(request):
 def test_linear_cross_entropy(benchmark, case, impl):
     if impl != "ours" and impl not in case.baselines:
         pytest.skip("; ".join(case.notes) or f"{impl} not available")
-    fn = {"ours": case.ours, **case.baselines}[impl]
-    benchmark.group = f"linear_cross_entropy {case.device} {case.dtype} {case.shape}"
     benchmark.extra_info["peak_memory_bytes"] = case.memory[impl]()
-    if case.device == "cuda":
-        def call():
-            fn()
-            torch.cuda.synchronize()
-    else:
-        call = fn
-    loss = benchmark.pedantic(call, rounds=3, iterations=1, warmup_rounds=1)
-    if impl == "ours" and "pytorch" in case.baselines:
-        ref = case.baselines["pytorch"]()
-        assert abs(float(case.ours()) - float(ref)) <= case.tolerance * max(1.0, abs(float(ref)))
-    del loss
+    bench.suite_benchmark(benchmark, case, impl, rounds=3, iterations=1, warmup_rounds=1)
+    if impl == "ours":
+        bench.suite_check(case)  # same loss within the case's tolerance
 
 
 def test_accuracy_2x_rule_at_bar_shape():

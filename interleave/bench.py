@@ -769,6 +769,11 @@ def _max_error(ours: torch.Tensor, ref: torch.Tensor) -> float:
 def run_case(case: Case, reps: int) -> dict:
     if not case.baselines:  # every baseline skipped (e.g. it does not fit in memory): time ours only
         return _run_case_without_reference(case, reps)
+    return _time_case(case, reps, check_case(case))
+
+
+def check_case(case: Case) -> dict:
+    """Ours against the first baseline (the semantic reference): equality, error, tolerance."""
     reference_name = next(iter(case.baselines))  # the first baseline is the semantic reference
     out, ref = case.ours(), case.baselines[reference_name]()
     result = {
@@ -793,7 +798,7 @@ def run_case(case: Case, reps: int) -> dict:
         del truth
         result["matches_reference"] = result["within_2x_reference_error"]
     del out, ref
-    return _time_case(case, reps, result)
+    return result
 
 
 def _run_case_without_reference(case: Case, reps: int) -> dict:
@@ -825,6 +830,47 @@ def result_ok(r: dict) -> bool:
     """Bitwise equal to the reference, or within its tolerance (interpolating ops), or (GEMM-like
     ops) within 2x its float64 error; a result without a reference (skipped, with a note) passes."""
     return r.get("matches_reference", r["bitwise_equal"]) is not False
+
+
+# ---- pytest-benchmark suites (bench/bench_*.py) --------------------------------------------------
+def suite_params(cases_fn: Callable[..., list[Case]]) -> list:
+    """pytest params (one per case and visible device) for a suite's module-scoped `case` fixture."""
+    import pytest
+    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    return [pytest.param(case, id=f"{device}-{case.dtype}-{case.shape.replace(' ', '_')}")
+            for device in devices for case in cases_fn(device)]
+
+
+def suite_call(case: Case, impl: str) -> Callable[[], object]:
+    """The implementation `impl` of `case` as a timed call: CUDA calls synchronize so the timer sees
+    the kernels, not the launches."""
+    fn = {"ours": case.ours, **case.variants, **case.baselines}[impl]
+    if case.device != "cuda":
+        return fn
+
+    def call():
+        out = fn()
+        torch.cuda.synchronize()
+        return out
+    return call
+
+
+def suite_benchmark(benchmark, case: Case, impl: str, **pedantic) -> None:
+    """Times `impl` under pytest-benchmark, grouped with the case's other implementations (so the
+    ratios print side by side), with the bytes and flops the op moves in extra_info."""
+    benchmark.group = f"{case.op} {case.device} {case.dtype} {case.shape}"
+    benchmark.extra_info["bytes_moved"] = case.bytes_moved
+    if case.flops:
+        benchmark.extra_info["flops"] = case.flops
+    call = suite_call(case, impl)
+    out = benchmark.pedantic(call, **pedantic) if pedantic else benchmark(call)
+    del out
+
+
+def suite_check(case: Case) -> None:
+    """Ours against the case's reference, as `python -m interleave bench` judges it (not timed)."""
+    if case.baselines:
+        assert result_ok(check_case(case)), case.shape
 
 
 # ---- reporting -----------------------------------------------------------------------------------
