@@ -391,7 +391,10 @@ def model_cases(device: str, quick: bool = False, compile_reference: bool = True
     cases = [Case(op="model", device=device, dtype=str(dtype).replace("torch.", ""),
                   shape=f"visual path {photo.shape[0]}x{photo.shape[1]} anyres_max_9 ({ids.shape[1]} tokens), {layers}",
                   ours=torch.no_grad()(ours_embeds), baselines={"transformers": torch.no_grad()(ref_embeds)},
-                  bytes_moved=photo.nbytes + probe.numel() * probe.element_size(), tolerance=1e-5)]
+                  bytes_moved=photo.nbytes + probe.numel() * probe.element_size(),
+                  # bf16 through 26 SigLIP layers: the conv-vs-GEMM patch embedding difference grows
+                  # to ~0.1 of values ~10-50 (H100 run); fp32 stays within 1e-5.
+                  tolerance=1e-5 if dtype == torch.float32 else 2e-2)]
 
     four = [_photo(h, w) for h, w in ((480, 640), (720, 1280), (600, 600), (1080, 1920))]
     prompt = "<image><image><image><image>What do these pictures have in common?"
