@@ -10,19 +10,10 @@
 
 #include "../ops/merge_tokens.h"
 #include "merge_tokens_kernels.h"
+#include "torch_dtype.h"
 
 namespace interleave {
 namespace {
-
-cuda::DType to_kernel_dtype(at::ScalarType t) {
-  switch (t) {
-    case at::kFloat: return cuda::DType::kFloat32;
-    case at::kDouble: return cuda::DType::kFloat64;
-    case at::kBFloat16: return cuda::DType::kBFloat16;
-    case at::kHalf: return cuda::DType::kFloat16;
-    default: TORCH_CHECK_TYPE(false, "merge_tokens: unsupported dtype ", t);
-  }
-}
 
 // Runs the counting pass; chunk_info stays on the device.
 cuda::MergePositions count_positions(const at::Tensor& ids, const MergeShape& s,

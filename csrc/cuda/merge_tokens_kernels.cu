@@ -13,6 +13,7 @@
 #include <cstdint>
 #include <type_traits>
 
+#include "dispatch.cuh"
 #include "merge_tokens_kernels.h"
 
 namespace interleave {
@@ -265,19 +266,6 @@ __global__ void merge_weight_grad_kernel(const int64_t* __restrict__ sorted_keys
     grad_weight[key * dim + d] = cast_to<T>(acc);
   }
 }
-
-// ---- dtype dispatch -------------------------------------------------------------------------
-template <typename F>
-void with_type(DType t, F&& f) {
-  switch (t) {
-    case DType::kFloat32: f(float{}); break;
-    case DType::kFloat64: f(double{}); break;
-    case DType::kBFloat16: f(__nv_bfloat16{}); break;
-    case DType::kFloat16: f(__half{}); break;
-  }
-}
-
-bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 0; }
 
 bool rows_vectorizable(const void* a, const void* b, int64_t row_bytes) {
   return aligned16(a) && aligned16(b) && row_bytes % 16 == 0;

@@ -8,11 +8,10 @@
 #include <cstdint>
 
 #include "../common/merge_tokens.h"
+#include "dtype.h"
 
 namespace interleave {
 namespace cuda {
-
-enum class DType : int { kFloat32 = 0, kFloat64 = 1, kBFloat16 = 2, kFloat16 = 3 };
 
 struct MergePositions {
   const int64_t* ids;      // [n] flattened input_ids

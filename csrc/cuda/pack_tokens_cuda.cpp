@@ -11,19 +11,10 @@
 
 #include "../ops/pack_tokens.h"
 #include "pack_tokens_kernels.h"
+#include "torch_dtype.h"
 
 namespace interleave {
 namespace {
-
-cuda::DType to_kernel_dtype(at::ScalarType t) {
-  switch (t) {
-    case at::kFloat: return cuda::DType::kFloat32;
-    case at::kDouble: return cuda::DType::kFloat64;
-    case at::kBFloat16: return cuda::DType::kBFloat16;
-    case at::kHalf: return cuda::DType::kFloat16;
-    default: TORCH_CHECK_TYPE(false, "pack_tokens: unsupported dtype ", t);
-  }
-}
 
 // One int64 buffer on the device: segments, out_starts, map segments, their src_starts, newline
 // rows. `storage` keeps it alive for the launches (the caching allocator orders its reuse on the

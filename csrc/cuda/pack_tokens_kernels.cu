@@ -10,6 +10,7 @@
 #include <cstdint>
 #include <type_traits>
 
+#include "dispatch.cuh"
 #include "pack_tokens_kernels.h"
 
 namespace interleave {
@@ -195,18 +196,6 @@ newline_final_kernel(int64_t dim, int64_t parts, const typename OpMath<T>::type*
   for (int64_t p = 0; p < parts; ++p) acc += partials[p * dim + d];
   out[d] = from_acc<T>(acc);
 }
-
-template <typename F>
-void with_type(DType t, F&& f) {
-  switch (t) {
-    case DType::kFloat32: f(float{}); break;
-    case DType::kFloat64: f(double{}); break;
-    case DType::kBFloat16: f(__nv_bfloat16{}); break;
-    case DType::kFloat16: f(__half{}); break;
-  }
-}
-
-bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 0; }
 
 // Blocks for `rows` rows at one warp each, capped (the kernels are grid-stride).
 unsigned row_blocks(int64_t rows) {

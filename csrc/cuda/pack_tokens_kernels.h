@@ -8,7 +8,7 @@
 #include <cstdint>
 
 #include "../common/pack_tokens.h"
-#include "merge_tokens_kernels.h"  // DType
+#include "dtype.h"
 
 namespace interleave {
 namespace cuda {
