@@ -136,7 +136,10 @@ class InterleaveModel(torch.nn.Module):
 
     def visual_inputs(self, visuals: Sequence[Sequence[Visual]]):
         """Pixels and plans for a batch: visuals[b] is sample b's inputs in placeholder order.
-        Returns (model kwargs, per-sample plans)."""
+        Returns (model kwargs, per-sample plans); the plans are `plan_visuals`'."""
+        # Convert once (a no-op for uint8 RGB): the processor and the planning read the same images.
+        visuals = [[item if isinstance(item, Video) else to_rgb_uint8(item, i) for i, item in enumerate(sample)]
+                   for sample in visuals]
         images_per_sample, videos = [], []
         for sample in visuals:
             images = []
@@ -151,45 +154,23 @@ class InterleaveModel(torch.nn.Module):
         kwargs: dict = {}
         device = self.device
         flat = [im for s in images_per_sample for im in s]
-        image_plans: list = []
         if flat:
             batch = self.image_processor([s for s in images_per_sample if s] if self.kind == "onevision" else flat,
                                          device=device)
             kwargs["pixel_values"] = batch["pixel_values"].to(self.hf.dtype)
-            if self.kind == "llava":
-                tile = self.config.vision_config.image_size
-                image_plans = [planning.plan_image(1, 1, "llava", tile=tile)] * len(flat)
-            else:
+            if self.kind != "llava":
                 kwargs["image_sizes"] = batch["image_sizes"].to(device)
                 if "batch_num_images" in batch:
                     kwargs["batch_num_images"] = torch.as_tensor(batch["batch_num_images"])
-                image_plans = _image_plans(_inner(self.hf), self.kind, batch["image_sizes"], kwargs.get("batch_num_images"))
-        video_plans = []
         if videos:
             counts = {len(v) for v in videos}
             if len(counts) != 1:
                 raise ValueError(f"InterleaveModel: videos of one batch need the same number of frames, got {sorted(counts)}")
-            tile = self.config.vision_config.image_size
             from .ops import anyres_tiles
-            pixels = [anyres_tiles([f.to(device) for f in v], "llava", tile=tile,
+            pixels = [anyres_tiles([f.to(device) for f in v], "llava", tile=self.config.vision_config.image_size,
                                    normalize=self.image_processor.table.to(device)).tiles for v in videos]
             kwargs["pixel_values_videos"] = torch.stack(pixels).to(self.hf.dtype)
-            video_plans = [planning.plan_video(counts.pop(), "bilinear", tile=tile,
-                                               patch=self.config.vision_config.patch_size)] * len(videos)
-        # Plans back in each sample's placeholder order.
-        plans_per_sample, i_img, i_vid = [], 0, 0
-        for sample in visuals:
-            plans = []
-            for item in sample:
-                if isinstance(item, Video) and self.kind == "onevision":
-                    plans.append(video_plans[i_vid])
-                    i_vid += 1
-                else:
-                    n = len(_frames(item)) if isinstance(item, Video) else 1
-                    plans.extend(image_plans[i_img:i_img + n])
-                    i_img += n
-            plans_per_sample.append(plans)
-        return kwargs, plans_per_sample
+        return kwargs, self.plan_visuals(visuals)
 
     def prepare(self, prompts: Sequence[str], visuals: Optional[Sequence[Sequence[Visual]]] = None, *,
                 chat: bool = True, system: Optional[str] = processing.DEFAULT_SYSTEM,
