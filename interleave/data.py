@@ -30,11 +30,9 @@ from typing import Optional, Sequence
 import torch
 
 from . import processing
-from .plan import sample_frames
 
 IGNORE_INDEX = -100
 FORMATS = ("interleaved", "front", "mixed")
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,12 +84,7 @@ def _load_image(path: str):
 
 
 def _load_frames(path: str, num_frames: int):
-    if os.path.isdir(path):
-        files = sorted(f for f in os.listdir(path) if f.lower().endswith(IMAGE_EXTENSIONS))
-        if not files:
-            raise ValueError(f"video folder {path} holds no frames")
-        return [_load_image(os.path.join(path, files[i])) for i in sample_frames(len(files), num_frames)]
-    from .cli import load_video
+    from .cli import load_video  # a video file (PyAV) or a folder of frames, sampled uniformly
     return load_video(path, num_frames)
 
 
