@@ -13,7 +13,8 @@ Exactness choices:
   1-process run over the same global batch; tests/test_train.py).
 - The data order is a function of (seed, step): step s takes samples [s*G, (s+1)*G) of the seeded
   epoch permutation (G = global batch), rank r the r-th slice of it. Resuming from a checkpoint
-  (weights, optimizer, schedule, RNG states, step) therefore continues bit for bit.
+  (weights, optimizer, schedule, every rank's RNG states, step) therefore continues bit for bit,
+  under DDP and FSDP too (FSDP checkpoints hold the gathered, unsharded optimizer state).
 Checkpoints are transformers folders (`from_pretrained` loads them) plus `trainer_state.pt`.
 Under `torchrun` the same command uses torch.distributed (DDP; gloo on CPU, NCCL on GPU).
 """
@@ -213,9 +214,14 @@ def train(cfg: TrainConfig, model=None) -> dict:
     warmup = int(round(cfg.warmup_ratio * cfg.steps))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: cosine_with_warmup(s, cfg.steps, warmup))
     if state is not None:
-        optimizer.load_state_dict(state["optimizer"])
+        _load_optimizer(model, optimizer, state, world, cfg.fsdp)
         scheduler.load_state_dict(state["scheduler"])
-        _set_rng_state(state["rng"])
+        per_rank = state.get("rng_per_rank")
+        if per_rank is not None and len(per_rank) != world:
+            import warnings
+            warnings.warn(f"train: {cfg.resume} was saved by {len(per_rank)} processes and is resumed by "
+                          f"{world}: the data order and RNG streams differ from an uninterrupted run")
+        _set_rng_state(per_rank[rank] if per_rank is not None and rank < len(per_rank) else state["rng"])
     sources = [s if isinstance(s, datamod.Source) else datamod.Source(s, cfg.image_root) for s in cfg.data]
     dataset = datamod.ConversationDataset(sources, model, max_len=cfg.max_len, image_format=cfg.image_format,
                                           front_ratio=cfg.front_ratio, num_frames=cfg.num_frames, seed=cfg.seed)
@@ -331,23 +337,55 @@ def _all_reduce_replicated_grads(params, world: int) -> None:
 
 
 def save_checkpoint(model, optimizer, scheduler, step: int, cfg: TrainConfig, rank: int) -> str:
+    """Writes `out/step-N`: a transformers folder plus trainer_state.pt (step, optimizer, schedule,
+    every rank's RNG states). Under FSDP every rank takes part in gathering the full (unsharded)
+    weights and optimizer state, so the files are the same as a 1-process run's."""
     path = os.path.join(cfg.out, f"step-{step}")
+    world = int(os.environ.get("WORLD_SIZE", "1"))
     state_dict = None
-    if cfg.fsdp and int(os.environ.get("WORLD_SIZE", "1")) > 1:  # gather the shards (every rank takes part)
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-        state_dict = get_model_state_dict(model.hf, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    optim_state = optimizer.state_dict()
+    if cfg.fsdp and world > 1:  # gather the shards (every rank takes part)
+        from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
+                                                             get_optimizer_state_dict)
+        full = StateDictOptions(full_state_dict=True, cpu_offload=True)
+        state_dict = get_model_state_dict(model.hf, options=full)
+        # Keyed by parameter name, whole tensors: rank 0's local optimizer.state_dict() would hold
+        # only its own shards of the sharded layers' moments.
+        optim_state = get_optimizer_state_dict(model.hf, optimizer, options=full)
+    rng = [_rng_state()]
+    if world > 1:
+        rng = [None] * world
+        torch.distributed.all_gather_object(rng, _rng_state())
     if rank == 0:
         os.makedirs(path, exist_ok=True)
         model.hf.save_pretrained(path, state_dict=state_dict)
         if model.tokenizer is not None:
             model.tokenizer.save_pretrained(path)
-        torch.save({"step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                    "rng": _rng_state(), "config": {k: v for k, v in dataclasses.asdict(cfg).items()
-                                                    if isinstance(v, (int, float, str, bool, type(None)))}},
+        torch.save({"step": step, "optimizer": optim_state, "fsdp": bool(cfg.fsdp and world > 1),
+                    "scheduler": scheduler.state_dict(), "rng": rng[0], "rng_per_rank": rng,
+                    "config": {k: v for k, v in dataclasses.asdict(cfg).items()
+                               if isinstance(v, (int, float, str, bool, type(None)))}},
                    os.path.join(path, "trainer_state.pt"))
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+    if world > 1:
         torch.distributed.barrier()
     return path
+
+
+def _load_optimizer(model, optimizer, state: dict, world: int, fsdp: bool) -> None:
+    """Restores the optimizer saved by save_checkpoint. An FSDP checkpoint holds the full state keyed
+    by parameter name; each rank takes its own shards of it (and FSDP resumes only under FSDP: the
+    two layouts differ)."""
+    saved_fsdp = bool(state.get("fsdp", False))
+    if saved_fsdp != bool(fsdp and world > 1):
+        raise ValueError("train: the checkpoint's optimizer state was saved "
+                         f"{'with' if saved_fsdp else 'without'} FSDP; resume it the same way "
+                         "(--fsdp under torchrun with the same number of processes)")
+    if not saved_fsdp:
+        optimizer.load_state_dict(state["optimizer"])
+        return
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+    set_optimizer_state_dict(model.hf, optimizer, optim_state_dict=state["optimizer"],
+                             options=StateDictOptions(full_state_dict=True))
 
 
 def main(argv=None) -> int:

@@ -132,7 +132,8 @@ def test_bad_samples_are_skipped_and_counted(workdir):
 @pytest.mark.parametrize("fsdp", [False, True], ids=["ddp", "fsdp2"])
 def test_two_processes_equal_one(workdir, fsdp):
     """torchrun --nproc_per_node 2 (gloo; DDP or FSDP2) with batch 2 per process equals one process
-    with batch 4. The data includes bad samples, so a rank can get a micro-batch with nothing left."""
+    with batch 4, and resumes from its own checkpoint bit for bit. The data includes bad samples,
+    so a rank can get a micro-batch with nothing left."""
     script = workdir / "dist_run.py"
     script.write_text(
         "import json, os, sys, torch\n"
@@ -145,14 +146,26 @@ def test_two_processes_equal_one(workdir, fsdp):
                   steps=5, lr=1e-3, warmup_ratio=0.2, progress=False, tune="projector,llm")
     name = "fsdp" if fsdp else "ddp"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-                          "29534" if fsdp else "29533", str(script),
-                          json.dumps({**common, "batch_size": 2, "fsdp": fsdp, "out": str(workdir / f"two-{name}")}),
-                          str(workdir / f"two-{name}.json")], capture_output=True, text=True, timeout=300, env=env)
-    assert two.returncode == 0, two.stderr[-3000:]
+
+    def torchrun(out, result, **kw):
+        run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+                              "29534" if fsdp else "29533", str(script),
+                              json.dumps({**common, "batch_size": 2, "fsdp": fsdp, "out": str(out), **kw}),
+                              str(result)], capture_output=True, text=True, timeout=300, env=env)
+        assert run.returncode == 0, run.stderr[-3000:]
+        return json.loads(result.read_text())
+
+    losses_two = torchrun(workdir / f"two-{name}", workdir / f"two-{name}.json", save_every=3)
+    # Resuming the 2-process run from its step-3 checkpoint continues it bit for bit (FSDP: the
+    # checkpoint holds the gathered optimizer state, each rank takes its shards back).
+    resumed = torchrun(workdir / f"two-{name}-resumed", workdir / f"two-{name}-resumed.json",
+                       resume=str(workdir / f"two-{name}" / "step-3"))
+    assert resumed == losses_two[3:]
+    a = interleave.InterleaveModel.from_pretrained(str(workdir / f"two-{name}" / "step-5")).hf.state_dict()
+    b = interleave.InterleaveModel.from_pretrained(str(workdir / f"two-{name}-resumed" / "step-5")).hf.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
     one = train(TrainConfig(**{**common, "batch_size": 4, "out": str(workdir / f"one-{name}")}))
     assert one["skipped"] > 0
-    losses_two = json.loads((workdir / f"two-{name}.json").read_text())
     torch.testing.assert_close(torch.tensor(losses_two), torch.tensor(one["losses"]), rtol=1e-6, atol=0)
     a = interleave.InterleaveModel.from_pretrained(str(workdir / f"one-{name}" / "step-5")).hf.state_dict()
     b = interleave.InterleaveModel.from_pretrained(str(workdir / f"two-{name}" / "step-5")).hf.state_dict()
