@@ -431,15 +431,17 @@ def train_step_cases(device: str, quick: bool = False, compile_reference: bool =
     """One optimizer step (pixels + forward + backward + AdamW) on a batch of 4 mixed samples
     (multi-image, a 4-frame video, a 3D pair, a single image) of the interleave (Llava) layout with
     real widths (SigLIP 1152, Qwen2 1024, 2 layers each; vision frozen, projector + LLM trained).
-    Ours: our processor, patched visual path and merge. Reference: transformers' PIL processor and the
-    unpatched model. Same initial weights each call (the optimizer state is reset), same loss."""
+    Ours: the trainer's step (our processor, patched visual path and merge, the loss through
+    linear_cross_entropy, which runs the LM head only on labelled rows). Reference: transformers' PIL
+    processor, the unpatched model and its loss over full logits. Same initial weights each call
+    (the optimizer state is reset), same loss."""
     try:
         from transformers.models.siglip.image_processing_pil_siglip import SiglipImageProcessorPil
     except ImportError:
         return []
     from . import InterleaveModel, hf, processing
     from .tiny import tiny_model, tiny_tokenizer
-    from .train import set_trainable
+    from .train import CausalLMLoss, set_trainable
 
     vocab = 2048 if quick else 32768  # the LM head at 152k would dwarf everything else on a CPU
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
@@ -464,6 +466,9 @@ def train_step_cases(device: str, quick: bool = False, compile_reference: bool =
     labels = torch.tensor([lab + [-100] * (longest - len(lab)) for _, lab in encoded], device=device)
     mask = (torch.arange(longest)[None] < torch.tensor([len(i) for i, _ in encoded])[:, None]).long().to(device)
 
+    net = CausalLMLoss(hf_model, fused=True)  # what `python -m interleave train` runs
+    count = (labels[:, 1:] != -100).sum()
+
     def step(reference: bool):
         hf_model.load_state_dict(initial)
         optimizer = torch.optim.AdamW(trainable, lr=1e-5)
@@ -474,7 +479,10 @@ def train_step_cases(device: str, quick: bool = False, compile_reference: bool =
         else:
             pixels = model.visual_inputs(visuals)[0]
         try:
-            loss = hf_model(input_ids=ids, attention_mask=mask, labels=labels, **pixels).loss
+            if reference:  # transformers' forward and loss (full logits, F.cross_entropy)
+                loss = hf_model(input_ids=ids, attention_mask=mask, labels=labels, **pixels).loss
+            else:          # the trainer's: our visual path, linear_cross_entropy over the labelled rows
+                loss = net(ids, mask, labels, **pixels) / count
             loss.backward()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)

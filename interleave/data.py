@@ -278,17 +278,36 @@ def first_fit(lengths: Sequence[int], max_len: int) -> list[list[int]]:
     return rows
 
 
-def collate_packed(samples: Sequence[dict], max_len: int, pad_id: int = 0) -> dict:
+def collate_packed(samples: Sequence[dict], max_len: int, pad_id: int = 0, varlen: bool = False) -> dict:
     """Like `collate`, but packs the samples into rows of at most max_len tokens (first_fit): each
     sample keeps its own positions (position_ids restart at 0) and attends only to itself (a
     block-diagonal causal mask [R, 1, L, L], True = attend; padding attends to itself only). Its
     first label is ignored, so no token learns across a sample boundary. `visuals` lists the
-    samples' inputs in row order, which is the order of their placeholders in the packed ids."""
+    samples' inputs in row order, which is the order of their placeholders in the packed ids.
+
+    varlen=True (for flash-attn's varlen kernels or FlexAttention): one row [1, T] holding every
+    sample back to back, no padding and no mask (`attention_mask` None): transformers finds the
+    sample boundaries where position_ids restart (flash-attn: `cu_seqlens`; flex: a block mask).
+    `cu_seqlens` (int32 [n + 1]) is returned too, for callers that call the kernels themselves."""
     base = collate([s for s in samples if "skip" in s], pad_id)  # the skip counts
     good = [s for s in samples if "skip" not in s]
     base.update(truncated=sum(s["truncated"] for s in good), visual_tokens=sum(s["visual_tokens"] for s in good))
     if not good:
         return {**base, "input_ids": None}
+    if varlen:
+        too_long = [len(s["input_ids"]) for s in good if len(s["input_ids"]) > max_len]
+        if too_long:
+            raise ValueError(f"collate_packed: a sample of {too_long[0]} tokens is longer than max_len={max_len}")
+        ids = torch.tensor([t for s in good for t in s["input_ids"]], dtype=torch.long)[None]
+        labels = torch.tensor([t for s in good for t in s["labels"]], dtype=torch.long)[None]
+        lengths = torch.tensor([len(s["input_ids"]) for s in good])
+        starts = torch.cumsum(lengths, 0) - lengths
+        labels[0, starts] = IGNORE_INDEX
+        positions = torch.arange(ids.shape[1]) - torch.repeat_interleave(starts, lengths)
+        cu_seqlens = torch.cat([torch.zeros(1, dtype=torch.int32), torch.cumsum(lengths, 0).to(torch.int32)])
+        return {**base, "input_ids": ids, "labels": labels, "position_ids": positions[None], "attention_mask": None,
+                "cu_seqlens": cu_seqlens, "visuals": [s["visuals"] for s in good],
+                "rows": [list(range(len(good)))], "padding": 0}
     rows = first_fit([len(s["input_ids"]) for s in good], max_len)
     width = max(sum(len(good[i]["input_ids"]) for i in row) for row in rows)
     R = len(rows)

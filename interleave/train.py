@@ -62,6 +62,11 @@ class TrainConfig:
     reference: bool = False         # train through transformers' unpatched path
     fsdp: bool = False              # shard parameters with FSDP2 (fully_shard) instead of DDP
     pack: bool = False              # pack each micro-batch's samples into rows of at most max_len
+    # transformers attention for the LLM and the tower: "sdpa", "flash_attention_2", "flex_attention",
+    # ...; None: the model's own, except flash_attention_2 under --pack on CUDA when flash-attn is
+    # installed. With a varlen backend (flash_attention_*, flex_attention) --pack puts the
+    # micro-batch in one unpadded row and no mask is built (see data.collate_packed).
+    attn_implementation: Optional[str] = None
     fused_loss: bool = True         # LM head + cross-entropy without the logits (linear_cross_entropy)
     device: Optional[str] = None
     progress: bool = True
@@ -79,7 +84,10 @@ class CausalLMLoss(torch.nn.Module):
         self.fused = fused
 
     def forward(self, input_ids, attention_mask, labels, **kwargs):
-        hidden = self.hf.model(input_ids=input_ids, attention_mask=attention_mask, **kwargs).last_hidden_state
+        # use_cache=False: no KV cache in training, and without one transformers reads packed samples'
+        # boundaries from restarting position_ids when attention_mask is None (the varlen layout).
+        hidden = self.hf.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False,
+                               **kwargs).last_hidden_state
         hidden, targets = hidden[:, :-1], labels[:, 1:]
         head = self.hf.lm_head
         if self.fused:
@@ -91,6 +99,27 @@ class CausalLMLoss(torch.nn.Module):
         logits = head(hidden).float()
         return torch.nn.functional.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=-100,
                                                  reduction="sum")
+
+
+VARLEN_ATTENTION = ("flash_attention_2", "flash_attention_3", "flash_attention_4", "flex_attention")
+
+
+def choose_attention(cfg: TrainConfig, device: torch.device) -> Optional[str]:
+    """The attention implementation to set, or None to keep the model's: cfg's, else flash-attn's
+    varlen kernels for packed training on CUDA when flash-attn is installed."""
+    if cfg.attn_implementation:
+        return cfg.attn_implementation
+    if cfg.pack and device.type == "cuda":
+        import importlib.util
+        if importlib.util.find_spec("flash_attn") is not None:
+            return "flash_attention_2"
+    return None
+
+
+def uses_varlen_attention(hf_model) -> bool:
+    """Whether the LLM's attention finds packed samples from restarting position ids itself."""
+    config = getattr(hf_model.config, "text_config", hf_model.config)
+    return getattr(config, "_attn_implementation", None) in VARLEN_ATTENTION
 
 
 def cosine_with_warmup(step: int, total: int, warmup: int) -> float:
@@ -192,6 +221,10 @@ def train(cfg: TrainConfig, model=None) -> dict:
         start_step = state["step"]
     if cfg.reference:
         hf.unpatch(model.hf)
+    attn = choose_attention(cfg, device)
+    if attn is not None:
+        model.hf.set_attn_implementation(attn)
+    varlen = cfg.pack and uses_varlen_attention(model.hf)
     trainable = set_trainable(model, cfg.tune)
     if cfg.activation_checkpointing:
         model.hf.gradient_checkpointing_enable()
@@ -227,7 +260,8 @@ def train(cfg: TrainConfig, model=None) -> dict:
                                           front_ratio=cfg.front_ratio, num_frames=cfg.num_frames, seed=cfg.seed)
     pad = model.tokenizer.pad_token_id or 0
     loader = torch.utils.data.DataLoader(dataset, batch_sampler=_StepBatches(len(dataset), cfg, world, rank, start_step),
-                                         collate_fn=functools.partial(datamod.collate_packed, max_len=cfg.max_len, pad_id=pad)
+                                         collate_fn=functools.partial(datamod.collate_packed, max_len=cfg.max_len, pad_id=pad,
+                                                                      varlen=varlen)
                                          if cfg.pack else functools.partial(datamod.collate, pad_id=pad),
                                          num_workers=cfg.num_workers)
     use_bf16 = cfg.bf16 if cfg.bf16 is not None else device.type == "cuda"
@@ -261,7 +295,8 @@ def train(cfg: TrainConfig, model=None) -> dict:
                 dummy = torch.full((1, 2), pad, dtype=torch.long, device=device)
                 (net(dummy, torch.ones_like(dummy), torch.full_like(dummy, -100)) * 0).backward()
                 continue
-            ids, labels, mask = (b[k].to(device) for k in ("input_ids", "labels", "attention_mask"))
+            ids, labels = b["input_ids"].to(device), b["labels"].to(device)
+            mask = b["attention_mask"].to(device) if b["attention_mask"] is not None else None
             extra = {"position_ids": b["position_ids"].to(device)} if "position_ids" in b else {}
             with nvtx.range("train/pixels"):
                 pixels = model.visual_inputs(b["visuals"])[0] if any(b["visuals"]) else {}

@@ -110,6 +110,26 @@ def test_batched_hidden_and_labels(device):
         torch.testing.assert_close(g, e, rtol=1e-10, atol=1e-10, msg=name)
 
 
+def test_mostly_ignored_rows_skip_the_head(device):
+    """Multimodal fine-tuning: most rows ignored (visual tokens, prompt, padding). Only the labelled
+    rows go through the head; the ignored rows' grad_hidden is exactly 0, as the reference's."""
+    N, V, chunk = 60, 1001, 4
+    hidden, weight, b, labels = make_inputs(N=N, V=V)
+    labels[:] = -100
+    labels[[7, 8, 30, 59]] = torch.tensor([3, 1000, 0, 17])
+    expect = run(torch_ref, hidden, weight, b, labels, torch.float64, device)
+    got = run(ours, hidden, weight, b, labels, torch.float64, device, chunk_size=chunk)
+    for name, e, g in zip(NAMES, expect, got):
+        torch.testing.assert_close(g, e, rtol=1e-10, atol=1e-10, msg=name)
+    ignored = labels == -100
+    assert not got[1][ignored].any() and got[1][~ignored].abs().min() > 0
+    h = hidden.float().to(device).requires_grad_()
+    w = weight.float().to(device).requires_grad_()
+    with _LargestTensor(vocab=V) as mode:  # logits exist only for the 4 labelled rows
+        linear_cross_entropy(h, w, labels.to(device), chunk_size=16).backward()
+    assert mode.largest_logits == 4 * V  # not [16, V]: a chunk of all rows
+
+
 def test_all_ignored_gives_zero_not_nan(device):
     hidden, weight, b, labels = make_inputs(N=9)
     labels[:] = -100
@@ -170,15 +190,22 @@ def test_2x_rule_larger_vocab(device):
 
 # ---- memory: no [N, V] tensor ever exists ----------------------------------------------------
 class _LargestTensor(TorchDispatchMode):
-    def __init__(self):
+    """The largest tensor any op creates, and the largest [n, vocab] one (logits)."""
+
+    def __init__(self, vocab=None):
         super().__init__()
-        self.largest = 0
+        self.largest = self.largest_logits = 0
+        self.vocab = vocab
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
+        # A new tensor: not a view, not an in-place or out= result (those alias an input).
+        fresh = not func.is_view and all(r.alias_info is None for r in func._schema.returns)
         for t in out if isinstance(out, (tuple, list)) else [out]:
             if isinstance(t, torch.Tensor):
                 self.largest = max(self.largest, t.numel())
+                if fresh and t.dim() == 2 and t.shape[1] == self.vocab:
+                    self.largest_logits = max(self.largest_logits, t.numel())
         return out
 
 

@@ -184,6 +184,19 @@ def test_first_fit_and_packed_mask():
     assert m[4].tolist() == [False, False, False, True, True] and m[2].tolist() == [True, True, True, False, False]
 
 
+def test_varlen_packing_layout():
+    """varlen: one unpadded row, positions restarting per sample, cu_seqlens at the boundaries, no mask."""
+    samples = [{"input_ids": [1, 2, 3], "labels": [5, 6, 7], "visuals": ["a"], "truncated": False, "visual_tokens": 0},
+               {"input_ids": [4, 5], "labels": [8, 9], "visuals": [], "truncated": False, "visual_tokens": 0},
+               {"skip": "missing image"}]
+    b = datamod.collate_packed(samples, max_len=3, pad_id=0, varlen=True)
+    assert b["input_ids"].tolist() == [[1, 2, 3, 4, 5]] and b["position_ids"].tolist() == [[0, 1, 2, 0, 1]]
+    assert b["labels"].tolist() == [[-100, 6, 7, -100, 9]] and b["attention_mask"] is None
+    assert b["cu_seqlens"].tolist() == [0, 3, 5] and b["visuals"] == [["a"], []] and b["skipped"] == 1
+    with pytest.raises(ValueError, match="longer than max_len=2"):
+        datamod.collate_packed(samples, max_len=2, varlen=True)
+
+
 def test_packed_training_equals_padded(workdir):
     """--pack: each sample keeps its positions and attends only to itself, so the losses (and the
     weights after the steps) are the padded batch's, within rounding."""
@@ -194,3 +207,30 @@ def test_packed_training_equals_padded(workdir):
     b = interleave.InterleaveModel.from_pretrained(str(workdir / "packed" / "step-3")).hf.state_dict()
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5)
+
+
+def test_varlen_packed_training_equals_padded(workdir, monkeypatch):
+    """The varlen layout (one unpadded row, no mask; what flash-attn's varlen kernels and FlexAttention
+    get) through transformers' own boundary detection from restarting position_ids, run here with
+    SDPA (FlexAttention has no CPU backward; flash-attn needs CUDA): the padded batch's losses."""
+    import interleave.train as trainer
+    monkeypatch.setattr(trainer, "uses_varlen_attention", lambda hf_model: True)
+    padded = train(_cfg(workdir, "padded-v", steps=3, batch_size=5, max_len=512))
+    varlen = train(_cfg(workdir, "varlen", steps=3, batch_size=5, max_len=512, pack=True))
+    torch.testing.assert_close(torch.tensor(varlen["losses"]), torch.tensor(padded["losses"]), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("attn", ["flex_attention", "flash_attention_2"])
+def test_cuda_varlen_packed_training_equals_padded(workdir, attn):
+    """On the GPU, the real varlen backends: FlexAttention (a block mask from the restarting
+    positions) and flash-attn's varlen kernels (cu_seqlens) when flash-attn is installed."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    if attn == "flash_attention_2":
+        pytest.importorskip("flash_attn")
+    common = dict(steps=3, batch_size=5, max_len=512, device="cuda", bf16=attn == "flash_attention_2")
+    padded = train(_cfg(workdir, f"padded-{attn}", **common))
+    varlen = train(_cfg(workdir, f"varlen-{attn}", pack=True, attn_implementation=attn, **common))
+    tol = 2e-2 if common["bf16"] else 1e-4  # flash-attn runs in bf16 only
+    torch.testing.assert_close(torch.tensor(varlen["losses"]), torch.tensor(padded["losses"]), rtol=tol, atol=tol)

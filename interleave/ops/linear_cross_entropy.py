@@ -4,7 +4,8 @@
     # hidden [N, D] or [B, T, D], weight [V, D], labels [N] (or [B, T]) int64, bias [V] or None
     # == F.cross_entropy(hidden @ weight.T + bias, labels, ignore_index=ignore_index)   (mean)
 
-Tokens go through in chunks of `chunk_size` rows. For each chunk: its logits [n, V] (one matmul),
+Only rows whose label is not ignored go through the head (an ignored row adds nothing to the loss
+and gets an exact zero gradient); they go through in chunks of `chunk_size` rows. For each chunk: its logits [n, V] (one matmul),
 then in the same pass over them the per-row loss and, when a gradient is needed, the gradient of
 those logits, written over them: (softmax - onehot) / count, with a float32 log-sum-exp (float64
 for float64 inputs). That gradient is immediately turned into the chunk's rows of grad_hidden
@@ -25,8 +26,8 @@ grad_weight and grad_bias are accumulated over chunks in float32 and rounded onc
 
 Labels: a label outside [0, V) that is not ignore_index raises ValueError. On the CPU it is
 checked before any work. On CUDA the check is queued with the chunks and read back once, after the
-last chunk is queued (one host sync that waits for work already in flight); no kernel reads out of
-bounds meanwhile.
+last chunk is queued; no kernel reads out of bounds meanwhile. Finding the labelled rows is one more
+host sync on CUDA, before the chunks are queued.
 """
 from __future__ import annotations
 
@@ -185,20 +186,38 @@ def _forward(hidden, weight, labels, bias, ignore_index, chunk_size, use_triton,
         if bool(mask.any()):
             _raise_bad_labels(labels, mask, vocab, ignore_index)
 
-    # 1 / count stays on the device (no sync); max(count, 1) makes an all-ignored batch give 0s.
-    count = (labels != ignore_index).sum()
+    # max(count, 1) makes an all-ignored batch give 0s.
+    valid = labels != ignore_index
+    count = valid.sum()
     inv_count = 1.0 / count.clamp(min=1).to(compute)
     loss_sum = torch.zeros((), dtype=torch.float64, device=hidden.device)  # float64: N can be 10^5
+    # Rows with an ignored label add nothing to the loss and get exactly zero gradient, so only the
+    # labelled rows go through the head. In multimodal fine-tuning most rows are ignored (visual
+    # tokens, prompts, padding): this is most of the op's GEMM work saved. (On CUDA, finding the
+    # rows is a host sync before the chunks are queued.)
+    rows = valid.nonzero().squeeze(1)
+    full_hidden, full_labels = hidden, labels
+    if rows.numel() < num_tokens:
+        hidden, labels = hidden.index_select(0, rows), labels.index_select(0, rows)
+        num_tokens = rows.numel()
     grad_hidden = torch.empty_like(hidden) if need_hidden else None
     acc_dtype = weight.dtype if weight.dtype in (torch.float32, torch.float64) else torch.float32
     grad_weight = torch.zeros(weight.shape, dtype=acc_dtype, device=weight.device) if need_weight else None
     grad_bias = torch.zeros(vocab, dtype=compute, device=weight.device) if need_bias else None
 
     weight_t = weight.t()
+    # One logits buffer for every chunk: a fresh [chunk, V] tensor per chunk is a fresh mmap on the
+    # CPU (glibc returns blocks this large to the kernel on free), whose page faults cost about as
+    # much as the chunk's GEMM on this project's machine.
+    buffer = torch.empty(max(1, min(chunk_size, num_tokens)), vocab, dtype=hidden.dtype, device=hidden.device)
     for start in range(0, num_tokens, chunk_size):
         end = min(start + chunk_size, num_tokens)
         h = hidden[start:end]
-        logits = torch.addmm(bias, h, weight_t) if bias is not None else torch.mm(h, weight_t)  # [n, V]
+        logits = buffer[:end - start]
+        if bias is not None:
+            torch.addmm(bias, h, weight_t, out=logits)  # [n, V]
+        else:
+            torch.mm(h, weight_t, out=logits)
         row_loss = _cross_entropy_rows(logits, labels[start:end], inv_count, ignore_index,
                                        write_grad, use_triton)
         loss_sum += row_loss.sum(dtype=torch.float64)
@@ -208,10 +227,12 @@ def _forward(hidden, weight, labels, bias, ignore_index, chunk_size, use_triton,
             _accumulate_grad_weight(grad_weight, logits, h)
         if need_bias:
             grad_bias += logits.sum(0, dtype=compute)
-        del logits
+    del buffer
+    if need_hidden and hidden is not full_hidden:  # back to every row, zeros where ignored
+        grad_hidden = torch.zeros_like(full_hidden).index_copy_(0, rows, grad_hidden)
 
     if bad is not None and bool(bad):
-        _raise_bad_labels(labels, _bad_labels(labels, vocab, ignore_index), vocab, ignore_index)
+        _raise_bad_labels(full_labels, _bad_labels(full_labels, vocab, ignore_index), vocab, ignore_index)
     return loss_sum * inv_count.double(), grad_hidden, grad_weight, grad_bias
 
 
