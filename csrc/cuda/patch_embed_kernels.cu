@@ -326,6 +326,16 @@ __global__ void __launch_bounds__(kSimtThreads) simt_kernel(PatchEmbedArgs args)
     }
     __syncthreads();
     if (kt + 1 < k_tiles) load_tile((kt + 1) * kSK);
+    // Blocked summation: each K slice (16 terms) is summed on its own, then added to the total.
+    // One running sum over all K = 608 terms of raw uint8 x W' (all-positive pixels, so the sum
+    // carries a large offset that bias' cancels) had 2x the fp32 reference's error on the H100
+    // (5.7e-6 vs 2.8e-6, N=1); emulating this kernel's fp32 arithmetic on the CPU gives 5.7e-6 for
+    // the running sum and 1.3e-6 blocked, against 2.9e-6 for the fp32 conv.
+    T part[4][4];
+#pragma unroll
+    for (int i = 0; i < 4; ++i)
+#pragma unroll
+      for (int j = 0; j < 4; ++j) part[i][j] = T(0);
 #pragma unroll
     for (int k = 0; k < kSK; ++k) {
       T a[4], b[4];
@@ -336,8 +346,12 @@ __global__ void __launch_bounds__(kSimtThreads) simt_kernel(PatchEmbedArgs args)
 #pragma unroll
       for (int i = 0; i < 4; ++i)
 #pragma unroll
-        for (int j = 0; j < 4; ++j) acc[i][j] = fma(a[i], b[j], acc[i][j]);
+        for (int j = 0; j < 4; ++j) part[i][j] = fma(a[i], b[j], part[i][j]);
     }
+#pragma unroll
+    for (int i = 0; i < 4; ++i)
+#pragma unroll
+      for (int j = 0; j < 4; ++j) acc[i][j] += part[i][j];
     __syncthreads();
   }
 
