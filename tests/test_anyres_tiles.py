@@ -122,16 +122,30 @@ def test_opcheck(device):
     torch.library.opcheck(torch.ops.interleave.anyres_tiles.default, (images, jobs, offsets[-1], 384))
 
 
+def test_pass_order_of_each_pillow_release():
+    """Pillow < 12.2: horizontal first; 12.2/12.3: vertical first for images over 100x taller than
+    wide that shrink in height (Image.resize, python-pillow/Pillow#9524); 13: the C rule. Checked
+    against Image.resize of Pillow 12.1.1, 12.3.0 and 13.0.0 (installed one at a time) with this
+    file's tests; the H100 run's 5000x7 mismatch was a 12.x Pillow there against the 13.0 rule."""
+    from interleave.ops.anyres_tiles import pillow_pass_order, vertical_first
+    assert [pillow_pass_order(v) for v in ("11.3.0", "12.1.1", "12.2.0", "12.3.0", "13.0.0", "14.1")] == \
+        ["horizontal", "horizontal", "tall100", "tall100", "pillow13", "pillow13"]
+    assert vertical_first(5000, 7, 384, 384, "tall100") and vertical_first(5000, 7, 384, 384, "pillow13")
+    assert not vertical_first(2000, 37, 384, 384, "tall100") and vertical_first(2000, 37, 384, 384, "pillow13")
+    assert not vertical_first(5000, 7, 6000, 384, "tall100") and not vertical_first(5000, 7, 384, 384, "horizontal")
+
+
 @pytest.mark.parametrize("h,w,oh,ow", [(1000, 1000, 100, 200), (1000, 1000, 100, 600), (1000, 500, 100, 100),
                                        (5000, 7, 384, 384), (2000, 37, 384, 384), (37, 2000, 384, 384)])
 def test_pillow_pass_order(h, w, oh, ow):
-    # A single resize job (tile = 1) against Image.resize: both pass orders of Pillow 13 occur here.
+    # A single resize job (tile = 1) against the installed Image.resize in its pass order: both
+    # orders of Pillow 13 occur here, and the 100x-taller rule of Pillow 12.2/12.3.
     from PIL import Image
-    from interleave.ops.anyres_tiles import vertical_first
+    from interleave.ops.anyres_tiles import _installed_pillow_order, vertical_first
 
     image = random_image(h, w, seed=h + w)
     jobs = torch.tensor([[0, h, w, 0, 0, 0, oh, ow, oh, ow, 0, 0, 0, 0,
-                          vertical_first(h, w, oh, ow, "pillow13")]])
+                          vertical_first(h, w, oh, ow, _installed_pillow_order())]])
     if not HAS_EXT:
         pytest.skip("compiled extension not built")
     ours = torch.ops.interleave.anyres_tiles([image], jobs, oh * ow, 1).reshape(oh, ow, 3)

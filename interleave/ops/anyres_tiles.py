@@ -53,25 +53,41 @@ def _as_uint8_hwc(image: ImageLike, index: int) -> torch.Tensor:
     return image
 
 
+PASS_ORDERS = ("pillow13", "tall100", "horizontal")
+
+
+def pillow_pass_order(version: str) -> str:
+    """The pass order of a Pillow version: "pillow13" from 13.0, "tall100" for 12.2 and 12.3
+    (Image.resize, python-pillow/Pillow#9524), "horizontal" before."""
+    try:
+        major, minor = (int(x) for x in version.split(".")[:2])
+    except ValueError:
+        return "pillow13"
+    if major >= 13:
+        return "pillow13"
+    return "tall100" if (major, minor) >= (12, 2) else "horizontal"
+
+
 def _installed_pillow_order() -> str:
     try:
         import PIL
-        major = int(PIL.__version__.split(".")[0])
-    except (ImportError, ValueError):
+    except ImportError:
         return "pillow13"
-    return "pillow13" if major >= 13 else "horizontal"
+    return pillow_pass_order(PIL.__version__)
 
 
 def vertical_first(src_h: int, src_w: int, out_h: int, out_w: int, order: str) -> bool:
     """Pillow's pass order. "pillow13" (Pillow >= 13, ImagingResampleInner): vertical first when
-    the height shrinks by more than twice as many pixels as the width. "horizontal": always
-    horizontal first (Pillow before 13; some 12.x releases instead resize images more than 100x
-    taller than wide vertically first in Python, which is not modelled)."""
+    the height shrinks by more than twice as many pixels as the width. "tall100" (Pillow 12.2 and
+    12.3, in Python: Image.resize): vertical first when the image is more than 100x taller than wide
+    and its height shrinks. "horizontal" (Pillow before 12.2): always horizontal first."""
     if order == "pillow13":
         return (src_h - out_h) > 0 and (src_h - out_h) > (src_w - out_w) * 2
+    if order == "tall100":
+        return src_h > src_w * 100 and out_h < src_h
     if order == "horizontal":
         return False
-    raise ValueError(f"pass order must be 'pillow13' or 'horizontal', got {order!r}")
+    raise ValueError(f"pass order must be one of {PASS_ORDERS}, got {order!r}")
 
 
 def _packed_rgb(rgb) -> int:
