@@ -40,8 +40,10 @@ def load_video(path: str, num_frames: int):
     try:
         import av
     except ImportError:
-        raise SystemExit("generate: decoding a video file needs PyAV (pip install av); "
-                         "or pass a folder of frame images") from None
+        # ImportError, not SystemExit: the trainer's dataset skips such a sample with this reason
+        # instead of stopping a long run (generate_main turns it into a clean exit).
+        raise ImportError(f"decoding the video file {path!r} needs PyAV (pip install av); "
+                          "or use a folder of frame images") from None
     with av.open(path) as container:
         frames = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
     return [frames[i] for i in sample_frames(len(frames), num_frames)]
@@ -73,7 +75,10 @@ def generate_main(argv) -> int:
     visuals = [load_image(path) for path in args.image]
     holders = "<image>" * len(visuals)
     if args.video:
-        frames = load_video(args.video, args.frames)
+        try:
+            frames = load_video(args.video, args.frames)
+        except ImportError as e:
+            raise SystemExit(f"generate: {e}") from None
         visuals.append(Video(frames))
         holders += "<video>" if model.kind == "onevision" else "<image>" * len(frames)
     prompt = args.prompt if ("<image>" in args.prompt or "<video>" in args.prompt) else holders + args.prompt

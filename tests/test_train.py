@@ -234,3 +234,15 @@ def test_cuda_varlen_packed_training_equals_padded(workdir, attn):
     varlen = train(_cfg(workdir, f"varlen-{attn}", pack=True, attn_implementation=attn, **common))
     tol = 2e-2 if common["bf16"] else 1e-4  # flash-attn runs in bf16 only
     torch.testing.assert_close(torch.tensor(varlen["losses"]), torch.tensor(padded["losses"]), rtol=tol, atol=tol)
+
+
+def test_video_file_that_cannot_be_decoded_is_skipped(workdir):
+    """A video file needs PyAV; without it (or with a corrupt file) the sample is skipped with its
+    reason and the run goes on (load_video raises ImportError/a decoder error, not SystemExit)."""
+    (workdir / "img" / "clip.mp4").write_bytes(b"not a video")
+    samples = [{"id": "file", "video": "clip.mp4", "conversations": _conv("<image>What happens?", "Nothing.")},
+               {"id": "text", "conversations": _conv("Say hi.", "Hi!")}]
+    (workdir / "video_file.json").write_text(json.dumps(samples))
+    result = train(_cfg(workdir, "video-file", data=[str(workdir / "video_file.json")], steps=1, batch_size=2))
+    assert result["skipped"] == 1 and len(result["losses"]) == 1
+    assert any("clip.mp4" in r for r in result["skip_reasons"]), result["skip_reasons"]
