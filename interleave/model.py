@@ -140,37 +140,13 @@ class InterleaveModel(torch.nn.Module):
         # Convert once (a no-op for uint8 RGB): the processor and the planning read the same images.
         visuals = [[item if isinstance(item, Video) else to_rgb_uint8(item, i) for i, item in enumerate(sample)]
                    for sample in visuals]
-        images_per_sample, videos = [], []
-        for sample in visuals:
-            images = []
-            for item in sample:
-                if isinstance(item, Video) and self.kind != "onevision":
-                    images.extend(_frames(item))  # frames as images (the interleave model's video)
-                elif isinstance(item, Video):
-                    videos.append(_frames(item))
-                else:
-                    images.append(item)
-            images_per_sample.append(images)
-        kwargs: dict = {}
-        device = self.device
-        flat = [im for s in images_per_sample for im in s]
-        if flat:
-            batch = self.image_processor([s for s in images_per_sample if s] if self.kind == "onevision" else flat,
-                                         device=device)
-            kwargs["pixel_values"] = batch["pixel_values"].to(self.hf.dtype)
-            if self.kind != "llava":
-                kwargs["image_sizes"] = batch["image_sizes"].to(device)
-                if "batch_num_images" in batch:
-                    kwargs["batch_num_images"] = torch.as_tensor(batch["batch_num_images"])
-        if videos:
-            counts = {len(v) for v in videos}
-            if len(counts) != 1:
-                raise ValueError(f"InterleaveModel: videos of one batch need the same number of frames, got {sorted(counts)}")
-            from .ops import anyres_tiles
-            pixels = [anyres_tiles([f.to(device) for f in v], "llava", tile=self.config.vision_config.image_size,
-                                   normalize=self.image_processor.table.to(device)).tiles for v in videos]
-            kwargs["pixel_values_videos"] = torch.stack(pixels).to(self.hf.dtype)
-        return kwargs, self.plan_visuals(visuals)
+        kwargs = self.pixel_maker()(visuals, self.device)
+        return to_model(kwargs, self.device, self.hf.dtype), self.plan_visuals(visuals)
+
+    def pixel_maker(self) -> "PixelMaker":
+        """The pixel half of visual_inputs without the model: small and picklable, for tiling in
+        DataLoader workers (the trainer's --tile-in-workers)."""
+        return PixelMaker(self.kind, self.image_processor, self.config.vision_config.image_size)
 
     def prepare(self, prompts: Sequence[str], visuals: Optional[Sequence[Sequence[Visual]]] = None, *,
                 chat: bool = True, system: Optional[str] = processing.DEFAULT_SYSTEM,
@@ -218,6 +194,66 @@ class InterleaveModel(torch.nn.Module):
             if attention_mask is not None:
                 labels[attention_mask == 0] = -100
         return self.hf(input_ids=input_ids, attention_mask=attention_mask, labels=labels, **pixel_kwargs)
+
+
+@dataclasses.dataclass
+class PixelMaker:
+    """visuals -> the model's pixel kwargs (pixel_values, image_sizes, batch_num_images,
+    pixel_values_videos) on `device`, in float32 (to_model casts to the model's dtype). A video is
+    frames as images for the interleave (Llava) and LLaVA-NeXT layouts, pixel_values_videos for
+    OneVision. Holds only the image processor and the tile size, so it can run in DataLoader workers."""
+    kind: str
+    image_processor: ImageProcessor
+    tile: int
+
+    def __call__(self, visuals: Sequence[Sequence[Visual]], device) -> dict:
+        visuals = [[item if isinstance(item, Video) else to_rgb_uint8(item, i) for i, item in enumerate(sample)]
+                   for sample in visuals]
+        images_per_sample, videos = [], []
+        for sample in visuals:
+            images = []
+            for item in sample:
+                if isinstance(item, Video) and self.kind != "onevision":
+                    images.extend(_frames(item))  # frames as images (the interleave model's video)
+                elif isinstance(item, Video):
+                    videos.append(_frames(item))
+                else:
+                    images.append(item)
+            images_per_sample.append(images)
+        kwargs: dict = {}
+        flat = [im for s in images_per_sample for im in s]
+        if flat:
+            batch = self.image_processor([s for s in images_per_sample if s] if self.kind == "onevision" else flat,
+                                         device=device)
+            kwargs["pixel_values"] = batch["pixel_values"]
+            if self.kind != "llava":
+                kwargs["image_sizes"] = batch["image_sizes"]
+                if "batch_num_images" in batch:
+                    kwargs["batch_num_images"] = torch.as_tensor(batch["batch_num_images"])
+        if videos:
+            counts = {len(v) for v in videos}
+            if len(counts) != 1:
+                raise ValueError(f"InterleaveModel: videos of one batch need the same number of frames, got {sorted(counts)}")
+            from .ops import anyres_tiles
+            table = self.image_processor.table.to(device)
+            pixels = [anyres_tiles([f.to(device) for f in v], "llava", tile=self.tile, normalize=table).tiles
+                      for v in videos]
+            kwargs["pixel_values_videos"] = torch.stack(pixels)
+        return kwargs
+
+
+def to_model(kwargs: dict, device, dtype) -> dict:
+    """Pixel kwargs from PixelMaker moved to the model's device, pixels in its dtype (batch_num_images
+    stays where it is: transformers reads it on the host)."""
+    out = {}
+    for key, value in kwargs.items():
+        if key in ("pixel_values", "pixel_values_videos"):
+            out[key] = value.to(device=device, dtype=dtype)
+        elif key == "image_sizes":
+            out[key] = value.to(device)
+        else:
+            out[key] = value
+    return out
 
 
 def _frames(video: Video) -> list[torch.Tensor]:

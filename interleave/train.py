@@ -31,6 +31,7 @@ from typing import Optional
 import torch
 
 from . import data as datamod, nvtx
+from .model import to_model
 
 TUNABLE = ("vision", "projector", "llm")
 
@@ -67,6 +68,9 @@ class TrainConfig:
     # installed. With a varlen backend (flash_attention_*, flex_attention) --pack puts the
     # micro-batch in one unpadded row and no mask is built (see data.collate_packed).
     attn_implementation: Optional[str] = None
+    # Tile (anyres_tiles + normalization) in the DataLoader workers on the CPU, next to decoding,
+    # instead of in the main process on the model's device (the default: on a GPU that is fastest).
+    tile_in_workers: bool = False
     fused_loss: bool = True         # LM head + cross-entropy without the logits (linear_cross_entropy)
     device: Optional[str] = None
     progress: bool = True
@@ -174,6 +178,21 @@ def _dist():
     return world, rank
 
 
+class _CollateWithPixels:
+    """A collate function that also tiles the batch's images (decoded by the dataset) on the CPU:
+    batch["pixels"] holds the model's pixel kwargs in float32 (PixelMaker). Picklable: it holds the
+    image processor, not the model."""
+
+    def __init__(self, collate, maker):
+        self.collate, self.maker = collate, maker
+
+    def __call__(self, samples):
+        batch = self.collate(samples)
+        if batch.get("input_ids") is not None and any(batch["visuals"]):
+            batch["pixels"] = self.maker(batch["visuals"], torch.device("cpu"))
+        return batch
+
+
 class _StepBatches(torch.utils.data.Sampler):
     """Index lists of this rank's micro-batches, step after step (see the module doc)."""
 
@@ -259,11 +278,12 @@ def train(cfg: TrainConfig, model=None) -> dict:
     dataset = datamod.ConversationDataset(sources, model, max_len=cfg.max_len, image_format=cfg.image_format,
                                           front_ratio=cfg.front_ratio, num_frames=cfg.num_frames, seed=cfg.seed)
     pad = model.tokenizer.pad_token_id or 0
+    collate = (functools.partial(datamod.collate_packed, max_len=cfg.max_len, pad_id=pad, varlen=varlen)
+               if cfg.pack else functools.partial(datamod.collate, pad_id=pad))
+    if cfg.tile_in_workers:
+        collate = _CollateWithPixels(collate, model.pixel_maker())
     loader = torch.utils.data.DataLoader(dataset, batch_sampler=_StepBatches(len(dataset), cfg, world, rank, start_step),
-                                         collate_fn=functools.partial(datamod.collate_packed, max_len=cfg.max_len, pad_id=pad,
-                                                                      varlen=varlen)
-                                         if cfg.pack else functools.partial(datamod.collate, pad_id=pad),
-                                         num_workers=cfg.num_workers)
+                                         collate_fn=collate, num_workers=cfg.num_workers)
     use_bf16 = cfg.bf16 if cfg.bf16 is not None else device.type == "cuda"
     bar = None
     if cfg.progress and rank == 0:
@@ -299,7 +319,10 @@ def train(cfg: TrainConfig, model=None) -> dict:
             mask = b["attention_mask"].to(device) if b["attention_mask"] is not None else None
             extra = {"position_ids": b["position_ids"].to(device)} if "position_ids" in b else {}
             with nvtx.range("train/pixels"):
-                pixels = model.visual_inputs(b["visuals"])[0] if any(b["visuals"]) else {}
+                if "pixels" in b:  # tiled in a DataLoader worker
+                    pixels = to_model(b["pixels"], device, model.hf.dtype)
+                else:
+                    pixels = model.visual_inputs(b["visuals"])[0] if any(b["visuals"]) else {}
             with nvtx.range("train/forward"), torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
                 ce = net(ids, mask, labels, **extra, **pixels)
             # x world: DDP averages gradients over ranks; the denominator already counts every rank.

@@ -246,3 +246,17 @@ def test_video_file_that_cannot_be_decoded_is_skipped(workdir):
     result = train(_cfg(workdir, "video-file", data=[str(workdir / "video_file.json")], steps=1, batch_size=2))
     assert result["skipped"] == 1 and len(result["losses"]) == 1
     assert any("clip.mp4" in r for r in result["skip_reasons"]), result["skip_reasons"]
+
+
+def test_tiling_in_dataloader_workers_trains_alike(workdir):
+    """--tile-in-workers: decoding and tiling in a DataLoader worker process (CPU), pixels handed
+    to the main process; the same losses as tiling in the main process."""
+    from interleave.train import _CollateWithPixels
+    model = interleave.InterleaveModel.from_pretrained(str(workdir / "model"))
+    ds = datamod.ConversationDataset([datamod.Source(str(workdir / "good.jsonl"), str(workdir / "img"))], model)
+    batch = _CollateWithPixels(datamod.collate, model.pixel_maker())([ds[i] for i in range(len(ds))])
+    expect = model.visual_inputs(batch["visuals"])[0]
+    assert batch["pixels"].keys() == expect.keys() and torch.equal(batch["pixels"]["pixel_values"], expect["pixel_values"])
+    main = train(_cfg(workdir, "tile-main", steps=2, batch_size=5))
+    workers = train(_cfg(workdir, "tile-workers", steps=2, batch_size=5, tile_in_workers=True, num_workers=1))
+    assert workers["losses"] == main["losses"]
