@@ -135,11 +135,13 @@ class ImageProcessor:
                    size=_square_size(p.size, "size"), grid_pinpoints=grid,
                    do_pad=bool(getattr(p, "do_pad", True)), device=device)
 
-    def __call__(self, images, return_tensors: Optional[str] = "pt", device=None, **kwargs):
+    def __call__(self, images, return_tensors: Optional[str] = "pt", device=None, normalize: bool = True, **kwargs):
+        """normalize=False (ours, not transformers'): pixel_values are the uint8 tiles [..., S, S, 3]
+        themselves, for a patch embedding that folds the normalization in (interleave.ops.patch_embed)."""
         with nvtx.range("image_processor"):
-            return self._process(images, return_tensors, device, **kwargs)
+            return self._process(images, return_tensors, device, normalize, **kwargs)
 
-    def _process(self, images, return_tensors, device, **kwargs):
+    def _process(self, images, return_tensors, device, normalize=True, **kwargs):
         from transformers.image_processing_utils import BatchFeature
 
         if kwargs:
@@ -154,7 +156,7 @@ class ImageProcessor:
             samples = [[images]]
         batch_num_images = [len(s) for s in samples]
         flat = [to_rgb_uint8(im, i).to(device) for i, im in enumerate(x for s in samples for x in s)]
-        table = self.table.to(device)
+        table = self.table.to(device) if normalize else None
 
         if self.kind == "siglip":
             values = anyres_tiles(flat, "llava", tile=self.size, normalize=table).tiles

@@ -23,6 +23,7 @@ import torch
 
 from . import plan as planning, processing
 from .hf import ImageProcessor, to_rgb_uint8
+from .ops.anyres_tiles import normalization_table
 from .patching import _image_plans, _inner, _kind, patch
 
 _ARCHITECTURES = {"llava": "LlavaForConditionalGeneration", "llava_next": "LlavaNextForConditionalGeneration",
@@ -143,10 +144,29 @@ class InterleaveModel(torch.nn.Module):
         kwargs = self.pixel_maker()(visuals, self.device)
         return to_model(kwargs, self.device, self.hf.dtype), self.plan_visuals(visuals)
 
-    def pixel_maker(self) -> "PixelMaker":
+    def pixel_maker(self, uint8: Optional[bool] = False) -> "PixelMaker":
         """The pixel half of visual_inputs without the model: small and picklable, for tiling in
-        DataLoader workers (the trainer's --tile-in-workers)."""
-        return PixelMaker(self.kind, self.image_processor, self.config.vision_config.image_size)
+        DataLoader workers (the trainer's --tile-in-workers). uint8=True: uint8 tiles instead of
+        transformers' normalized pixel_values, for the patched tower only (its fused patch embedding
+        folds the normalization in); None: uint8 when this model takes them (the trainer's choice).
+        visual_inputs/prepare keep transformers' pixel_values, which the unpatched model also reads."""
+        if uint8 is None:
+            uint8 = self._uint8_tiles()
+        elif uint8 and not self._uint8_tiles():
+            raise ValueError("InterleaveModel.pixel_maker: uint8 tiles need the patched model with a fused "
+                             "patch embedding whose mean/std are the image processor's")
+        return PixelMaker(self.kind, self.image_processor, self.config.vision_config.image_size, uint8=uint8)
+
+    def _uint8_tiles(self) -> bool:
+        """Whether the patched tower takes uint8 tiles: a fused patch embedding (interleave.nn) whose
+        folded normalization is this processor's. Unpatched (transformers' path) it needs floats."""
+        from .patching import _EMBED_ATTR, _PATCH_ATTR
+        inner = _inner(self.hf)
+        fused = inner.__dict__.get(_EMBED_ATTR) if _PATCH_ATTR in inner.__dict__ else None
+        if fused is None:
+            return False
+        table = normalization_table(fused.image_mean, fused.image_std)
+        return torch.equal(table, self.image_processor.table.cpu())
 
     def prepare(self, prompts: Sequence[str], visuals: Optional[Sequence[Sequence[Visual]]] = None, *,
                 chat: bool = True, system: Optional[str] = processing.DEFAULT_SYSTEM,
@@ -205,6 +225,9 @@ class PixelMaker:
     kind: str
     image_processor: ImageProcessor
     tile: int
+    # uint8 tiles [..., S, S, 3] instead of normalized pixels: the patch embedding folds the
+    # normalization into its weights, so the pixels stay uint8 (4x fewer bytes) until it reads them.
+    uint8: bool = False
 
     def __call__(self, visuals: Sequence[Sequence[Visual]], device) -> dict:
         visuals = [[item if isinstance(item, Video) else to_rgb_uint8(item, i) for i, item in enumerate(sample)]
@@ -224,7 +247,7 @@ class PixelMaker:
         flat = [im for s in images_per_sample for im in s]
         if flat:
             batch = self.image_processor([s for s in images_per_sample if s] if self.kind == "onevision" else flat,
-                                         device=device)
+                                         device=device, normalize=not self.uint8)
             kwargs["pixel_values"] = batch["pixel_values"]
             if self.kind != "llava":
                 kwargs["image_sizes"] = batch["image_sizes"]
@@ -235,7 +258,7 @@ class PixelMaker:
             if len(counts) != 1:
                 raise ValueError(f"InterleaveModel: videos of one batch need the same number of frames, got {sorted(counts)}")
             from .ops import anyres_tiles
-            table = self.image_processor.table.to(device)
+            table = None if self.uint8 else self.image_processor.table.to(device)
             pixels = [anyres_tiles([f.to(device) for f in v], "llava", tile=self.tile, normalize=table).tiles
                       for v in videos]
             kwargs["pixel_values_videos"] = torch.stack(pixels)
@@ -247,8 +270,8 @@ def to_model(kwargs: dict, device, dtype) -> dict:
     stays where it is: transformers reads it on the host)."""
     out = {}
     for key, value in kwargs.items():
-        if key in ("pixel_values", "pixel_values_videos"):
-            out[key] = value.to(device=device, dtype=dtype)
+        if key in ("pixel_values", "pixel_values_videos"):  # uint8 tiles stay uint8
+            out[key] = value.to(device=device, dtype=dtype if value.is_floating_point() else None)
         elif key == "image_sizes":
             out[key] = value.to(device)
         else:

@@ -280,8 +280,11 @@ def train(cfg: TrainConfig, model=None) -> dict:
     pad = model.tokenizer.pad_token_id or 0
     collate = (functools.partial(datamod.collate_packed, max_len=cfg.max_len, pad_id=pad, varlen=varlen)
                if cfg.pack else functools.partial(datamod.collate, pad_id=pad))
+    # The pixels stay uint8 until the patch embedding when the patched tower folds the normalization
+    # in (our path); transformers' path (--reference) gets its normalized pixel_values.
+    maker = model.pixel_maker(uint8=None)
     if cfg.tile_in_workers:
-        collate = _CollateWithPixels(collate, model.pixel_maker())
+        collate = _CollateWithPixels(collate, maker)
     loader = torch.utils.data.DataLoader(dataset, batch_sampler=_StepBatches(len(dataset), cfg, world, rank, start_step),
                                          collate_fn=collate, num_workers=cfg.num_workers)
     use_bf16 = cfg.bf16 if cfg.bf16 is not None else device.type == "cuda"
@@ -322,7 +325,7 @@ def train(cfg: TrainConfig, model=None) -> dict:
                 if "pixels" in b:  # tiled in a DataLoader worker
                     pixels = to_model(b["pixels"], device, model.hf.dtype)
                 else:
-                    pixels = model.visual_inputs(b["visuals"])[0] if any(b["visuals"]) else {}
+                    pixels = to_model(maker(b["visuals"], device), device, model.hf.dtype) if any(b["visuals"]) else {}
             with nvtx.range("train/forward"), torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
                 ce = net(ids, mask, labels, **extra, **pixels)
             # x world: DDP averages gradients over ranks; the denominator already counts every rank.

@@ -163,3 +163,21 @@ def test_both_checkpoint_key_layouts_load(tmp_path):
     a = interleave.InterleaveModel.from_pretrained(new).hf.state_dict()
     b = interleave.InterleaveModel.from_pretrained(str(old)).hf.state_dict()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_uint8_tiles_give_the_normalized_pixels_features(model, images):
+    """The trainer's pixels: uint8 tiles straight into the fused patch embedding (normalization
+    folded into its weights) give the visual tokens of transformers' normalized pixel_values,
+    within fp32 rounding, for a batch of every prompt kind (videos, multi-image padding included)."""
+    from interleave.model import to_model
+    visuals = [v for _, v in _prompts(model, images).values()]
+    floats, _ = model.visual_inputs(visuals)
+    maker = model.pixel_maker(uint8=None)
+    assert maker.uint8
+    tiles = to_model(maker(visuals, model.device), model.device, model.hf.dtype)
+    assert tiles["pixel_values"].dtype == torch.uint8 and tiles["pixel_values"].shape[-1] == 3
+    assert tiles.keys() == floats.keys()
+    with torch.no_grad():
+        a, _ = interleave.hf.visual_tokens(model.hf, **floats)
+        b, _ = interleave.hf.visual_tokens(model.hf, **tiles)
+    torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5)
