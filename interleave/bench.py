@@ -441,6 +441,7 @@ def train_step_cases(device: str, quick: bool = False, compile_reference: bool =
         return []
     from . import InterleaveModel, hf, processing
     from .tiny import tiny_model, tiny_tokenizer
+    from .model import to_model
     from .train import CausalLMLoss, set_trainable
 
     vocab = 2048 if quick else 32768  # the LM head at 152k would dwarf everything else on a CPU
@@ -467,6 +468,7 @@ def train_step_cases(device: str, quick: bool = False, compile_reference: bool =
     mask = (torch.arange(longest)[None] < torch.tensor([len(i) for i, _ in encoded])[:, None]).long().to(device)
 
     net = CausalLMLoss(hf_model, fused=True)  # what `python -m interleave train` runs
+    maker = model.pixel_maker(uint8=None)
     count = (labels[:, 1:] != -100).sum()
 
     def step(reference: bool):
@@ -476,8 +478,8 @@ def train_step_cases(device: str, quick: bool = False, compile_reference: bool =
             flat = [im for v in visuals for im in v]
             pixels = {"pixel_values": ref_processor(flat, return_tensors="pt")["pixel_values"].to(device, dtype)}
             hf.unpatch(hf_model)
-        else:
-            pixels = model.visual_inputs(visuals)[0]
+        else:  # the trainer's pixels: uint8 tiles into the fused patch embedding
+            pixels = to_model(maker(visuals, device), device, dtype)
         try:
             if reference:  # transformers' forward and loss (full logits, F.cross_entropy)
                 loss = hf_model(input_ids=ids, attention_mask=mask, labels=labels, **pixels).loss
