@@ -246,7 +246,9 @@ def train(cfg: TrainConfig, model=None) -> dict:
     varlen = cfg.pack and uses_varlen_attention(model.hf)
     trainable = set_trainable(model, cfg.tune)
     if cfg.activation_checkpointing:
-        model.hf.gradient_checkpointing_enable()
+        # transformers 5.x renamed it (the old name warns); 4.57 has only gradient_checkpointing_enable.
+        enable = getattr(model.hf, "activation_checkpointing_enable", None) or model.hf.gradient_checkpointing_enable
+        enable()
     model.hf.train()
     net = CausalLMLoss(model.hf, cfg.fused_loss and not cfg.reference)  # the reference path: transformers' head + CE
     if world > 1 and cfg.fsdp:

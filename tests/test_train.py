@@ -260,3 +260,11 @@ def test_tiling_in_dataloader_workers_trains_alike(workdir):
     main = train(_cfg(workdir, "tile-main", steps=2, batch_size=5))
     workers = train(_cfg(workdir, "tile-workers", steps=2, batch_size=5, tile_in_workers=True, num_workers=1))
     assert workers["losses"] == main["losses"]
+
+
+def test_activation_checkpointing_trains_alike(workdir):
+    """--activation-checkpointing recomputes the layers in backward: the same losses."""
+    plain = train(_cfg(workdir, "ckpt-off", steps=2, batch_size=5, tune="projector,llm,vision"))
+    ckpt = train(_cfg(workdir, "ckpt-on", steps=2, batch_size=5, tune="projector,llm,vision",
+                      activation_checkpointing=True))
+    torch.testing.assert_close(torch.tensor(ckpt["losses"]), torch.tensor(plain["losses"]), rtol=1e-6, atol=0)
