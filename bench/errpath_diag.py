@@ -18,6 +18,10 @@ import sys
 CASES = {
     # torch's own C++ error through the dispatcher: if this crashes, the problem is not ours.
     "torch_mm_shape": "torch.mm(torch.ones(2, 3), torch.ones(2, 3))",
+    # a c10::Error thrown and caught inside our module (no Python, no dispatcher): must return True.
+    "module_throw_and_catch": "assert interleave._C._diag_throw_and_catch()",
+    # a std::runtime_error from our module through pybind11 (no dispatcher).
+    "module_throw_pybind11": "interleave._C._diag_throw_std()",
     # our op, called straight through torch.ops (no Python wrapper checks), no autograd.
     "ops_merge_count": "torch.ops.interleave.merge_tokens(torch.tensor([[1, 5, 5, 2]]), torch.randn(10, 4), "
                        "torch.randn(3, 4), [5], None, -1)",
@@ -36,12 +40,13 @@ CUDA_PRELUDE = "torch.zeros(1, device='cuda'); torch.cuda.synchronize()\n"
 
 def run_one(name: str) -> None:
     import torch
-    import interleave  # noqa: F401  (registers the ops)
+    import interleave  # registers the ops
+    import interleave._C  # noqa: F401  (the diagnosis functions)
     code = CASES[name.removesuffix("+cuda")]
     if name.endswith("+cuda"):
         exec(CUDA_PRELUDE, {"torch": torch})
     try:
-        exec(code, {"torch": torch})
+        exec(code, {"torch": torch, "interleave": interleave})
     except Exception as e:  # what we want: a Python exception with the message
         print(f"raised {type(e).__name__}: {str(e).splitlines()[0][:120]}")
         return

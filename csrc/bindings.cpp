@@ -3,6 +3,8 @@
 #include <pybind11/pybind11.h>
 #include <torch/library.h>
 
+#include <stdexcept>
+
 #include "ops/anyres_tiles.h"
 #include "ops/merge_tokens.h"
 #include "ops/pack_tokens.h"
@@ -66,4 +68,16 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.attr("torch_version") = INTERLEAVE_TORCH_VERSION;
   m.attr("cuda_version") = INTERLEAVE_CUDA_VERSION;
   m.attr("arch_list") = INTERLEAVE_ARCH_LIST;
+  // Diagnosis of the error-path crash seen on the first H100 machine (bench/errpath_diag.py): a C++
+  // exception thrown and caught inside this module, and one thrown through pybind11 to Python,
+  // without the dispatcher, tell an unwinding problem in this .so from one in the op call path.
+  m.def("_diag_throw_and_catch", []() {
+    try {
+      TORCH_CHECK_VALUE(false, "caught inside the module");
+    } catch (const c10::Error&) {
+      return true;
+    }
+    return false;
+  });
+  m.def("_diag_throw_std", []() { throw std::runtime_error("a std::runtime_error through pybind11"); });
 }
