@@ -5,9 +5,9 @@
     # == F.cross_entropy(hidden @ weight.T + bias, labels, ignore_index=ignore_index)   (mean)
 
 Only rows whose label is not ignored go through the head (an ignored row adds nothing to the loss
-and gets an exact zero gradient); they go through in chunks of `chunk_size` rows. For each chunk: its logits [n, V] (one matmul),
-then in the same pass over them the per-row loss and, when a gradient is needed, the gradient of
-those logits, written over them: (softmax - onehot) / count, with a float32 log-sum-exp (float64
+and gets an exact zero gradient); they go through in chunks of `chunk_size` rows. For each chunk:
+its logits [n, V] (one matmul), then in the same pass over them the per-row loss and, when a
+gradient is needed, the gradient of those logits, written over them: (softmax - onehot) / count, with a float32 log-sum-exp (float64
 for float64 inputs). That gradient is immediately turned into the chunk's rows of grad_hidden
 (grad_logits @ weight) and added into grad_weight (grad_logits.T @ hidden_chunk) and grad_bias, and
 the chunk's buffer is reused. So the gradients are ready when forward returns: backward only scales
