@@ -236,39 +236,78 @@ def _forward(hidden, weight, labels, bias, ignore_index, chunk_size, use_triton,
     return loss_sum * inv_count.double(), grad_hidden, grad_weight, grad_bias
 
 
-class _LinearCrossEntropy(torch.autograd.Function):
-    """Gradients computed in forward (no recompute in backward), released when backward returns."""
+# ---- torch.library: the op, its fake implementation and autograd -----------------------------------
+# One custom op (opaque to torch.compile: no graph break) that returns the loss and the gradients it
+# computed on the way; autograd hands those over in backward, scaled by grad_output.
+_OP = "interleave::linear_cross_entropy"
 
-    @staticmethod
-    def forward(ctx, hidden, weight, bias, labels, ignore_index, chunk_size, use_triton):
-        needs = (ctx.needs_input_grad[0], ctx.needs_input_grad[1],
-                 bias is not None and ctx.needs_input_grad[2])
-        loss, grad_hidden, grad_weight, grad_bias = _forward(
-            hidden, weight, labels, bias, ignore_index, chunk_size, use_triton, needs)
-        # Kept as attributes, not saved tensors: backward drops its references before returning,
-        # so autograd can take the tensors as .grad without a copy.
-        ctx.grads = [grad_hidden, grad_weight, grad_bias]
-        ctx.dtypes = (hidden.dtype, weight.dtype)
-        return loss.to(hidden.dtype)
 
-    @staticmethod
-    def backward(ctx, grad_output):
-        if ctx.grads is None:
-            raise RuntimeError("linear_cross_entropy: backward ran twice through the same graph; the "
-                               "gradients are computed in forward and handed over by the first backward")
-        grads, ctx.grads = ctx.grads, None
-        # Scaling in place keeps the peak memory; skipped for a CPU grad_output of exactly 1 (the
-        # usual loss.backward()), where the check costs no device sync.
-        skip = grad_output.device.type == "cpu" and bool(grad_output == 1)
-        out = []
-        for grad, dtype in zip(grads, (ctx.dtypes[0], ctx.dtypes[1], ctx.dtypes[1])):
-            if grad is not None:
-                if not skip:
-                    grad.mul_(grad_output.to(grad.dtype))
-                grad = grad.to(dtype)  # float32 accumulators of half-precision weights: round once
-            out.append(grad)
-        grads.clear()
-        return out[0], out[1], out[2], None, None, None, None
+def _grad_dtypes(hidden: torch.Tensor, weight: torch.Tensor):
+    compute = torch.float64 if hidden.dtype == torch.float64 else torch.float32
+    acc = weight.dtype if weight.dtype in (torch.float32, torch.float64) else torch.float32
+    return compute, acc
+
+
+def _op_impl(hidden: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
+                             labels: torch.Tensor, ignore_index: int, chunk_size: int, use_triton: bool,
+                             need_hidden: bool, need_weight: bool,
+                             need_bias: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    loss, gh, gw, gb = _forward(hidden, weight, labels, bias, ignore_index, chunk_size, use_triton,
+                                (need_hidden, need_weight, need_bias and bias is not None))
+    # A distinct empty tensor for each gradient not asked for (outputs may not alias each other).
+    return loss.to(hidden.dtype), *(g if g is not None else hidden.new_empty(0) for g in (gh, gw, gb))
+
+
+# The implementation stays callable as _op_impl (tests run it under a dispatch mode to see the
+# tensors it allocates, which the op hides).
+_linear_cross_entropy_op = torch.library.custom_op(_OP, mutates_args=())(_op_impl)
+
+
+@_linear_cross_entropy_op.register_fake
+def _linear_cross_entropy_fake(hidden, weight, bias, labels, ignore_index, chunk_size, use_triton,
+                               need_hidden, need_weight, need_bias):
+    compute, acc = _grad_dtypes(hidden, weight)
+    return (hidden.new_empty(()),
+            torch.empty_like(hidden) if need_hidden else hidden.new_empty(0),
+            weight.new_empty(weight.shape, dtype=acc) if need_weight else hidden.new_empty(0),
+            weight.new_empty(weight.shape[0], dtype=compute) if need_bias and bias is not None
+            else hidden.new_empty(0))
+
+
+def _setup_context(ctx, inputs, output):
+    hidden, weight, bias = inputs[:3]
+    need = inputs[7:10]
+    # Kept as attributes, not saved tensors: backward drops its references before returning, so
+    # autograd can take the tensors as .grad without a copy (a saved grad_weight would be copied:
+    # +V*D floats at the peak).
+    ctx.grads = [g if n else None for g, n in zip(output[1:], need)]
+    ctx.dtypes = (hidden.dtype, weight.dtype, bias.dtype if bias is not None else None)
+
+
+def _backward(ctx, grad_output, *unused):
+    if ctx.grads is None:
+        raise RuntimeError("linear_cross_entropy: backward ran twice through the same graph; the "
+                           "gradients are computed in forward and handed over by the first backward")
+    grads, ctx.grads = ctx.grads, None
+    # Scaling in place keeps the peak memory; skipped for a CPU grad_output of exactly 1 (the usual
+    # loss.backward()), where the check costs no device sync. Traced (torch.compile, make_fx: a
+    # tensor subclass, no value to test): always scale.
+    traced = type(grad_output) is not torch.Tensor or torch.compiler.is_compiling()
+    skip = not traced and grad_output.device.type == "cpu" and bool(grad_output == 1)
+    out = []
+    for grad, dtype in zip(grads, ctx.dtypes):
+        if grad is not None:
+            if traced:
+                grad = grad * grad_output.to(grad.dtype)
+            elif not skip:
+                grad.mul_(grad_output.to(grad.dtype))
+            grad = grad.to(dtype)  # float32 accumulators of half-precision weights: round once
+        out.append(grad)
+    grads.clear()
+    return out[0], out[1], out[2], None, None, None, None, None, None, None
+
+
+_linear_cross_entropy_op.register_autograd(_backward, setup_context=_setup_context)
 
 
 def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor,
@@ -292,5 +331,8 @@ def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, labels: tor
     use_triton = backend == "triton" or (backend == "auto" and device_type == "cuda")
     if not (weight.stride(1) == 1 or weight.stride(0) == 1):
         weight = weight.contiguous()
-    return _LinearCrossEntropy.apply(hidden2d, weight, bias, labels1d, int(ignore_index), int(chunk),
-                                     use_triton)
+    grad = torch.is_grad_enabled()
+    loss, *_ = _linear_cross_entropy_op(hidden2d, weight, bias, labels1d, int(ignore_index), int(chunk),
+                                        use_triton, grad and hidden.requires_grad, grad and weight.requires_grad,
+                                        grad and bias is not None and bias.requires_grad)
+    return loss
