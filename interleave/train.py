@@ -170,12 +170,15 @@ def _set_rng_state(state: dict) -> None:
 
 
 def _dist():
+    """(world, rank, whether this call created the process group)."""
     import torch.distributed as dist
     world = int(os.environ.get("WORLD_SIZE", "1"))
+    created = False
     if world > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        created = True
     rank = dist.get_rank() if world > 1 else 0
-    return world, rank
+    return world, rank, created
 
 
 class _CollateWithPixels:
@@ -223,7 +226,7 @@ def train(cfg: TrainConfig, model=None) -> dict:
     "skip_reasons": [...], "checkpoint": final folder}."""
     from . import InterleaveModel, hf
 
-    world, rank = _dist()
+    world, rank, created_group = _dist()
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
     device = torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -359,6 +362,11 @@ def train(cfg: TrainConfig, model=None) -> dict:
         bar.close()
     if result["skipped"] and rank == 0:
         print(f"train: skipped {result['skipped']} samples, e.g. {result['skip_reasons'][:3]}")
+    if created_group:
+        # A process group left to the interpreter's exit can abort a rank there ("terminate called
+        # without an active exception" from a gloo thread, seen once in CI): tear it down here.
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
     return result
 
 
