@@ -219,7 +219,8 @@ class InterleaveModel(torch.nn.Module):
 @dataclasses.dataclass
 class PixelMaker:
     """visuals -> the model's pixel kwargs (pixel_values, image_sizes, batch_num_images,
-    pixel_values_videos) on `device`, in float32 (to_model casts to the model's dtype). A video is
+    pixel_values_videos) on `device`: float32 normalized pixels (to_model casts them to the model's
+    dtype), or uint8 tiles with `uint8`. A video is
     frames as images for the interleave (Llava) and LLaVA-NeXT layouts, pixel_values_videos for
     OneVision. Holds only the image processor and the tile size, so it can run in DataLoader workers."""
     kind: str

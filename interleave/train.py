@@ -183,8 +183,8 @@ def _dist():
 
 class _CollateWithPixels:
     """A collate function that also tiles the batch's images (decoded by the dataset) on the CPU:
-    batch["pixels"] holds the model's pixel kwargs in float32 (PixelMaker). Picklable: it holds the
-    image processor, not the model."""
+    batch["pixels"] holds the model's pixel kwargs as the PixelMaker makes them (uint8 tiles on our
+    path). Picklable: it holds the image processor, not the model."""
 
     def __init__(self, collate, maker):
         self.collate, self.maker = collate, maker
@@ -413,8 +413,7 @@ def save_checkpoint(model, optimizer, scheduler, step: int, cfg: TrainConfig, ra
     weights and optimizer state, so the files are the same as a 1-process run's."""
     path = os.path.join(cfg.out, f"step-{step}")
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    state_dict = None
-    optim_state = optimizer.state_dict()
+    state_dict = optim_state = None
     if cfg.fsdp and world > 1:  # gather the shards (every rank takes part)
         from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
                                                              get_optimizer_state_dict)
@@ -432,7 +431,8 @@ def save_checkpoint(model, optimizer, scheduler, step: int, cfg: TrainConfig, ra
         model.hf.save_pretrained(path, state_dict=state_dict)
         if model.tokenizer is not None:
             model.tokenizer.save_pretrained(path)
-        torch.save({"step": step, "optimizer": optim_state, "fsdp": bool(cfg.fsdp and world > 1),
+        torch.save({"step": step, "optimizer": optim_state if optim_state is not None else optimizer.state_dict(),
+                    "fsdp": bool(cfg.fsdp and world > 1),
                     "scheduler": scheduler.state_dict(), "rng": rng[0], "rng_per_rank": rng,
                     "config": {k: v for k, v in dataclasses.asdict(cfg).items()
                                if isinstance(v, (int, float, str, bool, type(None)))}},

@@ -170,10 +170,18 @@ def _accumulate_grad_weight(acc, grad_logits, hidden_chunk):
         acc.addmm_(grad_logits.t().to(acc.dtype), hidden_chunk.to(acc.dtype))
 
 
+def _grad_dtypes(hidden: torch.Tensor, weight: torch.Tensor):
+    """(compute dtype of the loss and grad_bias, accumulator dtype of grad_weight), as _forward
+    produces them; the fake implementation reports the same."""
+    compute = torch.float64 if hidden.dtype == torch.float64 else torch.float32
+    acc = weight.dtype if weight.dtype in (torch.float32, torch.float64) else torch.float32
+    return compute, acc
+
+
 def _forward(hidden, weight, labels, bias, ignore_index, chunk_size, use_triton, needs):
     """Loss (0-dim, compute dtype) and the gradients the caller needs (or None), for grad_output 1."""
     num_tokens, vocab = hidden.shape[0], weight.shape[0]
-    compute = torch.float64 if hidden.dtype == torch.float64 else torch.float32
+    compute, acc_dtype = _grad_dtypes(hidden, weight)
     need_hidden, need_weight, need_bias = needs
     write_grad = any(needs)
     on_cuda = hidden.device.type == "cuda"
@@ -201,7 +209,6 @@ def _forward(hidden, weight, labels, bias, ignore_index, chunk_size, use_triton,
         hidden, labels = hidden.index_select(0, rows), labels.index_select(0, rows)
         num_tokens = rows.numel()
     grad_hidden = torch.empty_like(hidden) if need_hidden else None
-    acc_dtype = weight.dtype if weight.dtype in (torch.float32, torch.float64) else torch.float32
     grad_weight = torch.zeros(weight.shape, dtype=acc_dtype, device=weight.device) if need_weight else None
     grad_bias = torch.zeros(vocab, dtype=compute, device=weight.device) if need_bias else None
 
@@ -242,16 +249,9 @@ def _forward(hidden, weight, labels, bias, ignore_index, chunk_size, use_triton,
 _OP = "interleave::linear_cross_entropy"
 
 
-def _grad_dtypes(hidden: torch.Tensor, weight: torch.Tensor):
-    compute = torch.float64 if hidden.dtype == torch.float64 else torch.float32
-    acc = weight.dtype if weight.dtype in (torch.float32, torch.float64) else torch.float32
-    return compute, acc
-
-
-def _op_impl(hidden: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
-                             labels: torch.Tensor, ignore_index: int, chunk_size: int, use_triton: bool,
-                             need_hidden: bool, need_weight: bool,
-                             need_bias: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+def _op_impl(hidden: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], labels: torch.Tensor,
+             ignore_index: int, chunk_size: int, use_triton: bool, need_hidden: bool, need_weight: bool,
+             need_bias: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     loss, gh, gw, gb = _forward(hidden, weight, labels, bias, ignore_index, chunk_size, use_triton,
                                 (need_hidden, need_weight, need_bias and bias is not None))
     # A distinct empty tensor for each gradient not asked for (outputs may not alias each other).
