@@ -37,10 +37,11 @@ def tiny_tokenizer():
 
 def tiny_model(kind: str = "llava", *, widths: str = "tiny", vision_layers: int = 2, text_layers: int = 2,
                tile: Optional[int] = None, seed: int = 0, image_token_id: int = 259, video_token_id: int = 260,
-               vocab_size: Optional[int] = None):
+               vocab_size: Optional[int] = None, text_head_dim: Optional[int] = None):
     """A random transformers model of `kind`. widths='tiny': SigLIP 32 wide with 28-pixel tiles
     (2x2 features); 'real': SigLIP 1152 (MLP 4304, 16 heads, 384-pixel tiles, 27x27 features) and
-    Qwen2 1024 (MLP 2816, 16 heads, 2 KV heads), vocabulary 152000."""
+    Qwen2 1024 (MLP 2816, 16 heads, 2 KV heads), vocabulary 152000. text_head_dim: the LLM's head
+    width (default hidden / heads: 12 for 'tiny'; FlexAttention's GPU kernels need at least 16)."""
     import transformers
 
     if kind not in KINDS:
@@ -52,7 +53,8 @@ def tiny_model(kind: str = "llava", *, widths: str = "tiny", vision_layers: int 
                                                  num_attention_heads=2, image_size=tile, patch_size=14)
         text = transformers.Qwen2Config(vocab_size=vocab_size or 300, hidden_size=48, intermediate_size=96,
                                         num_hidden_layers=text_layers, num_attention_heads=4, num_key_value_heads=2,
-                                        max_position_embeddings=4096, tie_word_embeddings=True)
+                                        max_position_embeddings=4096, tie_word_embeddings=True,
+                                        **({"head_dim": text_head_dim} if text_head_dim else {}))
     elif widths == "real":
         tile = tile or planning.TILE
         vision = transformers.SiglipVisionConfig(hidden_size=1152, intermediate_size=4304, num_hidden_layers=vision_layers,

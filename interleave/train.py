@@ -120,6 +120,19 @@ def choose_attention(cfg: TrainConfig, device: torch.device) -> Optional[str]:
     return None
 
 
+def _check_flex_head_widths(hf_model) -> None:
+    """FlexAttention's GPU (Triton) kernels need heads at least 16 wide; say so before training
+    starts rather than deep inside Inductor's lowering at the first step."""
+    for name in ("text_config", "vision_config"):
+        config = getattr(hf_model.config, name, None)
+        if config is None:
+            continue
+        width = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+        if width < 16:
+            raise ValueError(f"train: --attn-implementation flex_attention on CUDA needs attention heads at "
+                             f"least 16 wide; this model's {name} has {width}-wide heads (use sdpa or flash_attention_2)")
+
+
 def uses_varlen_attention(hf_model) -> bool:
     """Whether the LLM's attention finds packed samples from restarting position ids itself."""
     config = getattr(hf_model.config, "text_config", hf_model.config)
@@ -244,6 +257,8 @@ def train(cfg: TrainConfig, model=None) -> dict:
     if cfg.reference:
         hf.unpatch(model.hf)
     attn = choose_attention(cfg, device)
+    if attn == "flex_attention" and device.type == "cuda":
+        _check_flex_head_widths(model.hf)
     if attn is not None:
         model.hf.set_attn_implementation(attn)
     varlen = cfg.pack and uses_varlen_attention(model.hf)

@@ -146,36 +146,28 @@ def _cached_fold(weight, bias, mean, std):
     return folded_w, folded_b
 
 
-class _FoldNormalization(torch.autograd.Function):
-    """(W, b) -> (W', b') through the cache. Backward, from W' = W * scale_c and
-    b' = b - sum_{c,i,j} W * shift_c:  dW = dW' * scale_c - db' * shift_c,  db = db'."""
+class _PatchEmbedFromBytes(torch.autograd.Function):
+    """The eager uint8 path: the forward runs the op on the cached W' and b'; the backward computes
+    the gradients of the real W, b and pos_embed on normalized patches, dW = g^T ((x * scale) - shift),
+    db = sum g. Going back through the fold instead (dW = dW' * scale - db * shift) subtracts two sums
+    of about the same size: in fp32 on the H100 that lost ~2 bits (weight gradient error 2.4e-6 vs
+    the conv's 7.0e-7, bench/results/2026-11-27-H100-5fd0fd1-rerun-patch_embed.txt)."""
 
     @staticmethod
-    def forward(ctx, weight, bias, mean, std):
+    def forward(ctx, tiles, weight, bias, pos_embed, mean, std, out_dtype):
         folded_w, folded_b = _cached_fold(weight, bias, mean, std)
-        ctx.mean, ctx.std = mean, std
-        ctx.dtypes = (weight.dtype, bias.dtype)
+        ctx.save_for_backward(tiles)
+        ctx.normalize = (mean, std)
         ctx.weight_shape = tuple(weight.shape)
-        # Fresh tensor objects sharing the cached storage: autograd attaches its graph to these, never
-        # to the cached tensors.
-        return folded_w.detach(), folded_b.detach()
+        ctx.dtypes = (weight.dtype, bias.dtype, pos_embed.dtype)
+        return torch.ops.interleave.patch_embed(tiles, folded_w, folded_b, pos_embed, out_dtype)
 
     @staticmethod
-    def backward(ctx, grad_w, grad_b):
-        ref = grad_w if grad_w is not None else grad_b
-        scale, shift = _fold_factors(ctx.mean, ctx.std, ref.device)
-        gw = gb = None
-        if ctx.needs_input_grad[0]:
-            if grad_w is None:
-                gw = grad_b.new_zeros(ctx.weight_shape)
-            else:
-                gw = grad_w * scale.to(grad_w.dtype).view(1, -1, 1, 1)
-            if grad_b is not None:
-                gw = gw - grad_b.view(-1, 1, 1, 1) * shift.to(grad_b.dtype).view(1, -1, 1, 1)
-            gw = gw.to(ctx.dtypes[0])
-        if ctx.needs_input_grad[1] and grad_b is not None:
-            gb = grad_b.to(ctx.dtypes[1])
-        return gw, gb, None, None
+    def backward(ctx, grad_output):
+        (tiles,) = ctx.saved_tensors
+        gw, gb, gp = _param_grads(tiles, grad_output, ctx.needs_input_grad[1:4], ctx.weight_shape,
+                                  ctx.dtypes, ctx.normalize)
+        return None, gw, gb, gp, None, None, None
 
 
 # ---- the op --------------------------------------------------------------------------------------
@@ -194,20 +186,25 @@ def patch_embed(tiles: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, p
             return reference.patch_embed_tiles(tiles, weight, bias, pos_embed, mean, std).to(out_dtype)
         return reference.patch_embed(tiles, weight, bias, pos_embed).to(out_dtype)
     if tiles.dtype == torch.uint8:
-        if torch.compiler.is_compiling():
-            weight, bias = fold_normalization(weight, bias, mean, std)
-        else:
-            weight, bias = _FoldNormalization.apply(weight, bias, mean, std)
+        if not torch.compiler.is_compiling():
+            return _PatchEmbedFromBytes.apply(tiles, weight, bias, pos_embed, mean, std, out_dtype)
+        # Under torch.compile the fold is traced as ordinary ops (differentiable, not cached).
+        weight, bias = fold_normalization(weight, bias, mean, std)
     return torch.ops.interleave.patch_embed(tiles, weight, bias, pos_embed, out_dtype)
 
 
 # ---- torch.library: fake implementation and autograd for the compiled op -------------------------
-def _patches(tiles: torch.Tensor, p: int, dtype: torch.dtype) -> torch.Tensor:
-    """im2col [n * T, Cin * p * p] in the conv weight's (ch, i, j) order, token order row-major."""
+def _patches(tiles: torch.Tensor, p: int, dtype: torch.dtype, normalize=None) -> torch.Tensor:
+    """im2col [n * T, Cin * p * p] in the conv weight's (ch, i, j) order, token order row-major.
+    normalize=(mean, std): uint8 pixels become (x / 255 - mean) / std, computed as x * scale - shift."""
     if tiles.dtype == torch.uint8:  # [n, H, W, Cin]
         n, H, W, cin = tiles.shape
         gh, gw = H // p, W // p
-        x = tiles[:, :gh * p, :gw * p, :].reshape(n, gh, p, gw, p, cin).permute(0, 1, 3, 5, 2, 4)
+        x = tiles[:, :gh * p, :gw * p, :]
+        if normalize is not None:
+            scale, shift = _fold_factors(*normalize, tiles.device)
+            x = x.to(dtype) * scale.to(dtype) - shift.to(dtype)
+        x = x.reshape(n, gh, p, gw, p, cin).permute(0, 1, 3, 5, 2, 4)
     else:  # [n, Cin, H, W]
         n, cin, H, W = tiles.shape
         gh, gw = H // p, W // p
@@ -215,7 +212,7 @@ def _patches(tiles: torch.Tensor, p: int, dtype: torch.dtype) -> torch.Tensor:
     return x.reshape(n * gh * gw, cin * p * p).to(dtype)
 
 
-def _weight_grad(tiles: torch.Tensor, grad: torch.Tensor, weight_shape) -> torch.Tensor:
+def _weight_grad(tiles: torch.Tensor, grad: torch.Tensor, weight_shape, normalize=None) -> torch.Tensor:
     """sum over tokens of grad[m, c] * patch[m, k], in chunks of images so that the im2col copy
     stays around 64 MiB; plain matmuls and a fixed chunk order, so the result is deterministic."""
     C, cin, p, _ = weight_shape
@@ -225,8 +222,20 @@ def _weight_grad(tiles: torch.Tensor, grad: torch.Tensor, weight_shape) -> torch
     out = grad.new_zeros((C, cin * p * p))
     for n0 in range(0, N, chunk):
         g = grad[n0:n0 + chunk].reshape(-1, C)
-        out += g.t() @ _patches(tiles[n0:n0 + chunk], p, grad.dtype)
+        out += g.t() @ _patches(tiles[n0:n0 + chunk], p, grad.dtype, normalize)
     return out.view(C, cin, p, p)
+
+
+def _param_grads(tiles, grad_output, needs, weight_shape, dtypes, normalize=None):
+    """Gradients of (weight, bias, pos_embed) for upstream grad_output [N, T, C], accumulated in
+    float32 (float64 when the weight or the gradient is float64); None where not needed."""
+    weight_dtype, bias_dtype, pos_dtype = dtypes
+    acc = torch.float64 if torch.float64 in (weight_dtype, grad_output.dtype) else torch.float32
+    grad = grad_output.to(acc)
+    gw = _weight_grad(tiles, grad, weight_shape, normalize).to(weight_dtype) if needs[0] else None
+    gb = grad.sum((0, 1)).to(bias_dtype) if needs[1] else None
+    gp = grad.sum(0).to(pos_dtype) if needs[2] else None
+    return gw, gb, gp
 
 
 if _extension.module is not None:
@@ -244,16 +253,7 @@ if _extension.module is not None:
 
     def _backward(ctx, grad_output):
         (tiles,) = ctx.saved_tensors
-        weight_dtype, bias_dtype, pos_dtype = ctx.dtypes
-        acc = torch.float64 if torch.float64 in (weight_dtype, grad_output.dtype) else torch.float32
-        grad = grad_output.to(acc)
-        grad_weight = grad_bias = grad_pos = None
-        if ctx.needs_input_grad[1]:
-            grad_weight = _weight_grad(tiles, grad, ctx.weight_shape).to(weight_dtype)
-        if ctx.needs_input_grad[2]:
-            grad_bias = grad.sum((0, 1)).to(bias_dtype)
-        if ctx.needs_input_grad[3]:
-            grad_pos = grad.sum(0).to(pos_dtype)
-        return None, grad_weight, grad_bias, grad_pos, None
+        gw, gb, gp = _param_grads(tiles, grad_output, ctx.needs_input_grad[1:4], ctx.weight_shape, ctx.dtypes)
+        return None, gw, gb, gp, None
 
     torch.library.register_autograd(_OP, _backward, setup_context=_setup_context)
