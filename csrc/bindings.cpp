@@ -79,5 +79,13 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
     }
     return false;
   });
+  // Selects the CUDA patch_embed GEMM for bf16/fp16 outputs: 0 auto, 1 cuBLAS, 2 the mma kernel;
+  // returns the previous setting (tests and the benchmark's variants use it).
+  m.def("_set_patch_embed_gemm", [](int mode) {
+    TORCH_CHECK_VALUE(mode >= 0 && mode <= 2, "_set_patch_embed_gemm: mode must be 0 (auto), 1 (cublas) or 2 (mma), got ", mode);
+    const int old = static_cast<int>(interleave::patch_embed_gemm_mode());
+    interleave::patch_embed_gemm_mode() = static_cast<interleave::PatchEmbedGemm>(mode);
+    return old;
+  });
   m.def("_diag_throw_std", []() { throw std::runtime_error("a std::runtime_error through pybind11"); });
 }

@@ -101,6 +101,46 @@ def test_forward_pixel_values(device, shape, dtype):
     assert_within_2x(out, ref, truth64(pixel_values.to(dtype), weight, bias, pos), dtype)
 
 
+# ---- CUDA: both GEMMs for bf16/fp16 (cuBLAS is the default from 4096 tokens on, mma below) ----------
+@pytest.mark.cuda
+@needs_ext
+@pytest.mark.parametrize("mode", ["cublas", "mma"])
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_cuda_gemm_choice_matches_reference(mode, shape, dtype):
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    from interleave.ops.patch_embed import cuda_gemm
+    with cuda_gemm(mode):
+        test_forward_uint8("cuda", shape, dtype)
+        if shape in SHAPES[1:3]:
+            test_forward_pixel_values("cuda", shape, dtype)
+
+
+@pytest.mark.cuda
+@needs_ext
+def test_cuda_cublas_path_in_chunks():
+    """160 SigLIP tiles: the cuBLAS path's im2col buffer holds 77 images at a time (64 MiB), so the
+    GEMM runs in three chunks; images on both sides of each chunk border match the reference."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    from interleave.ops.patch_embed import cuda_gemm
+    tiles = random_tiles(160, 384, "cuda", seed=11)
+    weight, bias, pos = random_params(1152, 14, 729, dtype=torch.bfloat16, device="cuda", seed=11)
+    with cuda_gemm("cublas"):
+        out = patch_embed(tiles, weight, bias, pos)
+    pick = torch.tensor([0, 76, 77, 153, 154, 159], device="cuda")
+    ref = reference.patch_embed_tiles(tiles[pick], weight, bias, pos)
+    assert_within_2x(out[pick], ref, truth64(tiles[pick], weight, bias, pos), torch.bfloat16)
+
+
+def test_cuda_gemm_rejects_unknown_mode():
+    from interleave.ops.patch_embed import cuda_gemm
+    with pytest.raises(ValueError, match="mode must be one of"):
+        with cuda_gemm("cutlass"):
+            pass
+
+
 def test_forward_other_mean_std_and_out_dtype(device):
     tiles = random_tiles(2, 30, device, seed=2)
     weight, bias, pos = random_params(16, 14, 4, device=device, seed=2)

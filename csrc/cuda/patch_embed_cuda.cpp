@@ -6,6 +6,8 @@
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 
+#include <algorithm>
+
 #include "../ops/patch_embed.h"
 #include "patch_embed_kernels.h"
 
@@ -31,6 +33,43 @@ cuda::OutType to_out_type(at::ScalarType t) {
     case at::kHalf: return cuda::OutType::kFloat16;
     default: TORCH_CHECK_TYPE(false, "patch_embed: unsupported output dtype ", t);
   }
+}
+
+// The cuBLAS path for bf16/fp16 outputs: out = alpha * (A W^T) + pos_embed, with A the im2col of
+// the pixels written by our kernel (uint8 values are exact in bf16/fp16) and the bias carried by
+// kBiasColumns extra columns of A that are 1, against the bias split into that many bf16/fp16 parts
+// in W (so it enters the fp32 accumulator with ~24 bits, not rounded to 8). pos_embed is copied
+// into the output first and the GEMM adds onto it (beta = 1): one rounding to bf16 at the end,
+// where transformers' conv + position embedding rounds twice. Chunks of whole images keep A
+// (M x lda operand elements) around 64 MiB.
+constexpr int kBiasColumns = 3;
+
+at::Tensor patch_embed_cublas(const PatchEmbedShape& s, const at::Tensor& tiles, const at::Tensor& w_in,
+                              const at::Tensor& bias, const at::Tensor& pos_embed, at::ScalarType operand,
+                              double alpha, cuda::GemmType gemm, cudaStream_t stream) {
+  const int64_t K = patch_k(s.geometry), lda = (K + kBiasColumns + 7) / 8 * 8, T = s.geometry.tokens;
+  at::Tensor w = patch_embed_weight_order(w_in, s.channels_last, operand, lda);  // [C, lda], zeros past K
+  at::Tensor rest = bias.to(at::kDouble).div(alpha);  // alpha scales the whole product, bias columns included
+  for (int i = 0; i < kBiasColumns; ++i) {
+    const at::Tensor part = rest.to(operand);
+    w.select(1, K + i).copy_(part);
+    rest = rest.sub(part.to(at::kDouble));
+  }
+  at::Tensor out = at::empty({s.batch, T, s.dim}, tiles.options().dtype(s.out_dtype));
+  out.copy_(pos_embed.to(s.out_dtype).unsqueeze(0).expand({s.batch, T, s.dim}));
+  at::Tensor out2d = out.view({s.batch * T, s.dim});
+  const int64_t images = std::max<int64_t>(1, (int64_t{64} << 20) / std::max<int64_t>(1, T * lda * 2));
+  at::Tensor a = at::empty({std::min(images, s.batch) * T, lda}, tiles.options().dtype(operand));
+  const at::Tensor wt = w.t();  // [lda, C], a transposed view: cuBLAS reads it as is
+  for (int64_t n0 = 0; n0 < s.batch; n0 += images) {
+    const int64_t rows = std::min(images, s.batch - n0) * T;
+    at::Tensor a_rows = a.narrow(0, 0, rows);
+    cuda::launch_patch_im2col(tiles.const_data_ptr(), to_pixel_type(tiles.scalar_type()), s.geometry, n0 * T,
+                              rows, K, lda, kBiasColumns, gemm, a_rows.mutable_data_ptr(), stream);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    out2d.narrow(0, n0 * T, rows).addmm_(a_rows, wt, /*beta=*/1, /*alpha=*/alpha);
+  }
+  return out;
 }
 
 }  // namespace
@@ -60,6 +99,14 @@ at::Tensor patch_embed_cuda(const at::Tensor& tiles, const at::Tensor& weight, c
   // fp16's subnormal range (< 6.1e-5), where it loses bits. Keep the 1/255 out of the operand
   // (W * 255 = W / std) and apply it to the fp32 accumulator instead; exact in real arithmetic.
   const bool unscale = gemm == cuda::GemmType::kFloat16 && s.channels_last;
+  const PatchEmbedGemm mode = patch_embed_gemm_mode();
+  const bool tensor_cores = gemm == cuda::GemmType::kBFloat16 || gemm == cuda::GemmType::kFloat16;
+  if (tensor_cores && M > 0 && s.dim > 0 &&
+      (mode == PatchEmbedGemm::kCublas || (mode == PatchEmbedGemm::kAuto && M >= kPatchEmbedCublasMinRows))) {
+    TORCH_CHECK_VALUE(M < (int64_t{1} << 31), "patch_embed_cuda: at most 2^31 - 1 tokens per call, got ", M);
+    return patch_embed_cublas(s, tiles, unscale ? weight.mul(255.0) : weight, bias, pos_embed, operand,
+                              unscale ? 1.0 / 255.0 : 1.0, gemm, stream);
+  }
   const at::Tensor w = patch_embed_weight_order(unscale ? weight.mul(255.0) : weight, s.channels_last,
                                                 operand, Kp);  // [C, Kp]
   const at::Tensor b = bias.to(epilogue).contiguous();

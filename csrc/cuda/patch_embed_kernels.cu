@@ -376,6 +376,45 @@ unsigned blocks_for(int64_t size, int tile) { return static_cast<unsigned>((size
 
 }  // namespace
 
+// ---- im2col for the cuBLAS path ----------------------------------------------------------------
+// One thread per 8 consecutive columns of one row: a 16-byte store. Index math in 32 bits (a patch
+// has < 2^31 columns, a call < 2^31 rows: checked by the glue); the decomposition of the first
+// column k0 = (o * middle + mi) * run + r is stepped, not divided again, for the other seven.
+template <typename T>
+__global__ void __launch_bounds__(256)
+    im2col_kernel(const void* __restrict__ pixels, PixelType type, PatchGeometry g, int64_t row0,
+                  int32_t rows, int32_t k, int32_t lda, int32_t ones, T* __restrict__ a) {
+  const int32_t groups = lda / 8;
+  const int64_t idx = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (idx >= static_cast<int64_t>(rows) * groups) return;
+  const int32_t m = static_cast<int32_t>(idx / groups);
+  const int32_t k0 = static_cast<int32_t>(idx - static_cast<int64_t>(m) * groups) * 8;
+  // patch_row_offset in 32-bit arithmetic (a 64-bit division is a long software sequence on GPUs).
+  const int32_t gm = static_cast<int32_t>(row0 + m), tokens = static_cast<int32_t>(g.tokens);
+  const int32_t n = gm / tokens, t = gm - n * tokens;
+  const int32_t gw = static_cast<int32_t>(g.grid_w), py = t / gw, px = t - py * gw;
+  const int64_t base = n * g.image_stride + py * g.row_stride + px * g.col_stride;
+  const int32_t run = static_cast<int32_t>(g.run), middle = static_cast<int32_t>(g.middle);
+  const int32_t per_outer = middle * run;
+  int32_t o = k0 / per_outer, rem = k0 - o * per_outer;
+  int32_t mi = rem / run, r = rem - mi * run;
+  alignas(16) T v[8];
+#pragma unroll
+  for (int i = 0; i < 8; ++i) {
+    const int32_t kk = k0 + i;
+    if (kk < k) {
+      v[i] = load_pixel<T>(pixels, type, base + o * g.outer_stride + mi * g.middle_stride + r);
+      if (++r == run) {
+        r = 0;
+        if (++mi == middle) { mi = 0; ++o; }
+      }
+    } else {
+      v[i] = from_float<T>(kk < k + ones ? 1.0f : 0.0f);
+    }
+  }
+  *reinterpret_cast<uint4*>(a + static_cast<int64_t>(m) * lda + k0) = *reinterpret_cast<const uint4*>(v);
+}
+
 void launch_patch_embed(const PatchEmbedArgs& args, GemmType gemm, cudaStream_t stream) {
   if (args.rows == 0 || args.dim == 0) return;
   // grid.x over channels (9 tiles for C = 1152) so that consecutive blocks share their pixel rows
@@ -400,6 +439,22 @@ void launch_patch_embed(const PatchEmbedArgs& args, GemmType gemm, cudaStream_t 
       break;
     }
   }
+}
+
+void launch_patch_im2col(const void* pixels, PixelType pixel_type, const PatchGeometry& geometry,
+                         int64_t row0, int64_t rows, int64_t k, int64_t lda, int ones, GemmType gemm,
+                         void* a, cudaStream_t stream) {
+  if (rows == 0) return;
+  const int64_t threads = rows * (lda / 8);
+  const unsigned blocks = static_cast<unsigned>((threads + 255) / 256);
+  if (gemm == GemmType::kBFloat16)
+    im2col_kernel<__nv_bfloat16><<<blocks, 256, 0, stream>>>(
+        pixels, pixel_type, geometry, row0, static_cast<int32_t>(rows), static_cast<int32_t>(k),
+        static_cast<int32_t>(lda), ones, static_cast<__nv_bfloat16*>(a));
+  else
+    im2col_kernel<__half><<<blocks, 256, 0, stream>>>(
+        pixels, pixel_type, geometry, row0, static_cast<int32_t>(rows), static_cast<int32_t>(k),
+        static_cast<int32_t>(lda), ones, static_cast<__half*>(a));
 }
 
 }  // namespace cuda

@@ -35,5 +35,12 @@ struct PatchEmbedArgs {
 
 void launch_patch_embed(const PatchEmbedArgs& args, GemmType gemm, cudaStream_t stream);
 
+// The cuBLAS path's A operand: rows [row0, row0 + rows) of the im2col of the pixels, [rows, lda] in
+// bf16 (gemm kBFloat16) or fp16 (kFloat16), the K order of PatchGeometry; columns [k, k + ones) are
+// 1 (they carry the bias through the GEMM) and the rest up to lda are 0. lda: a multiple of 8.
+void launch_patch_im2col(const void* pixels, PixelType pixel_type, const PatchGeometry& geometry,
+                         int64_t row0, int64_t rows, int64_t k, int64_t lda, int ones, GemmType gemm,
+                         void* a, cudaStream_t stream);
+
 }  // namespace cuda
 }  // namespace interleave

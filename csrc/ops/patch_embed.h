@@ -38,6 +38,13 @@ at::Tensor patch_embed_cuda(const at::Tensor& tiles, const at::Tensor& weight, c
                             const at::Tensor& pos_embed, std::optional<at::ScalarType> out_dtype);
 #endif
 
+// Which GEMM the CUDA path uses for bf16/fp16 outputs (float32/float64 always use the SIMT kernel):
+//   kAuto: cuBLAS (im2col + addmm) from kPatchEmbedCublasMinRows tokens on, else the mma kernel;
+//   kCublas / kMma: always that one (tests and the benchmark's variants set these).
+enum class PatchEmbedGemm : int { kAuto = 0, kCublas = 1, kMma = 2 };
+constexpr int64_t kPatchEmbedCublasMinRows = 4096;
+PatchEmbedGemm& patch_embed_gemm_mode();
+
 // The weight as the kernels read it: [C, K] in the K order of PatchGeometry (see
 // csrc/common/patch_embed.h), dtype `dtype`, zero-padded to `padded_k` columns.
 at::Tensor patch_embed_weight_order(const at::Tensor& weight, bool channels_last,

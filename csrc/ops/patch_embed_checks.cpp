@@ -82,4 +82,9 @@ at::Tensor patch_embed_weight_order(const at::Tensor& weight, bool channels_last
   return w.contiguous();
 }
 
+PatchEmbedGemm& patch_embed_gemm_mode() {
+  static PatchEmbedGemm mode = PatchEmbedGemm::kAuto;
+  return mode;
+}
+
 }  // namespace interleave

@@ -20,6 +20,7 @@ pixels); through the fold they are exact with respect to the real W and b.
 from __future__ import annotations
 
 import collections
+import contextlib
 import weakref
 from typing import Optional, Sequence
 
@@ -79,6 +80,25 @@ def _check_args(tiles, weight, bias, pos_embed, mean, std, out_dtype):
                          f"weight on {weight.device}, bias on {bias.device}, pos_embed on {pos_embed.device}")
     if out_dtype is not None and out_dtype not in _FLOAT_DTYPES:
         raise TypeError(f"patch_embed: out_dtype must be float32/float64/bfloat16/float16, got {out_dtype}")
+
+
+# ---- which GEMM the CUDA kernel uses -----------------------------------------------------------------
+_GEMM_MODES = {"auto": 0, "cublas": 1, "mma": 2}
+
+
+@contextlib.contextmanager
+def cuda_gemm(mode: str):
+    """Within the block, CUDA patch_embed with bf16/fp16 output uses `mode`'s GEMM: "cublas" (our
+    im2col kernel + cuBLAS, bias and position embedding in the GEMM's epilogue), "mma" (our
+    implicit-GEMM tensor-core kernel, one launch), or "auto" (the default: cuBLAS from 4096 tokens
+    on). float32/float64 outputs always use the SIMT kernel. For tests and benchmarks."""
+    if mode not in _GEMM_MODES:
+        raise ValueError(f"cuda_gemm: mode must be one of {sorted(_GEMM_MODES)}, got {mode!r}")
+    old = _extension.module._set_patch_embed_gemm(_GEMM_MODES[mode])
+    try:
+        yield
+    finally:
+        _extension.module._set_patch_embed_gemm(old)
 
 
 # ---- the folded normalization ---------------------------------------------------------------------
