@@ -42,7 +42,7 @@ echo "built in $(( $(date +%s) - start ))s"
 # Order: the benchmarks first (the numbers no other machine can give), then the error-path diagnosis
 # and the tests; the whole script must fit the device's 8 minutes (the 2026-11-27 run in the old
 # order -- per-file tests before the benchmarks -- ran out of time in the benchmarks).
-echo "== 3. GPU benchmarks (capped at ${BENCH_BUDGET_S:-210}s; the JSON is written case by case)"
+echo "== 3. GPU benchmarks (capped at ${BENCH_BUDGET_S:-180}s; the JSON is written case by case)"
 gpu=$("$PY" -c "import torch; print(torch.cuda.get_device_name().replace(' ', '-'))" 2>/dev/null || echo gpu)
 # The device copy of the tree may have no .git: pass INTERLEAVE_COMMIT=<short sha> in the command.
 commit=${INTERLEAVE_COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || echo unknown)}
@@ -50,32 +50,57 @@ json="$OUT_DIR/$(date -u +%Y-%m-%d)-${gpu}-${commit}.json"
 # Ops in the order of what the project most needs measured; the slow linear_cross_entropy last.
 ops="patch_embed pack_tokens merge_tokens model anyres_tiles image_processor linear_cross_entropy"
 op_args=$(for o in $ops; do printf -- '--op %s ' "$o"; done)
-INTERLEAVE_COMMIT="$commit" timeout "${BENCH_BUDGET_S:-210}" "$PY" -m interleave bench --device cuda --reps 50 \
+INTERLEAVE_COMMIT="$commit" timeout "${BENCH_BUDGET_S:-180}" "$PY" -m interleave bench --device cuda --reps 50 \
   $op_args --json "$json" || { echo "bench: rc=$? (124: out of time; the JSON holds the cases that finished)"; status=1; }
 
-echo "== 4. error paths (each case in its own process; the first H100 run crashed on every C++ error)"
-if ! timeout 120 "$PY" bench/errpath_diag.py 2>&1 | tee "$OUT_DIR/errpath.log"; then
+echo "== 4. error paths (each case in its own process; the H100 runs so far crashed on every C++ error our ops raise)"
+timeout 120 "$PY" bench/errpath_diag.py > "$OUT_DIR/errpath.log" 2>&1
+errpath_rc=$?
+grep -v "^    Extension modules" "$OUT_DIR/errpath.log" | head -60
+if [ "$errpath_rc" -ne 0 ]; then
   first=$(grep -m1 ': CRASH' "$OUT_DIR/errpath.log" | cut -d: -f1)
+  # Not reproducible on gcc 12 or 13 builds here (Debian, pyenv Python, same torch): what the device
+  # has that differs -- its compiler/linker notes on our .so, Python's link flags, CET shadow stack.
+  {
+    echo "-- environment of the crash"
+    so=$(ls interleave/_C*.so 2>/dev/null | head -1)
+    readelf -p .comment "$so" 2>&1 | grep -v "^$" | head -8
+    readelf -n "$so" 2>&1 | grep -i -A2 "x86 feature\|IBT\|SHSTK" | head -6
+    ldd "$so" 2>&1 | head -20
+    "$PY" -c "import sysconfig as s, platform; print('python', platform.python_version(), s.get_config_var('LDSHARED'), s.get_config_var('CC')); print('glibc', platform.libc_ver())"
+    grep -i "x86_Thread\|Speculation" /proc/self/status
+    g++ --version 2>&1 | head -1; ld --version 2>&1 | head -1
+  } >> "$OUT_DIR/errpath.log" 2>&1
   if [ -n "$first" ] && command -v cuda-gdb >/dev/null; then
-    echo "-- backtrace of $first (cuda-gdb, host code)"
-    timeout 60 cuda-gdb -q -batch -ex run -ex bt --args "$PY" bench/errpath_diag.py "$first" \
-      > "$OUT_DIR/errpath-gdb.log" 2>&1
-    grep -A40 -m1 "^#0" "$OUT_DIR/errpath-gdb.log" | head -40
+    echo "-- backtraces of $first at the throw and at the crash (cuda-gdb, host code)" >> "$OUT_DIR/errpath.log"
+    timeout 60 cuda-gdb -q -batch -ex "catch throw" -ex run -ex bt -ex continue -ex bt \
+      --args "$PY" bench/errpath_diag.py "$first" 2>&1 | grep -E "^#|signal|Catchpoint|exception" | head -80 \
+      >> "$OUT_DIR/errpath.log"
   fi
+  sed -n '/-- environment of the crash/,$p' "$OUT_DIR/errpath.log" | head -90
 fi
 
 echo "== 5. CUDA tests"
 # One pytest process for every file; if it dies of a signal (a segfault hides the rest of the
-# run), once more one process per file so that one crash hides nothing else.
-timeout 240 "$PY" -X faulthandler -m pytest -m cuda -q -p no:cacheprovider tests > "$OUT_DIR/cuda-tests.log" 2>&1
+# run), once more one process per file so that one crash hides nothing else. Files back from the
+# device: the JSON, build.log, errpath.log, cuda-tests.log, cuda-tests-per-file.log (at most 8).
+# Whatever is left of the device tool's 540 s (the script's own clock: $SECONDS), at most 240 s.
+left=$(( 520 - SECONDS )); [ "$left" -gt 240 ] && left=240; [ "$left" -lt 60 ] && left=60
+# If the error paths crash (step 4), the tests that expect an error are skipped (tests/conftest.py).
+skip_errors=0; [ "$errpath_rc" -ne 0 ] && skip_errors=1
+INTERLEAVE_SKIP_ERROR_TESTS=$skip_errors timeout "$left" "$PY" -X faulthandler -m pytest -m cuda -q -rs \
+  -p no:cacheprovider tests > "$OUT_DIR/cuda-tests.log" 2>&1
 test_rc=$?
 echo "all files: rc=$test_rc $(tail -1 "$OUT_DIR/cuda-tests.log")"
-if [ "$test_rc" -ge 124 ]; then
+if [ "$test_rc" -gt 124 ]; then
+  # One log for all files (the device tool returns at most 8 files from $OUT); stops at 530 s.
   for f in tests/test_*.py; do
+    [ "$SECONDS" -lt 510 ] || { echo "out of time: per-file runs stop before $f"; break; }
     name=$(basename "$f" .py)
-    timeout 120 "$PY" -X faulthandler -m pytest -m cuda -q -p no:cacheprovider "$f" > "$OUT_DIR/cuda-$name.log" 2>&1
+    INTERLEAVE_SKIP_ERROR_TESTS=$skip_errors timeout $(( 530 - SECONDS )) "$PY" -X faulthandler -m pytest -m cuda -q -p no:cacheprovider "$f" > /tmp/cuda-one.log 2>&1
     rc=$?
-    echo "$name: rc=$rc $(tail -1 "$OUT_DIR/cuda-$name.log")"
+    echo "$name: rc=$rc $(tail -1 /tmp/cuda-one.log)"
+    { echo "===== $name: rc=$rc"; grep -v -e "^Extension modules" -e "^DEBUG" /tmp/cuda-one.log | tail -60; } >> "$OUT_DIR/cuda-tests-per-file.log"
   done
 elif [ "$test_rc" -ne 0 ] && [ "$test_rc" -ne 5 ]; then
   grep -E "^(FAILED|ERROR)" "$OUT_DIR/cuda-tests.log" | head -30

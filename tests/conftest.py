@@ -1,3 +1,6 @@
+import inspect
+import os
+
 import pytest
 import torch
 
@@ -7,6 +10,18 @@ DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)]
 
 
 def pytest_collection_modifyitems(config, items):
+    if os.environ.get("INTERLEAVE_SKIP_ERROR_TESTS") == "1":
+        # bench/gpu_check.sh sets this when bench/errpath_diag.py saw our C++ errors crash the process
+        # (the H100 machines so far): a crash would end the whole run, so the tests that expect an
+        # error are skipped there and the rest still run. Their result is errpath.log's.
+        skip = pytest.mark.skip(reason="C++ errors crash this machine (bench/errpath_diag.py)")
+        for item in items:
+            try:
+                source = inspect.getsource(item.function)
+            except (AttributeError, OSError, TypeError):
+                continue
+            if "pytest.raises" in source:
+                item.add_marker(skip)
     if CUDA:
         return
     skip = pytest.mark.skip(reason="needs a CUDA GPU")

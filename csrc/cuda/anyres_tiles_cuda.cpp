@@ -7,7 +7,11 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 
+#include <algorithm>
+#include <array>
 #include <cstring>
+#include <map>
+#include <utility>
 #include <vector>
 
 #include "../ops/anyres_tiles.h"
@@ -32,7 +36,17 @@ at::Tensor anyres_tiles_cuda(at::TensorList images, const at::Tensor& jobs, int6
     arena.insert(arena.end(), v.begin(), v.end());
     return at;
   };
-  int64_t mid_bytes = 0, pass1 = 0, pass2 = 0;
+  // Each distinct axis (in_size, out_size) is uploaded once: the 16 frames of a video share theirs.
+  std::map<std::pair<int64_t, int64_t>, std::array<int64_t, 3>> uploaded;
+  auto append_axis = [&](const AxisCoeffs& c) {
+    const std::pair<int64_t, int64_t> key{c.in_size, c.out_size};
+    const auto it = uploaded.find(key);
+    if (it != uploaded.end()) return it->second;
+    const std::array<int64_t, 3> at{append(c.first), append(c.count), append(c.weights)};
+    uploaded.emplace(key, at);
+    return at;
+  };
+  int64_t mid_bytes = 0, pass1 = 0, pass2 = 0, staged_row_bytes = 0;
   for (size_t i = 0; i < table.size(); ++i) {
     const TileJob& j = table[i];
     cuda::TileJobDevice& d = descs[i];
@@ -53,16 +67,15 @@ at::Tensor anyres_tiles_cuda(at::TensorList images, const at::Tensor& jobs, int6
     d.vertical_first = p.vertical_first;
     if (p.need_horizontal) {
       d.h_ksize = p.horizontal.ksize;
-      d.h_first = append(p.horizontal.first);
-      d.h_count = append(p.horizontal.count);
-      d.h_weights = append(p.horizontal.weights);
+      const auto at = append_axis(p.horizontal);
+      d.h_first = at[0]; d.h_count = at[1]; d.h_weights = at[2];
     }
     if (p.need_vertical) {
       d.v_ksize = p.vertical.ksize;
-      d.v_first = append(p.vertical.first);
-      d.v_count = append(p.vertical.count);
-      d.v_weights = append(p.vertical.weights);
+      const auto at = append_axis(p.vertical);
+      d.v_first = at[0]; d.v_count = at[1]; d.v_weights = at[2];
     }
+    if (p.need_horizontal && !p.vertical_first) staged_row_bytes = std::max(staged_row_bytes, j.src_w * 3);
     d.row_first = p.row_first;
     d.mid_rows = p.mid_rows;
     d.mid_width = p.mid_width;
@@ -77,13 +90,17 @@ at::Tensor anyres_tiles_cuda(at::TensorList images, const at::Tensor& jobs, int6
                     "anyres_tiles_cuda: batch too large for one launch");
   if (arena.empty()) arena.push_back(0);
 
-  // One host->device copy for descriptors and coefficients (pageable: the copy is synchronous with
-  // respect to the host, which the host-side vectors need anyway).
+  // One host->device copy for descriptors and coefficients together (pageable: the copy is
+  // synchronous with respect to the host, which the host-side vectors need anyway).
   const auto dev = at::TensorOptions().device(images[0].device());
   const int64_t desc_bytes = static_cast<int64_t>(descs.size() * sizeof(cuda::TileJobDevice));
-  at::Tensor meta = at::from_blob(descs.data(), {desc_bytes}, at::kByte).to(dev.dtype(at::kByte));
-  at::Tensor coeffs = at::from_blob(arena.data(), {static_cast<int64_t>(arena.size())}, at::kInt)
-                          .to(dev.dtype(at::kInt));
+  const int64_t coeff_at = (desc_bytes + 15) / 16 * 16;  // 16-byte aligned start of the int32s
+  const int64_t coeff_bytes = static_cast<int64_t>(arena.size() * sizeof(int32_t));
+  std::vector<uint8_t> staging(static_cast<size_t>(coeff_at + coeff_bytes), 0);
+  std::memcpy(staging.data(), descs.data(), static_cast<size_t>(desc_bytes));
+  std::memcpy(staging.data() + coeff_at, arena.data(), static_cast<size_t>(coeff_bytes));
+  at::Tensor meta = at::from_blob(staging.data(), {static_cast<int64_t>(staging.size())}, at::kByte)
+                        .to(dev.dtype(at::kByte));
   at::Tensor mid = at::empty({std::max<int64_t>(mid_bytes, 1)}, dev.dtype(at::kByte));
   at::Tensor out, lut_c;
   if (lut.has_value()) {
@@ -93,10 +110,12 @@ at::Tensor anyres_tiles_cuda(at::TensorList images, const at::Tensor& jobs, int6
     out = at::empty({num_tiles, tile, tile, 3}, dev.dtype(at::kByte));
   }
   cuda::launch_anyres_tiles(reinterpret_cast<const cuda::TileJobDevice*>(meta.const_data_ptr<uint8_t>()),
-                            static_cast<int>(descs.size()), pass1, pass2, coeffs.const_data_ptr<int32_t>(),
+                            static_cast<int>(descs.size()), pass1, pass2,
+                            reinterpret_cast<const int32_t*>(meta.const_data_ptr<uint8_t>() + coeff_at),
                             mid.mutable_data_ptr<uint8_t>(), out.mutable_data_ptr(),
                             lut.has_value() ? lut_c.const_data_ptr() : nullptr,
-                            lut.has_value() ? static_cast<int>(lut_c.element_size()) : 0, tile, stream);
+                            lut.has_value() ? static_cast<int>(lut_c.element_size()) : 0, tile,
+                            staged_row_bytes, stream);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return out;
 }

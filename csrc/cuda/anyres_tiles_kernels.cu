@@ -1,9 +1,8 @@
 // CUDA kernels of anyres_tiles: the same Pillow arithmetic as the CPU kernel (coefficients come
 // from the host, see csrc/common/resample.h), in two launches for a whole batch of jobs:
 //   pass 1: the first resize pass of every job into a uint8 intermediate (only the rows the second
-//           pass reads), one block per intermediate row;
-//   pass 2: the second pass, padding and tiling, one block per canvas row, each thread writing
-//           consecutive bytes of a tile row.
+//           pass reads), one block per intermediate row, the source row staged in shared memory;
+//   pass 2: the second pass, padding and tiling, one block per canvas row, one thread per pixel.
 #include <cstdint>
 #include <type_traits>
 
@@ -15,6 +14,7 @@ namespace cuda {
 namespace {
 
 constexpr int kThreads = 256;
+constexpr int64_t kMaxStagedRowBytes = 48 * 1024;
 
 // The job owning flattened row `row` of a pass (jobs are few: a linear scan is enough).
 __device__ __forceinline__ int find_job(const TileJobDevice* jobs, int num_jobs, int64_t row,
@@ -33,97 +33,159 @@ __device__ __forceinline__ int32_t source_px(const TileJobDevice& J, int64_t sy,
   return J.image[(y * J.img_w + x) * 3 + c];
 }
 
+// Pass 1, one block per intermediate row. Index math in 32 bits where it divides (a 64-bit
+// division is a long software sequence on the GPU); each thread computes all three channels of a
+// pixel, so a pixel's coefficients are read once, not three times. kStagedRow: the horizontal pass
+// first copies its source canvas row into shared memory (coalesced, the padding resolved once),
+// then every tap reads shared memory; rows wider than the launcher's shared-memory limit take the
+// direct path, which reads each tap from global memory through source_px.
+template <bool kStagedRow>
 __global__ void __launch_bounds__(kThreads)
     anyres_pass1_kernel(const TileJobDevice* __restrict__ jobs, int num_jobs,
                         const int32_t* __restrict__ coeffs, uint8_t* __restrict__ mid) {
+  extern __shared__ uint8_t staged[];
   const int64_t row = blockIdx.x;
   const TileJobDevice& J = jobs[find_job(jobs, num_jobs, row, false)];
-  const int64_t r = row - J.pass1_begin;
-  uint8_t* dst = mid + J.mid_offset + r * J.mid_width * 3;
+  const int32_t r = static_cast<int32_t>(row - J.pass1_begin);
+  const int32_t mid_w = static_cast<int32_t>(J.mid_width);
+  uint8_t* dst = mid + J.mid_offset + static_cast<int64_t>(r) * mid_w * 3;
   if (J.vertical_first) {
     // Vertical pass of output row r over all source columns (the source is the image itself).
     const int32_t first = coeffs[J.v_first + r], count = coeffs[J.v_count + r];
-    const int32_t* k = coeffs + J.v_weights + r * J.v_ksize;
-    for (int64_t i = threadIdx.x; i < J.mid_width * 3; i += blockDim.x) {
+    const int32_t* k = coeffs + J.v_weights + static_cast<int64_t>(r) * J.v_ksize;
+    const int64_t stride = J.img_w * 3;
+    const uint8_t* src = J.image + first * stride;
+    for (int32_t i = threadIdx.x; i < mid_w * 3; i += blockDim.x) {
       int32_t acc = kResampleHalf;
-      for (int y = 0; y < count; ++y) acc += J.image[(first + y) * J.img_w * 3 + i] * k[y];
+      for (int32_t y = 0; y < count; ++y) acc += src[y * stride + i] * k[y];
       dst[i] = resample_clip8(acc);
     }
     return;
   }
   const int64_t sy = J.row_first + r;
   if (!J.need_horizontal) {
-    for (int64_t i = threadIdx.x; i < J.mid_width * 3; i += blockDim.x)
-      dst[i] = static_cast<uint8_t>(source_px(J, sy, i / 3, static_cast<int>(i % 3)));
+    for (int32_t i = threadIdx.x; i < mid_w * 3; i += blockDim.x) {
+      const int32_t x = i / 3;
+      dst[i] = static_cast<uint8_t>(source_px(J, sy, x, i - 3 * x));
+    }
     return;
   }
-  for (int64_t i = threadIdx.x; i < J.mid_width * 3; i += blockDim.x) {
-    const int64_t xx = i / 3;
-    const int c = static_cast<int>(i % 3);
+  if constexpr (kStagedRow) {
+    const int64_t y = sy - J.src_top;
+    const bool row_in = y >= 0 && y < J.img_h;
+    const uint8_t* img_row = J.image + (row_in ? y : 0) * J.img_w * 3;
+    const int32_t left3 = static_cast<int32_t>(J.src_left) * 3, img_w3 = static_cast<int32_t>(J.img_w) * 3;
+    const int32_t n = static_cast<int32_t>(J.src_w) * 3;
+    for (int32_t j = threadIdx.x; j < n; j += blockDim.x) {
+      const int32_t xi3 = j - left3;  // byte offset into the image row
+      staged[j] = (row_in && xi3 >= 0 && xi3 < img_w3) ? img_row[xi3]
+                                                        : static_cast<uint8_t>(pad_channel(J.src_pad, j % 3));
+    }
+    __syncthreads();
+  }
+  for (int32_t xx = threadIdx.x; xx < mid_w; xx += blockDim.x) {
     const int32_t first = coeffs[J.h_first + xx], count = coeffs[J.h_count + xx];
-    const int32_t* k = coeffs + J.h_weights + xx * J.h_ksize;
-    int32_t acc = kResampleHalf;
-    for (int x = 0; x < count; ++x) acc += source_px(J, sy, first + x, c) * k[x];
-    dst[i] = resample_clip8(acc);
+    const int32_t* k = coeffs + J.h_weights + static_cast<int64_t>(xx) * J.h_ksize;
+    int32_t a0 = kResampleHalf, a1 = kResampleHalf, a2 = kResampleHalf;
+    if constexpr (kStagedRow) {
+      const uint8_t* s = staged + first * 3;
+      for (int32_t x = 0; x < count; ++x, s += 3) {
+        const int32_t w = k[x];
+        a0 += s[0] * w;
+        a1 += s[1] * w;
+        a2 += s[2] * w;
+      }
+    } else {
+      for (int32_t x = 0; x < count; ++x) {
+        const int32_t w = k[x];
+        a0 += source_px(J, sy, first + x, 0) * w;
+        a1 += source_px(J, sy, first + x, 1) * w;
+        a2 += source_px(J, sy, first + x, 2) * w;
+      }
+    }
+    dst[xx * 3] = resample_clip8(a0);
+    dst[xx * 3 + 1] = resample_clip8(a1);
+    dst[xx * 3 + 2] = resample_clip8(a2);
   }
 }
 
-// Value of resized pixel (y, x), channel c, from the intermediate.
-__device__ __forceinline__ uint8_t second_pass_px(const TileJobDevice& J, const int32_t* coeffs,
-                                                  const uint8_t* m, int64_t y, int64_t x, int c) {
+// The three channels of resized pixel (y, x), from the intermediate.
+__device__ __forceinline__ void second_pass_px(const TileJobDevice& J, const int32_t* coeffs,
+                                               const uint8_t* m, int32_t y, int32_t x, uint8_t v[3]) {
   if (J.vertical_first) {  // horizontal pass over intermediate row y
-    const uint8_t* row = m + y * J.mid_width * 3;
-    if (!J.need_horizontal) return row[x * 3 + c];
+    const uint8_t* row = m + static_cast<int64_t>(y) * J.mid_width * 3;
+    if (!J.need_horizontal) {
+      v[0] = row[x * 3]; v[1] = row[x * 3 + 1]; v[2] = row[x * 3 + 2];
+      return;
+    }
     const int32_t first = coeffs[J.h_first + x], count = coeffs[J.h_count + x];
-    const int32_t* k = coeffs + J.h_weights + x * J.h_ksize;
-    int32_t acc = kResampleHalf;
-    for (int i = 0; i < count; ++i) acc += row[(first + i) * 3 + c] * k[i];
-    return resample_clip8(acc);
+    const int32_t* k = coeffs + J.h_weights + static_cast<int64_t>(x) * J.h_ksize;
+    const uint8_t* s = row + first * 3;
+    int32_t a0 = kResampleHalf, a1 = kResampleHalf, a2 = kResampleHalf;
+    for (int32_t i = 0; i < count; ++i, s += 3) {
+      const int32_t w = k[i];
+      a0 += s[0] * w;
+      a1 += s[1] * w;
+      a2 += s[2] * w;
+    }
+    v[0] = resample_clip8(a0); v[1] = resample_clip8(a1); v[2] = resample_clip8(a2);
+    return;
   }
   const int64_t stride = J.mid_width * 3;
-  if (!J.need_vertical) return m[(y - J.row_first) * stride + x * 3 + c];
+  if (!J.need_vertical) {
+    const uint8_t* p = m + (y - J.row_first) * stride + x * 3;
+    v[0] = p[0]; v[1] = p[1]; v[2] = p[2];
+    return;
+  }
   const int32_t first = coeffs[J.v_first + y], count = coeffs[J.v_count + y];
-  const int32_t* k = coeffs + J.v_weights + y * J.v_ksize;
-  const uint8_t* base = m + (first - J.row_first) * stride + x * 3 + c;
-  int32_t acc = kResampleHalf;
-  for (int i = 0; i < count; ++i) acc += base[i * stride] * k[i];
-  return resample_clip8(acc);
+  const int32_t* k = coeffs + J.v_weights + static_cast<int64_t>(y) * J.v_ksize;
+  const uint8_t* p = m + (first - J.row_first) * stride + x * 3;
+  int32_t a0 = kResampleHalf, a1 = kResampleHalf, a2 = kResampleHalf;
+  for (int32_t i = 0; i < count; ++i, p += stride) {
+    const int32_t w = k[i];
+    a0 += p[0] * w;
+    a1 += p[1] * w;
+    a2 += p[2] * w;
+  }
+  v[0] = resample_clip8(a0); v[1] = resample_clip8(a1); v[2] = resample_clip8(a2);
 }
 
-// Out = uint8_t: [P, T, T, 3] tiles. Out = uint32_t / uint16_t: [P, 3, T, T] entries of the lut.
+// Pass 2, one block per canvas row, one thread per canvas pixel (all three channels).
+// Out = uint8_t: [P, T, T, 3] tiles (a warp writes 96 consecutive bytes of a tile row).
+// Out = uint32_t / uint16_t: [P, 3, T, T] entries of the lut (a warp writes 32 consecutive entries
+// of each channel plane).
 template <typename Out>
 __global__ void __launch_bounds__(kThreads)
     anyres_pass2_kernel(const TileJobDevice* __restrict__ jobs, int num_jobs,
                         const int32_t* __restrict__ coeffs, const uint8_t* __restrict__ mid,
-                        Out* __restrict__ out, const Out* __restrict__ lut, int64_t tile) {
+                        Out* __restrict__ out, const Out* __restrict__ lut, int32_t tile) {
   const int64_t row = blockIdx.x;
   const TileJobDevice& J = jobs[find_job(jobs, num_jobs, row, true)];
-  const int64_t cy = row - J.pass2_begin;
-  const int64_t y = cy - J.dst_top;
+  const int32_t cy = static_cast<int32_t>(row - J.pass2_begin);
+  const int32_t y = cy - static_cast<int32_t>(J.dst_top);
   const bool in_rows = y >= 0 && y < J.resize_h;
-  const int64_t cols = J.canvas_w / tile, tile_row = cy / tile, in_tile = cy % tile;
+  const int32_t canvas_w = static_cast<int32_t>(J.canvas_w), cols = canvas_w / tile;
+  const int32_t tile_row = cy / tile, in_tile = cy - tile_row * tile;
+  const int32_t dst_left = static_cast<int32_t>(J.dst_left), resize_w = static_cast<int32_t>(J.resize_w);
   const uint8_t* m = mid + J.mid_offset;
-  // uint8: consecutive threads write consecutive bytes of one tile row (coalesced). lut: threads
-  // walk one channel plane at a time, so writes of a warp stay within one plane row.
-  const int64_t n = J.canvas_w * 3;
-  for (int64_t i = threadIdx.x; i < n; i += blockDim.x) {
-    int64_t cx;
-    int c;
-    if constexpr (std::is_same_v<Out, uint8_t>) {
-      cx = i / 3;
-      c = static_cast<int>(i % 3);
+  for (int32_t cx = threadIdx.x; cx < canvas_w; cx += blockDim.x) {
+    const int32_t x = cx - dst_left;
+    uint8_t v[3];
+    if (in_rows && x >= 0 && x < resize_w) {
+      second_pass_px(J, coeffs, m, y, x, v);
     } else {
-      c = static_cast<int>(i / J.canvas_w);
-      cx = i % J.canvas_w;
+      v[0] = pad_channel(J.dst_pad, 0); v[1] = pad_channel(J.dst_pad, 1); v[2] = pad_channel(J.dst_pad, 2);
     }
-    const int64_t x = cx - J.dst_left;
-    uint8_t v = pad_channel(J.dst_pad, c);
-    if (in_rows && x >= 0 && x < J.resize_w) v = second_pass_px(J, coeffs, m, y, x, c);
-    const int64_t t = J.first_tile + tile_row * cols + cx / tile;
-    if constexpr (std::is_same_v<Out, uint8_t>)
-      out[((t * tile + in_tile) * tile + cx % tile) * 3 + c] = v;
-    else
-      out[((t * 3 + c) * tile + in_tile) * tile + cx % tile] = lut[c * 256 + v];
+    const int32_t tcol = cx / tile, in_x = cx - tcol * tile;
+    const int64_t t = J.first_tile + static_cast<int64_t>(tile_row) * cols + tcol;
+    if constexpr (std::is_same_v<Out, uint8_t>) {
+      Out* o = out + ((t * tile + in_tile) * tile + in_x) * 3;
+      o[0] = v[0]; o[1] = v[1]; o[2] = v[2];
+    } else {
+      const int64_t plane = static_cast<int64_t>(tile) * tile;
+      Out* o = out + t * 3 * plane + static_cast<int64_t>(in_tile) * tile + in_x;
+      o[0] = lut[v[0]]; o[plane] = lut[256 + v[1]]; o[2 * plane] = lut[512 + v[2]];
+    }
   }
 }
 
@@ -131,21 +193,31 @@ __global__ void __launch_bounds__(kThreads)
 
 void launch_anyres_tiles(const TileJobDevice* jobs, int num_jobs, int64_t pass1_rows,
                          int64_t pass2_rows, const int32_t* coeffs, uint8_t* mid, void* out,
-                         const void* lut, int lut_bytes, int64_t tile, cudaStream_t stream) {
+                         const void* lut, int lut_bytes, int64_t tile, int64_t staged_row_bytes,
+                         cudaStream_t stream) {
   if (num_jobs == 0) return;
-  if (pass1_rows > 0)
-    anyres_pass1_kernel<<<static_cast<unsigned>(pass1_rows), kThreads, 0, stream>>>(jobs, num_jobs, coeffs, mid);
+  if (pass1_rows > 0) {
+    const unsigned blocks = static_cast<unsigned>(pass1_rows);
+    // Up to the default 48 KiB of dynamic shared memory (source rows up to 16384 pixels wide);
+    // wider rows use the direct path for the whole launch.
+    if (staged_row_bytes > 0 && staged_row_bytes <= kMaxStagedRowBytes)
+      anyres_pass1_kernel<true><<<blocks, kThreads, static_cast<size_t>(staged_row_bytes), stream>>>(
+          jobs, num_jobs, coeffs, mid);
+    else
+      anyres_pass1_kernel<false><<<blocks, kThreads, 0, stream>>>(jobs, num_jobs, coeffs, mid);
+  }
   if (pass2_rows <= 0) return;
   const unsigned blocks = static_cast<unsigned>(pass2_rows);
+  const int32_t t = static_cast<int32_t>(tile);
   if (lut == nullptr)
     anyres_pass2_kernel<uint8_t><<<blocks, kThreads, 0, stream>>>(
-        jobs, num_jobs, coeffs, mid, static_cast<uint8_t*>(out), nullptr, tile);
+        jobs, num_jobs, coeffs, mid, static_cast<uint8_t*>(out), nullptr, t);
   else if (lut_bytes == 4)
     anyres_pass2_kernel<uint32_t><<<blocks, kThreads, 0, stream>>>(
-        jobs, num_jobs, coeffs, mid, static_cast<uint32_t*>(out), static_cast<const uint32_t*>(lut), tile);
+        jobs, num_jobs, coeffs, mid, static_cast<uint32_t*>(out), static_cast<const uint32_t*>(lut), t);
   else
     anyres_pass2_kernel<uint16_t><<<blocks, kThreads, 0, stream>>>(
-        jobs, num_jobs, coeffs, mid, static_cast<uint16_t*>(out), static_cast<const uint16_t*>(lut), tile);
+        jobs, num_jobs, coeffs, mid, static_cast<uint16_t*>(out), static_cast<const uint16_t*>(lut), t);
 }
 
 }  // namespace cuda

@@ -1,0 +1,117 @@
+"""The CUDA kernels' index math and arithmetic, checked without a GPU: the kernel source is compiled
+as host C++ (tests/emulate/*.cpp define the CUDA qualifiers away and run every block on the host)
+and compared bit for bit with the CPU kernel, which equals Pillow (tests/test_anyres_tiles.py).
+Races, memory coalescing and speed still need a GPU (bench/gpu_check.sh)."""
+import ctypes
+import hashlib
+import os
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+import torch
+
+from interleave import _extension
+from interleave import plan as planning
+from interleave.ops.anyres_tiles import build_jobs, normalization_table
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CUDA_DIR = os.path.join(ROOT, "csrc", "cuda")
+
+
+def _cuda_include():
+    from torch.utils import cpp_extension
+    for home in (cpp_extension.CUDA_HOME, os.environ.get("CUDA_HOME"), "/usr/local/cuda"):
+        if home and os.path.exists(os.path.join(home, "include", "cuda_runtime_api.h")):
+            return os.path.join(home, "include")
+    return None
+
+
+def _without_launcher(source: str, launcher: str) -> str:
+    """The kernel file minus its launcher function (the one place with <<<>>>)."""
+    start = source.index(f"void {launcher}(")
+    end = source.index("\n}\n", start) + 3
+    return source[:start] + source[end:]
+
+
+@pytest.fixture(scope="module")
+def anyres_emu(tmp_path_factory):
+    include = _cuda_include()
+    if include is None or shutil.which("g++") is None:
+        pytest.skip("needs g++ and the CUDA toolkit's headers (cuda_runtime_api.h)")
+    with open(os.path.join(CUDA_DIR, "anyres_tiles_kernels.cu")) as f:
+        kernels = _without_launcher(f.read(), "launch_anyres_tiles")
+    driver = os.path.join(ROOT, "tests", "emulate", "anyres_tiles_emu.cpp")
+    with open(driver) as f:
+        key = hashlib.sha1((kernels + f.read()).encode()).hexdigest()[:12]
+    out = tmp_path_factory.mktemp("emu")
+    src = out / "anyres_tiles_kernels_nolaunch.cu"
+    src.write_text(kernels)
+    lib = out / f"anyres_emu_{key}.so"
+    cmd = ["g++", "-O1", "-std=c++20", "-shared", "-fPIC", "-w", f"-I{CUDA_DIR}", f"-I{include}",
+           f'-DEMU_KERNEL_SOURCE="{src}"', driver, "-o", str(lib)]
+    subprocess.run(cmd, check=True, capture_output=True, text=True)
+    so = ctypes.CDLL(str(lib))
+    so.emu_anyres_tiles.restype = ctypes.c_int
+    return so
+
+
+def _emulate(so, images, jobs, num_tiles, tile, lut=None):
+    ims = [np.ascontiguousarray(im) for im in images]
+    ptrs = (ctypes.c_void_p * len(ims))(*[im.ctypes.data for im in ims])
+    hw = np.array([[im.shape[0], im.shape[1]] for im in ims], dtype=np.int64)
+    table = np.ascontiguousarray(jobs.numpy().astype(np.int64))
+    if lut is None:
+        out = np.full((num_tiles, tile, tile, 3), 0x5A, dtype=np.uint8)
+    else:
+        out = np.full((num_tiles, 3, tile, tile), 0x5A, dtype=np.uint32 if lut.element_size() == 4 else np.uint16)
+    lut_np = None if lut is None else lut.contiguous().view(torch.int32 if lut.element_size() == 4 else torch.int16).numpy()
+    rc = so.emu_anyres_tiles(len(ims), ptrs, hw.ctypes.data_as(ctypes.c_void_p), table.shape[0],
+                             table.ctypes.data_as(ctypes.c_void_p), ctypes.c_int64(tile),
+                             None if lut_np is None else lut_np.ctypes.data_as(ctypes.c_void_p),
+                             0 if lut is None else lut.element_size(), out.ctypes.data_as(ctypes.c_void_p))
+    assert rc == 0
+    return out
+
+
+def _photo(h, w, seed):
+    g = np.random.default_rng(seed)
+    y = np.linspace(0, 255, h)[:, None, None]
+    x = np.linspace(0, 255, w)[None, :, None]
+    base = np.concatenate([np.broadcast_to(x, (h, w, 1)), np.broadcast_to(y, (h, w, 1)),
+                           np.broadcast_to((x + y) / 2, (h, w, 1))], axis=2)
+    return np.clip(base + g.integers(-40, 41, (h, w, 3)), 0, 255).astype(np.uint8)
+
+
+# (sizes, mode, Pillow pass order, tile): landscape/portrait anyres, odd sizes, padding to square,
+# a video-like batch, extreme aspect ratios (vertical-first under Pillow 12.2/12.3 and 13), an
+# image wider than the 48 KiB staging row (the direct path), and a small tile.
+CASES = [
+    ([(1080, 1920)], "anyres_max_9", "pillow13", 384),
+    ([(1411, 1411), (300, 500)], "anyres_max_9", "pillow13", 384),
+    ([(333, 517), (517, 333)], "pad", "horizontal", 384),
+    ([(480, 640)] * 3, "llava", "pillow13", 384),
+    ([(2000, 9)], "anyres_max_9", "tall100", 384),
+    ([(9, 2000)], "anyres_max_9", "pillow13", 384),
+    ([(40, 17000)], "llava", "horizontal", 56),
+    ([(100, 70), (70, 100)], "anyres", "pillow13", 28),
+]
+
+
+@pytest.mark.skipif(_extension.module is None, reason="compiled extension not built (the CPU kernel is the reference)")
+@pytest.mark.parametrize("case", CASES, ids=[f"{c[1]}-{c[2]}-{len(c[0])}x{c[0][0][0]}x{c[0][0][1]}-t{c[3]}" for c in CASES])
+@pytest.mark.parametrize("lut_dtype", [None, torch.float32, torch.bfloat16])
+def test_anyres_tiles_cuda_kernels_emulated_equal_cpu_kernel(anyres_emu, case, lut_dtype):
+    sizes, mode, order, tile = case
+    images = [_photo(h, w, i) for i, (h, w) in enumerate(sizes)]
+    grid = [[tile * r, tile * c] for r in range(1, 4) for c in range(1, 4)] if tile != 384 else planning.ONEVISION_PINPOINTS
+    plans = [planning.plan_image(h, w, mode, pinpoints=grid, tile=tile) for h, w in sizes]
+    jobs, offsets = build_jobs(plans, tile, order)
+    lut = None if lut_dtype is None else normalization_table((0.5, 0.4, 0.3), (0.2, 0.3, 0.25), dtype=lut_dtype)
+    expected = torch.ops.interleave.anyres_tiles([torch.from_numpy(im) for im in images], jobs, offsets[-1], tile, lut)
+    got = _emulate(anyres_emu, images, jobs, offsets[-1], tile, lut)
+    if lut is not None:
+        expected = expected.view(torch.int32 if lut.element_size() == 4 else torch.int16)
+        got = got.view(np.int32 if lut.element_size() == 4 else np.int16)
+    np.testing.assert_array_equal(got, expected.numpy())
