@@ -35,25 +35,41 @@ def _without_launcher(source: str, launcher: str) -> str:
     return source[:start] + source[end:]
 
 
-@pytest.fixture(scope="module")
-def anyres_emu(tmp_path_factory):
+def _build_emulation(tmp_path_factory, kernel_file, launchers, driver_file):
     include = _cuda_include()
     if include is None or shutil.which("g++") is None:
         pytest.skip("needs g++ and the CUDA toolkit's headers (cuda_runtime_api.h)")
-    with open(os.path.join(CUDA_DIR, "anyres_tiles_kernels.cu")) as f:
-        kernels = _without_launcher(f.read(), "launch_anyres_tiles")
-    driver = os.path.join(ROOT, "tests", "emulate", "anyres_tiles_emu.cpp")
+    with open(os.path.join(CUDA_DIR, kernel_file)) as f:
+        kernels = f.read()
+    for launcher in launchers:
+        kernels = _without_launcher(kernels, launcher)
+    driver = os.path.join(ROOT, "tests", "emulate", driver_file)
     with open(driver) as f:
         key = hashlib.sha1((kernels + f.read()).encode()).hexdigest()[:12]
     out = tmp_path_factory.mktemp("emu")
-    src = out / "anyres_tiles_kernels_nolaunch.cu"
+    src = out / kernel_file.replace(".cu", "_nolaunch.cu")
     src.write_text(kernels)
-    lib = out / f"anyres_emu_{key}.so"
+    lib = out / f"emu_{key}.so"
     cmd = ["g++", "-O1", "-std=c++20", "-shared", "-fPIC", "-w", f"-I{CUDA_DIR}", f"-I{include}",
            f'-DEMU_KERNEL_SOURCE="{src}"', driver, "-o", str(lib)]
     subprocess.run(cmd, check=True, capture_output=True, text=True)
-    so = ctypes.CDLL(str(lib))
+    return ctypes.CDLL(str(lib))
+
+
+@pytest.fixture(scope="module")
+def anyres_emu(tmp_path_factory):
+    so = _build_emulation(tmp_path_factory, "anyres_tiles_kernels.cu", ["launch_anyres_tiles"], "anyres_tiles_emu.cpp")
     so.emu_anyres_tiles.restype = ctypes.c_int
+    return so
+
+
+@pytest.fixture(scope="module")
+def im2col_emu(tmp_path_factory):
+    so = _build_emulation(tmp_path_factory, "patch_embed_kernels.cu", ["launch_patch_embed", "launch_patch_im2col"],
+                          "patch_im2col_emu.cpp")
+    so.emu_patch_im2col.restype = ctypes.c_int
+    so.emu_patch_im2col.argtypes = [ctypes.c_void_p, ctypes.c_int] + [ctypes.c_int64] * 7 + \
+        [ctypes.c_int64, ctypes.c_int, ctypes.c_int, ctypes.c_void_p]
     return so
 
 
@@ -115,3 +131,35 @@ def test_anyres_tiles_cuda_kernels_emulated_equal_cpu_kernel(anyres_emu, case, l
         expected = expected.view(torch.int32 if lut.element_size() == 4 else torch.int16)
         got = got.view(np.int32 if lut.element_size() == 4 else np.int16)
     np.testing.assert_array_equal(got, expected.numpy())
+
+
+# ---- patch_embed: the im2col kernel of the cuBLAS path ---------------------------------------------
+# (channels_last uint8 or float NCHW, N, S, p, Cin, first row, rows): the SigLIP shape, odd sizes,
+# a patch of 4 (K = 48, one bias column group), and a chunk that starts mid-batch (row0 > 0).
+IM2COL = [(True, 2, 30, 14, 3, 0, None), (True, 3, 17, 4, 3, 0, None), (True, 3, 384, 14, 3, 729, 729 * 2),
+          (False, 2, 30, 14, 3, 0, None), (False, 2, 19, 4, 2, 5, 11)]
+
+
+@pytest.mark.parametrize("case", IM2COL, ids=[f"{'u8' if c[0] else 'f32'}-N{c[1]}-S{c[2]}-p{c[3]}-row0{c[5]}" for c in IM2COL])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_patch_im2col_cuda_kernel_emulated(im2col_emu, case, dtype):
+    channels_last, N, S, p, cin, row0, rows = case
+    g = torch.Generator().manual_seed(N * S)
+    if channels_last:
+        pixels = torch.randint(0, 256, (N, S, S, cin), generator=g, dtype=torch.uint8)
+        patches = pixels[:, :S // p * p, :S // p * p].reshape(N, S // p, p, S // p, p, cin).permute(0, 1, 3, 2, 4, 5)
+    else:
+        pixels = torch.randn(N, cin, S, S, generator=g)
+        patches = pixels[:, :, :S // p * p, :S // p * p].reshape(N, cin, S // p, p, S // p, p).permute(0, 2, 4, 1, 3, 5)
+    T, K = (S // p) ** 2, cin * p * p
+    ones = 3
+    lda = (K + ones + 7) // 8 * 8
+    rows = N * T - row0 if rows is None else rows
+    expected = torch.zeros(N * T, lda, dtype=dtype)
+    expected[:, :K] = patches.reshape(N * T, K).to(dtype)  # K order of csrc/common/patch_embed.h
+    expected[:, K:K + ones] = 1
+    got = torch.full((rows, lda), float("nan"), dtype=dtype)
+    rc = im2col_emu.emu_patch_im2col(pixels.data_ptr(), int(channels_last), N, cin, S, S, p, row0, rows, lda, ones,
+                                     int(dtype == torch.bfloat16), got.data_ptr())
+    assert rc == 0
+    assert torch.equal(got.view(torch.int16), expected[row0:row0 + rows].view(torch.int16))
