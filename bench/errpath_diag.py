@@ -22,6 +22,12 @@ CASES = {
     "module_throw_and_catch": "assert interleave._C._diag_throw_and_catch()",
     # a std::runtime_error from our module through pybind11 (no dispatcher).
     "module_throw_pybind11": "interleave._C._diag_throw_std()",
+    # a c10::ValueError (TORCH_CHECK_VALUE) from our module through pybind11 (no dispatcher).
+    "module_throw_c10_pybind11": "interleave._C._diag_throw_c10()",
+    # our CPU kernel called directly from our module (its real throw site, no dispatcher).
+    "module_kernel_direct": "interleave._C._diag_merge_direct()",
+    # our op through the C++ dispatcher below autograd, caught in our module (no Python in between).
+    "module_dispatcher_caught": "raise ValueError(interleave._C._diag_merge_dispatcher_caught())",
     # our op, called straight through torch.ops (no Python wrapper checks), no autograd.
     "ops_merge_count": "torch.ops.interleave.merge_tokens(torch.tensor([[1, 5, 5, 2]]), torch.randn(10, 4), "
                        "torch.randn(3, 4), [5], None, -1)",

@@ -70,6 +70,11 @@ if [ "$errpath_rc" -ne 0 ]; then
     "$PY" -c "import sysconfig as s, platform; print('python', platform.python_version(), s.get_config_var('LDSHARED'), s.get_config_var('CC')); print('glibc', platform.libc_ver())"
     grep -i "x86_Thread\|Speculation" /proc/self/status
     g++ --version 2>&1 | head -1; ld --version 2>&1 | head -1
+    # CET shadow stack (Ubuntu 24.04 builds with -fcf-protection; the CPU machine here has none):
+    # the same failing case with glibc's shadow stack off.
+    echo "-- $first with GLIBC_TUNABLES=glibc.cpu.x86_shstk=off:"
+    GLIBC_TUNABLES=glibc.cpu.x86_shstk=off timeout 60 "$PY" bench/errpath_diag.py "$first" 2>&1 | tail -2
+    echo "rc=$?"
   } >> "$OUT_DIR/errpath.log" 2>&1
   if [ -n "$first" ] && command -v cuda-gdb >/dev/null; then
     echo "-- backtraces of $first at the throw and at the crash (cuda-gdb, host code)" >> "$OUT_DIR/errpath.log"

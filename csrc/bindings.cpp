@@ -2,8 +2,14 @@
 // small pybind11 module carrying build facts for `python -m interleave info`.
 #include <pybind11/pybind11.h>
 #include <torch/library.h>
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <ATen/core/LegacyTypeDispatch.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/zeros.h>
 
 #include <stdexcept>
+#include <string>
+#include <vector>
 
 #include "ops/anyres_tiles.h"
 #include "ops/merge_tokens.h"
@@ -86,6 +92,34 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
     const int old = static_cast<int>(interleave::patch_embed_gemm_mode());
     interleave::patch_embed_gemm_mode() = static_cast<interleave::PatchEmbedGemm>(mode);
     return old;
+  });
+  // More layers of the same diagnosis: a c10 error through pybind11 (no dispatcher); our CPU kernel
+  // called directly (its own throw site, no dispatcher); our op through the C++ dispatcher below
+  // autograd, caught here (crosses libtorch_cpu's frames, no Python, no libtorch_python).
+  m.def("_diag_throw_c10", []() { TORCH_CHECK_VALUE(false, "a c10::ValueError through pybind11"); });
+  m.def("_diag_merge_direct", []() {
+    at::Tensor ids = at::empty({1, 4}, at::kLong);
+    int64_t* p = ids.data_ptr<int64_t>();
+    p[0] = 1; p[1] = 5; p[2] = 5; p[3] = 2;
+    const std::vector<int64_t> ph{5};
+    interleave::merge_tokens_cpu(ids, at::zeros({10, 4}), at::zeros({3, 4}), ph, std::nullopt, -1);
+  });
+  m.def("_diag_merge_dispatcher_caught", []() -> std::string {
+    at::Tensor ids = at::empty({1, 4}, at::kLong);
+    int64_t* p = ids.data_ptr<int64_t>();
+    p[0] = 1; p[1] = 5; p[2] = 5; p[3] = 2;
+    const std::vector<int64_t> ph{5};
+    static const auto op = c10::Dispatcher::singleton()
+                               .findSchemaOrThrow("interleave::merge_tokens", "")
+                               .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                                                 at::IntArrayRef, std::optional<int64_t>, int64_t)>();
+    try {
+      const at::AutoDispatchBelowAutograd below;
+      op.call(ids, at::zeros({10, 4}), at::zeros({3, 4}), ph, std::nullopt, -1);
+    } catch (const c10::Error& e) {
+      return std::string("caught: ") + e.what_without_backtrace();
+    }
+    return "no error";
   });
   m.def("_diag_throw_std", []() { throw std::runtime_error("a std::runtime_error through pybind11"); });
 }
