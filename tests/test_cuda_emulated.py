@@ -1,7 +1,8 @@
-"""The CUDA kernels' index math and arithmetic, checked without a GPU: the kernel source is compiled
-as host C++ (tests/emulate/*.cpp define the CUDA qualifiers away and run every block on the host)
-and compared bit for bit with the CPU kernel, which equals Pillow (tests/test_anyres_tiles.py).
-Races, memory coalescing and speed still need a GPU (bench/gpu_check.sh)."""
+"""The CUDA kernels' index math, barriers and arithmetic, checked without a GPU: the kernel source is
+compiled as host C++ under tests/emulate/cuda_emu.h (every CUDA thread a coroutine, __syncthreads a
+real barrier, blocks one after another) and compared bit for bit with the CPU kernel, which equals
+Pillow (tests/test_anyres_tiles.py), or with the reference im2col. Races between blocks, memory
+coalescing and speed still need a GPU (bench/gpu_check.sh)."""
 import ctypes
 import hashlib
 import os
@@ -44,13 +45,14 @@ def _build_emulation(tmp_path_factory, kernel_file, launchers, driver_file):
     for launcher in launchers:
         kernels = _without_launcher(kernels, launcher)
     driver = os.path.join(ROOT, "tests", "emulate", driver_file)
-    with open(driver) as f:
-        key = hashlib.sha1((kernels + f.read()).encode()).hexdigest()[:12]
+    with open(driver) as f, open(os.path.join(ROOT, "tests", "emulate", "cuda_emu.h")) as h:
+        key = hashlib.sha1((kernels + f.read() + h.read()).encode()).hexdigest()[:12]
     out = tmp_path_factory.mktemp("emu")
     src = out / kernel_file.replace(".cu", "_nolaunch.cu")
     src.write_text(kernels)
     lib = out / f"emu_{key}.so"
     cmd = ["g++", "-O1", "-std=c++20", "-shared", "-fPIC", "-w", f"-I{CUDA_DIR}", f"-I{include}",
+           f"-I{os.path.join(ROOT, 'tests', 'emulate')}",
            f'-DEMU_KERNEL_SOURCE="{src}"', driver, "-o", str(lib)]
     subprocess.run(cmd, check=True, capture_output=True, text=True)
     return ctypes.CDLL(str(lib))

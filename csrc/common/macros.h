@@ -13,3 +13,11 @@
 #else
 #define IL_UNROLL
 #endif
+
+// Dynamic shared memory of a kernel (the launch's third <<<>>> argument). Under the host emulator
+// of tests/emulate/cuda_emu.h it is a buffer of the emulated launch's size.
+#if defined(INTERLEAVE_EMULATION)
+#define IL_DYNAMIC_SMEM(type, name) type* name = emu::dynamic_shared<type>()
+#else
+#define IL_DYNAMIC_SMEM(type, name) extern __shared__ type name[]
+#endif

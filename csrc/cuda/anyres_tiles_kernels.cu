@@ -43,7 +43,7 @@ template <bool kStagedRow>
 __global__ void __launch_bounds__(kThreads)
     anyres_pass1_kernel(const TileJobDevice* __restrict__ jobs, int num_jobs,
                         const int32_t* __restrict__ coeffs, uint8_t* __restrict__ mid) {
-  extern __shared__ uint8_t staged[];
+  IL_DYNAMIC_SMEM(uint8_t, staged);
   const int64_t row = blockIdx.x;
   const TileJobDevice& J = jobs[find_job(jobs, num_jobs, row, false)];
   const int32_t r = static_cast<int32_t>(row - J.pass1_begin);

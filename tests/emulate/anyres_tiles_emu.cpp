@@ -1,10 +1,9 @@
 // Host emulation of the anyres_tiles CUDA kernels (tests/test_cuda_emulated.py). The kernel source
 // (csrc/cuda/anyres_tiles_kernels.cu without its launcher, which uses <<<>>>) is compiled as C++
-// with the CUDA qualifiers defined away, and every block runs on the host: pass 1 with one thread
-// per block (its __syncthreads separates the staging loop from the compute loop), pass 2 with 7
-// threads run one after the other (its threads are independent), so the strided loops are
-// exercised too. The glue mirrors csrc/cuda/anyres_tiles_cuda.cpp. This checks the kernels'
-// index math and Pillow arithmetic on machines without a GPU; timing and races need a GPU.
+// under tests/emulate/cuda_emu.h and launched with the real block size and shared memory, every
+// thread a coroutine, so barriers and strided loops run as on the GPU. The glue mirrors
+// csrc/cuda/anyres_tiles_cuda.cpp. This checks the kernels' index math, barriers and Pillow
+// arithmetic on machines without a GPU; timing and races between blocks need a GPU.
 #include <cuda_runtime_api.h>
 
 #include <algorithm>
@@ -15,26 +14,7 @@
 #include <utility>
 #include <vector>
 
-#define __global__
-#define __device__
-#define __forceinline__ inline
-#define __launch_bounds__(...)
-#define __shared__
-#define __restrict__ __restrict
-
-struct EmuDim3 {
-  unsigned x = 0, y = 0, z = 0;
-};
-static EmuDim3 threadIdx, blockIdx, blockDim;
-static inline void __syncthreads() {}
-
-namespace interleave {
-namespace cuda {
-namespace {
-uint8_t staged[1 << 16];  // the kernels' `extern __shared__` staging row (48 KiB at most)
-}  // namespace
-}  // namespace cuda
-}  // namespace interleave
+#include "cuda_emu.h"
 
 #include EMU_KERNEL_SOURCE
 
@@ -106,31 +86,33 @@ extern "C" int emu_anyres_tiles(int num_images, const uint8_t* const* images, co
   if (arena.empty()) arena.push_back(0);
   std::vector<uint8_t> mid(static_cast<size_t>(std::max<int64_t>(mid_bytes, 1)), 0xAB);
   const bool use_staged = staged_row_bytes > 0 && staged_row_bytes <= kMaxStagedRowBytes;
-  for (int64_t b = 0; b < pass1; ++b) {
-    blockIdx.x = static_cast<unsigned>(b);
-    blockDim.x = 1;
-    threadIdx.x = 0;
+  const TileJobDevice* jobs = descs.data();
+  const int32_t* coeffs = arena.data();
+  uint8_t* m = mid.data();
+  if (pass1 > 0) {
     if (use_staged)
-      anyres_pass1_kernel<true>(descs.data(), num_jobs, arena.data(), mid.data());
+      emu::launch(static_cast<unsigned>(pass1), kThreads, static_cast<size_t>(staged_row_bytes),
+                  [&] { anyres_pass1_kernel<true>(jobs, num_jobs, coeffs, m); });
     else
-      anyres_pass1_kernel<false>(descs.data(), num_jobs, arena.data(), mid.data());
+      emu::launch(static_cast<unsigned>(pass1), kThreads, 0, [&] { anyres_pass1_kernel<false>(jobs, num_jobs, coeffs, m); });
   }
   const int32_t t = static_cast<int32_t>(tile);
-  for (int64_t b = 0; b < pass2; ++b) {
-    blockIdx.x = static_cast<unsigned>(b);
-    blockDim.x = 7;
-    for (unsigned th = 0; th < blockDim.x; ++th) {
-      threadIdx.x = th;
-      if (lut == nullptr)
-        anyres_pass2_kernel<uint8_t>(descs.data(), num_jobs, arena.data(), mid.data(), static_cast<uint8_t*>(out),
-                                     nullptr, t);
-      else if (lut_bytes == 4)
-        anyres_pass2_kernel<uint32_t>(descs.data(), num_jobs, arena.data(), mid.data(), static_cast<uint32_t*>(out),
+  if (pass2 > 0) {
+    const unsigned blocks = static_cast<unsigned>(pass2);
+    if (lut == nullptr)
+      emu::launch(blocks, kThreads, 0, [&] {
+        anyres_pass2_kernel<uint8_t>(jobs, num_jobs, coeffs, m, static_cast<uint8_t*>(out), nullptr, t);
+      });
+    else if (lut_bytes == 4)
+      emu::launch(blocks, kThreads, 0, [&] {
+        anyres_pass2_kernel<uint32_t>(jobs, num_jobs, coeffs, m, static_cast<uint32_t*>(out),
                                       static_cast<const uint32_t*>(lut), t);
-      else
-        anyres_pass2_kernel<uint16_t>(descs.data(), num_jobs, arena.data(), mid.data(), static_cast<uint16_t*>(out),
+      });
+    else
+      emu::launch(blocks, kThreads, 0, [&] {
+        anyres_pass2_kernel<uint16_t>(jobs, num_jobs, coeffs, m, static_cast<uint16_t*>(out),
                                       static_cast<const uint16_t*>(lut), t);
-    }
+      });
   }
   return 0;
 }

@@ -1,5 +1,5 @@
-// Host emulation of patch_embed's im2col CUDA kernel (the cuBLAS path's A operand; see
-// tests/test_cuda_emulated.py and tests/emulate/anyres_tiles_emu.cpp for the method). The kernel
+// Host emulation of patch_embed's im2col CUDA kernel (the cuBLAS path's A operand) under
+// tests/emulate/cuda_emu.h; see tests/test_cuda_emulated.py. The kernel
 // source is csrc/cuda/patch_embed_kernels.cu without its launchers; the tensor-core and SIMT GEMM
 // kernels in it are templates this file never instantiates (their PTX cannot run on a host).
 #include <cuda_runtime_api.h>
@@ -10,18 +10,8 @@
 #include <cstdint>
 #include <cstring>
 
-#define __global__
-#define __device__
-#define __forceinline__ inline
-#define __launch_bounds__(...)
-#define __shared__
-#define __restrict__ __restrict
+#include "cuda_emu.h"
 
-struct EmuDim3 {
-  unsigned x = 0, y = 0, z = 0;
-};
-static EmuDim3 threadIdx, blockIdx, blockDim, gridDim;
-static inline void __syncthreads() {}
 static inline unsigned __float_as_uint(float f) { unsigned u; std::memcpy(&u, &f, 4); return u; }
 static inline float __uint_as_float(unsigned u) { float f; std::memcpy(&f, &u, 4); return f; }
 
@@ -40,18 +30,16 @@ extern "C" int emu_patch_im2col(const void* pixels, int channels_last, int64_t n
   if (lda % 8 != 0 || lda < k + ones || row0 + rows > n * g.tokens) return 1;
   const PixelType type = channels_last ? PixelType::kUInt8 : PixelType::kFloat32;
   const int64_t threads = rows * (lda / 8);
-  blockDim.x = 256;
-  for (int64_t b = 0; b < (threads + 255) / 256; ++b) {
-    blockIdx.x = static_cast<unsigned>(b);
-    for (unsigned t = 0; t < 256; ++t) {
-      threadIdx.x = t;
-      if (bf16)
-        im2col_kernel<__nv_bfloat16>(pixels, type, g, row0, static_cast<int32_t>(rows), static_cast<int32_t>(k),
-                                     static_cast<int32_t>(lda), ones, static_cast<__nv_bfloat16*>(a));
-      else
-        im2col_kernel<__half>(pixels, type, g, row0, static_cast<int32_t>(rows), static_cast<int32_t>(k),
-                              static_cast<int32_t>(lda), ones, static_cast<__half*>(a));
-    }
-  }
+  const unsigned blocks = static_cast<unsigned>((threads + 255) / 256);
+  if (bf16)
+    emu::launch(blocks, 256, 0, [&] {
+      im2col_kernel<__nv_bfloat16>(pixels, type, g, row0, static_cast<int32_t>(rows), static_cast<int32_t>(k),
+                                   static_cast<int32_t>(lda), ones, static_cast<__nv_bfloat16*>(a));
+    });
+  else
+    emu::launch(blocks, 256, 0, [&] {
+      im2col_kernel<__half>(pixels, type, g, row0, static_cast<int32_t>(rows), static_cast<int32_t>(k),
+                            static_cast<int32_t>(lda), ones, static_cast<__half*>(a));
+    });
   return 0;
 }

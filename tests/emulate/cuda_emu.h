@@ -1,0 +1,93 @@
+// A small host emulator for CUDA kernels that use only threadIdx/blockIdx/blockDim/gridDim,
+// __syncthreads and shared memory (no warp intrinsics, no atomics): compile the .cu as C++ after
+// this header and launch kernels with emu::launch. Every CUDA thread of a block is a coroutine
+// (ucontext) with its own stack; __syncthreads yields to the scheduler, which resumes the block's
+// threads round by round, so a barrier really separates the phases of a kernel (a thread never
+// reads shared memory that another thread has not written yet). Blocks run one after another.
+// `__shared__` becomes `static` (one copy, reused by the blocks in turn); dynamic shared memory is
+// IL_DYNAMIC_SMEM (csrc/common/macros.h), here a buffer of the launch's size. This checks index
+// math, barriers and arithmetic on machines without a GPU; not races between blocks, not speed.
+#pragma once
+
+#include <ucontext.h>
+
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <functional>
+#include <vector>
+
+#define __global__
+#define __device__
+#define __forceinline__ inline
+#define __launch_bounds__(...)
+#define __shared__ static
+#define __restrict__ __restrict
+#define INTERLEAVE_EMULATION 1
+
+struct EmuDim3 {
+  unsigned x = 0, y = 0, z = 0;
+};
+inline EmuDim3 threadIdx, blockIdx, blockDim{1, 1, 1}, gridDim{1, 1, 1};
+
+namespace emu {
+enum State { kReady = 0, kAtBarrier = 1, kDone = 2 };
+inline std::vector<ucontext_t> contexts;
+inline std::vector<std::vector<char>> stacks;
+inline std::vector<int> states;
+inline ucontext_t scheduler;
+inline int current = 0;
+inline std::function<void()> body;
+inline std::vector<unsigned char> dynamic_smem;
+
+inline void trampoline() {
+  body();
+  states[current] = kDone;
+  swapcontext(&contexts[current], &scheduler);
+}
+
+inline void barrier() {
+  states[current] = kAtBarrier;
+  swapcontext(&contexts[current], &scheduler);
+}
+
+template <typename T>
+T* dynamic_shared() { return reinterpret_cast<T*>(dynamic_smem.data()); }
+
+// Runs kernel() for every block of `grid` and every thread of `block`, threads as coroutines.
+template <typename Kernel>
+void launch(unsigned grid, unsigned block, size_t smem_bytes, Kernel kernel) {
+  constexpr size_t kStack = 128 * 1024;
+  gridDim.x = grid;
+  blockDim.x = block;
+  dynamic_smem.assign(smem_bytes + 16, 0xCD);
+  contexts.resize(block);
+  states.assign(block, kReady);
+  if (stacks.size() < block) stacks.resize(block, std::vector<char>(kStack));
+  body = kernel;
+  for (unsigned b = 0; b < grid; ++b) {
+    blockIdx.x = b;
+    for (unsigned t = 0; t < block; ++t) {
+      getcontext(&contexts[t]);
+      contexts[t].uc_stack.ss_sp = stacks[t].data();
+      contexts[t].uc_stack.ss_size = kStack;
+      contexts[t].uc_link = nullptr;
+      makecontext(&contexts[t], trampoline, 0);
+      states[t] = kReady;
+    }
+    for (bool left = true; left;) {
+      left = false;
+      for (unsigned t = 0; t < block; ++t) {
+        if (states[t] == kDone) continue;
+        states[t] = kReady;
+        current = static_cast<int>(t);
+        threadIdx.x = t;
+        swapcontext(&scheduler, &contexts[t]);
+        if (states[t] != kDone) left = true;
+      }
+    }
+  }
+}
+}  // namespace emu
+
+inline void __syncthreads() { emu::barrier(); }
