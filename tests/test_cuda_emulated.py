@@ -75,7 +75,7 @@ def im2col_emu(tmp_path_factory):
     return so
 
 
-def _emulate(so, images, jobs, num_tiles, tile, lut=None):
+def _emulate(so, images, jobs, num_tiles, tile, lut=None, force_direct=False):
     ims = [np.ascontiguousarray(im) for im in images]
     ptrs = (ctypes.c_void_p * len(ims))(*[im.ctypes.data for im in ims])
     hw = np.array([[im.shape[0], im.shape[1]] for im in ims], dtype=np.int64)
@@ -88,7 +88,8 @@ def _emulate(so, images, jobs, num_tiles, tile, lut=None):
     rc = so.emu_anyres_tiles(len(ims), ptrs, hw.ctypes.data_as(ctypes.c_void_p), table.shape[0],
                              table.ctypes.data_as(ctypes.c_void_p), ctypes.c_int64(tile),
                              None if lut_np is None else lut_np.ctypes.data_as(ctypes.c_void_p),
-                             0 if lut is None else lut.element_size(), out.ctypes.data_as(ctypes.c_void_p))
+                             0 if lut is None else lut.element_size(), out.ctypes.data_as(ctypes.c_void_p),
+                             int(force_direct))
     assert rc == 0
     return out
 
@@ -120,7 +121,8 @@ CASES = [
 @pytest.mark.skipif(_extension.module is None, reason="compiled extension not built (the CPU kernel is the reference)")
 @pytest.mark.parametrize("case", CASES, ids=[f"{c[1]}-{c[2]}-{len(c[0])}x{c[0][0][0]}x{c[0][0][1]}-t{c[3]}" for c in CASES])
 @pytest.mark.parametrize("lut_dtype", [None, torch.float32, torch.bfloat16])
-def test_anyres_tiles_cuda_kernels_emulated_equal_cpu_kernel(anyres_emu, case, lut_dtype):
+@pytest.mark.parametrize("direct", [False, True], ids=["staged-out", "direct-out"])
+def test_anyres_tiles_cuda_kernels_emulated_equal_cpu_kernel(anyres_emu, case, lut_dtype, direct):
     sizes, mode, order, tile = case
     images = [_photo(h, w, i) for i, (h, w) in enumerate(sizes)]
     grid = [[tile * r, tile * c] for r in range(1, 4) for c in range(1, 4)] if tile != 384 else planning.ONEVISION_PINPOINTS
@@ -128,7 +130,7 @@ def test_anyres_tiles_cuda_kernels_emulated_equal_cpu_kernel(anyres_emu, case, l
     jobs, offsets = build_jobs(plans, tile, order)
     lut = None if lut_dtype is None else normalization_table((0.5, 0.4, 0.3), (0.2, 0.3, 0.25), dtype=lut_dtype)
     expected = torch.ops.interleave.anyres_tiles([torch.from_numpy(im) for im in images], jobs, offsets[-1], tile, lut)
-    got = _emulate(anyres_emu, images, jobs, offsets[-1], tile, lut)
+    got = _emulate(anyres_emu, images, jobs, offsets[-1], tile, lut, force_direct=direct)
     if lut is not None:
         expected = expected.view(torch.int32 if lut.element_size() == 4 else torch.int16)
         got = got.view(np.int32 if lut.element_size() == 4 else np.int16)

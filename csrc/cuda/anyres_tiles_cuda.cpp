@@ -46,7 +46,7 @@ at::Tensor anyres_tiles_cuda(at::TensorList images, const at::Tensor& jobs, int6
     uploaded.emplace(key, at);
     return at;
   };
-  int64_t mid_bytes = 0, pass1 = 0, pass2 = 0, staged_row_bytes = 0;
+  int64_t mid_bytes = 0, pass1 = 0, pass2 = 0, staged_row_bytes = 0, canvas_row_bytes = 0;
   for (size_t i = 0; i < table.size(); ++i) {
     const TileJob& j = table[i];
     cuda::TileJobDevice& d = descs[i];
@@ -76,6 +76,7 @@ at::Tensor anyres_tiles_cuda(at::TensorList images, const at::Tensor& jobs, int6
       d.v_first = at[0]; d.v_count = at[1]; d.v_weights = at[2];
     }
     if (p.need_horizontal && !p.vertical_first) staged_row_bytes = std::max(staged_row_bytes, j.src_w * 3);
+    canvas_row_bytes = std::max(canvas_row_bytes, j.canvas_w * 3);
     d.row_first = p.row_first;
     d.mid_rows = p.mid_rows;
     d.mid_width = p.mid_width;
@@ -115,7 +116,7 @@ at::Tensor anyres_tiles_cuda(at::TensorList images, const at::Tensor& jobs, int6
                             mid.mutable_data_ptr<uint8_t>(), out.mutable_data_ptr(),
                             lut.has_value() ? lut_c.const_data_ptr() : nullptr,
                             lut.has_value() ? static_cast<int>(lut_c.element_size()) : 0, tile,
-                            staged_row_bytes, stream);
+                            staged_row_bytes, canvas_row_bytes, stream);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return out;
 }

@@ -151,14 +151,17 @@ __device__ __forceinline__ void second_pass_px(const TileJobDevice& J, const int
 }
 
 // Pass 2, one block per canvas row, one thread per canvas pixel (all three channels).
-// Out = uint8_t: [P, T, T, 3] tiles (a warp writes 96 consecutive bytes of a tile row).
-// Out = uint32_t / uint16_t: [P, 3, T, T] entries of the lut (a warp writes 32 consecutive entries
-// of each channel plane).
-template <typename Out>
+// Out = uint8_t: [P, T, T, 3] tiles. Out = uint32_t / uint16_t: [P, 3, T, T] entries of the lut.
+// kStagedOut: the row's pixels go to shared memory first, then the block writes each tile's row
+// (T * 3 bytes, or T entries per channel plane) with 16-byte stores; the launcher picks it when
+// those rows are multiples of 16 bytes and the canvas row fits. Otherwise each thread stores its
+// pixel's bytes (or lut entries) directly.
+template <typename Out, bool kStagedOut>
 __global__ void __launch_bounds__(kThreads)
     anyres_pass2_kernel(const TileJobDevice* __restrict__ jobs, int num_jobs,
                         const int32_t* __restrict__ coeffs, const uint8_t* __restrict__ mid,
                         Out* __restrict__ out, const Out* __restrict__ lut, int32_t tile) {
+  IL_DYNAMIC_SMEM(uint8_t, row_px);  // kStagedOut: the canvas row, canvas_w * 3 bytes
   const int64_t row = blockIdx.x;
   const TileJobDevice& J = jobs[find_job(jobs, num_jobs, row, true)];
   const int32_t cy = static_cast<int32_t>(row - J.pass2_begin);
@@ -168,6 +171,7 @@ __global__ void __launch_bounds__(kThreads)
   const int32_t tile_row = cy / tile, in_tile = cy - tile_row * tile;
   const int32_t dst_left = static_cast<int32_t>(J.dst_left), resize_w = static_cast<int32_t>(J.resize_w);
   const uint8_t* m = mid + J.mid_offset;
+  const int64_t plane = static_cast<int64_t>(tile) * tile;
   for (int32_t cx = threadIdx.x; cx < canvas_w; cx += blockDim.x) {
     const int32_t x = cx - dst_left;
     uint8_t v[3];
@@ -176,15 +180,50 @@ __global__ void __launch_bounds__(kThreads)
     } else {
       v[0] = pad_channel(J.dst_pad, 0); v[1] = pad_channel(J.dst_pad, 1); v[2] = pad_channel(J.dst_pad, 2);
     }
-    const int32_t tcol = cx / tile, in_x = cx - tcol * tile;
-    const int64_t t = J.first_tile + static_cast<int64_t>(tile_row) * cols + tcol;
-    if constexpr (std::is_same_v<Out, uint8_t>) {
-      Out* o = out + ((t * tile + in_tile) * tile + in_x) * 3;
-      o[0] = v[0]; o[1] = v[1]; o[2] = v[2];
+    if constexpr (kStagedOut) {
+      row_px[cx * 3] = v[0]; row_px[cx * 3 + 1] = v[1]; row_px[cx * 3 + 2] = v[2];
     } else {
-      const int64_t plane = static_cast<int64_t>(tile) * tile;
-      Out* o = out + t * 3 * plane + static_cast<int64_t>(in_tile) * tile + in_x;
-      o[0] = lut[v[0]]; o[plane] = lut[256 + v[1]]; o[2 * plane] = lut[512 + v[2]];
+      const int32_t tcol = cx / tile, in_x = cx - tcol * tile;
+      const int64_t t = J.first_tile + static_cast<int64_t>(tile_row) * cols + tcol;
+      if constexpr (std::is_same_v<Out, uint8_t>) {
+        Out* o = out + ((t * tile + in_tile) * tile + in_x) * 3;
+        o[0] = v[0]; o[1] = v[1]; o[2] = v[2];
+      } else {
+        Out* o = out + t * 3 * plane + static_cast<int64_t>(in_tile) * tile + in_x;
+        o[0] = lut[v[0]]; o[plane] = lut[256 + v[1]]; o[2 * plane] = lut[512 + v[2]];
+      }
+    }
+  }
+  if constexpr (kStagedOut) {
+    __syncthreads();
+    const int64_t first_t = J.first_tile + static_cast<int64_t>(tile_row) * cols;
+    if constexpr (std::is_same_v<Out, uint8_t>) {
+      // Tile tcol's row: row_px[tcol * T * 3, +T * 3) -> out[((t * T + in_tile) * T) * 3, +T * 3).
+      const int32_t per_tile = tile * 3 / 16, n = cols * per_tile;
+      for (int32_t i = threadIdx.x; i < n; i += blockDim.x) {
+        const int32_t tcol = i / per_tile, j = i - tcol * per_tile;
+        const uint4* src = reinterpret_cast<const uint4*>(row_px + tcol * tile * 3) + j;
+        uint4* dst = reinterpret_cast<uint4*>(out + ((first_t + tcol) * tile + in_tile) * tile * 3) + j;
+        *dst = *src;
+      }
+    } else {
+      // Channel c of tile tcol's row: T lut entries, E = 16 / sizeof(Out) per 16-byte store.
+      constexpr int kE = 16 / sizeof(Out);
+      const int32_t per_row = tile / kE, n = 3 * cols * per_row;
+      for (int32_t i = threadIdx.x; i < n; i += blockDim.x) {
+        const int32_t c = i / (cols * per_row), rest = i - c * cols * per_row;
+        const int32_t tcol = rest / per_row, j = rest - tcol * per_row;
+        const uint8_t* px = row_px + (tcol * tile + j * kE) * 3 + c;
+        union {
+          uint4 v;
+          Out e[kE];
+        } pack;
+#pragma unroll
+        for (int e = 0; e < kE; ++e) pack.e[e] = lut[c * 256 + px[e * 3]];
+        uint4* dst = reinterpret_cast<uint4*>(out + ((first_t + tcol) * 3 + c) * plane +
+                                              static_cast<int64_t>(in_tile) * tile) + j;
+        *dst = pack.v;
+      }
     }
   }
 }
@@ -194,7 +233,7 @@ __global__ void __launch_bounds__(kThreads)
 void launch_anyres_tiles(const TileJobDevice* jobs, int num_jobs, int64_t pass1_rows,
                          int64_t pass2_rows, const int32_t* coeffs, uint8_t* mid, void* out,
                          const void* lut, int lut_bytes, int64_t tile, int64_t staged_row_bytes,
-                         cudaStream_t stream) {
+                         int64_t canvas_row_bytes, cudaStream_t stream) {
   if (num_jobs == 0) return;
   if (pass1_rows > 0) {
     const unsigned blocks = static_cast<unsigned>(pass1_rows);
@@ -209,15 +248,24 @@ void launch_anyres_tiles(const TileJobDevice* jobs, int num_jobs, int64_t pass1_
   if (pass2_rows <= 0) return;
   const unsigned blocks = static_cast<unsigned>(pass2_rows);
   const int32_t t = static_cast<int32_t>(tile);
-  if (lut == nullptr)
-    anyres_pass2_kernel<uint8_t><<<blocks, kThreads, 0, stream>>>(
-        jobs, num_jobs, coeffs, mid, static_cast<uint8_t*>(out), nullptr, t);
-  else if (lut_bytes == 4)
-    anyres_pass2_kernel<uint32_t><<<blocks, kThreads, 0, stream>>>(
-        jobs, num_jobs, coeffs, mid, static_cast<uint32_t*>(out), static_cast<const uint32_t*>(lut), t);
-  else
-    anyres_pass2_kernel<uint16_t><<<blocks, kThreads, 0, stream>>>(
-        jobs, num_jobs, coeffs, mid, static_cast<uint16_t*>(out), static_cast<const uint16_t*>(lut), t);
+  // Staged 16-byte stores when a tile row is a whole number of 16-byte vectors (T = 384: 1152
+  // bytes of uint8, 96 float32 or 48 bf16 vectors) and the canvas row fits the shared memory.
+  const int64_t out_bytes = lut == nullptr ? 1 : lut_bytes;
+  const bool staged = canvas_row_bytes > 0 && canvas_row_bytes <= kMaxStagedRowBytes &&
+                      (tile * (lut == nullptr ? 3 : 1) * out_bytes) % 16 == 0;
+  const size_t smem = staged ? static_cast<size_t>(canvas_row_bytes) : 0;
+  auto run = [&](auto out_tag, auto staged_tag) {
+    using Out = decltype(out_tag);
+    anyres_pass2_kernel<Out, decltype(staged_tag)::value><<<blocks, kThreads, smem, stream>>>(
+        jobs, num_jobs, coeffs, mid, static_cast<Out*>(out), static_cast<const Out*>(lut), t);
+  };
+  auto by_stage = [&](auto out_tag) {
+    if (staged) run(out_tag, std::true_type{});
+    else run(out_tag, std::false_type{});
+  };
+  if (lut == nullptr) by_stage(uint8_t{});
+  else if (lut_bytes == 4) by_stage(uint32_t{});
+  else by_stage(uint16_t{});
 }
 
 }  // namespace cuda

@@ -34,7 +34,7 @@ struct TileJobDevice {
 void launch_anyres_tiles(const TileJobDevice* jobs, int num_jobs, int64_t pass1_rows,
                          int64_t pass2_rows, const int32_t* coeffs, uint8_t* mid, void* out,
                          const void* lut, int lut_bytes, int64_t tile, int64_t staged_row_bytes,
-                         cudaStream_t stream);
+                         int64_t canvas_row_bytes, cudaStream_t stream);
 
 }  // namespace cuda
 }  // namespace interleave

@@ -22,7 +22,8 @@ using namespace interleave;
 using namespace interleave::cuda;
 
 extern "C" int emu_anyres_tiles(int num_images, const uint8_t* const* images, const int64_t* hw, int num_jobs,
-                                const int64_t* table, int64_t tile, const void* lut, int lut_bytes, void* out) {
+                                const int64_t* table, int64_t tile, const void* lut, int lut_bytes, void* out,
+                                int force_direct) {
   std::vector<TileJobDevice> descs(num_jobs);
   std::vector<int32_t> arena;
   auto append = [&arena](const std::vector<int32_t>& v) {
@@ -98,21 +99,29 @@ extern "C" int emu_anyres_tiles(int num_images, const uint8_t* const* images, co
   }
   const int32_t t = static_cast<int32_t>(tile);
   if (pass2 > 0) {
+    // The launcher's choice (launch_anyres_tiles): staged 16-byte stores when a tile row is a
+    // whole number of 16-byte vectors and the canvas row fits; force_direct tests the other path.
+    int64_t canvas_row_bytes = 0;
+    for (const auto& d : descs) canvas_row_bytes = std::max(canvas_row_bytes, d.canvas_w * 3);
+    const int64_t out_bytes = lut == nullptr ? 1 : lut_bytes;
+    const bool staged = !force_direct && canvas_row_bytes <= kMaxStagedRowBytes &&
+                        (tile * (lut == nullptr ? 3 : 1) * out_bytes) % 16 == 0;
+    const size_t smem = staged ? static_cast<size_t>(canvas_row_bytes) : 0;
     const unsigned blocks = static_cast<unsigned>(pass2);
-    if (lut == nullptr)
-      emu::launch(blocks, kThreads, 0, [&] {
-        anyres_pass2_kernel<uint8_t>(jobs, num_jobs, coeffs, m, static_cast<uint8_t*>(out), nullptr, t);
+    auto run = [&](auto out_tag, auto staged_tag) {
+      using Out = decltype(out_tag);
+      emu::launch(blocks, kThreads, smem, [&] {
+        anyres_pass2_kernel<Out, decltype(staged_tag)::value>(jobs, num_jobs, coeffs, m, static_cast<Out*>(out),
+                                                              static_cast<const Out*>(lut), t);
       });
-    else if (lut_bytes == 4)
-      emu::launch(blocks, kThreads, 0, [&] {
-        anyres_pass2_kernel<uint32_t>(jobs, num_jobs, coeffs, m, static_cast<uint32_t*>(out),
-                                      static_cast<const uint32_t*>(lut), t);
-      });
-    else
-      emu::launch(blocks, kThreads, 0, [&] {
-        anyres_pass2_kernel<uint16_t>(jobs, num_jobs, coeffs, m, static_cast<uint16_t*>(out),
-                                      static_cast<const uint16_t*>(lut), t);
-      });
+    };
+    auto by_stage = [&](auto out_tag) {
+      if (staged) run(out_tag, std::true_type{});
+      else run(out_tag, std::false_type{});
+    };
+    if (lut == nullptr) by_stage(uint8_t{});
+    else if (lut_bytes == 4) by_stage(uint32_t{});
+    else by_stage(uint16_t{});
   }
   return 0;
 }
