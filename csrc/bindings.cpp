@@ -121,5 +121,12 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
     }
     return "no error";
   });
+  // Minimum positions per block of the CUDA merge_tokens kernels (default 32); returns the old one.
+  m.def("_set_merge_min_chunk", [](int64_t chunk) {
+    TORCH_CHECK_VALUE(chunk >= 1 && chunk <= 4096, "_set_merge_min_chunk: chunk must be in [1, 4096], got ", chunk);
+    const int64_t old = interleave::merge_cuda_min_chunk();
+    interleave::merge_cuda_min_chunk() = chunk;
+    return old;
+  });
   m.def("_diag_throw_std", []() { throw std::runtime_error("a std::runtime_error through pybind11"); });
 }

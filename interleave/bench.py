@@ -71,6 +71,21 @@ def merge_tokens_inputs(B=1, L=8192, D=1024, K=7290, V=152000, dtype=torch.float
     return input_ids.to(device), weight.to(device), visual.to(device)
 
 
+def _merge_variants(device, ids, weight, visual, K) -> dict:
+    from .ops import merge_tokens
+    variants = {"ours_sync_free": lambda: merge_tokens(ids, weight, visual, IMAGE_TOKEN_ID, num_placeholders=K)}
+    if device == "cuda":
+        # Smaller chunks (more blocks, fewer rows each) than the default 32 positions per block.
+        from .ops.merge_tokens import cuda_min_chunk
+
+        def chunked(chunk):
+            with cuda_min_chunk(chunk):
+                return merge_tokens(ids, weight, visual, IMAGE_TOKEN_ID, num_placeholders=K)
+        variants["ours_sync_free_chunk8"] = lambda: chunked(8)
+        variants["ours_sync_free_chunk16"] = lambda: chunked(16)
+    return variants
+
+
 def merge_tokens_cases(device: str, quick: bool = False, compile_reference: bool = True) -> list[Case]:
     configs = [(1024, torch.float32), (1024, torch.bfloat16), (4096, torch.float32), (4096, torch.bfloat16)]
     L, K, V = 8192, 7290, 152000
@@ -92,8 +107,7 @@ def merge_tokens_cases(device: str, quick: bool = False, compile_reference: bool
             op="merge_tokens", device=device, shape=f"B=1 L={L} D={D} K={K}",
             dtype=str(dtype).replace("torch.", ""),
             ours=lambda i=ids, w=weight, v=visual: merge_tokens(i, w, v, IMAGE_TOKEN_ID),
-            variants={"ours_sync_free": lambda i=ids, w=weight, v=visual, k=K: merge_tokens(
-                i, w, v, IMAGE_TOKEN_ID, num_placeholders=k)},
+            variants=_merge_variants(device, ids, weight, visual, K),
             baselines=baselines, bytes_moved=moved))
     return cases
 

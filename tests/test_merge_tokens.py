@@ -78,6 +78,33 @@ def test_forward_large_many_chunks(device):
     assert torch.equal(out, reference.merge_tokens(input_ids, weight, visual, [IMAGE]))
 
 
+@pytest.mark.cuda
+@pytest.mark.parametrize("chunk", [1, 8, 100])
+def test_cuda_chunk_sizes_forward_and_backward(chunk):
+    """The CUDA kernels with other positions-per-block than the default (the benchmark's
+    variants): forward bitwise, both paths, and the fp32 gradients bitwise."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    from interleave.ops.merge_tokens import cuda_min_chunk
+    input_ids, weight, visual = make_inputs(3, 700, 24, 300, [200, 0, 31], device="cuda", seed=7)
+    expected = reference.merge_tokens(input_ids, weight, visual, [IMAGE])
+    grad_out = torch.randn(3, 700, 24, device="cuda")
+    rw, rv = _grads(lambda w, v: reference.merge_tokens(input_ids.cpu(), w, v, [IMAGE]), weight.cpu(),
+                    visual.cpu(), grad_out.cpu())
+    with cuda_min_chunk(chunk):
+        assert torch.equal(merge_tokens(input_ids, weight, visual, IMAGE), expected)
+        assert torch.equal(merge_tokens(input_ids, weight, visual, IMAGE, num_placeholders=visual.shape[0]), expected)
+        gw, gv = _grads(lambda w, v: merge_tokens(input_ids, w, v, IMAGE), weight, visual, grad_out)
+    assert torch.equal(gw.cpu(), rw) and torch.equal(gv.cpu(), rv)
+
+
+def test_cuda_min_chunk_rejects_out_of_range():
+    from interleave.ops.merge_tokens import cuda_min_chunk
+    with pytest.raises(ValueError, match="positions must be in"):
+        with cuda_min_chunk(0):
+            pass
+
+
 def test_placeholder_id_outside_vocabulary(device):
     # Placeholders never read the table, so their id may lie past its end.
     input_ids, weight, visual = make_inputs(1, 20, 4, 100, [0], device=device)

@@ -8,6 +8,8 @@
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 
+#include <algorithm>
+
 #include "../ops/merge_tokens.h"
 #include "merge_tokens_kernels.h"
 #include "torch_dtype.h"
@@ -25,7 +27,7 @@ cuda::MergePositions count_positions(const at::Tensor& ids, const MergeShape& s,
   pos.num_embeddings = s.num_embeddings;
   pos.num_visual = s.num_visual;
   pos.dim = s.dim;
-  pos.chunk = merge_chunk_size(pos.n);
+  pos.chunk = std::max<int64_t>((pos.n + kMaxChunks - 1) / kMaxChunks, merge_cuda_min_chunk());
   pos.num_chunks = merge_num_chunks(pos.n, pos.chunk);
   chunk_info = at::empty({2 * std::max<int64_t>(pos.num_chunks, 1)}, ids.options());
   pos.chunk_info = chunk_info.mutable_data_ptr<int64_t>();

@@ -28,6 +28,11 @@ MergeShape check_merge_tokens_args(const at::Tensor& input_ids, const at::Tensor
                                          int64_t num_visual, int64_t first_bad_position,
                                          int64_t num_embeddings);
 
+// Positions per block of the CUDA kernels at least (the chunk is max(this, ceil(n / kMaxChunks))):
+// kMinChunk by default; tests and the benchmark's variants set it (smaller chunks mean more blocks,
+// each copying fewer rows, for short sequences).
+int64_t& merge_cuda_min_chunk();
+
 at::Tensor merge_tokens_cpu(const at::Tensor& input_ids, const at::Tensor& embed_weight,
                             const at::Tensor& visual, at::IntArrayRef image_token_ids,
                             std::optional<int64_t> num_placeholders, int64_t padding_idx);

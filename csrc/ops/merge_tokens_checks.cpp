@@ -109,4 +109,9 @@ void raise_merge_data_error(const at::Tensor& input_ids, int64_t placeholders, i
                     " rows; they must be equal (one visual row per placeholder)");
 }
 
+int64_t& merge_cuda_min_chunk() {
+  static int64_t chunk = kMinChunk;
+  return chunk;
+}
+
 }  // namespace interleave

@@ -16,6 +16,7 @@ always checks before writing (no sync involved). The backward never syncs.
 """
 from __future__ import annotations
 
+import contextlib
 import operator
 from typing import Optional, Sequence, Union
 
@@ -38,6 +39,20 @@ def _placeholder_ids(image_token_id: Union[int, Sequence[int]]) -> list[int]:
     if not 1 <= len(ids) <= 8:
         raise ValueError(f"merge_tokens: image_token_id must be an int or 1..8 ints, got {ids}")
     return ids
+
+
+@contextlib.contextmanager
+def cuda_min_chunk(positions: int):
+    """Within the block, the CUDA kernels give each block at least `positions` token positions
+    (default 32; the chunk is also at least n / 1024). Smaller chunks mean more blocks copying fewer
+    rows each, for short sequences. For tests and benchmarks."""
+    if not 1 <= int(positions) <= 4096:
+        raise ValueError(f"cuda_min_chunk: positions must be in [1, 4096], got {positions}")
+    old = _extension.module._set_merge_min_chunk(int(positions))
+    try:
+        yield
+    finally:
+        _extension.module._set_merge_min_chunk(old)
 
 
 def _check_args(input_ids, embed_weight, visual, num_placeholders):
