@@ -128,5 +128,12 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
     interleave::merge_cuda_min_chunk() = chunk;
     return old;
   });
+  // Grid cap of the CUDA pack_tokens row kernels (0: none); returns the old one.
+  m.def("_set_pack_max_blocks", [](int64_t blocks) {
+    TORCH_CHECK_VALUE(blocks >= 0, "_set_pack_max_blocks: blocks must be >= 0, got ", blocks);
+    const int64_t old = interleave::pack_cuda_max_blocks();
+    interleave::pack_cuda_max_blocks() = blocks;
+    return old;
+  });
   m.def("_diag_throw_std", []() { throw std::runtime_error("a std::runtime_error through pybind11"); });
 }

@@ -317,6 +317,20 @@ def _pack_tolerance(dtype) -> float:
     return 1e-6 if dtype == torch.float32 else 2.0 ** -6
 
 
+def _pack_grid_variants(device: str, call) -> dict:
+    """On CUDA: the same call with the row kernels on a grid of 2 and 8 blocks per SM (each block
+    looping over rows) instead of one block per 8 rows, so one run shows which hides latency best."""
+    if device != "cuda":
+        return {}
+    from .ops.pack_tokens import cuda_max_blocks
+    sms = torch.cuda.get_device_properties(torch.cuda.current_device()).multi_processor_count
+
+    def capped(blocks):
+        with cuda_max_blocks(blocks):
+            return call()
+    return {f"ours_grid{k}xSM": (lambda k=k: capped(k * sms)) for k in (2, 8)}
+
+
 def pack_tokens_cases(device: str, quick: bool = False, compile_reference: bool = True) -> list[Case]:
     from .ops import pack_tokens
     from .plan import plan_image, plan_video
@@ -344,12 +358,14 @@ def pack_tokens_cases(device: str, quick: bool = False, compile_reference: bool 
             op="pack_tokens", device=device, dtype=str(dtype).replace("torch.", ""),
             shape=f"{len(sizes)} images anyres_max_9 ({feats.shape[0]} tiles -> {tokens} tokens) H={dim}",
             ours=lambda f=feats, n=newline: pack_tokens(f, image_plans, n),
+            variants=_pack_grid_variants(device, lambda f=feats, n=newline: pack_tokens(f, image_plans, n)),
             baselines={"transformers": lambda f=per_image, s=size_tensor, n=newline: _hf_pack_images(f, s, n)},
             bytes_moved=pack_tokens_bytes(image_plans, dim, es), tolerance=_pack_tolerance(dtype)))
         cases.append(Case(
             op="pack_tokens", device=device, dtype=str(dtype).replace("torch.", ""),
             shape=f"video {frames} frames bilinear 27->14 H={dim}",
             ours=lambda f=clip, n=newline: pack_tokens(f, video_plans, n),
+            variants=_pack_grid_variants(device, lambda f=clip, n=newline: pack_tokens(f, video_plans, n)),
             baselines={"transformers": lambda f=clip, n=newline: _hf_pool_video(f, n)},
             bytes_moved=pack_tokens_bytes(video_plans, dim, es), tolerance=_pack_tolerance(dtype)))
     return cases

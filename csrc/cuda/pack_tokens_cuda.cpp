@@ -84,7 +84,8 @@ at::Tensor pack_tokens_cuda(const at::Tensor& features_arg, const std::optional<
   at::Tensor out = at::empty({num_rows, s.dim}, features.options());
   if (num_rows == 0 || s.dim == 0) return out;
   at::Tensor storage;
-  const cuda::PackDeviceLayout L = upload_layout(s, features.device(), storage);
+  cuda::PackDeviceLayout L = upload_layout(s, features.device(), storage);
+  L.max_blocks = pack_cuda_max_blocks();
   cuda::launch_pack_forward(L, features.const_data_ptr(), newline.defined() ? newline.const_data_ptr() : nullptr,
                             out.mutable_data_ptr(), to_kernel_dtype(features.scalar_type()), stream);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -104,7 +105,8 @@ std::tuple<at::Tensor, at::Tensor> pack_tokens_backward_cuda(
   at::Tensor grad_newline = at::empty({newline_grad ? s.dim : 0}, grad.options());
   if (s.dim == 0) return {grad_features, grad_newline};
   at::Tensor storage;
-  const cuda::PackDeviceLayout L = upload_layout(s, grad.device(), storage);
+  cuda::PackDeviceLayout L = upload_layout(s, grad.device(), storage);
+  L.max_blocks = pack_cuda_max_blocks();
   const cuda::DType dtype = to_kernel_dtype(grad.scalar_type());
   cuda::launch_pack_backward(L, grad.const_data_ptr(), features.defined() ? features.const_data_ptr() : nullptr,
                              grad_features.mutable_data_ptr(), dtype, stream);

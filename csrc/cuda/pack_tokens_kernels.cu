@@ -197,10 +197,13 @@ newline_final_kernel(int64_t dim, int64_t parts, const typename OpMath<T>::type*
   out[d] = from_acc<T>(acc);
 }
 
-// Blocks for `rows` rows at one warp each, capped (the kernels are grid-stride).
-unsigned row_blocks(int64_t rows) {
-  const int64_t blocks = (rows + kWarps - 1) / kWarps;
-  return static_cast<unsigned>(blocks < (int64_t(1) << 20) ? blocks : (int64_t(1) << 20));
+// Blocks for `rows` rows at one warp each, capped at 2^20 and at max_blocks when set (the kernels
+// are grid-stride: a smaller grid of longer-lived blocks is correct too).
+unsigned row_blocks(int64_t rows, int64_t max_blocks) {
+  int64_t blocks = (rows + kWarps - 1) / kWarps;
+  if (blocks > (int64_t(1) << 20)) blocks = int64_t(1) << 20;
+  if (max_blocks > 0 && blocks > max_blocks) blocks = max_blocks;
+  return static_cast<unsigned>(blocks);
 }
 
 // Calls f(T{}, std::integral_constant<int, VEC>{}) with 16-byte vectors when every row start is
@@ -226,7 +229,7 @@ void launch_pack_forward(const PackDeviceLayout& L, const void* features, const 
   const bool aligned = aligned16(features) && aligned16(out) && (newline == nullptr || aligned16(newline));
   with_vec(dtype, L.dim, aligned, [&](auto tag, auto vec) {
     using T = decltype(tag);
-    pack_forward_kernel<T, decltype(vec)::value><<<row_blocks(L.num_rows), kThreads, 0, stream>>>(
+    pack_forward_kernel<T, decltype(vec)::value><<<row_blocks(L.num_rows, L.max_blocks), kThreads, 0, stream>>>(
         L, static_cast<const T*>(features), static_cast<const T*>(newline), static_cast<T*>(out));
   });
 }
@@ -237,7 +240,7 @@ void launch_pack_backward(const PackDeviceLayout& L, const void* grad, const voi
   const bool aligned = aligned16(grad) && aligned16(grad_features) && (features == nullptr || aligned16(features));
   with_vec(dtype, L.dim, aligned, [&](auto tag, auto vec) {
     using T = decltype(tag);
-    pack_backward_kernel<T, decltype(vec)::value><<<row_blocks(L.src_rows), kThreads, 0, stream>>>(
+    pack_backward_kernel<T, decltype(vec)::value><<<row_blocks(L.src_rows, L.max_blocks), kThreads, 0, stream>>>(
         L, static_cast<const T*>(grad), static_cast<const T*>(features), static_cast<T*>(grad_features));
   });
 }

@@ -22,6 +22,7 @@ struct PackDeviceLayout {
   const int64_t* newline_rows;    // [num_newline_rows], ascending
   int64_t num_segments, num_maps, num_newline_rows;
   int64_t side, dim, num_rows, src_rows;
+  int64_t max_blocks;             // grid cap of the row kernels (grid-stride loops); 0: no cap
 };
 
 // Rows of the newline gradient summed per partial (the partials are then summed in order).

@@ -41,6 +41,10 @@ PackShape check_pack_tokens_args(const at::Tensor& features, const std::optional
 PackShape check_pack_tokens_backward_args(const at::Tensor& grad, const std::optional<at::Tensor>& features,
                                           const at::Tensor& layout, int64_t num_features, int64_t side);
 
+// Grid cap of the CUDA row kernels (0: one block per 8 rows, the default); tests and the
+// benchmark's variants set it (a persistent-style grid of a few blocks per SM).
+int64_t& pack_cuda_max_blocks();
+
 at::Tensor pack_tokens_cpu(const at::Tensor& features, const std::optional<at::Tensor>& newline,
                            const at::Tensor& layout, int64_t num_rows, int64_t side);
 std::tuple<at::Tensor, at::Tensor> pack_tokens_backward_cpu(

@@ -147,4 +147,9 @@ PackShape check_pack_tokens_backward_args(const at::Tensor& grad, const std::opt
   return s;
 }
 
+int64_t& pack_cuda_max_blocks() {
+  static int64_t blocks = 0;
+  return blocks;
+}
+
 }  // namespace interleave

@@ -19,6 +19,7 @@ newline's rows in a fixed order: deterministic on both devices, no atomics.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 from typing import Optional, Sequence, Union
@@ -113,6 +114,19 @@ def _side(features: torch.Tensor) -> int:
         raise ValueError(f"pack_tokens: features must be [P, side*side, H] (a square grid per tile, e.g. 729 "
                          f"= 27x27), got {features.shape[1]} rows per tile")
     return side
+
+
+@contextlib.contextmanager
+def cuda_max_blocks(blocks: int):
+    """Within the block, the CUDA row kernels run on at most `blocks` blocks of 8 warps, each
+    looping over rows (0: one block per 8 rows, the default). For tests and benchmarks."""
+    if int(blocks) < 0:
+        raise ValueError(f"cuda_max_blocks: blocks must be >= 0, got {blocks}")
+    old = _extension.module._set_pack_max_blocks(int(blocks))
+    try:
+        yield
+    finally:
+        _extension.module._set_pack_max_blocks(old)
 
 
 def pack_tokens(features: torch.Tensor, plans: Sequence[Plan], newline: Optional[torch.Tensor] = None) -> torch.Tensor:
