@@ -50,8 +50,10 @@ json="$OUT_DIR/$(date -u +%Y-%m-%d)-${gpu}-${commit}.json"
 # Ops in the order of what the project most needs measured; the slow linear_cross_entropy last.
 ops="patch_embed pack_tokens merge_tokens model anyres_tiles image_processor linear_cross_entropy"
 op_args=$(for o in $ops; do printf -- '--op %s ' "$o"; done)
+# --no-compile: torch.compile baselines recompile per shape (tens of seconds in all); they are
+# not bars, and the 8 minutes go to our kernels and their variants.
 INTERLEAVE_COMMIT="$commit" timeout "${BENCH_BUDGET_S:-180}" "$PY" -m interleave bench --device cuda --reps 50 \
-  $op_args --json "$json" || { echo "bench: rc=$? (124: out of time; the JSON holds the cases that finished)"; status=1; }
+  --no-compile $op_args --json "$json" || { echo "bench: rc=$? (124: out of time; the JSON holds the cases that finished)"; status=1; }
 
 echo "== 4. error paths (each case in its own process; the H100 runs so far crashed on every C++ error our ops raise)"
 timeout 120 "$PY" bench/errpath_diag.py > "$OUT_DIR/errpath.log" 2>&1
