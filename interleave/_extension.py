@@ -5,6 +5,7 @@ pure-PyTorch reference and one warning names the cause and the fix. Nothing here
 """
 from __future__ import annotations
 
+import contextlib
 import importlib
 import warnings
 
@@ -70,3 +71,16 @@ def backend_reason(device_type: str, op: str | None = None) -> str:
     if module is None:
         return f"reference ({unavailable_reason})"
     return f"reference (interleave._C was built without {device_type} kernels)"
+
+
+@contextlib.contextmanager
+def native_setting(setter: str, value: int):
+    """Sets one of the extension's tuning knobs for the duration of the block: `setter` is a
+    function of interleave._C that takes the new value and returns the old one."""
+    if module is None:
+        raise RuntimeError(f"{setter}: the compiled extension is not loaded")
+    old = getattr(module, setter)(value)
+    try:
+        yield
+    finally:
+        getattr(module, setter)(old)

@@ -228,6 +228,27 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
+// Which pass-2 kernel a launch uses (shared with the host emulation, tests/emulate): staged
+// 16-byte stores when a tile row is a whole number of 16-byte vectors (T = 384: 1152 bytes of
+// uint8, 96 float32 or 48 bf16 vectors) and the canvas row fits the shared memory.
+bool pass2_staged_out(int64_t tile, const void* lut, int lut_bytes, int64_t canvas_row_bytes) {
+  const int64_t out_bytes = lut == nullptr ? 1 : lut_bytes;
+  return canvas_row_bytes > 0 && canvas_row_bytes <= kMaxStagedRowBytes &&
+         (tile * (lut == nullptr ? 3 : 1) * out_bytes) % 16 == 0;
+}
+
+// Calls f(Out{}, std::bool_constant<staged>{}) with the output element type of the launch.
+template <typename F>
+void with_pass2_kernel(const void* lut, int lut_bytes, bool staged, F&& f) {
+  auto by_stage = [&](auto out_tag) {
+    if (staged) f(out_tag, std::true_type{});
+    else f(out_tag, std::false_type{});
+  };
+  if (lut == nullptr) by_stage(uint8_t{});
+  else if (lut_bytes == 4) by_stage(uint32_t{});
+  else by_stage(uint16_t{});
+}
+
 }  // namespace
 
 void launch_anyres_tiles(const TileJobDevice* jobs, int num_jobs, int64_t pass1_rows,
@@ -248,24 +269,13 @@ void launch_anyres_tiles(const TileJobDevice* jobs, int num_jobs, int64_t pass1_
   if (pass2_rows <= 0) return;
   const unsigned blocks = static_cast<unsigned>(pass2_rows);
   const int32_t t = static_cast<int32_t>(tile);
-  // Staged 16-byte stores when a tile row is a whole number of 16-byte vectors (T = 384: 1152
-  // bytes of uint8, 96 float32 or 48 bf16 vectors) and the canvas row fits the shared memory.
-  const int64_t out_bytes = lut == nullptr ? 1 : lut_bytes;
-  const bool staged = canvas_row_bytes > 0 && canvas_row_bytes <= kMaxStagedRowBytes &&
-                      (tile * (lut == nullptr ? 3 : 1) * out_bytes) % 16 == 0;
+  const bool staged = pass2_staged_out(tile, lut, lut_bytes, canvas_row_bytes);
   const size_t smem = staged ? static_cast<size_t>(canvas_row_bytes) : 0;
-  auto run = [&](auto out_tag, auto staged_tag) {
+  with_pass2_kernel(lut, lut_bytes, staged, [&](auto out_tag, auto staged_tag) {
     using Out = decltype(out_tag);
     anyres_pass2_kernel<Out, decltype(staged_tag)::value><<<blocks, kThreads, smem, stream>>>(
         jobs, num_jobs, coeffs, mid, static_cast<Out*>(out), static_cast<const Out*>(lut), t);
-  };
-  auto by_stage = [&](auto out_tag) {
-    if (staged) run(out_tag, std::true_type{});
-    else run(out_tag, std::false_type{});
-  };
-  if (lut == nullptr) by_stage(uint8_t{});
-  else if (lut_bytes == 4) by_stage(uint32_t{});
-  else by_stage(uint16_t{});
+  });
 }
 
 }  // namespace cuda

@@ -48,11 +48,8 @@ def cuda_min_chunk(positions: int):
     rows each, for short sequences. For tests and benchmarks."""
     if not 1 <= int(positions) <= 4096:
         raise ValueError(f"cuda_min_chunk: positions must be in [1, 4096], got {positions}")
-    old = _extension.module._set_merge_min_chunk(int(positions))
-    try:
+    with _extension.native_setting("_set_merge_min_chunk", int(positions)):
         yield
-    finally:
-        _extension.module._set_merge_min_chunk(old)
 
 
 def _check_args(input_ids, embed_weight, visual, num_placeholders):

@@ -122,11 +122,8 @@ def cuda_max_blocks(blocks: int):
     looping over rows (0: one block per 8 rows, the default). For tests and benchmarks."""
     if int(blocks) < 0:
         raise ValueError(f"cuda_max_blocks: blocks must be >= 0, got {blocks}")
-    old = _extension.module._set_pack_max_blocks(int(blocks))
-    try:
+    with _extension.native_setting("_set_pack_max_blocks", int(blocks)):
         yield
-    finally:
-        _extension.module._set_pack_max_blocks(old)
 
 
 def pack_tokens(features: torch.Tensor, plans: Sequence[Plan], newline: Optional[torch.Tensor] = None) -> torch.Tensor:

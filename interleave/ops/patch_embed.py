@@ -94,11 +94,8 @@ def cuda_gemm(mode: str):
     on). float32/float64 outputs always use the SIMT kernel. For tests and benchmarks."""
     if mode not in _GEMM_MODES:
         raise ValueError(f"cuda_gemm: mode must be one of {sorted(_GEMM_MODES)}, got {mode!r}")
-    old = _extension.module._set_patch_embed_gemm(_GEMM_MODES[mode])
-    try:
+    with _extension.native_setting("_set_patch_embed_gemm", _GEMM_MODES[mode]):
         yield
-    finally:
-        _extension.module._set_patch_embed_gemm(old)
 
 
 # ---- the folded normalization ---------------------------------------------------------------------

@@ -99,29 +99,19 @@ extern "C" int emu_anyres_tiles(int num_images, const uint8_t* const* images, co
   }
   const int32_t t = static_cast<int32_t>(tile);
   if (pass2 > 0) {
-    // The launcher's choice (launch_anyres_tiles): staged 16-byte stores when a tile row is a
-    // whole number of 16-byte vectors and the canvas row fits; force_direct tests the other path.
+    // The launcher's choice (pass2_staged_out, with_pass2_kernel); force_direct tests the other path.
     int64_t canvas_row_bytes = 0;
     for (const auto& d : descs) canvas_row_bytes = std::max(canvas_row_bytes, d.canvas_w * 3);
-    const int64_t out_bytes = lut == nullptr ? 1 : lut_bytes;
-    const bool staged = !force_direct && canvas_row_bytes <= kMaxStagedRowBytes &&
-                        (tile * (lut == nullptr ? 3 : 1) * out_bytes) % 16 == 0;
+    const bool staged = !force_direct && pass2_staged_out(tile, lut, lut_bytes, canvas_row_bytes);
     const size_t smem = staged ? static_cast<size_t>(canvas_row_bytes) : 0;
     const unsigned blocks = static_cast<unsigned>(pass2);
-    auto run = [&](auto out_tag, auto staged_tag) {
+    with_pass2_kernel(lut, lut_bytes, staged, [&](auto out_tag, auto staged_tag) {
       using Out = decltype(out_tag);
       emu::launch(blocks, kThreads, smem, [&] {
         anyres_pass2_kernel<Out, decltype(staged_tag)::value>(jobs, num_jobs, coeffs, m, static_cast<Out*>(out),
                                                               static_cast<const Out*>(lut), t);
       });
-    };
-    auto by_stage = [&](auto out_tag) {
-      if (staged) run(out_tag, std::true_type{});
-      else run(out_tag, std::false_type{});
-    };
-    if (lut == nullptr) by_stage(uint8_t{});
-    else if (lut_bytes == 4) by_stage(uint32_t{});
-    else by_stage(uint16_t{});
+    });
   }
   return 0;
 }
