@@ -72,6 +72,9 @@ def im2col_emu(tmp_path_factory):
     so.emu_patch_im2col.restype = ctypes.c_int
     so.emu_patch_im2col.argtypes = [ctypes.c_void_p, ctypes.c_int] + [ctypes.c_int64] * 7 + \
         [ctypes.c_int64, ctypes.c_int, ctypes.c_int, ctypes.c_void_p]
+    so.emu_patch_embed_simt.restype = ctypes.c_int
+    so.emu_patch_embed_simt.argtypes = [ctypes.c_void_p] + [ctypes.c_int64] * 5 + [ctypes.c_void_p, ctypes.c_int64] + \
+        [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p]
     return so
 
 
@@ -167,3 +170,38 @@ def test_patch_im2col_cuda_kernel_emulated(im2col_emu, case, dtype):
                                      int(dtype == torch.bfloat16), got.data_ptr())
     assert rc == 0
     assert torch.equal(got.view(torch.int16), expected[row0:row0 + rows].view(torch.int16))
+
+
+# ---- patch_embed: the float32 SIMT GEMM kernel ----------------------------------------------------
+@pytest.mark.parametrize("S,C", [(384, 64), (30, 70)], ids=["siglip-grid", "odd"])
+def test_patch_embed_simt_cuda_kernel_emulated_within_2x(im2col_emu, S, C):
+    """The float32 CUDA kernel (blocked summation of each 16-term K slice, fmaf) on uint8 tiles with
+    the folded SigLIP normalization, against float64 truth: within 2x of the float32 reference
+    path's error (transformers' processor + conv), as tests/test_patch_embed.py asks on a GPU."""
+    from interleave import reference
+    from interleave.ops.patch_embed import fold_normalization
+    p, N = 14, 2
+    g = torch.Generator().manual_seed(S + C)
+    tiles = torch.randint(0, 256, (N, S, S, 3), generator=g, dtype=torch.uint8)
+    weight = torch.randn(C, 3, p, p, generator=g) / (3 * p * p) ** 0.5
+    bias = torch.randn(C, generator=g) * 0.1
+    T = (S // p) ** 2
+    pos = torch.randn(T, C, generator=g)
+    fw, fb = fold_normalization(weight, bias, reference.SIGLIP_MEAN, reference.SIGLIP_STD)
+    K = 3 * p * p
+    Kp = (K + 31) // 32 * 32
+    w = torch.zeros(C, Kp)
+    w[:, :K] = fw.permute(0, 2, 3, 1).reshape(C, K)  # [C, p, p, Cin]: the HWC K order
+    out = torch.full((N * T, C), float("nan"))
+    rc = im2col_emu.emu_patch_embed_simt(ctypes.c_void_p(tiles.data_ptr()), N, S, S, 3, p,
+                                         ctypes.c_void_p(w.data_ptr()), Kp, ctypes.c_void_p(fb.contiguous().data_ptr()),
+                                         ctypes.c_void_p(pos.data_ptr()), C, ctypes.c_void_p(out.data_ptr()))
+    assert rc == 0
+    px64 = (tiles.double() / 255 - 0.5) / 0.5
+    truth = torch.nn.functional.conv2d(px64.permute(0, 3, 1, 2), weight.double(), bias.double(),
+                                       stride=p).flatten(2).transpose(1, 2) + pos.double()
+    ref = reference.patch_embed_tiles(tiles, weight, bias, pos)
+    err_ours = (out.view(N, T, C).double() - truth).abs().max().item()
+    err_ref = (ref.double() - truth).abs().max().item()
+    floor = truth.abs().max().item() * 2.0 ** -24
+    assert err_ours <= 2 * max(err_ref, floor), (err_ours, err_ref)

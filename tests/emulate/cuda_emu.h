@@ -11,6 +11,7 @@
 
 #include <ucontext.h>
 
+#include <cmath>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
@@ -54,40 +55,51 @@ inline void barrier() {
 template <typename T>
 T* dynamic_shared() { return reinterpret_cast<T*>(dynamic_smem.data()); }
 
-// Runs kernel() for every block of `grid` and every thread of `block`, threads as coroutines.
+// Runs kernel() for every block of the grid (grid_x x grid_y) and every thread of `block`,
+// threads as coroutines.
 template <typename Kernel>
-void launch(unsigned grid, unsigned block, size_t smem_bytes, Kernel kernel) {
+void launch2d(unsigned grid_x, unsigned grid_y, unsigned block, size_t smem_bytes, Kernel kernel) {
   constexpr size_t kStack = 128 * 1024;
-  gridDim.x = grid;
+  gridDim.x = grid_x;
+  gridDim.y = grid_y;
   blockDim.x = block;
   dynamic_smem.assign(smem_bytes + 16, 0xCD);
   contexts.resize(block);
   states.assign(block, kReady);
   if (stacks.size() < block) stacks.resize(block, std::vector<char>(kStack));
   body = kernel;
-  for (unsigned b = 0; b < grid; ++b) {
-    blockIdx.x = b;
-    for (unsigned t = 0; t < block; ++t) {
-      getcontext(&contexts[t]);
-      contexts[t].uc_stack.ss_sp = stacks[t].data();
-      contexts[t].uc_stack.ss_size = kStack;
-      contexts[t].uc_link = nullptr;
-      makecontext(&contexts[t], trampoline, 0);
-      states[t] = kReady;
-    }
-    for (bool left = true; left;) {
-      left = false;
+  for (unsigned by = 0; by < grid_y; ++by) {
+    for (unsigned bx = 0; bx < grid_x; ++bx) {
+      blockIdx.x = bx;
+      blockIdx.y = by;
       for (unsigned t = 0; t < block; ++t) {
-        if (states[t] == kDone) continue;
+        getcontext(&contexts[t]);
+        contexts[t].uc_stack.ss_sp = stacks[t].data();
+        contexts[t].uc_stack.ss_size = kStack;
+        contexts[t].uc_link = nullptr;
+        makecontext(&contexts[t], trampoline, 0);
         states[t] = kReady;
-        current = static_cast<int>(t);
-        threadIdx.x = t;
-        swapcontext(&scheduler, &contexts[t]);
-        if (states[t] != kDone) left = true;
+      }
+      for (bool left = true; left;) {
+        left = false;
+        for (unsigned t = 0; t < block; ++t) {
+          if (states[t] == kDone) continue;
+          states[t] = kReady;
+          current = static_cast<int>(t);
+          threadIdx.x = t;
+          swapcontext(&scheduler, &contexts[t]);
+          if (states[t] != kDone) left = true;
+        }
       }
     }
   }
 }
+
+template <typename Kernel>
+void launch(unsigned grid, unsigned block, size_t smem_bytes, Kernel kernel) {
+  launch2d(grid, 1, block, smem_bytes, kernel);
+}
 }  // namespace emu
 
 inline void __syncthreads() { emu::barrier(); }
+using std::fma;  // device code calls fma(float, float, float) unqualified, as CUDA's math headers allow

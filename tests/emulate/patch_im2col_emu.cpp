@@ -43,3 +43,28 @@ extern "C" int emu_patch_im2col(const void* pixels, int channels_last, int64_t n
     });
   return 0;
 }
+
+// The SIMT GEMM kernel (float32 outputs) on uint8 HWC tiles, as patch_embed_cuda launches it:
+// weight [C, Kp] float in the K order of PatchGeometry (zeros past K), bias [C], pos [T, C].
+extern "C" int emu_patch_embed_simt(const uint8_t* tiles, int64_t n, int64_t height, int64_t width, int64_t channels,
+                                    int64_t patch, const float* weight, int64_t k_padded, const float* bias,
+                                    const float* pos, int64_t dim, float* out) {
+  PatchEmbedArgs args{};
+  args.pixels = tiles;
+  args.pixel_type = PixelType::kUInt8;
+  args.geometry = make_patch_geometry(true, channels, height, width, patch);
+  args.rows = n * args.geometry.tokens;
+  args.k = patch_k(args.geometry);
+  args.k_padded = k_padded;
+  args.dim = dim;
+  args.weight = weight;
+  args.alpha = 1.0f;
+  args.bias = bias;
+  args.pos_embed = pos;
+  args.out = out;
+  args.out_type = OutType::kFloat32;
+  if (k_padded % kSK != 0 || k_padded < args.k) return 1;
+  emu::launch2d(blocks_for(dim, kSN), blocks_for(args.rows, kSM), kSimtThreads, 0,
+                [&] { simt_kernel<float>(args); });
+  return 0;
+}
