@@ -205,3 +205,59 @@ def test_patch_embed_simt_cuda_kernel_emulated_within_2x(im2col_emu, S, C):
     err_ref = (ref.double() - truth).abs().max().item()
     floor = truth.abs().max().item() * 2.0 ** -24
     assert err_ours <= 2 * max(err_ref, floor), (err_ours, err_ref)
+
+
+# ---- merge_tokens: the count and copy kernels (ballot scan, block reductions, warp row copies) ------
+@pytest.fixture(scope="module")
+def merge_emu(tmp_path_factory):
+    launchers = ["launch_merge_count", "launch_merge_forward", "launch_merge_backward_visual",
+                 "launch_merge_weight_keys", "launch_merge_weight_grad"]
+    so = _build_emulation(tmp_path_factory, "merge_tokens_kernels.cu", launchers, "merge_tokens_emu.cpp")
+    so.emu_merge_forward.restype = ctypes.c_int
+    so.emu_merge_forward.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p,
+                                     ctypes.c_int64, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64,
+                                     ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p]
+    return so
+
+
+# (B, L, D, V, placeholders per row, min chunk): one chunk, many chunks with 1-position chunks,
+# chunks spanning several 256-position tiles, a row width that is not a multiple of 4 floats (no
+# 16-byte vectors), and the default chunk of 32.
+MERGE = [(1, 9, 8, 50, [3], 32), (3, 37, 5, 200, [4, 0, 11], 1), (2, 700, 12, 300, [600, 1], 300),
+         (1, 100, 7, 90, [40], 8), (2, 300, 16, 400, [50, 77], 32)]
+
+
+@pytest.mark.parametrize("case", MERGE, ids=[f"B{c[0]}-L{c[1]}-D{c[2]}-chunk{c[5]}" for c in MERGE])
+def test_merge_tokens_cuda_kernels_emulated_equal_reference(merge_emu, case):
+    from interleave import reference
+    B, L, D, V, per_row, min_chunk = case
+    image, video = V + 5, V + 6  # placeholder ids outside the table, as real ones can be
+    g = torch.Generator().manual_seed(L * D)
+    ids = torch.randint(0, V, (B, L), generator=g)
+    for b, k in enumerate(per_row):
+        pos = torch.randperm(L, generator=g)[:k]
+        ids[b, pos] = torch.where(torch.rand(k, generator=g) < 0.5, image, video)
+    K = int(((ids == image) | (ids == video)).sum())
+    table = torch.randn(V, D, generator=g)
+    visual = torch.randn(K, D, generator=g)
+    out = torch.full((B, L, D), float("nan"))
+    placeholders = torch.tensor([image, video])
+    count, first_bad = ctypes.c_int64(-1), ctypes.c_int64(-1)
+    rc = merge_emu.emu_merge_forward(ids.data_ptr(), B * L, placeholders.data_ptr(), 2, table.data_ptr(), V,
+                                     visual.data_ptr(), K, D, min_chunk, out.data_ptr(),
+                                     ctypes.byref(count), ctypes.byref(first_bad))
+    assert rc == 0 and count.value == K and first_bad.value == -1
+    assert torch.equal(out, reference.merge_tokens(ids, table, visual, [image, video]))
+
+
+def test_merge_tokens_cuda_count_kernel_emulated_finds_the_first_bad_id(merge_emu):
+    ids = torch.randint(0, 50, (2, 300), generator=torch.Generator().manual_seed(3))
+    ids[0, 5] = 99   # a placeholder
+    ids[1, 17] = 70  # a text id outside [0, 50): position 300 + 17
+    ids[1, 200] = -2
+    table, visual, out = torch.randn(50, 4), torch.randn(1, 4), torch.zeros(2, 300, 4)
+    count, first_bad = ctypes.c_int64(-1), ctypes.c_int64(-1)
+    placeholders = torch.tensor([99])
+    merge_emu.emu_merge_forward(ids.data_ptr(), 600, placeholders.data_ptr(), 1, table.data_ptr(), 50,
+                                visual.data_ptr(), 1, 4, 8, out.data_ptr(), ctypes.byref(count), ctypes.byref(first_bad))
+    assert count.value == 1 and first_bad.value == 317

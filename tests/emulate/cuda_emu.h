@@ -4,6 +4,9 @@
 // (ucontext) with its own stack; __syncthreads yields to the scheduler, which resumes the block's
 // threads round by round, so a barrier really separates the phases of a kernel (a thread never
 // reads shared memory that another thread has not written yet). Blocks run one after another.
+// Warp collectives (__shfl_down_sync, __ballot_sync) are emulated with two block-wide barriers
+// around an exchange of values: correct for kernels whose whole block calls them together (our
+// block reductions and ballot scans do), a deadlock-free mismatch otherwise is not detected.
 // `__shared__` becomes `static` (one copy, reused by the blocks in turn); dynamic shared memory is
 // IL_DYNAMIC_SMEM (csrc/common/macros.h), here a buffer of the launch's size. This checks index
 // math, barriers and arithmetic on machines without a GPU; not races between blocks, not speed.
@@ -11,6 +14,7 @@
 
 #include <ucontext.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstdlib>
@@ -40,6 +44,7 @@ inline ucontext_t scheduler;
 inline int current = 0;
 inline std::function<void()> body;
 inline std::vector<unsigned char> dynamic_smem;
+inline std::vector<uint64_t> exchange;  // one slot per thread of the block (warp collectives)
 
 inline void trampoline() {
   body();
@@ -64,6 +69,7 @@ void launch2d(unsigned grid_x, unsigned grid_y, unsigned block, size_t smem_byte
   gridDim.y = grid_y;
   blockDim.x = block;
   dynamic_smem.assign(smem_bytes + 16, 0xCD);
+  exchange.assign(block, 0);
   contexts.resize(block);
   states.assign(block, kReady);
   if (stacks.size() < block) stacks.resize(block, std::vector<char>(kStack));
@@ -102,4 +108,41 @@ void launch(unsigned grid, unsigned block, size_t smem_bytes, Kernel kernel) {
 }  // namespace emu
 
 inline void __syncthreads() { emu::barrier(); }
+
+namespace emu {
+template <typename T>
+T shfl_down(T v, unsigned delta) {
+  static_assert(sizeof(T) <= sizeof(uint64_t), "shfl of a value wider than 8 bytes");
+  uint64_t raw = 0;
+  std::memcpy(&raw, &v, sizeof(T));
+  exchange[threadIdx.x] = raw;
+  barrier();
+  const unsigned lane = threadIdx.x % 32, src = lane + delta;
+  T r = v;
+  if (src < 32 && threadIdx.x - lane + src < blockDim.x) {
+    const uint64_t x = exchange[threadIdx.x - lane + src];
+    std::memcpy(&r, &x, sizeof(T));
+  }
+  barrier();
+  return r;
+}
+
+inline unsigned ballot(bool pred) {
+  exchange[threadIdx.x] = pred ? 1 : 0;
+  barrier();
+  const unsigned base = threadIdx.x - threadIdx.x % 32;
+  unsigned bits = 0;
+  for (unsigned l = 0; l < 32 && base + l < blockDim.x; ++l) bits |= static_cast<unsigned>(exchange[base + l] != 0) << l;
+  barrier();
+  return bits;
+}
+}  // namespace emu
+
+template <typename T>
+T __shfl_down_sync(unsigned, T v, unsigned delta) { return emu::shfl_down(v, delta); }
+inline unsigned __ballot_sync(unsigned, bool pred) { return emu::ballot(pred); }
+inline int __popc(unsigned x) { return __builtin_popcount(x); }
+template <typename T>
+T __ldg(const T* p) { return *p; }
+using std::min;
 using std::fma;  // device code calls fma(float, float, float) unqualified, as CUDA's math headers allow

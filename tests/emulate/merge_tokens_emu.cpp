@@ -1,0 +1,52 @@
+// Host emulation of the merge_tokens CUDA forward (count pass, then the copy pass with its prefix,
+// ballot scan and warp row copies) under tests/emulate/cuda_emu.h; see tests/test_cuda_emulated.py.
+// The glue mirrors csrc/cuda/merge_tokens_cuda.cpp (count_positions, launch_merge_forward) for
+// float32 tables and visual rows; min_chunk is the cuda_min_chunk setting.
+#include <cuda_runtime_api.h>
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <vector_functions.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <vector>
+
+#include "cuda_emu.h"
+
+#include EMU_KERNEL_SOURCE
+
+using namespace interleave;
+using namespace interleave::cuda;
+
+extern "C" int emu_merge_forward(const int64_t* ids, int64_t n, const int64_t* placeholder_ids, int num_placeholder_ids,
+                                 const float* table, int64_t num_embeddings, const float* visual, int64_t num_visual,
+                                 int64_t dim, int64_t min_chunk, float* out, int64_t* count, int64_t* first_bad) {
+  MergePositions pos{};
+  pos.ids = ids;
+  pos.n = n;
+  pos.placeholders.count = num_placeholder_ids;
+  for (int i = 0; i < num_placeholder_ids; ++i) pos.placeholders.ids[i] = placeholder_ids[i];
+  pos.num_embeddings = num_embeddings;
+  pos.num_visual = num_visual;
+  pos.dim = dim;
+  pos.chunk = std::max<int64_t>((n + kMaxChunks - 1) / kMaxChunks, min_chunk);
+  pos.num_chunks = merge_num_chunks(n, pos.chunk);
+  std::vector<int64_t> info(2 * std::max<int64_t>(pos.num_chunks, 1), -7);
+  pos.chunk_info = info.data();
+  if (pos.num_chunks == 0) return 0;
+  emu::launch(static_cast<unsigned>(pos.num_chunks), kThreads, 0, [&] { merge_count_kernel(pos); });
+  // The default path's host check (merge_tokens_cuda.cpp): total count and the first bad position.
+  *count = 0;
+  *first_bad = -1;
+  for (int64_t c = 0; c < pos.num_chunks; ++c) {
+    *count += info[c];
+    if (*first_bad < 0) *first_bad = info[pos.num_chunks + c];
+  }
+  if (*count != num_visual || *first_bad >= 0) return 0;
+  const bool vec_table = rows_vectorizable(table, out, dim * sizeof(float));
+  const bool vec_visual = rows_vectorizable(visual, out, dim * sizeof(float));
+  emu::launch(static_cast<unsigned>(pos.num_chunks), kThreads, 0, [&] {
+    merge_forward_kernel<float, float>(pos, table, visual, out, vec_table, vec_visual, false);
+  });
+  return 0;
+}
