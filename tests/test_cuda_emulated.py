@@ -261,3 +261,54 @@ def test_merge_tokens_cuda_count_kernel_emulated_finds_the_first_bad_id(merge_em
     merge_emu.emu_merge_forward(ids.data_ptr(), 600, placeholders.data_ptr(), 1, table.data_ptr(), 50,
                                 visual.data_ptr(), 1, 4, 8, out.data_ptr(), ctypes.byref(count), ctypes.byref(first_bad))
     assert count.value == 1 and first_bad.value == 317
+
+
+# ---- pack_tokens: forward, backward and the newline gradient ---------------------------------------
+@pytest.fixture(scope="module")
+def pack_emu(tmp_path_factory):
+    launchers = ["launch_pack_forward", "launch_pack_backward", "launch_pack_newline_grad"]
+    so = _build_emulation(tmp_path_factory, "pack_tokens_kernels.cu", launchers, "pack_tokens_emu.cpp")
+    so.emu_pack_forward.restype = ctypes.c_int64
+    so.emu_pack_forward.argtypes = [ctypes.c_void_p] + [ctypes.c_int64] * 4 + [ctypes.c_void_p] * 2 + \
+        [ctypes.c_int64, ctypes.c_void_p]
+    so.emu_pack_backward.restype = ctypes.c_int
+    so.emu_pack_backward.argtypes = [ctypes.c_void_p] + [ctypes.c_int64] * 4 + [ctypes.c_void_p] * 2 + \
+        [ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p]
+    return so
+
+
+@pytest.mark.skipif(_extension.module is None, reason="compiled extension not built (the CPU kernel is the reference)")
+@pytest.mark.parametrize("max_blocks", [0, 3], ids=["grid-default", "grid-capped"])
+@pytest.mark.parametrize("dim", [12, 7])
+def test_pack_tokens_cuda_kernels_emulated_equal_cpu_kernel(pack_emu, max_blocks, dim):
+    """A batch mixing anyres_max_9 / anyres_max_4 (bilinear shrink), anyres unpad (copy), llava, and videos pooled
+    by avg, max and bilinear, with the newline: forward and backward (max pooling's argmax needs the
+    features) against the CPU kernels, on the default grid and on a capped grid-stride grid."""
+    side = 9  # a small grid keeps the emulation quick; every mode works for any side
+    tile = side * 14
+    grid = [[tile * r, tile * c] for r in range(1, 4) for c in range(1, 4)]
+    plans = [planning.plan_image(300, 900, "anyres_max_9", tile=tile, pinpoints=grid),
+             planning.plan_image(700, 650, "anyres_max_4", tile=tile, pinpoints=grid),  # the bilinear shrink
+             planning.plan_image(500, 300, "anyres", tile=tile, pinpoints=grid),
+             planning.plan_image(200, 200, "llava", tile=tile), planning.plan_video(3, "avg", tile=tile),
+             planning.plan_video(2, "max", tile=tile), planning.plan_video(2, "bilinear", tile=tile)]
+    from interleave.ops.pack_tokens import build_layout
+    table, num_rows, num_features, _ = build_layout(plans, side, True)
+    g = torch.Generator().manual_seed(dim + max_blocks)
+    feats = torch.randn(num_features, side * side, dim, generator=g)
+    newline = torch.randn(dim, generator=g)
+    table = table.contiguous()
+    out = torch.full((num_rows, dim), float("nan"))
+    rows = pack_emu.emu_pack_forward(table.data_ptr(), table.shape[0], num_features, side, dim, feats.data_ptr(),
+                                     newline.data_ptr(), max_blocks, out.data_ptr())
+    assert rows == num_rows
+    expected = torch.ops.interleave.pack_tokens(feats, newline, table, num_rows, side)
+    assert torch.equal(out, expected)
+    grad = torch.randn(num_rows, dim, generator=g)
+    grad_feats = torch.full_like(feats, float("nan"))
+    grad_newline = torch.full((dim,), float("nan"))
+    pack_emu.emu_pack_backward(table.data_ptr(), table.shape[0], num_features, side, dim, grad.data_ptr(),
+                               feats.data_ptr(), max_blocks, grad_feats.data_ptr(), grad_newline.data_ptr())
+    exp_feats, exp_newline = torch.ops.interleave.pack_tokens_backward(grad, feats, table, num_features, side, True)
+    assert torch.equal(grad_feats, exp_feats)
+    assert torch.equal(grad_newline, exp_newline)
