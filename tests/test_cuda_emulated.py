@@ -118,6 +118,9 @@ CASES = [
     ([(9, 2000)], "anyres_max_9", "pillow13", 384),
     ([(40, 17000)], "llava", "horizontal", 56),
     ([(100, 70), (70, 100)], "anyres", "pillow13", 28),
+    # one axis already at the target size: no vertical pass / no horizontal pass, in both orders
+    ([(56, 200), (200, 56)], "llava", "pillow13", 56),
+    ([(200, 56), (56, 56)], "llava", "horizontal", 56),
 ]
 
 

@@ -75,13 +75,13 @@ at::Tensor anyres_tiles_cuda(at::TensorList images, const at::Tensor& jobs, int6
       const auto at = append_axis(p.vertical);
       d.v_first = at[0]; d.v_count = at[1]; d.v_weights = at[2];
     }
-    if (p.need_horizontal && !p.vertical_first) staged_row_bytes = std::max(staged_row_bytes, j.src_w * 3);
+    if (p.need_horizontal && !p.vertical_first) staged_row_bytes = std::max(staged_row_bytes, j.src_w * cuda::kStagedBytesPerPixel);
     canvas_row_bytes = std::max(canvas_row_bytes, j.canvas_w * 3);
     d.row_first = p.row_first;
     d.mid_rows = p.mid_rows;
     d.mid_width = p.mid_width;
     d.mid_offset = mid_bytes;
-    mid_bytes += d.mid_rows * d.mid_width * 3;
+    mid_bytes += d.mid_rows * d.mid_width * cuda::kMidBytesPerPixel;
     d.pass1_begin = pass1;
     pass1 += d.mid_rows;
     d.pass2_begin = pass2;

@@ -36,50 +36,65 @@ __device__ __forceinline__ int32_t source_px(const TileJobDevice& J, int64_t sy,
 // Pass 1, one block per intermediate row. Index math in 32 bits where it divides (a 64-bit
 // division is a long software sequence on the GPU); each thread computes all three channels of a
 // pixel, so a pixel's coefficients are read once, not three times. kStagedRow: the horizontal pass
-// first copies its source canvas row into shared memory (coalesced, the padding resolved once),
-// then every tap reads shared memory; rows wider than the launcher's shared-memory limit take the
-// direct path, which reads each tap from global memory through source_px.
+// first copies its source canvas row into shared memory (one 32-bit word per pixel, the padding
+// resolved once), then every tap is one shared-memory load; rows wider than the launcher's
+// shared-memory limit take the direct path, which reads each tap from global memory (source_px).
+// The intermediate (and pass 1's staged row) hold one 32-bit word per pixel, r | g << 8 | b << 16:
+// one load or store per pixel instead of three byte accesses.
+__device__ __forceinline__ uint32_t pack_rgb(uint32_t r, uint32_t g, uint32_t b) { return r | g << 8 | b << 16; }
+__device__ __forceinline__ int32_t channel(uint32_t px, int c) { return static_cast<int32_t>((px >> (8 * c)) & 255u); }
+
 template <bool kStagedRow>
 __global__ void __launch_bounds__(kThreads)
     anyres_pass1_kernel(const TileJobDevice* __restrict__ jobs, int num_jobs,
                         const int32_t* __restrict__ coeffs, uint8_t* __restrict__ mid) {
-  IL_DYNAMIC_SMEM(uint8_t, staged);
+  IL_DYNAMIC_SMEM(uint32_t, staged);  // kStagedRow: the source row, one word per pixel
   const int64_t row = blockIdx.x;
   const TileJobDevice& J = jobs[find_job(jobs, num_jobs, row, false)];
   const int32_t r = static_cast<int32_t>(row - J.pass1_begin);
   const int32_t mid_w = static_cast<int32_t>(J.mid_width);
-  uint8_t* dst = mid + J.mid_offset + static_cast<int64_t>(r) * mid_w * 3;
+  uint32_t* dst = reinterpret_cast<uint32_t*>(mid + J.mid_offset) + static_cast<int64_t>(r) * mid_w;
   if (J.vertical_first) {
     // Vertical pass of output row r over all source columns (the source is the image itself).
     const int32_t first = coeffs[J.v_first + r], count = coeffs[J.v_count + r];
     const int32_t* k = coeffs + J.v_weights + static_cast<int64_t>(r) * J.v_ksize;
     const int64_t stride = J.img_w * 3;
     const uint8_t* src = J.image + first * stride;
-    for (int32_t i = threadIdx.x; i < mid_w * 3; i += blockDim.x) {
-      int32_t acc = kResampleHalf;
-      for (int32_t y = 0; y < count; ++y) acc += src[y * stride + i] * k[y];
-      dst[i] = resample_clip8(acc);
+    for (int32_t x = threadIdx.x; x < mid_w; x += blockDim.x) {
+      int32_t a0 = kResampleHalf, a1 = kResampleHalf, a2 = kResampleHalf;
+      const uint8_t* p = src + x * 3;
+      for (int32_t y = 0; y < count; ++y, p += stride) {
+        const int32_t w = k[y];
+        a0 += p[0] * w;
+        a1 += p[1] * w;
+        a2 += p[2] * w;
+      }
+      dst[x] = pack_rgb(resample_clip8(a0), resample_clip8(a1), resample_clip8(a2));
     }
     return;
   }
   const int64_t sy = J.row_first + r;
   if (!J.need_horizontal) {
-    for (int32_t i = threadIdx.x; i < mid_w * 3; i += blockDim.x) {
-      const int32_t x = i / 3;
-      dst[i] = static_cast<uint8_t>(source_px(J, sy, x, i - 3 * x));
-    }
+    for (int32_t x = threadIdx.x; x < mid_w; x += blockDim.x)
+      dst[x] = pack_rgb(source_px(J, sy, x, 0), source_px(J, sy, x, 1), source_px(J, sy, x, 2));
     return;
   }
   if constexpr (kStagedRow) {
+    // One 32-bit word per pixel (r | g << 8 | b << 16, the packing of src_pad): a tap is then one
+    // shared-memory load instead of three byte loads.
     const int64_t y = sy - J.src_top;
     const bool row_in = y >= 0 && y < J.img_h;
     const uint8_t* img_row = J.image + (row_in ? y : 0) * J.img_w * 3;
-    const int32_t left3 = static_cast<int32_t>(J.src_left) * 3, img_w3 = static_cast<int32_t>(J.img_w) * 3;
-    const int32_t n = static_cast<int32_t>(J.src_w) * 3;
-    for (int32_t j = threadIdx.x; j < n; j += blockDim.x) {
-      const int32_t xi3 = j - left3;  // byte offset into the image row
-      staged[j] = (row_in && xi3 >= 0 && xi3 < img_w3) ? img_row[xi3]
-                                                        : static_cast<uint8_t>(pad_channel(J.src_pad, j % 3));
+    const int32_t left = static_cast<int32_t>(J.src_left), img_w = static_cast<int32_t>(J.img_w);
+    const int32_t n = static_cast<int32_t>(J.src_w);
+    for (int32_t x = threadIdx.x; x < n; x += blockDim.x) {
+      const int32_t xi = x - left;
+      if (row_in && xi >= 0 && xi < img_w) {
+        const uint8_t* p = img_row + xi * 3;
+        staged[x] = static_cast<uint32_t>(p[0]) | static_cast<uint32_t>(p[1]) << 8 | static_cast<uint32_t>(p[2]) << 16;
+      } else {
+        staged[x] = static_cast<uint32_t>(J.src_pad);
+      }
     }
     __syncthreads();
   }
@@ -88,12 +103,13 @@ __global__ void __launch_bounds__(kThreads)
     const int32_t* k = coeffs + J.h_weights + static_cast<int64_t>(xx) * J.h_ksize;
     int32_t a0 = kResampleHalf, a1 = kResampleHalf, a2 = kResampleHalf;
     if constexpr (kStagedRow) {
-      const uint8_t* s = staged + first * 3;
-      for (int32_t x = 0; x < count; ++x, s += 3) {
+      const uint32_t* s = staged + first;
+      for (int32_t x = 0; x < count; ++x) {
         const int32_t w = k[x];
-        a0 += s[0] * w;
-        a1 += s[1] * w;
-        a2 += s[2] * w;
+        const uint32_t px = s[x];
+        a0 += channel(px, 0) * w;
+        a1 += channel(px, 1) * w;
+        a2 += channel(px, 2) * w;
       }
     } else {
       for (int32_t x = 0; x < count; ++x) {
@@ -103,51 +119,42 @@ __global__ void __launch_bounds__(kThreads)
         a2 += source_px(J, sy, first + x, 2) * w;
       }
     }
-    dst[xx * 3] = resample_clip8(a0);
-    dst[xx * 3 + 1] = resample_clip8(a1);
-    dst[xx * 3 + 2] = resample_clip8(a2);
+    dst[xx] = pack_rgb(resample_clip8(a0), resample_clip8(a1), resample_clip8(a2));
   }
 }
 
-// The three channels of resized pixel (y, x), from the intermediate.
-__device__ __forceinline__ void second_pass_px(const TileJobDevice& J, const int32_t* coeffs,
-                                               const uint8_t* m, int32_t y, int32_t x, uint8_t v[3]) {
+// Resized pixel (y, x) from the intermediate (one word per pixel), packed as r | g << 8 | b << 16.
+__device__ __forceinline__ uint32_t second_pass_px(const TileJobDevice& J, const int32_t* coeffs,
+                                                   const uint32_t* m, int32_t y, int32_t x) {
+  int32_t a0 = kResampleHalf, a1 = kResampleHalf, a2 = kResampleHalf;
   if (J.vertical_first) {  // horizontal pass over intermediate row y
-    const uint8_t* row = m + static_cast<int64_t>(y) * J.mid_width * 3;
-    if (!J.need_horizontal) {
-      v[0] = row[x * 3]; v[1] = row[x * 3 + 1]; v[2] = row[x * 3 + 2];
-      return;
-    }
+    const uint32_t* row = m + static_cast<int64_t>(y) * J.mid_width;
+    if (!J.need_horizontal) return row[x];
     const int32_t first = coeffs[J.h_first + x], count = coeffs[J.h_count + x];
     const int32_t* k = coeffs + J.h_weights + static_cast<int64_t>(x) * J.h_ksize;
-    const uint8_t* s = row + first * 3;
-    int32_t a0 = kResampleHalf, a1 = kResampleHalf, a2 = kResampleHalf;
-    for (int32_t i = 0; i < count; ++i, s += 3) {
+    const uint32_t* s = row + first;
+    for (int32_t i = 0; i < count; ++i) {
       const int32_t w = k[i];
-      a0 += s[0] * w;
-      a1 += s[1] * w;
-      a2 += s[2] * w;
+      const uint32_t px = s[i];
+      a0 += channel(px, 0) * w;
+      a1 += channel(px, 1) * w;
+      a2 += channel(px, 2) * w;
     }
-    v[0] = resample_clip8(a0); v[1] = resample_clip8(a1); v[2] = resample_clip8(a2);
-    return;
+  } else {
+    const int64_t stride = J.mid_width;
+    if (!J.need_vertical) return m[(y - J.row_first) * stride + x];
+    const int32_t first = coeffs[J.v_first + y], count = coeffs[J.v_count + y];
+    const int32_t* k = coeffs + J.v_weights + static_cast<int64_t>(y) * J.v_ksize;
+    const uint32_t* p = m + (first - J.row_first) * stride + x;
+    for (int32_t i = 0; i < count; ++i, p += stride) {
+      const int32_t w = k[i];
+      const uint32_t px = *p;
+      a0 += channel(px, 0) * w;
+      a1 += channel(px, 1) * w;
+      a2 += channel(px, 2) * w;
+    }
   }
-  const int64_t stride = J.mid_width * 3;
-  if (!J.need_vertical) {
-    const uint8_t* p = m + (y - J.row_first) * stride + x * 3;
-    v[0] = p[0]; v[1] = p[1]; v[2] = p[2];
-    return;
-  }
-  const int32_t first = coeffs[J.v_first + y], count = coeffs[J.v_count + y];
-  const int32_t* k = coeffs + J.v_weights + static_cast<int64_t>(y) * J.v_ksize;
-  const uint8_t* p = m + (first - J.row_first) * stride + x * 3;
-  int32_t a0 = kResampleHalf, a1 = kResampleHalf, a2 = kResampleHalf;
-  for (int32_t i = 0; i < count; ++i, p += stride) {
-    const int32_t w = k[i];
-    a0 += p[0] * w;
-    a1 += p[1] * w;
-    a2 += p[2] * w;
-  }
-  v[0] = resample_clip8(a0); v[1] = resample_clip8(a1); v[2] = resample_clip8(a2);
+  return pack_rgb(resample_clip8(a0), resample_clip8(a1), resample_clip8(a2));
 }
 
 // Pass 2, one block per canvas row, one thread per canvas pixel (all three channels).
@@ -170,27 +177,24 @@ __global__ void __launch_bounds__(kThreads)
   const int32_t canvas_w = static_cast<int32_t>(J.canvas_w), cols = canvas_w / tile;
   const int32_t tile_row = cy / tile, in_tile = cy - tile_row * tile;
   const int32_t dst_left = static_cast<int32_t>(J.dst_left), resize_w = static_cast<int32_t>(J.resize_w);
-  const uint8_t* m = mid + J.mid_offset;
+  const uint32_t* m = reinterpret_cast<const uint32_t*>(mid + J.mid_offset);
   const int64_t plane = static_cast<int64_t>(tile) * tile;
   for (int32_t cx = threadIdx.x; cx < canvas_w; cx += blockDim.x) {
     const int32_t x = cx - dst_left;
-    uint8_t v[3];
-    if (in_rows && x >= 0 && x < resize_w) {
-      second_pass_px(J, coeffs, m, y, x, v);
-    } else {
-      v[0] = pad_channel(J.dst_pad, 0); v[1] = pad_channel(J.dst_pad, 1); v[2] = pad_channel(J.dst_pad, 2);
-    }
+    const uint32_t px = (in_rows && x >= 0 && x < resize_w) ? second_pass_px(J, coeffs, m, y, x)
+                                                           : static_cast<uint32_t>(J.dst_pad);
+    const uint8_t v0 = channel(px, 0), v1 = channel(px, 1), v2 = channel(px, 2);
     if constexpr (kStagedOut) {
-      row_px[cx * 3] = v[0]; row_px[cx * 3 + 1] = v[1]; row_px[cx * 3 + 2] = v[2];
+      row_px[cx * 3] = v0; row_px[cx * 3 + 1] = v1; row_px[cx * 3 + 2] = v2;
     } else {
       const int32_t tcol = cx / tile, in_x = cx - tcol * tile;
       const int64_t t = J.first_tile + static_cast<int64_t>(tile_row) * cols + tcol;
       if constexpr (std::is_same_v<Out, uint8_t>) {
         Out* o = out + ((t * tile + in_tile) * tile + in_x) * 3;
-        o[0] = v[0]; o[1] = v[1]; o[2] = v[2];
+        o[0] = v0; o[1] = v1; o[2] = v2;
       } else {
         Out* o = out + t * 3 * plane + static_cast<int64_t>(in_tile) * tile + in_x;
-        o[0] = lut[v[0]]; o[plane] = lut[256 + v[1]]; o[2 * plane] = lut[512 + v[2]];
+        o[0] = lut[v0]; o[plane] = lut[256 + v1]; o[2 * plane] = lut[512 + v2];
       }
     }
   }

@@ -31,6 +31,9 @@ struct TileJobDevice {
 // every job, writing the tiles). One launch each for the whole batch. With lut (a [3, 256] table of
 // lut_bytes-wide entries: 4 for float32, 2 for bfloat16/float16) the output is [P, 3, T, T]
 // normalized values, else [P, T, T, 3] uint8.
+constexpr int64_t kStagedBytesPerPixel = 4;  // pass 1 stages one 32-bit word per source pixel
+constexpr int64_t kMidBytesPerPixel = 4;     // the intermediate holds one 32-bit word per pixel
+
 void launch_anyres_tiles(const TileJobDevice* jobs, int num_jobs, int64_t pass1_rows,
                          int64_t pass2_rows, const int32_t* coeffs, uint8_t* mid, void* out,
                          const void* lut, int lut_bytes, int64_t tile, int64_t staged_row_bytes,

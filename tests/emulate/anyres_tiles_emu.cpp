@@ -76,9 +76,9 @@ extern "C" int emu_anyres_tiles(int num_images, const uint8_t* const* images, co
       d.mid_rows = vertical_first ? d.resize_h : d.src_h;
     }
     d.mid_width = vertical_first ? d.src_w : d.resize_w;
-    if (need_h && !vertical_first) staged_row_bytes = std::max(staged_row_bytes, d.src_w * 3);
+    if (need_h && !vertical_first) staged_row_bytes = std::max(staged_row_bytes, d.src_w * kStagedBytesPerPixel);
     d.mid_offset = mid_bytes;
-    mid_bytes += d.mid_rows * d.mid_width * 3;
+    mid_bytes += d.mid_rows * d.mid_width * kMidBytesPerPixel;
     d.pass1_begin = pass1;
     pass1 += d.mid_rows;
     d.pass2_begin = pass2;
