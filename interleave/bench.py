@@ -261,9 +261,14 @@ def image_processor_cases(device: str, quick: bool = False, compile_reference: b
             pass
         probe = ours(images)["pixel_values"]
         out_bytes = probe.numel() * probe.element_size()
+        variants = {}
+        if device == "cuda":  # all images staged in one pinned buffer, one asynchronous upload
+            pinned = ImageProcessor.from_hf(hf_pil, device=device)
+            pinned.upload = "pinned"
+            variants["ours_pinned"] = lambda p=pinned, ims=images: p(ims)["pixel_values"]
         cases.append(Case(
             op="image_processor", device=device, shape=name, dtype="float32",
-            ours=lambda p=ours, ims=images: p(ims)["pixel_values"],
+            ours=lambda p=ours, ims=images: p(ims)["pixel_values"], variants=variants,
             baselines=baselines, bytes_moved=sum(im.nbytes for im in images) + out_bytes))
     return cases
 

@@ -111,6 +111,26 @@ def test_onevision_on_cuda_equals_pil_processor():
     assert_same(hf(images, return_tensors="pt"), ours)
 
 
+@pytest.mark.cuda
+def test_pinned_upload_equals_pageable_and_reuses_its_buffer():
+    """upload="pinned": one staged asynchronous transfer; equal pixel_values, on repeated calls with
+    growing and shrinking batches (the pinned buffer is reused once its last upload finished)."""
+    rng = np.random.default_rng(1)
+    hf = pil_onevision.LlavaOnevisionImageProcessorPil(**SIGLIP)
+    pageable = ImageProcessor.from_hf(hf, device="cuda")
+    pinned = ImageProcessor.from_hf(hf, device="cuda")
+    pinned.upload = "pinned"
+    for n in (2, 3, 1):
+        images = [rng.integers(0, 256, (300 + 40 * i, 451, 3), dtype=np.uint8) for i in range(n)]
+        a, b = pageable(images), pinned(images)
+        assert torch.equal(a["pixel_values"], b["pixel_values"])
+
+
+def test_upload_mode_is_checked():
+    with pytest.raises(ValueError, match="upload must be"):
+        ImageProcessor("siglip", image_mean=[0.5] * 3, image_std=[0.5] * 3, upload="zero-copy")
+
+
 def test_from_torchvision_backend_processor():
     pytest.importorskip("torchvision")
     from transformers.models.llava_onevision.image_processing_llava_onevision import LlavaOnevisionImageProcessor
