@@ -44,6 +44,20 @@ __device__ __forceinline__ int32_t source_px(const TileJobDevice& J, int64_t sy,
 __device__ __forceinline__ uint32_t pack_rgb(uint32_t r, uint32_t g, uint32_t b) { return r | g << 8 | b << 16; }
 __device__ __forceinline__ int32_t channel(uint32_t px, int c) { return static_cast<int32_t>((px >> (8 * c)) & 255u); }
 
+// One output pixel of a resampling pass: `count` taps of packed pixels `step` words apart, weights
+// k (Pillow's fixed point), all three channels, clipped and packed again.
+__device__ __forceinline__ uint32_t resample_px(const uint32_t* p, int64_t step, const int32_t* k, int32_t count) {
+  int32_t a0 = kResampleHalf, a1 = kResampleHalf, a2 = kResampleHalf;
+  for (int32_t i = 0; i < count; ++i, p += step) {
+    const int32_t w = k[i];
+    const uint32_t px = *p;
+    a0 += channel(px, 0) * w;
+    a1 += channel(px, 1) * w;
+    a2 += channel(px, 2) * w;
+  }
+  return pack_rgb(resample_clip8(a0), resample_clip8(a1), resample_clip8(a2));
+}
+
 template <bool kStagedRow>
 __global__ void __launch_bounds__(kThreads)
     anyres_pass1_kernel(const TileJobDevice* __restrict__ jobs, int num_jobs,
@@ -101,60 +115,35 @@ __global__ void __launch_bounds__(kThreads)
   for (int32_t xx = threadIdx.x; xx < mid_w; xx += blockDim.x) {
     const int32_t first = coeffs[J.h_first + xx], count = coeffs[J.h_count + xx];
     const int32_t* k = coeffs + J.h_weights + static_cast<int64_t>(xx) * J.h_ksize;
-    int32_t a0 = kResampleHalf, a1 = kResampleHalf, a2 = kResampleHalf;
     if constexpr (kStagedRow) {
-      const uint32_t* s = staged + first;
-      for (int32_t x = 0; x < count; ++x) {
-        const int32_t w = k[x];
-        const uint32_t px = s[x];
-        a0 += channel(px, 0) * w;
-        a1 += channel(px, 1) * w;
-        a2 += channel(px, 2) * w;
-      }
+      dst[xx] = resample_px(staged + first, 1, k, count);
     } else {
+      int32_t a0 = kResampleHalf, a1 = kResampleHalf, a2 = kResampleHalf;
       for (int32_t x = 0; x < count; ++x) {
         const int32_t w = k[x];
         a0 += source_px(J, sy, first + x, 0) * w;
         a1 += source_px(J, sy, first + x, 1) * w;
         a2 += source_px(J, sy, first + x, 2) * w;
       }
+      dst[xx] = pack_rgb(resample_clip8(a0), resample_clip8(a1), resample_clip8(a2));
     }
-    dst[xx] = pack_rgb(resample_clip8(a0), resample_clip8(a1), resample_clip8(a2));
   }
 }
 
 // Resized pixel (y, x) from the intermediate (one word per pixel), packed as r | g << 8 | b << 16.
 __device__ __forceinline__ uint32_t second_pass_px(const TileJobDevice& J, const int32_t* coeffs,
                                                    const uint32_t* m, int32_t y, int32_t x) {
-  int32_t a0 = kResampleHalf, a1 = kResampleHalf, a2 = kResampleHalf;
   if (J.vertical_first) {  // horizontal pass over intermediate row y
     const uint32_t* row = m + static_cast<int64_t>(y) * J.mid_width;
     if (!J.need_horizontal) return row[x];
     const int32_t first = coeffs[J.h_first + x], count = coeffs[J.h_count + x];
-    const int32_t* k = coeffs + J.h_weights + static_cast<int64_t>(x) * J.h_ksize;
-    const uint32_t* s = row + first;
-    for (int32_t i = 0; i < count; ++i) {
-      const int32_t w = k[i];
-      const uint32_t px = s[i];
-      a0 += channel(px, 0) * w;
-      a1 += channel(px, 1) * w;
-      a2 += channel(px, 2) * w;
-    }
-  } else {
-    const int64_t stride = J.mid_width;
-    if (!J.need_vertical) return m[(y - J.row_first) * stride + x];
-    const int32_t first = coeffs[J.v_first + y], count = coeffs[J.v_count + y];
-    const int32_t* k = coeffs + J.v_weights + static_cast<int64_t>(y) * J.v_ksize;
-    const uint32_t* p = m + (first - J.row_first) * stride + x;
-    for (int32_t i = 0; i < count; ++i, p += stride) {
-      const int32_t w = k[i];
-      const uint32_t px = *p;
-      a0 += channel(px, 0) * w;
-      a1 += channel(px, 1) * w;
-      a2 += channel(px, 2) * w;
-    }
+    return resample_px(row + first, 1, coeffs + J.h_weights + static_cast<int64_t>(x) * J.h_ksize, count);
   }
-  return pack_rgb(resample_clip8(a0), resample_clip8(a1), resample_clip8(a2));
+  const int64_t stride = J.mid_width;
+  if (!J.need_vertical) return m[(y - J.row_first) * stride + x];
+  const int32_t first = coeffs[J.v_first + y], count = coeffs[J.v_count + y];
+  return resample_px(m + (first - J.row_first) * stride + x, stride,
+                     coeffs + J.v_weights + static_cast<int64_t>(y) * J.v_ksize, count);
 }
 
 // Pass 2, one block per canvas row, one thread per canvas pixel (all three channels).
