@@ -8,26 +8,9 @@
 #include <optional>
 #include <vector>
 
-#include "../common/resample.h"
+#include "../common/anyres_jobs.h"
 
 namespace interleave {
-
-// One validated job, unpacked from the int64 job table.
-struct TileJob {
-  int64_t image, src_h, src_w, src_top, src_left, src_pad;
-  int64_t resize_h, resize_w, canvas_h, canvas_w, dst_top, dst_left, dst_pad, first_tile;
-  bool vertical_first;
-};
-
-// How one job runs: Pillow's coefficients of each axis that changes size, the pass order, and the
-// uint8 intermediate between the passes (rows x width pixels; horizontal-first keeps only the rows
-// the vertical pass reads, from row_first on, as ImagingResampleInner does). Shared by both backends.
-struct ResizePlan {
-  AxisCoeffs horizontal, vertical;
-  bool need_horizontal, need_vertical, vertical_first;
-  int64_t row_first, mid_rows, mid_width;
-};
-ResizePlan plan_resize(const TileJob& job);
 
 // Validates images (uint8 [h, w, 3], one device) and jobs (int64 CPU [J, kJobFields]): indices,
 // placements inside their canvases, tiles of all jobs disjoint and covering [0, num_tiles).

@@ -3,10 +3,6 @@
 
 #include <c10/util/Exception.h>
 
-#include <map>
-#include <memory>
-#include <mutex>
-#include <utility>
 
 namespace interleave {
 
@@ -34,9 +30,7 @@ std::vector<TileJob> check_anyres_tiles_args(at::TensorList images, const at::Te
   std::vector<char> covered(num_tiles, 0);
   for (int64_t j = 0; j < jobs.size(0); ++j) {
     const int64_t* r = t + j * kJobFields;
-    TileJob a{r[kJobImage], r[kJobSrcH], r[kJobSrcW], r[kJobSrcTop], r[kJobSrcLeft], r[kJobSrcPad],
-              r[kJobResizeH], r[kJobResizeW], r[kJobCanvasH], r[kJobCanvasW], r[kJobDstTop],
-              r[kJobDstLeft], r[kJobDstPad], r[kJobFirstTile], r[kJobVerticalFirst] != 0};
+    const TileJob a = unpack_tile_job(r);
     TORCH_CHECK_VALUE(a.image >= 0 && a.image < static_cast<int64_t>(images.size()),
                       "anyres_tiles: job ", j, " names image ", a.image, " of ", images.size());
     const int64_t h = images[a.image].size(0), w = images[a.image].size(1);
@@ -85,47 +79,6 @@ void check_anyres_lut(const std::optional<at::Tensor>& lut, const at::Tensor& fi
                     "anyres_tiles: lut must be [3, 256], got ", lut->sizes());
   TORCH_CHECK_VALUE(lut->device() == first_image.device(), "anyres_tiles: lut is on ", lut->device(),
                     " but the images are on ", first_image.device());
-}
-
-// Pillow's coefficients of one axis, memoized per (in_size, out_size): computing them costs ~20 us
-// per axis (a bicubic filter evaluation per tap, in double), which for a batch of 16 video frames
-// was ~0.7 ms of host time per call, while the sizes repeat within a batch and across calls.
-// Bounded (cleared past kMaxEntries); a mutex because DataLoader threads may tile concurrently.
-// The plan keeps a copy (a memcpy of tens of KB, vs computing).
-static std::shared_ptr<const AxisCoeffs> cached_bicubic_coeffs(int in_size, int out_size) {
-  constexpr size_t kMaxEntries = 256;
-  static std::mutex mutex;
-  static std::map<std::pair<int, int>, std::shared_ptr<const AxisCoeffs>> cache;
-  {
-    const std::lock_guard<std::mutex> lock(mutex);
-    const auto it = cache.find({in_size, out_size});
-    if (it != cache.end()) return it->second;
-  }
-  auto computed = std::make_shared<const AxisCoeffs>(pil_bicubic_coeffs(in_size, out_size));
-  const std::lock_guard<std::mutex> lock(mutex);
-  if (cache.size() >= kMaxEntries) cache.clear();
-  cache.emplace(std::make_pair(in_size, out_size), computed);
-  return computed;
-}
-
-ResizePlan plan_resize(const TileJob& j) {
-  ResizePlan p;
-  p.need_horizontal = j.resize_w != j.src_w;
-  p.need_vertical = j.resize_h != j.src_h;
-  p.vertical_first = j.vertical_first && p.need_vertical;
-  if (p.need_horizontal)
-    p.horizontal = *cached_bicubic_coeffs(static_cast<int>(j.src_w), static_cast<int>(j.resize_w));
-  if (p.need_vertical)
-    p.vertical = *cached_bicubic_coeffs(static_cast<int>(j.src_h), static_cast<int>(j.resize_h));
-  if (p.need_vertical && !p.vertical_first) {
-    p.row_first = p.vertical.first.front();
-    p.mid_rows = p.vertical.first.back() + p.vertical.count.back() - p.row_first;
-  } else {
-    p.row_first = 0;
-    p.mid_rows = p.vertical_first ? j.resize_h : j.src_h;
-  }
-  p.mid_width = p.vertical_first ? j.src_w : j.resize_w;
-  return p;
 }
 
 }  // namespace interleave

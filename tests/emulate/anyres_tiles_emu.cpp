@@ -1,8 +1,8 @@
 // Host emulation of the anyres_tiles CUDA kernels (tests/test_cuda_emulated.py). The kernel source
 // (csrc/cuda/anyres_tiles_kernels.cu without its launcher, which uses <<<>>>) is compiled as C++
 // under tests/emulate/cuda_emu.h and launched with the real block size and shared memory, every
-// thread a coroutine, so barriers and strided loops run as on the GPU. The glue mirrors
-// csrc/cuda/anyres_tiles_cuda.cpp. This checks the kernels' index math, barriers and Pillow
+// thread a coroutine, so barriers and strided loops run as on the GPU. The host side is the glue's
+// own (csrc/cuda/anyres_tiles_batch.h: descriptors, the deduplicated coefficient arena, sizes). This checks the kernels' index math, barriers and Pillow
 // arithmetic on machines without a GPU; timing and races between blocks need a GPU.
 #include <cuda_runtime_api.h>
 
@@ -18,74 +18,29 @@
 
 #include EMU_KERNEL_SOURCE
 
+#include "anyres_tiles_batch.h"
+
 using namespace interleave;
 using namespace interleave::cuda;
 
 extern "C" int emu_anyres_tiles(int num_images, const uint8_t* const* images, const int64_t* hw, int num_jobs,
                                 const int64_t* table, int64_t tile, const void* lut, int lut_bytes, void* out,
                                 int force_direct) {
-  std::vector<TileJobDevice> descs(num_jobs);
-  std::vector<int32_t> arena;
-  auto append = [&arena](const std::vector<int32_t>& v) {
-    const int64_t at = static_cast<int64_t>(arena.size());
-    arena.insert(arena.end(), v.begin(), v.end());
-    return at;
-  };
-  int64_t mid_bytes = 0, pass1 = 0, pass2 = 0, staged_row_bytes = 0;
+  // The glue's host side, shared (anyres_tiles_batch.h): descriptors, the deduplicated
+  // coefficient arena, the intermediate's size, the shared-memory sizes.
+  std::vector<TileJob> jobs_table;
   for (int i = 0; i < num_jobs; ++i) {
-    const int64_t* row = table + static_cast<int64_t>(i) * kJobFields;
-    TileJobDevice& d = descs[i];
-    std::memset(&d, 0, sizeof(d));
-    const int64_t image = row[kJobImage];
-    if (image < 0 || image >= num_images) return 1;
-    d.image = images[image];
-    d.img_h = hw[2 * image];
-    d.img_w = hw[2 * image + 1];
-    d.src_h = row[kJobSrcH]; d.src_w = row[kJobSrcW]; d.src_top = row[kJobSrcTop]; d.src_left = row[kJobSrcLeft];
-    d.resize_h = row[kJobResizeH]; d.resize_w = row[kJobResizeW];
-    d.canvas_h = row[kJobCanvasH]; d.canvas_w = row[kJobCanvasW];
-    d.dst_top = row[kJobDstTop]; d.dst_left = row[kJobDstLeft]; d.first_tile = row[kJobFirstTile];
-    d.src_pad = static_cast<int32_t>(row[kJobSrcPad]);
-    d.dst_pad = static_cast<int32_t>(row[kJobDstPad]);
-    // plan_resize (csrc/ops/anyres_tiles_checks.cpp)
-    const bool need_h = d.resize_w != d.src_w, need_v = d.resize_h != d.src_h;
-    const bool vertical_first = row[kJobVerticalFirst] != 0 && need_v;
-    d.need_horizontal = need_h;
-    d.need_vertical = need_v;
-    d.vertical_first = vertical_first;
-    AxisCoeffs hc, vc;
-    if (need_h) {
-      hc = pil_bicubic_coeffs(static_cast<int>(d.src_w), static_cast<int>(d.resize_w));
-      d.h_ksize = hc.ksize;
-      d.h_first = append(hc.first);
-      d.h_count = append(hc.count);
-      d.h_weights = append(hc.weights);
-    }
-    if (need_v) {
-      vc = pil_bicubic_coeffs(static_cast<int>(d.src_h), static_cast<int>(d.resize_h));
-      d.v_ksize = vc.ksize;
-      d.v_first = append(vc.first);
-      d.v_count = append(vc.count);
-      d.v_weights = append(vc.weights);
-    }
-    if (need_v && !vertical_first) {
-      d.row_first = vc.first.front();
-      d.mid_rows = vc.first.back() + vc.count.back() - d.row_first;
-    } else {
-      d.row_first = 0;
-      d.mid_rows = vertical_first ? d.resize_h : d.src_h;
-    }
-    d.mid_width = vertical_first ? d.src_w : d.resize_w;
-    if (need_h && !vertical_first) staged_row_bytes = std::max(staged_row_bytes, d.src_w * kStagedBytesPerPixel);
-    d.mid_offset = mid_bytes;
-    mid_bytes += d.mid_rows * d.mid_width * kMidBytesPerPixel;
-    d.pass1_begin = pass1;
-    pass1 += d.mid_rows;
-    d.pass2_begin = pass2;
-    pass2 += d.canvas_h;
+    jobs_table.push_back(unpack_tile_job(table + static_cast<int64_t>(i) * kJobFields));
+    if (jobs_table.back().image < 0 || jobs_table.back().image >= num_images) return 1;
   }
-  if (arena.empty()) arena.push_back(0);
-  std::vector<uint8_t> mid(static_cast<size_t>(std::max<int64_t>(mid_bytes, 1)), 0xAB);
+  const std::vector<const uint8_t*> pixels(images, images + num_images);
+  std::vector<std::array<int64_t, 2>> sizes;
+  for (int i = 0; i < num_images; ++i) sizes.push_back({hw[2 * i], hw[2 * i + 1]});
+  const TileBatch batch = plan_tile_batch(jobs_table, pixels, sizes);
+  const int64_t pass1 = batch.pass1, pass2 = batch.pass2, staged_row_bytes = batch.staged_row_bytes;
+  std::vector<TileJobDevice> descs = batch.descs;
+  std::vector<int32_t> arena = batch.arena;
+  std::vector<uint8_t> mid(static_cast<size_t>(std::max<int64_t>(batch.mid_bytes, 1)), 0xAB);
   const bool use_staged = staged_row_bytes > 0 && staged_row_bytes <= kMaxStagedRowBytes;
   const TileJobDevice* jobs = descs.data();
   const int32_t* coeffs = arena.data();
@@ -100,8 +55,7 @@ extern "C" int emu_anyres_tiles(int num_images, const uint8_t* const* images, co
   const int32_t t = static_cast<int32_t>(tile);
   if (pass2 > 0) {
     // The launcher's choice (pass2_staged_out, with_pass2_kernel); force_direct tests the other path.
-    int64_t canvas_row_bytes = 0;
-    for (const auto& d : descs) canvas_row_bytes = std::max(canvas_row_bytes, d.canvas_w * 3);
+    const int64_t canvas_row_bytes = batch.canvas_row_bytes;
     const bool staged = !force_direct && pass2_staged_out(tile, lut, lut_bytes, canvas_row_bytes);
     const size_t smem = staged ? static_cast<size_t>(canvas_row_bytes) : 0;
     const unsigned blocks = static_cast<unsigned>(pass2);

@@ -1,0 +1,93 @@
+// The host side of a CUDA anyres_tiles launch, without torch (the glue, anyres_tiles_cuda.cpp, and
+// the host emulation in tests/emulate both build their launches with it): one device descriptor per
+// job, the int32 coefficient arena (each distinct axis once), the intermediate's size and the
+// per-pass row counts and shared-memory sizes.
+#pragma once
+
+#include <algorithm>
+#include <array>
+#include <cstdint>
+#include <cstring>
+#include <map>
+#include <utility>
+#include <vector>
+
+#include "../common/anyres_jobs.h"
+#include "anyres_tiles_kernels.h"
+
+namespace interleave {
+namespace cuda {
+
+struct TileBatch {
+  std::vector<TileJobDevice> descs;
+  std::vector<int32_t> arena;  // never empty (one 0 when no job resamples)
+  int64_t mid_bytes = 0, pass1 = 0, pass2 = 0, staged_row_bytes = 0, canvas_row_bytes = 0;
+};
+
+// images[i] / hw[i]: the contiguous uint8 [h, w, 3] pixels (device pointers for a launch) and size
+// of the image that jobs name by index.
+inline TileBatch plan_tile_batch(const std::vector<TileJob>& table, const std::vector<const uint8_t*>& images,
+                                 const std::vector<std::array<int64_t, 2>>& hw) {
+  TileBatch b;
+  b.descs.resize(table.size());
+  auto append = [&b](const std::vector<int32_t>& v) {
+    const int64_t at = static_cast<int64_t>(b.arena.size());
+    b.arena.insert(b.arena.end(), v.begin(), v.end());
+    return at;
+  };
+  // Each distinct axis (in_size, out_size) is uploaded once: the 16 frames of a video share theirs.
+  std::map<std::pair<int64_t, int64_t>, std::array<int64_t, 3>> uploaded;
+  auto append_axis = [&](const AxisCoeffs& c) {
+    const std::pair<int64_t, int64_t> key{c.in_size, c.out_size};
+    const auto it = uploaded.find(key);
+    if (it != uploaded.end()) return it->second;
+    const std::array<int64_t, 3> at{append(c.first), append(c.count), append(c.weights)};
+    uploaded.emplace(key, at);
+    return at;
+  };
+  for (size_t i = 0; i < table.size(); ++i) {
+    const TileJob& j = table[i];
+    TileJobDevice& d = b.descs[i];
+    std::memset(&d, 0, sizeof(d));
+    d.image = images[j.image];
+    d.img_h = hw[j.image][0];
+    d.img_w = hw[j.image][1];
+    d.src_h = j.src_h; d.src_w = j.src_w; d.src_top = j.src_top; d.src_left = j.src_left;
+    d.resize_h = j.resize_h; d.resize_w = j.resize_w;
+    d.canvas_h = j.canvas_h; d.canvas_w = j.canvas_w;
+    d.dst_top = j.dst_top; d.dst_left = j.dst_left; d.first_tile = j.first_tile;
+    d.src_pad = static_cast<int32_t>(j.src_pad);  // packed RGB, < 2^24
+    d.dst_pad = static_cast<int32_t>(j.dst_pad);
+    const ResizePlan p = plan_resize(j);
+    d.need_horizontal = p.need_horizontal;
+    d.need_vertical = p.need_vertical;
+    d.vertical_first = p.vertical_first;
+    if (p.need_horizontal) {
+      d.h_ksize = p.horizontal.ksize;
+      const auto at = append_axis(p.horizontal);
+      d.h_first = at[0]; d.h_count = at[1]; d.h_weights = at[2];
+    }
+    if (p.need_vertical) {
+      d.v_ksize = p.vertical.ksize;
+      const auto at = append_axis(p.vertical);
+      d.v_first = at[0]; d.v_count = at[1]; d.v_weights = at[2];
+    }
+    if (p.need_horizontal && !p.vertical_first)
+      b.staged_row_bytes = std::max(b.staged_row_bytes, j.src_w * kStagedBytesPerPixel);
+    b.canvas_row_bytes = std::max(b.canvas_row_bytes, j.canvas_w * 3);
+    d.row_first = p.row_first;
+    d.mid_rows = p.mid_rows;
+    d.mid_width = p.mid_width;
+    d.mid_offset = b.mid_bytes;
+    b.mid_bytes += d.mid_rows * d.mid_width * kMidBytesPerPixel;
+    d.pass1_begin = b.pass1;
+    b.pass1 += d.mid_rows;
+    d.pass2_begin = b.pass2;
+    b.pass2 += j.canvas_h;
+  }
+  if (b.arena.empty()) b.arena.push_back(0);
+  return b;
+}
+
+}  // namespace cuda
+}  // namespace interleave
