@@ -9,6 +9,7 @@
 
 #include <stdexcept>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "ops/anyres_tiles.h"
@@ -64,6 +65,16 @@ TORCH_LIBRARY_IMPL(interleave, CUDA, m) {
 
 // Importing the module loads the library and runs the registrations above; its attributes
 // describe how it was built.
+namespace {
+// The diagnosis' bad merge_tokens input: two placeholders (id 5) against three visual rows.
+at::Tensor diag_merge_ids() {
+  at::Tensor ids = at::empty({1, 4}, at::kLong);
+  int64_t* p = ids.data_ptr<int64_t>();
+  p[0] = 1; p[1] = 5; p[2] = 5; p[3] = 2;
+  return ids;
+}
+}  // namespace
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "interleave kernels: ops are registered under torch.ops.interleave";
 #ifdef INTERLEAVE_WITH_CUDA
@@ -89,25 +100,18 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   // returns the previous setting (tests and the benchmark's variants use it).
   m.def("_set_patch_embed_gemm", [](int mode) {
     TORCH_CHECK_VALUE(mode >= 0 && mode <= 2, "_set_patch_embed_gemm: mode must be 0 (auto), 1 (cublas) or 2 (mma), got ", mode);
-    const int old = static_cast<int>(interleave::patch_embed_gemm_mode());
-    interleave::patch_embed_gemm_mode() = static_cast<interleave::PatchEmbedGemm>(mode);
-    return old;
+    return static_cast<int>(std::exchange(interleave::patch_embed_gemm_mode(), static_cast<interleave::PatchEmbedGemm>(mode)));
   });
   // More layers of the same diagnosis: a c10 error through pybind11 (no dispatcher); our CPU kernel
   // called directly (its own throw site, no dispatcher); our op through the C++ dispatcher below
   // autograd, caught here (crosses libtorch_cpu's frames, no Python, no libtorch_python).
   m.def("_diag_throw_c10", []() { TORCH_CHECK_VALUE(false, "a c10::ValueError through pybind11"); });
   m.def("_diag_merge_direct", []() {
-    at::Tensor ids = at::empty({1, 4}, at::kLong);
-    int64_t* p = ids.data_ptr<int64_t>();
-    p[0] = 1; p[1] = 5; p[2] = 5; p[3] = 2;
-    const std::vector<int64_t> ph{5};
-    interleave::merge_tokens_cpu(ids, at::zeros({10, 4}), at::zeros({3, 4}), ph, std::nullopt, -1);
+    const at::Tensor ids = diag_merge_ids();
+    interleave::merge_tokens_cpu(ids, at::zeros({10, 4}), at::zeros({3, 4}), std::vector<int64_t>{5}, std::nullopt, -1);
   });
   m.def("_diag_merge_dispatcher_caught", []() -> std::string {
-    at::Tensor ids = at::empty({1, 4}, at::kLong);
-    int64_t* p = ids.data_ptr<int64_t>();
-    p[0] = 1; p[1] = 5; p[2] = 5; p[3] = 2;
+    const at::Tensor ids = diag_merge_ids();
     const std::vector<int64_t> ph{5};
     static const auto op = c10::Dispatcher::singleton()
                                .findSchemaOrThrow("interleave::merge_tokens", "")
@@ -124,16 +128,12 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   // Minimum positions per block of the CUDA merge_tokens kernels (default 32); returns the old one.
   m.def("_set_merge_min_chunk", [](int64_t chunk) {
     TORCH_CHECK_VALUE(chunk >= 1 && chunk <= 4096, "_set_merge_min_chunk: chunk must be in [1, 4096], got ", chunk);
-    const int64_t old = interleave::merge_cuda_min_chunk();
-    interleave::merge_cuda_min_chunk() = chunk;
-    return old;
+    return std::exchange(interleave::merge_cuda_min_chunk(), chunk);
   });
   // Grid cap of the CUDA pack_tokens row kernels (0: none); returns the old one.
   m.def("_set_pack_max_blocks", [](int64_t blocks) {
     TORCH_CHECK_VALUE(blocks >= 0, "_set_pack_max_blocks: blocks must be >= 0, got ", blocks);
-    const int64_t old = interleave::pack_cuda_max_blocks();
-    interleave::pack_cuda_max_blocks() = blocks;
-    return old;
+    return std::exchange(interleave::pack_cuda_max_blocks(), blocks);
   });
   m.def("_diag_throw_std", []() { throw std::runtime_error("a std::runtime_error through pybind11"); });
 }

@@ -221,6 +221,13 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
+// Whether pass 1 stages its source rows (shared with the host emulation): up to the default 48 KiB
+// of dynamic shared memory (source rows up to 12288 pixels at 4 bytes each); wider rows use the
+// direct path for the whole launch.
+bool pass1_staged_row(int64_t staged_row_bytes) {
+  return staged_row_bytes > 0 && staged_row_bytes <= kMaxStagedRowBytes;
+}
+
 // Which pass-2 kernel a launch uses (shared with the host emulation, tests/emulate): staged
 // 16-byte stores when a tile row is a whole number of 16-byte vectors (T = 384: 1152 bytes of
 // uint8, 96 float32 or 48 bf16 vectors) and the canvas row fits the shared memory.
@@ -251,9 +258,7 @@ void launch_anyres_tiles(const TileJobDevice* jobs, int num_jobs, int64_t pass1_
   if (num_jobs == 0) return;
   if (pass1_rows > 0) {
     const unsigned blocks = static_cast<unsigned>(pass1_rows);
-    // Up to the default 48 KiB of dynamic shared memory (source rows up to 16384 pixels wide);
-    // wider rows use the direct path for the whole launch.
-    if (staged_row_bytes > 0 && staged_row_bytes <= kMaxStagedRowBytes)
+    if (pass1_staged_row(staged_row_bytes))
       anyres_pass1_kernel<true><<<blocks, kThreads, static_cast<size_t>(staged_row_bytes), stream>>>(
           jobs, num_jobs, coeffs, mid);
     else

@@ -99,16 +99,16 @@ at::Tensor patch_embed_cuda(const at::Tensor& tiles, const at::Tensor& weight, c
   // fp16's subnormal range (< 6.1e-5), where it loses bits. Keep the 1/255 out of the operand
   // (W * 255 = W / std) and apply it to the fp32 accumulator instead; exact in real arithmetic.
   const bool unscale = gemm == cuda::GemmType::kFloat16 && s.channels_last;
+  const at::Tensor scaled_weight = unscale ? weight.mul(255.0) : weight;
+  const double alpha = unscale ? 1.0 / 255.0 : 1.0;
   const PatchEmbedGemm mode = patch_embed_gemm_mode();
   const bool tensor_cores = gemm == cuda::GemmType::kBFloat16 || gemm == cuda::GemmType::kFloat16;
   if (tensor_cores && M > 0 && s.dim > 0 &&
       (mode == PatchEmbedGemm::kCublas || (mode == PatchEmbedGemm::kAuto && M >= kPatchEmbedCublasMinRows))) {
     TORCH_CHECK_VALUE(M < (int64_t{1} << 31), "patch_embed_cuda: at most 2^31 - 1 tokens per call, got ", M);
-    return patch_embed_cublas(s, tiles, unscale ? weight.mul(255.0) : weight, bias, pos_embed, operand,
-                              unscale ? 1.0 / 255.0 : 1.0, gemm, stream);
+    return patch_embed_cublas(s, tiles, scaled_weight, bias, pos_embed, operand, alpha, gemm, stream);
   }
-  const at::Tensor w = patch_embed_weight_order(unscale ? weight.mul(255.0) : weight, s.channels_last,
-                                                operand, Kp);  // [C, Kp]
+  const at::Tensor w = patch_embed_weight_order(scaled_weight, s.channels_last, operand, Kp);  // [C, Kp]
   const at::Tensor b = bias.to(epilogue).contiguous();
   const at::Tensor pos = pos_embed.to(epilogue).contiguous();
   at::Tensor out = at::empty({s.batch, s.geometry.tokens, s.dim}, tiles.options().dtype(s.out_dtype));
@@ -123,7 +123,7 @@ at::Tensor patch_embed_cuda(const at::Tensor& tiles, const at::Tensor& weight, c
   args.k_padded = Kp;
   args.dim = s.dim;
   args.weight = w.const_data_ptr();
-  args.alpha = unscale ? static_cast<float>(1.0 / 255.0) : 1.0f;
+  args.alpha = static_cast<float>(alpha);
   args.bias = b.const_data_ptr();
   args.pos_embed = pos.const_data_ptr();
   args.out = out.mutable_data_ptr();

@@ -3,7 +3,6 @@
 
 #include <c10/util/Exception.h>
 
-
 namespace interleave {
 
 std::vector<TileJob> check_anyres_tiles_args(at::TensorList images, const at::Tensor& jobs,

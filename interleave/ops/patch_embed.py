@@ -15,7 +15,8 @@ in-place change through `.data` does not bump the version and is not seen: call
 already normalized: the weights are used as they are.
 
 Output dtype: the weight's, or `out_dtype`. Gradients flow to weight, bias and pos_embed (none to the
-pixels); through the fold they are exact with respect to the real W and b.
+pixels), with respect to the real W and b: from uint8 tiles the weight gradient is taken over the
+normalized patches (under torch.compile, through the traced fold).
 """
 from __future__ import annotations
 

@@ -38,12 +38,10 @@ extern "C" int emu_anyres_tiles(int num_images, const uint8_t* const* images, co
   for (int i = 0; i < num_images; ++i) sizes.push_back({hw[2 * i], hw[2 * i + 1]});
   const TileBatch batch = plan_tile_batch(jobs_table, pixels, sizes);
   const int64_t pass1 = batch.pass1, pass2 = batch.pass2, staged_row_bytes = batch.staged_row_bytes;
-  std::vector<TileJobDevice> descs = batch.descs;
-  std::vector<int32_t> arena = batch.arena;
   std::vector<uint8_t> mid(static_cast<size_t>(std::max<int64_t>(batch.mid_bytes, 1)), 0xAB);
-  const bool use_staged = staged_row_bytes > 0 && staged_row_bytes <= kMaxStagedRowBytes;
-  const TileJobDevice* jobs = descs.data();
-  const int32_t* coeffs = arena.data();
+  const bool use_staged = pass1_staged_row(staged_row_bytes);
+  const TileJobDevice* jobs = batch.descs.data();
+  const int32_t* coeffs = batch.arena.data();
   uint8_t* m = mid.data();
   if (pass1 > 0) {
     if (use_staged)
