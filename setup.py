@@ -8,6 +8,7 @@ import glob
 import os
 import re
 import shutil
+import subprocess
 import sys
 
 from setuptools import setup
@@ -94,6 +95,27 @@ if ccache:
         os.environ.setdefault("PYTORCH_NVCC", f"{ccache} {os.path.join(CUDA_HOME, 'bin', 'nvcc')}")
 
 
+def dynamic_libstdcxx():
+    """Link flags that make the extension load libstdc++ as a shared library, never link it in.
+
+    On the lent H100 machines (Ubuntu 24.04, gcc 13.3, Python 3.12 with -Wl,-Bsymbolic-functions)
+    our _C.so came out with no NEEDED libstdc++.so.6 and libstdc++ code inside it; its
+    std::ostream << long (every TORCH_CHECK message with a number) then crashed against the
+    process's libstdc++ data (bench/results/2026-11-27-H100-404b09f-errpath.txt). Naming the shared
+    file (-l:libstdc++.so.6), ahead of the driver's own -lstdc++, binds every reference to it.
+    Empty where the compiler cannot find that file (non-GNU toolchains, other platforms).
+    """
+    if not sys.platform.startswith("linux"):
+        return []
+    cxx = (os.environ.get("CXX") or "c++").split()[-1]
+    try:
+        found = subprocess.run([cxx, "-print-file-name=libstdc++.so.6"], capture_output=True,
+                               text=True, timeout=60).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return []
+    return ["-l:libstdc++.so.6"] if os.path.isabs(found) and os.path.exists(found) else []
+
+
 def sources():
     found = glob.glob("csrc/**/*.cpp", recursive=True)
     if WITH_CUDA:
@@ -126,17 +148,18 @@ def extension():
     # -ffp-contract=off: Pillow-exact resample coefficients need uncontracted double arithmetic.
     # -fopenmp: at::parallel_for is an inline OpenMP loop; without the flag it silently runs serially.
     cxx = ["-O3", "-fvisibility=hidden", "-ffp-contract=off", "-fopenmp"]
+    link = ["-fopenmp"] + dynamic_libstdcxx()
     if WITH_CUDA:
         macros.append(("INTERLEAVE_WITH_CUDA", None))
         nvcc = ["-O3", "-lineinfo", "--expt-relaxed-constexpr", "-Xfatbin", "-compress-all"]
         ext = cpp_extension.CUDAExtension(
             "interleave._C", sources(), define_macros=macros,
-            extra_compile_args={"cxx": cxx, "nvcc": nvcc}, extra_link_args=["-fopenmp"],
+            extra_compile_args={"cxx": cxx, "nvcc": nvcc}, extra_link_args=link,
         )
     else:
         ext = cpp_extension.CppExtension(
             "interleave._C", sources(), define_macros=macros, extra_compile_args={"cxx": cxx},
-            extra_link_args=["-fopenmp"],
+            extra_link_args=link,
         )
     kind = "CUDAExtension (CPU + CUDA kernels)" if WITH_CUDA else "CppExtension (CPU kernels only)"
     why = ""

@@ -24,6 +24,10 @@ CASES = {
     "module_throw_pybind11": "interleave._C._diag_throw_std()",
     # a c10::ValueError (TORCH_CHECK_VALUE) from our module through pybind11 (no dispatcher).
     "module_throw_c10_pybind11": "interleave._C._diag_throw_c10()",
+    # number formatting in our module, no exception: c10::str (what TORCH_CHECK's message uses) and
+    # a plain std::ostringstream; the 2026-11-27 backtrace crashed inside operator<<(long).
+    "module_format_c10": "assert interleave._C._diag_format_c10(7) == 'n = 7'",
+    "module_format_ostream": "assert interleave._C._diag_format_ostream(7) == 'n = 7'",
     # our CPU kernel called directly from our module (its real throw site, no dispatcher).
     "module_kernel_direct": "interleave._C._diag_merge_direct()",
     # our op through the C++ dispatcher below autograd, caught in our module (no Python in between).

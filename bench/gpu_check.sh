@@ -31,12 +31,17 @@ if [ -d .whl ] && ls .whl/*.whl >/dev/null 2>&1; then
 fi
 start=$(date +%s)
 if ! MAX_JOBS=16 TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:-9.0a}" \
-     "$PY" -m pip install --no-build-isolation --no-deps -e . > "$OUT_DIR/build.log" 2>&1; then
+     "$PY" -m pip install -v --no-build-isolation --no-deps -e . > "$OUT_DIR/build.log" 2>&1; then
   tail -50 "$OUT_DIR/build.log"
   echo "BUILD FAILED"
   exit 1
 fi
 echo "built in $(( $(date +%s) - start ))s"
+# How libstdc++ is linked (setup.py's dynamic_libstdcxx; the 404b09f run's .so had it linked in).
+so=$(ls interleave/_C*.so 2>/dev/null | head -1)
+echo "link: $(grep -oE -- "-l:libstdc\+\+[^ ]*|-static-libstdc\+\+" "$OUT_DIR/build.log" | sort -u | tr '\n' ' ')"\
+"NEEDED: $(readelf -d "$so" 2>/dev/null | grep -oE 'lib(stdc\+\+|gcc_s|c10)[^]]*' | tr '\n' ' ')"\
+"std::locale defined in our .so: $(nm -C --defined-only "$so" 2>/dev/null | grep -c 'std::locale::')"
 "$PY" -m interleave info
 
 # Order: the benchmarks first (the numbers no other machine can give), then the error-path diagnosis
@@ -55,6 +60,12 @@ op_args=$(for o in $ops; do printf -- '--op %s ' "$o"; done)
 INTERLEAVE_COMMIT="$commit" timeout "${BENCH_BUDGET_S:-180}" "$PY" -m interleave bench --device cuda --reps 50 \
   --no-compile $op_args --json "$json" || { echo "bench: rc=$? (124: out of time; the JSON holds the cases that finished)"; status=1; }
 
+echo "== 3b. where the time goes (bench/gpu_profile.py: kernel tables of a few cases)"
+timeout 90 "$PY" bench/gpu_profile.py patch_embed:N=64:bfloat16 anyres_tiles:16.frames:uint8 \
+  image_processor:OneVision:float32 merge_tokens:D=1024:float32 > "$OUT_DIR/profile.log" 2>&1 \
+  || echo "profile: rc=$?"
+grep -E "^==|^  [a-z_]+: wall" "$OUT_DIR/profile.log" | head -30
+
 echo "== 4. error paths (each case in its own process; the H100 runs so far crashed on every C++ error our ops raise)"
 timeout 120 "$PY" bench/errpath_diag.py > "$OUT_DIR/errpath.log" 2>&1
 errpath_rc=$?
@@ -72,6 +83,12 @@ if [ "$errpath_rc" -ne 0 ]; then
     "$PY" -c "import sysconfig as s, platform; print('python', platform.python_version(), s.get_config_var('LDSHARED'), s.get_config_var('CC')); print('glibc', platform.libc_ver())"
     grep -i "x86_Thread\|Speculation" /proc/self/status
     g++ --version 2>&1 | head -1; ld --version 2>&1 | head -1
+    echo "-- libstdc++: the link line, the toolchain's files, what our .so holds"
+    grep -E -- "-shared .* -o [^ ]*_C\.cpython" "$OUT_DIR/build.log" | tail -1 | tr ' ' '\n' | grep -v "\.o$" | tr '\n' ' '; echo
+    echo "CXX=${CXX:-unset} LDFLAGS=${LDFLAGS:-unset} $(g++ -print-file-name=libstdc++.so) $(g++ -print-file-name=libstdc++.so.6)"
+    ls -l /usr/lib/gcc/x86_64-linux-gnu/*/libstdc++.* /usr/lib/x86_64-linux-gnu/libstdc++.so* 2>&1 | head -8
+    readelf -d "$so" | grep NEEDED | tr -s ' ' | cut -d' ' -f5- | tr '\n' ' '; echo
+    nm -C --defined-only "$so" | grep -E "std::(locale|ostream|basic_ostream|num_put)" | head -8
     # CET shadow stack (Ubuntu 24.04 builds with -fcf-protection; the CPU machine here has none):
     # the same failing case with glibc's shadow stack off.
     echo "-- $first with GLIBC_TUNABLES=glibc.cpu.x86_shstk=off:"
@@ -90,7 +107,7 @@ fi
 echo "== 5. CUDA tests"
 # One pytest process for every file; if it dies of a signal (a segfault hides the rest of the
 # run), once more one process per file so that one crash hides nothing else. Files back from the
-# device: the JSON, build.log, errpath.log, cuda-tests.log, cuda-tests-per-file.log (at most 8).
+# device: the JSON, build.log, profile.log, errpath.log, cuda-tests.log, cuda-tests-per-file.log (at most 8).
 # Whatever is left of the device tool's 540 s (the script's own clock: $SECONDS), at most 240 s.
 left=$(( 520 - SECONDS )); [ "$left" -gt 240 ] && left=240; [ "$left" -lt 60 ] && left=60
 # If the error paths crash (step 4), the tests that expect an error are skipped (tests/conftest.py).

@@ -7,6 +7,7 @@
 #include <ATen/ops/empty.h>
 #include <ATen/ops/zeros.h>
 
+#include <sstream>
 #include <stdexcept>
 #include <string>
 #include <utility>
@@ -136,4 +137,12 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
     return std::exchange(interleave::pack_cuda_max_blocks(), blocks);
   });
   m.def("_diag_throw_std", []() { throw std::runtime_error("a std::runtime_error through pybind11"); });
+  // The 2026-11-27 backtrace (404b09f) stopped inside std::ostream::operator<<(long) while
+  // TORCH_CHECK built its message, before any throw: number formatting with no exception at all.
+  m.def("_diag_format_c10", [](int64_t n) { return c10::str("n = ", n); });
+  m.def("_diag_format_ostream", [](int64_t n) {
+    std::ostringstream s;
+    s << "n = " << n;
+    return s.str();
+  });
 }

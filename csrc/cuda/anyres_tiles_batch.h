@@ -35,13 +35,19 @@ inline TileBatch plan_tile_batch(const std::vector<TileJob>& table, const std::v
     b.arena.insert(b.arena.end(), v.begin(), v.end());
     return at;
   };
-  // Each distinct axis (in_size, out_size) is uploaded once: the 16 frames of a video share theirs.
-  std::map<std::pair<int64_t, int64_t>, std::array<int64_t, 3>> uploaded;
-  auto append_axis = [&](const AxisCoeffs& c) {
-    const std::pair<int64_t, int64_t> key{c.in_size, c.out_size};
+  // Each distinct axis (in_size, out_size, layout) is uploaded once: the 16 frames of a video share
+  // theirs. Horizontal axes go tap-major (TileJobDevice::h_weights), vertical ones as computed.
+  std::map<std::array<int64_t, 3>, std::array<int64_t, 3>> uploaded;
+  auto append_axis = [&](const AxisCoeffs& c, bool tap_major) {
+    const std::array<int64_t, 3> key{c.in_size, c.out_size, tap_major};
     const auto it = uploaded.find(key);
     if (it != uploaded.end()) return it->second;
-    const std::array<int64_t, 3> at{append(c.first), append(c.count), append(c.weights)};
+    std::vector<int32_t> weights = c.weights;
+    if (tap_major) {  // [out_size][ksize] -> [ksize][out_size]
+      for (int64_t x = 0; x < c.out_size; ++x)
+        for (int64_t i = 0; i < c.ksize; ++i) weights[i * c.out_size + x] = c.weights[x * c.ksize + i];
+    }
+    const std::array<int64_t, 3> at{append(c.first), append(c.count), append(weights)};
     uploaded.emplace(key, at);
     return at;
   };
@@ -63,13 +69,13 @@ inline TileBatch plan_tile_batch(const std::vector<TileJob>& table, const std::v
     d.need_vertical = p.need_vertical;
     d.vertical_first = p.vertical_first;
     if (p.need_horizontal) {
-      d.h_ksize = p.horizontal.ksize;
-      const auto at = append_axis(p.horizontal);
+      d.h_outputs = p.horizontal.out_size;
+      const auto at = append_axis(p.horizontal, true);
       d.h_first = at[0]; d.h_count = at[1]; d.h_weights = at[2];
     }
     if (p.need_vertical) {
       d.v_ksize = p.vertical.ksize;
-      const auto at = append_axis(p.vertical);
+      const auto at = append_axis(p.vertical, false);
       d.v_first = at[0]; d.v_count = at[1]; d.v_weights = at[2];
     }
     if (p.need_horizontal && !p.vertical_first)

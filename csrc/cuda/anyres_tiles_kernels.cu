@@ -45,11 +45,12 @@ __device__ __forceinline__ uint32_t pack_rgb(uint32_t r, uint32_t g, uint32_t b)
 __device__ __forceinline__ int32_t channel(uint32_t px, int c) { return static_cast<int32_t>((px >> (8 * c)) & 255u); }
 
 // One output pixel of a resampling pass: `count` taps of packed pixels `step` words apart, weights
-// k (Pillow's fixed point), all three channels, clipped and packed again.
-__device__ __forceinline__ uint32_t resample_px(const uint32_t* p, int64_t step, const int32_t* k, int32_t count) {
+// k[0], k[kstep], ... (Pillow's fixed point), all three channels, clipped and packed again.
+__device__ __forceinline__ uint32_t resample_px(const uint32_t* p, int64_t step, const int32_t* k, int64_t kstep,
+                                                int32_t count) {
   int32_t a0 = kResampleHalf, a1 = kResampleHalf, a2 = kResampleHalf;
-  for (int32_t i = 0; i < count; ++i, p += step) {
-    const int32_t w = k[i];
+  for (int32_t i = 0; i < count; ++i, p += step, k += kstep) {
+    const int32_t w = *k;
     const uint32_t px = *p;
     a0 += channel(px, 0) * w;
     a1 += channel(px, 1) * w;
@@ -114,13 +115,13 @@ __global__ void __launch_bounds__(kThreads)
   }
   for (int32_t xx = threadIdx.x; xx < mid_w; xx += blockDim.x) {
     const int32_t first = coeffs[J.h_first + xx], count = coeffs[J.h_count + xx];
-    const int32_t* k = coeffs + J.h_weights + static_cast<int64_t>(xx) * J.h_ksize;
+    const int32_t* k = coeffs + J.h_weights + xx;  // tap-major: tap x at k[x * h_outputs]
     if constexpr (kStagedRow) {
-      dst[xx] = resample_px(staged + first, 1, k, count);
+      dst[xx] = resample_px(staged + first, 1, k, J.h_outputs, count);
     } else {
       int32_t a0 = kResampleHalf, a1 = kResampleHalf, a2 = kResampleHalf;
       for (int32_t x = 0; x < count; ++x) {
-        const int32_t w = k[x];
+        const int32_t w = k[x * J.h_outputs];
         a0 += source_px(J, sy, first + x, 0) * w;
         a1 += source_px(J, sy, first + x, 1) * w;
         a2 += source_px(J, sy, first + x, 2) * w;
@@ -137,13 +138,13 @@ __device__ __forceinline__ uint32_t second_pass_px(const TileJobDevice& J, const
     const uint32_t* row = m + static_cast<int64_t>(y) * J.mid_width;
     if (!J.need_horizontal) return row[x];
     const int32_t first = coeffs[J.h_first + x], count = coeffs[J.h_count + x];
-    return resample_px(row + first, 1, coeffs + J.h_weights + static_cast<int64_t>(x) * J.h_ksize, count);
+    return resample_px(row + first, 1, coeffs + J.h_weights + x, J.h_outputs, count);
   }
   const int64_t stride = J.mid_width;
   if (!J.need_vertical) return m[(y - J.row_first) * stride + x];
   const int32_t first = coeffs[J.v_first + y], count = coeffs[J.v_count + y];
   return resample_px(m + (first - J.row_first) * stride + x, stride,
-                     coeffs + J.v_weights + static_cast<int64_t>(y) * J.v_ksize, count);
+                     coeffs + J.v_weights + static_cast<int64_t>(y) * J.v_ksize, 1, count);
 }
 
 // Pass 2, one block per canvas row, one thread per canvas pixel (all three channels).

@@ -18,8 +18,14 @@ struct TileJobDevice {
   int64_t resize_h, resize_w, canvas_h, canvas_w, dst_top, dst_left, first_tile;
   int32_t src_pad, dst_pad;  // packed RGB
   int32_t need_horizontal, need_vertical, vertical_first;
-  int32_t h_ksize, v_ksize;
-  int64_t h_first, h_count, h_weights;  // offsets into the int32 coefficient arena
+  int32_t v_ksize;
+  // Offsets into the int32 coefficient arena. The horizontal weights are tap-major (weight i of
+  // output x at h_weights + i * h_outputs + x): the threads of a warp take consecutive outputs, so
+  // each tap's weights are one coalesced load (output-major, they were 32 cache lines per load
+  // and pass 1's bottleneck). The vertical ones stay output-major (ksize per row): a block shares
+  // its row's weights, which are then broadcast loads.
+  int64_t h_outputs;
+  int64_t h_first, h_count, h_weights;
   int64_t v_first, v_count, v_weights;
   int64_t row_first;                    // first source row the first pass reads (horizontal first)
   int64_t mid_rows, mid_width;          // intermediate: rows x pixels

@@ -1,0 +1,63 @@
+"""Where does a benchmark case's time go on the GPU? A kernel table per case, for bench/gpu_check.sh.
+
+The benchmark (interleave/bench.py) gives one median per implementation; this profiles the same
+cases (same inputs, same calls) under torch.profiler and prints, for ours and the case's first
+baseline, the CUDA kernels with their total and per-call device time, plus the wall time of the
+calls, so that host overhead (launch and Python) shows against device time.
+
+    python3 bench/gpu_profile.py patch_embed:N=64:bfloat16 anyres_tiles:16.frames:uint8
+Each argument is op:shape-substring:dtype (a dot in the shape part matches a space).
+"""
+import sys
+import time
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+from interleave.bench import CASES
+
+
+def profile_call(name, fn, reps=10):
+    for _ in range(3):
+        fn()
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        fn()
+    torch.cuda.synchronize()
+    wall_ms = (time.perf_counter() - t0) / reps * 1e3
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        for _ in range(reps):
+            fn()
+        torch.cuda.synchronize()
+    events = [e for e in prof.key_averages() if e.device_type == torch.autograd.DeviceType.CUDA]
+    events.sort(key=lambda e: e.self_device_time_total, reverse=True)
+    device_ms = sum(e.self_device_time_total for e in events) / reps / 1e3
+    print(f"  {name}: wall {wall_ms:.3f} ms/call (back to back), device {device_ms:.3f} ms/call")
+    for e in events[:8]:
+        print(f"    {e.self_device_time_total / reps / 1e3:8.4f} ms/call  x{e.count // reps:<3} {e.key[:110]}")
+
+
+def main(argv):
+    for spec in argv:
+        op, shape, dtype = spec.split(":")
+        shape = shape.replace(".", " ")
+        cases = [c for c in CASES[op]("cuda", quick=False, compile_reference=False)
+                 if shape in c.shape and c.dtype == dtype]
+        if not cases:
+            print(f"{spec}: no such case")
+            continue
+        case = cases[0]
+        print(f"== {op} {case.shape} {case.dtype}")
+        profile_call("ours", case.ours)
+        for name, fn in list(case.variants.items())[:3]:
+            profile_call(name, fn)
+        ref = next(iter(case.baselines))
+        profile_call(ref, case.baselines[ref])
+        del cases, case
+        torch.cuda.empty_cache()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
