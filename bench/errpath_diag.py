@@ -11,6 +11,7 @@ without CUDA initialized, and a C++ exception thrown from our module through pyb
     python3 bench/errpath_diag.py            # all cases, one line each; rc 1 if any crashed
     python3 bench/errpath_diag.py CASE       # one case in this process (what the driver runs)
 """
+import concurrent.futures
 import os
 import subprocess
 import sys
@@ -71,10 +72,17 @@ def main() -> int:
     names = list(CASES)
     if torch.cuda.is_available():
         names += [n + "+cuda" for n in CASES]
+    # The cases run concurrently (each process spends seconds importing torch; the 24 cases one after
+    # the other overran gpu_check.sh's 120 s on the H100 at c6aacb5); results print in case order.
+    def run_case(name):
+        return subprocess.run([sys.executable, "-X", "faulthandler", __file__, name], capture_output=True,
+                              text=True, timeout=120, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+
+    workers = max(1, min(8, (os.cpu_count() or 2) // 2))
+    with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+        results = list(pool.map(run_case, names))
     crashed = 0
-    for name in names:
-        p = subprocess.run([sys.executable, "-X", "faulthandler", __file__, name], capture_output=True, text=True,
-                           timeout=120, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    for name, p in zip(names, results):
         if p.returncode == 0:
             print(f"{name}: {p.stdout.strip().splitlines()[-1] if p.stdout.strip() else 'ok'}")
         else:

@@ -91,9 +91,13 @@ if [ "$errpath_rc" -ne 0 ]; then
     nm -C --defined-only "$so" | grep -E "std::(locale|ostream|basic_ostream|num_put)" | head -8
     # CET shadow stack (Ubuntu 24.04 builds with -fcf-protection; the CPU machine here has none):
     # the same failing case with glibc's shadow stack off.
-    echo "-- $first with GLIBC_TUNABLES=glibc.cpu.x86_shstk=off:"
-    GLIBC_TUNABLES=glibc.cpu.x86_shstk=off timeout 60 "$PY" bench/errpath_diag.py "$first" 2>&1 | tail -2
-    echo "rc=$?"
+    if [ -n "$first" ]; then
+      echo "-- $first with GLIBC_TUNABLES=glibc.cpu.x86_shstk=off:"
+      GLIBC_TUNABLES=glibc.cpu.x86_shstk=off timeout 60 "$PY" bench/errpath_diag.py "$first" 2>&1 | tail -2
+      echo "rc=$?"
+    else
+      echo "-- no case crashed (errpath_diag rc=$errpath_rc: 124 is its timeout)"
+    fi
   } >> "$OUT_DIR/errpath.log" 2>&1
   if [ -n "$first" ] && command -v cuda-gdb >/dev/null; then
     echo "-- backtraces of $first at the throw and at the crash (cuda-gdb, host code)" >> "$OUT_DIR/errpath.log"
