@@ -30,7 +30,10 @@ def profile_call(name, fn, reps=10):
         for _ in range(reps):
             fn()
         torch.cuda.synchronize()
-    events = [e for e in prof.key_averages() if e.device_type == torch.autograd.DeviceType.CUDA]
+    # Kernels and copies only: our record_function ranges ("interleave/...") also show on the GPU
+    # timeline and would count their kernels twice.
+    events = [e for e in prof.key_averages() if e.device_type == torch.autograd.DeviceType.CUDA
+              and not e.key.startswith("interleave/")]
     events.sort(key=lambda e: e.self_device_time_total, reverse=True)
     device_ms = sum(e.self_device_time_total for e in events) / reps / 1e3
     print(f"  {name}: wall {wall_ms:.3f} ms/call (back to back), device {device_ms:.3f} ms/call")
