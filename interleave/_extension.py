@@ -84,3 +84,16 @@ def native_setting(setter: str, value: int):
         yield
     finally:
         getattr(module, setter)(old)
+
+
+def skip_autograd_layer(*tensors) -> contextlib.AbstractContextManager:
+    """A context for calling one of our torch.library ops that enters the dispatcher below its
+    autograd layer when that layer has nothing to record: grad mode off, or no input requiring grad.
+    The layer is Python (torch.library's autograd registration, ~5 us a call on this project's CPU),
+    a visible share of a CUDA op whose kernels take ~30 us. Not under torch.compile (which traces
+    the op through that layer) nor under torch.func transforms (whose wrapped tensors must see it)."""
+    functorch_active = getattr(torch._C, "_are_functorch_transforms_active", lambda: True)
+    if (torch.compiler.is_compiling() or functorch_active()
+            or (torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors))):
+        return contextlib.nullcontext()
+    return torch._C._AutoDispatchBelowAutograd()

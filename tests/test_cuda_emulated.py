@@ -67,11 +67,13 @@ def anyres_emu(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def im2col_emu(tmp_path_factory):
-    so = _build_emulation(tmp_path_factory, "patch_embed_kernels.cu", ["launch_patch_embed", "launch_patch_im2col"],
-                          "patch_im2col_emu.cpp")
+    so = _build_emulation(tmp_path_factory, "patch_embed_kernels.cu",
+                          ["launch_patch_embed", "launch_patch_im2col", "launch_broadcast_rows"], "patch_im2col_emu.cpp")
     so.emu_patch_im2col.restype = ctypes.c_int
     so.emu_patch_im2col.argtypes = [ctypes.c_void_p, ctypes.c_int] + [ctypes.c_int64] * 7 + \
         [ctypes.c_int64, ctypes.c_int, ctypes.c_int, ctypes.c_void_p]
+    so.emu_broadcast_rows.restype = ctypes.c_int
+    so.emu_broadcast_rows.argtypes = [ctypes.c_void_p] + [ctypes.c_int64] * 3 + [ctypes.c_void_p]
     so.emu_patch_embed_simt.restype = ctypes.c_int
     so.emu_patch_embed_simt.argtypes = [ctypes.c_void_p] + [ctypes.c_int64] * 5 + [ctypes.c_void_p, ctypes.c_int64] + \
         [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p]
@@ -141,6 +143,22 @@ def test_anyres_tiles_cuda_kernels_emulated_equal_cpu_kernel(anyres_emu, case, l
         expected = expected.view(torch.int32 if lut.element_size() == 4 else torch.int16)
         got = got.view(np.int32 if lut.element_size() == 4 else np.int16)
     np.testing.assert_array_equal(got, expected.numpy())
+
+
+# ---- patch_embed: the position-embedding broadcast of the cuBLAS path --------------------------------
+@pytest.mark.parametrize("period,dim,rows", [(729, 1152, 729 * 3), (4, 8, 13), (1, 24, 9), (5, 16, 0)],
+                         ids=["siglip-N3", "partial-last-image", "one-token", "no-rows"])
+def test_broadcast_rows_cuda_kernel_emulated(im2col_emu, period, dim, rows):
+    # bf16 rows of dim elements (dim * 2 bytes, a multiple of 16): out[m] = pos[m % period] bit for bit.
+    g = torch.Generator().manual_seed(period + dim)
+    pos = torch.randn(period, dim, generator=g).to(torch.bfloat16)
+    out = torch.full((max(rows, 1), dim), float("nan"), dtype=torch.bfloat16)
+    rc = im2col_emu.emu_broadcast_rows(pos.data_ptr(), period, dim * 2, rows, out.data_ptr())
+    assert rc == 0
+    expected = pos.repeat((rows + period - 1) // period, 1)[:rows]
+    assert torch.equal(out[:rows].view(torch.int16), expected.view(torch.int16))
+    if rows == 0:
+        assert out.isnan().all()  # nothing written
 
 
 # ---- patch_embed: the im2col kernel of the cuBLAS path ---------------------------------------------

@@ -390,3 +390,24 @@ def test_large_outputs_reuse_cached_memory_correctly():
     assert torch.equal(again, reference.merge_tokens(*second, [IMAGE]))
     if os.environ.get("INTERLEAVE_HUGEPAGES", "1") != "0":
         assert again.data_ptr() == ptr  # the freed mapping was handed out again
+
+
+def test_skip_autograd_layer_only_when_nothing_to_record():
+    # merge_tokens and pack_tokens enter the dispatcher below torch.library's (Python) autograd layer
+    # when it has nothing to record; with an input that needs grad they must go through it.
+    from interleave import _extension
+    plain, leaf = torch.randn(2), torch.randn(2, requires_grad=True)
+    below = type(torch._C._AutoDispatchBelowAutograd())
+    assert isinstance(_extension.skip_autograd_layer(plain, None), below)
+    assert not isinstance(_extension.skip_autograd_layer(plain, leaf), below)
+    with torch.no_grad():
+        assert isinstance(_extension.skip_autograd_layer(leaf), below)
+    ids, weight = torch.tensor([[1, 5, 5, 2]]), torch.randn(10, 4, requires_grad=True)
+    visual = torch.randn(2, 4)
+    out = merge_tokens(ids, weight, visual, 5)
+    assert out.grad_fn is not None  # through the autograd layer: trainable
+    out.sum().backward()
+    assert weight.grad is not None
+    with torch.no_grad():
+        assert merge_tokens(ids, weight, visual, 5).grad_fn is None
+    assert torch.equal(merge_tokens(ids, weight.detach(), visual, 5), out.detach())

@@ -7,6 +7,7 @@
 #include <c10/cuda/CUDAGuard.h>
 
 #include <algorithm>
+#include <cstdint>
 
 #include "../ops/patch_embed.h"
 #include "patch_embed_kernels.h"
@@ -56,7 +57,16 @@ at::Tensor patch_embed_cublas(const PatchEmbedShape& s, const at::Tensor& tiles,
     rest = rest.sub(part.to(at::kDouble));
   }
   at::Tensor out = at::empty({s.batch, T, s.dim}, tiles.options().dtype(s.out_dtype));
-  out.copy_(pos_embed.to(s.out_dtype).unsqueeze(0).expand({s.batch, T, s.dim}));
+  const at::Tensor pos = pos_embed.to(s.out_dtype).contiguous();
+  const int64_t row_bytes = s.dim * pos.element_size();
+  const auto aligned = [](const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; };
+  if (row_bytes % 16 == 0 && aligned(pos.const_data_ptr()) && aligned(out.const_data_ptr()) &&
+      (s.batch * T + 7) / 8 < (int64_t{1} << 31)) {
+    cuda::launch_broadcast_rows(pos.const_data_ptr(), T, row_bytes, s.batch * T, out.mutable_data_ptr(), stream);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  } else {
+    out.copy_(pos.unsqueeze(0).expand({s.batch, T, s.dim}));
+  }
   at::Tensor out2d = out.view({s.batch * T, s.dim});
   const int64_t images = std::max<int64_t>(1, (int64_t{64} << 20) / std::max<int64_t>(1, T * lda * 2));
   at::Tensor a = at::empty({std::min(images, s.batch) * T, lda}, tiles.options().dtype(operand));

@@ -42,5 +42,10 @@ void launch_patch_im2col(const void* pixels, PixelType pixel_type, const PatchGe
                          int64_t row0, int64_t rows, int64_t k, int64_t lda, int ones, GemmType gemm,
                          void* a, cudaStream_t stream);
 
+// dst[m] = src[m % period] for rows m in [0, rows), rows of row_bytes: a multiple of 16, both
+// pointers 16-byte aligned (the glue checks; it copies through ATen otherwise), rows / 8 < 2^31.
+void launch_broadcast_rows(const void* src, int64_t period, int64_t row_bytes, int64_t rows, void* dst,
+                           cudaStream_t stream);
+
 }  // namespace cuda
 }  // namespace interleave

@@ -90,7 +90,7 @@ def merge_tokens(input_ids: torch.Tensor, embed_weight: torch.Tensor, visual: to
     ids = _placeholder_ids(image_token_id)
     _check_args(input_ids, embed_weight, visual, num_placeholders)
     if _KERNELS.get(input_ids.device.type, False):
-        with nvtx.range("merge_tokens"):
+        with nvtx.range("merge_tokens"), _extension.skip_autograd_layer(embed_weight, visual):
             return torch.ops.interleave.merge_tokens(
                 input_ids, embed_weight, visual, ids, num_placeholders,
                 -1 if padding_idx is None else padding_idx)

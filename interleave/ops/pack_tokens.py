@@ -146,7 +146,7 @@ def pack_tokens(features: torch.Tensor, plans: Sequence[Plan], newline: Optional
             raise ValueError(f"pack_tokens: newline is on {newline.device} but features on {features.device}")
         newline = newline.to(features.dtype)
     if _KERNELS.get(features.device.type, False):
-        with nvtx.range("pack_tokens"):
+        with nvtx.range("pack_tokens"), _extension.skip_autograd_layer(features, newline):
             return torch.ops.interleave.pack_tokens(features, newline, table, num_rows, side)
     return reference.pack_tokens(features, list(plans), newline, side)
 

@@ -68,3 +68,14 @@ extern "C" int emu_patch_embed_simt(const uint8_t* tiles, int64_t n, int64_t hei
                 [&] { simt_kernel<float>(args); });
   return 0;
 }
+
+// The position-embedding broadcast of the cuBLAS path: dst row m = src row (m % period), rows of
+// row_bytes (a multiple of 16), as launch_broadcast_rows launches it (8 rows per 256-thread block).
+extern "C" int emu_broadcast_rows(const void* src, int64_t period, int64_t row_bytes, int64_t rows, void* dst) {
+  if (row_bytes % 16 != 0) return 1;
+  emu::launch(static_cast<unsigned>((rows + 7) / 8), 256, 0, [&] {
+    broadcast_rows_kernel(static_cast<const uint4*>(src), static_cast<int32_t>(period),
+                          static_cast<int32_t>(row_bytes / 16), rows, static_cast<uint4*>(dst));
+  });
+  return 0;
+}
