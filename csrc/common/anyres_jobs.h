@@ -30,7 +30,8 @@ inline TileJob unpack_tile_job(const int64_t* r) {
 // intermediate between the passes (rows x width pixels; horizontal-first keeps only the rows the
 // vertical pass reads, from row_first on, as ImagingResampleInner does). Shared by both backends.
 struct ResizePlan {
-  AxisCoeffs horizontal, vertical;
+  // Shared with the memo below, not copied: a copy per job was tens of KB of memcpy per frame.
+  std::shared_ptr<const AxisCoeffs> horizontal, vertical;  // null for an axis that keeps its size
   bool need_horizontal, need_vertical, vertical_first;
   int64_t row_first, mid_rows, mid_width;
 };
@@ -39,7 +40,7 @@ struct ResizePlan {
 // per axis (a bicubic filter evaluation per tap, in double), which for a batch of 16 video frames
 // was ~0.7 ms of host time per call, while the sizes repeat within a batch and across calls.
 // Bounded (cleared past kMaxEntries); a mutex because DataLoader threads may tile concurrently.
-// The plan keeps a copy (a memcpy of tens of KB, vs computing).
+// Plans share the cached coefficients (entries are immutable; a clear only drops the map's refs).
 inline std::shared_ptr<const AxisCoeffs> cached_bicubic_coeffs(int in_size, int out_size) {
   constexpr size_t kMaxEntries = 256;
   static std::mutex mutex;
@@ -62,12 +63,12 @@ inline ResizePlan plan_resize(const TileJob& j) {
   p.need_vertical = j.resize_h != j.src_h;
   p.vertical_first = j.vertical_first && p.need_vertical;
   if (p.need_horizontal)
-    p.horizontal = *cached_bicubic_coeffs(static_cast<int>(j.src_w), static_cast<int>(j.resize_w));
+    p.horizontal = cached_bicubic_coeffs(static_cast<int>(j.src_w), static_cast<int>(j.resize_w));
   if (p.need_vertical)
-    p.vertical = *cached_bicubic_coeffs(static_cast<int>(j.src_h), static_cast<int>(j.resize_h));
+    p.vertical = cached_bicubic_coeffs(static_cast<int>(j.src_h), static_cast<int>(j.resize_h));
   if (p.need_vertical && !p.vertical_first) {
-    p.row_first = p.vertical.first.front();
-    p.mid_rows = p.vertical.first.back() + p.vertical.count.back() - p.row_first;
+    p.row_first = p.vertical->first.front();
+    p.mid_rows = p.vertical->first.back() + p.vertical->count.back() - p.row_first;
   } else {
     p.row_first = 0;
     p.mid_rows = p.vertical_first ? j.resize_h : j.src_h;

@@ -180,7 +180,7 @@ void run_job(const TileJob& j, const at::Tensor& image, int64_t tile, const Tile
     at::parallel_for(0, mid_rows, 16, [&](int64_t r0, int64_t r1) {
       std::vector<int32_t> acc(mid_bytes);
       for (int64_t r = r0; r < r1; ++r)
-        vertical_pass(img, mid_bytes, c.vertical, static_cast<int>(r), 0, acc.data(), mid_out + r * mid_bytes);
+        vertical_pass(img, mid_bytes, *c.vertical, static_cast<int>(r), 0, acc.data(), mid_out + r * mid_bytes);
     });
   } else if (!in_place) {
     at::parallel_for(0, mid_rows, 16, [&](int64_t r0, int64_t r1) {
@@ -195,13 +195,13 @@ void run_job(const TileJob& j, const at::Tensor& image, int64_t tile, const Tile
             src[b] = source_row(j, image, c.row_first + r + b, bufs.data() + b * j.src_w * 3);
             dst[b] = mid_out + (r + b) * mid_bytes;
           }
-          horizontal_pass_block(src, dst, c.horizontal, j.src_w, transposed.data());
+          horizontal_pass_block(src, dst, *c.horizontal, j.src_w, transposed.data());
         }
       }
       for (; r < r1; ++r) {
         const uint8_t* src = source_row(j, image, c.row_first + r, bufs.data());
         uint8_t* dst = mid_out + r * mid_bytes;
-        if (c.need_horizontal) horizontal_pass(src, dst, c.horizontal);
+        if (c.need_horizontal) horizontal_pass(src, dst, *c.horizontal);
         else std::memcpy(dst, src, mid_bytes);
       }
     });
@@ -223,10 +223,10 @@ void run_job(const TileJob& j, const at::Tensor& image, int64_t tile, const Tile
         uint8_t* px = row + j.dst_left * 3;
         if (c.vertical_first) {
           const uint8_t* src = mid + y * mid_bytes;
-          if (c.need_horizontal) horizontal_pass(src, px, c.horizontal);
+          if (c.need_horizontal) horizontal_pass(src, px, *c.horizontal);
           else std::memcpy(px, src, mid_bytes);
         } else if (c.need_vertical) {
-          vertical_pass(mid, mid_bytes, c.vertical, static_cast<int>(y), c.row_first, acc.data(), px);
+          vertical_pass(mid, mid_bytes, *c.vertical, static_cast<int>(y), c.row_first, acc.data(), px);
         } else {
           std::memcpy(px, mid + y * mid_bytes, mid_bytes);
         }

@@ -69,13 +69,13 @@ inline TileBatch plan_tile_batch(const std::vector<TileJob>& table, const std::v
     d.need_vertical = p.need_vertical;
     d.vertical_first = p.vertical_first;
     if (p.need_horizontal) {
-      d.h_outputs = p.horizontal.out_size;
-      const auto at = append_axis(p.horizontal, true);
+      d.h_outputs = p.horizontal->out_size;
+      const auto at = append_axis(*p.horizontal, true);
       d.h_first = at[0]; d.h_count = at[1]; d.h_weights = at[2];
     }
     if (p.need_vertical) {
-      d.v_ksize = p.vertical.ksize;
-      const auto at = append_axis(p.vertical, false);
+      d.v_ksize = p.vertical->ksize;
+      const auto at = append_axis(*p.vertical, false);
       d.v_first = at[0]; d.v_count = at[1]; d.v_weights = at[2];
     }
     if (p.need_horizontal && !p.vertical_first)

@@ -102,13 +102,25 @@ __global__ void __launch_bounds__(kThreads)
     const uint8_t* img_row = J.image + (row_in ? y : 0) * J.img_w * 3;
     const int32_t left = static_cast<int32_t>(J.src_left), img_w = static_cast<int32_t>(J.img_w);
     const int32_t n = static_cast<int32_t>(J.src_w);
-    for (int32_t x = threadIdx.x; x < n; x += blockDim.x) {
-      const int32_t xi = x - left;
-      if (row_in && xi >= 0 && xi < img_w) {
-        const uint8_t* p = img_row + xi * 3;
-        staged[x] = static_cast<uint32_t>(p[0]) | static_cast<uint32_t>(p[1]) << 8 | static_cast<uint32_t>(p[2]) << 16;
-      } else {
-        staged[x] = static_cast<uint32_t>(J.src_pad);
+    // kStageUnroll pixels per thread per round, all loads issued before any store: one pixel at a
+    // time, a block had ~1 KB of loads in flight and pass 1 read its 99.5 MB (16 1080p frames) at
+    // ~0.56 TB/s on the H100 (c6aacb5 profile), latency-bound.
+    constexpr int kStageUnroll = 8;
+    for (int32_t x0 = threadIdx.x; x0 < n; x0 += blockDim.x * kStageUnroll) {
+      uint32_t v[kStageUnroll];
+#pragma unroll
+      for (int u = 0; u < kStageUnroll; ++u) {
+        const int32_t x = x0 + u * static_cast<int32_t>(blockDim.x), xi = x - left;
+        v[u] = static_cast<uint32_t>(J.src_pad);
+        if (x < n && row_in && xi >= 0 && xi < img_w) {
+          const uint8_t* p = img_row + xi * 3;
+          v[u] = static_cast<uint32_t>(p[0]) | static_cast<uint32_t>(p[1]) << 8 | static_cast<uint32_t>(p[2]) << 16;
+        }
+      }
+#pragma unroll
+      for (int u = 0; u < kStageUnroll; ++u) {
+        const int32_t x = x0 + u * static_cast<int32_t>(blockDim.x);
+        if (x < n) staged[x] = v[u];
       }
     }
     __syncthreads();
