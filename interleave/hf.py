@@ -128,14 +128,15 @@ class _PinnedStaging:
 class ImageProcessor:
     """The image processors of SigLIP, LLaVA-NeXT and LLaVA-OneVision, on CPU or CUDA.
 
-    upload (CUDA only): "pageable" copies each decoded image to the device on its own (the default);
-    "pinned" stages all of a call's images in one pinned buffer and uploads them in one asynchronous
-    transfer. The benchmark times both on a GPU (the `ours_pinned` variant)."""
+    upload (CUDA only): "pinned" (the default) stages all of a call's images in one reused pinned
+    buffer and uploads them in one asynchronous transfer; "pageable" copies each decoded image to the
+    device on its own. On the H100 (404b09f) pinned took 0.80 ms vs 1.03 ms for a 1080x1920 image
+    and 4.0 ms vs 8.8 ms for 16 frames; the benchmark keeps timing both (`ours_pageable`)."""
 
     def __init__(self, kind: str, *, image_mean: Sequence[float], image_std: Sequence[float],
                  rescale_factor: float = 1 / 255, size: int = planning.TILE,
                  grid_pinpoints: Optional[Sequence[Sequence[int]]] = None, do_pad: bool = True,
-                 device: Union[str, torch.device, None] = None, upload: str = "pageable"):
+                 device: Union[str, torch.device, None] = None, upload: str = "pinned"):
         if kind not in KINDS:
             raise ValueError(f"ImageProcessor: kind must be one of {KINDS}, got {kind!r}")
         if upload not in ("pageable", "pinned"):

@@ -118,8 +118,9 @@ def test_pinned_upload_equals_pageable_and_reuses_its_buffer():
     rng = np.random.default_rng(1)
     hf = pil_onevision.LlavaOnevisionImageProcessorPil(**SIGLIP)
     pageable = ImageProcessor.from_hf(hf, device="cuda")
+    pageable.upload = "pageable"
     pinned = ImageProcessor.from_hf(hf, device="cuda")
-    pinned.upload = "pinned"
+    assert pinned.upload == "pinned"  # the default
     for n in (2, 3, 1):
         images = [rng.integers(0, 256, (300 + 40 * i, 451, 3), dtype=np.uint8) for i in range(n)]
         a, b = pageable(images), pinned(images)

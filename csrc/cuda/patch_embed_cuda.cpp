@@ -69,6 +69,8 @@ at::Tensor patch_embed_cublas(const PatchEmbedShape& s, const at::Tensor& tiles,
   }
   at::Tensor out2d = out.view({s.batch * T, s.dim});
   const int64_t images = std::max<int64_t>(1, (int64_t{64} << 20) / std::max<int64_t>(1, T * lda * 2));
+  TORCH_CHECK_VALUE(T * (lda / 8) < (int64_t{1} << 31) / std::max<int64_t>(1, std::min(images, s.batch)),
+                    "patch_embed_cuda: ", T, " tokens per image of ", lda, " columns are too many for one im2col launch");
   at::Tensor a = at::empty({std::min(images, s.batch) * T, lda}, tiles.options().dtype(operand));
   const at::Tensor wt = w.t();  // [lda, C], a transposed view: cuBLAS reads it as is
   for (int64_t n0 = 0; n0 < s.batch; n0 += images) {

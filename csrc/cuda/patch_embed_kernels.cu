@@ -387,8 +387,11 @@ __global__ void __launch_bounds__(256)
   const int32_t groups = lda / 8;
   const int64_t idx = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (idx >= static_cast<int64_t>(rows) * groups) return;
-  const int32_t m = static_cast<int32_t>(idx / groups);
-  const int32_t k0 = static_cast<int32_t>(idx - static_cast<int64_t>(m) * groups) * 8;
+  // rows * groups < 2^31 (the glue's chunks of ~64 MiB; checked there): a 32-bit division, not the
+  // long 64-bit sequence.
+  const int32_t i32 = static_cast<int32_t>(idx);
+  const int32_t m = i32 / groups;
+  const int32_t k0 = (i32 - m * groups) * 8;
   // patch_row_offset in 32-bit arithmetic (a 64-bit division is a long software sequence on GPUs).
   const int32_t gm = static_cast<int32_t>(row0 + m), tokens = static_cast<int32_t>(g.tokens);
   const int32_t n = gm / tokens, t = gm - n * tokens;
