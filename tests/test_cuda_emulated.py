@@ -300,7 +300,8 @@ def pack_emu(tmp_path_factory):
 
 @pytest.mark.skipif(_extension.module is None, reason="compiled extension not built (the CPU kernel is the reference)")
 @pytest.mark.parametrize("max_blocks", [0, 3], ids=["grid-default", "grid-capped"])
-@pytest.mark.parametrize("dim", [12, 7])
+# 520: 130 float4 vectors a row, so the copy rows take warp_copy_row's four-deep loop and its tail.
+@pytest.mark.parametrize("dim", [12, 7, 520])
 def test_pack_tokens_cuda_kernels_emulated_equal_cpu_kernel(pack_emu, max_blocks, dim):
     """A batch mixing anyres_max_9 / anyres_max_4 (bilinear shrink), anyres unpad (copy), llava, and videos pooled
     by avg, max and bilinear, with the newline: forward and backward (max pooling's argmax needs the

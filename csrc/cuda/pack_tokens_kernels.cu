@@ -55,6 +55,25 @@ __device__ __forceinline__ Segment segment_at(const PackDeviceLayout& L, int64_t
   return load_segment(L.segments + i * kNumFields);
 }
 
+// One warp copies row src_row of src to row `row` of out: four vectors' loads in flight per lane
+// before their stores (a row of H=1024 bf16 is 128 16-byte vectors, four per lane: one round trip
+// instead of four dependent ones).
+template <typename T, int VEC>
+__device__ __forceinline__ void warp_copy_row(T* __restrict__ out, int64_t row, const T* __restrict__ src,
+                                              int64_t src_row, int64_t dim, int lane) {
+  const int64_t vecs = dim / VEC;
+  int64_t i = lane;
+  for (; i + 96 < vecs; i += 128) {
+    const Vec<T, VEC> a = load<T, VEC>(src, src_row, dim, i), b = load<T, VEC>(src, src_row, dim, i + 32);
+    const Vec<T, VEC> c = load<T, VEC>(src, src_row, dim, i + 64), d = load<T, VEC>(src, src_row, dim, i + 96);
+    store<T, VEC>(out, row, dim, i, a);
+    store<T, VEC>(out, row, dim, i + 32, b);
+    store<T, VEC>(out, row, dim, i + 64, c);
+    store<T, VEC>(out, row, dim, i + 96, d);
+  }
+  for (; i < vecs; i += 32) store<T, VEC>(out, row, dim, i, load<T, VEC>(src, src_row, dim, i));
+}
+
 template <typename T, int VEC>
 __global__ void __launch_bounds__(kThreads)
 pack_forward_kernel(PackDeviceLayout L, const T* __restrict__ feat, const T* __restrict__ newline,
@@ -69,9 +88,11 @@ pack_forward_kernel(PackDeviceLayout L, const T* __restrict__ feat, const T* __r
     if (t.kind == kTapCopy || t.kind == kTapNewline) {
       const T* src = t.kind == kTapCopy ? feat : newline;
       const int64_t src_row = t.kind == kTapCopy ? t.src[0] : 0;
-      for (int64_t i = lane; i < vecs; i += 32) store<T, VEC>(out, row, L.dim, i, load<T, VEC>(src, src_row, L.dim, i));
+      warp_copy_row<T, VEC>(out, row, src, src_row, L.dim, lane);
       continue;
     }
+    // Two iterations' eight loads may be in flight together (no stores between them to order).
+#pragma unroll 2
     for (int64_t i = lane; i < vecs; i += 32) {
       const Vec<T, VEC> x0 = load<T, VEC>(feat, t.src[0], L.dim, i), x1 = load<T, VEC>(feat, t.src[1], L.dim, i);
       const Vec<T, VEC> x2 = load<T, VEC>(feat, t.src[2], L.dim, i), x3 = load<T, VEC>(feat, t.src[3], L.dim, i);
