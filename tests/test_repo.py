@@ -48,3 +48,22 @@ def test_bench_quick_writes_json(tmp_path):
     assert results["anyres_tiles"]["reference"] == "pillow"
     assert "ratio" in r.stdout and "merge_tokens" in r.stdout and "anyres_tiles" in r.stdout
     assert "patch_embed" in r.stdout and "TFLOP/s" in r.stdout
+
+
+def test_extension_links_libstdcxx_shared():
+    """The extension loads libstdc++ as a shared library and holds no copy of its own: on the lent
+    H100 machines a toolchain linked it in statically and every TORCH_CHECK message with a number
+    crashed (setup.py's dynamic_libstdcxx; bench/results/2026-11-27-H100-404b09f-errpath.txt)."""
+    import shutil
+
+    import pytest
+    from interleave import _extension
+    if _extension.module is None or not sys.platform.startswith("linux"):
+        pytest.skip("compiled extension not built, or not an ELF platform")
+    if shutil.which("readelf") is None or shutil.which("nm") is None:
+        pytest.skip("needs binutils (readelf, nm)")
+    so = _extension.module.__file__
+    needed = subprocess.run(["readelf", "-d", so], capture_output=True, text=True, check=True).stdout
+    assert "libstdc++.so.6" in needed
+    defined = subprocess.run(["nm", "-C", "--defined-only", so], capture_output=True, text=True, check=True).stdout
+    assert "std::locale::classic()" not in defined  # a statically linked libstdc++ defines it
