@@ -49,6 +49,9 @@ at::Tensor patch_embed_cublas(const PatchEmbedShape& s, const at::Tensor& tiles,
                               const at::Tensor& bias, const at::Tensor& pos_embed, at::ScalarType operand,
                               double alpha, cuda::GemmType gemm, cudaStream_t stream) {
   const int64_t K = patch_k(s.geometry), lda = (K + kBiasColumns + 7) / 8 * 8, T = s.geometry.tokens;
+  const int64_t images = std::max<int64_t>(1, (int64_t{64} << 20) / std::max<int64_t>(1, T * lda * 2));
+  TORCH_CHECK_VALUE(T * (lda / 8) < (int64_t{1} << 31) / std::max<int64_t>(1, std::min(images, s.batch)),
+                    "patch_embed_cuda: ", T, " tokens per image of ", lda, " columns are too many for one im2col launch");
   at::Tensor w = patch_embed_weight_order(w_in, s.channels_last, operand, lda);  // [C, lda], zeros past K
   at::Tensor rest = bias.to(at::kDouble).div(alpha);  // alpha scales the whole product, bias columns included
   for (int i = 0; i < kBiasColumns; ++i) {
@@ -68,9 +71,6 @@ at::Tensor patch_embed_cublas(const PatchEmbedShape& s, const at::Tensor& tiles,
     out.copy_(pos.unsqueeze(0).expand({s.batch, T, s.dim}));
   }
   at::Tensor out2d = out.view({s.batch * T, s.dim});
-  const int64_t images = std::max<int64_t>(1, (int64_t{64} << 20) / std::max<int64_t>(1, T * lda * 2));
-  TORCH_CHECK_VALUE(T * (lda / 8) < (int64_t{1} << 31) / std::max<int64_t>(1, std::min(images, s.batch)),
-                    "patch_embed_cuda: ", T, " tokens per image of ", lda, " columns are too many for one im2col launch");
   at::Tensor a = at::empty({std::min(images, s.batch) * T, lda}, tiles.options().dtype(operand));
   const at::Tensor wt = w.t();  // [lda, C], a transposed view: cuBLAS reads it as is
   for (int64_t n0 = 0; n0 < s.batch; n0 += images) {
