@@ -22,6 +22,7 @@ struct TileBatch {
   std::vector<TileJobDevice> descs;
   std::vector<int32_t> arena;  // never empty (one 0 when no job resamples)
   int64_t mid_bytes = 0, pass1 = 0, pass2 = 0, staged_row_bytes = 0, canvas_row_bytes = 0;
+  int64_t pass1_width = 0;  // the widest intermediate row: pass 1's block size (pass1_threads)
 };
 
 // images[i] / hw[i]: the contiguous uint8 [h, w, 3] pixels (device pointers for a launch) and size
@@ -84,6 +85,7 @@ inline TileBatch plan_tile_batch(const std::vector<TileJob>& table, const std::v
     d.row_first = p.row_first;
     d.mid_rows = p.mid_rows;
     d.mid_width = p.mid_width;
+    if (d.mid_rows > 0) b.pass1_width = std::max(b.pass1_width, d.mid_width);
     d.mid_offset = b.mid_bytes;
     b.mid_bytes += d.mid_rows * d.mid_width * kMidBytesPerPixel;
     d.pass1_begin = b.pass1;

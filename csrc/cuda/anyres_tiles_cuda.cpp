@@ -64,7 +64,7 @@ at::Tensor anyres_tiles_cuda(at::TensorList images, const at::Tensor& jobs, int6
                             mid.mutable_data_ptr<uint8_t>(), out.mutable_data_ptr(),
                             lut.has_value() ? lut_c.const_data_ptr() : nullptr,
                             lut.has_value() ? static_cast<int>(lut_c.element_size()) : 0, tile,
-                            batch.staged_row_bytes, batch.canvas_row_bytes, stream);
+                            batch.staged_row_bytes, batch.canvas_row_bytes, batch.pass1_width, stream);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return out;
 }

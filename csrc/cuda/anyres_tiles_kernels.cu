@@ -241,6 +241,16 @@ bool pass1_staged_row(int64_t staged_row_bytes) {
   return staged_row_bytes > 0 && staged_row_bytes <= kMaxStagedRowBytes;
 }
 
+// Pass 1's block size (shared with the host emulation): the widest intermediate row of the batch in
+// as few rounds of at most kThreads as possible, split evenly and rounded up to whole warps. For
+// 1920 -> 384 that is 192 threads in two full rounds, where 256 ran a second round half idle.
+int pass1_threads(int64_t widest_row) {
+  if (widest_row <= 0) return kThreads;
+  const int64_t rounds = (widest_row + kThreads - 1) / kThreads;
+  const int64_t even = ((widest_row + rounds - 1) / rounds + 31) / 32 * 32;
+  return static_cast<int>(even < 64 ? 64 : even > kThreads ? kThreads : even);
+}
+
 // Which pass-2 kernel a launch uses (shared with the host emulation, tests/emulate): staged
 // 16-byte stores when a tile row is a whole number of 16-byte vectors (T = 384: 1152 bytes of
 // uint8, 96 float32 or 48 bf16 vectors) and the canvas row fits the shared memory.
@@ -267,15 +277,16 @@ void with_pass2_kernel(const void* lut, int lut_bytes, bool staged, F&& f) {
 void launch_anyres_tiles(const TileJobDevice* jobs, int num_jobs, int64_t pass1_rows,
                          int64_t pass2_rows, const int32_t* coeffs, uint8_t* mid, void* out,
                          const void* lut, int lut_bytes, int64_t tile, int64_t staged_row_bytes,
-                         int64_t canvas_row_bytes, cudaStream_t stream) {
+                         int64_t canvas_row_bytes, int64_t pass1_width, cudaStream_t stream) {
   if (num_jobs == 0) return;
   if (pass1_rows > 0) {
     const unsigned blocks = static_cast<unsigned>(pass1_rows);
+    const int threads = pass1_threads(pass1_width);
     if (pass1_staged_row(staged_row_bytes))
-      anyres_pass1_kernel<true><<<blocks, kThreads, static_cast<size_t>(staged_row_bytes), stream>>>(
+      anyres_pass1_kernel<true><<<blocks, threads, static_cast<size_t>(staged_row_bytes), stream>>>(
           jobs, num_jobs, coeffs, mid);
     else
-      anyres_pass1_kernel<false><<<blocks, kThreads, 0, stream>>>(jobs, num_jobs, coeffs, mid);
+      anyres_pass1_kernel<false><<<blocks, threads, 0, stream>>>(jobs, num_jobs, coeffs, mid);
   }
   if (pass2_rows <= 0) return;
   const unsigned blocks = static_cast<unsigned>(pass2_rows);

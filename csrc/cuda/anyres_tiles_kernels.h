@@ -33,7 +33,8 @@ struct TileJobDevice {
   int64_t pass1_begin, pass2_begin;     // first flattened row of this job in each pass
 };
 
-// Pass 1 (one block per intermediate row of every job), then pass 2 (one block per canvas row of
+// Pass 1 (one block per intermediate row of every job; its block size follows pass1_width, the
+// widest intermediate row), then pass 2 (one block per canvas row of
 // every job, writing the tiles). One launch each for the whole batch. With lut (a [3, 256] table of
 // lut_bytes-wide entries: 4 for float32, 2 for bfloat16/float16) the output is [P, 3, T, T]
 // normalized values, else [P, T, T, 3] uint8.
@@ -43,7 +44,7 @@ constexpr int64_t kMidBytesPerPixel = 4;     // the intermediate holds one 32-bi
 void launch_anyres_tiles(const TileJobDevice* jobs, int num_jobs, int64_t pass1_rows,
                          int64_t pass2_rows, const int32_t* coeffs, uint8_t* mid, void* out,
                          const void* lut, int lut_bytes, int64_t tile, int64_t staged_row_bytes,
-                         int64_t canvas_row_bytes, cudaStream_t stream);
+                         int64_t canvas_row_bytes, int64_t pass1_width, cudaStream_t stream);
 
 }  // namespace cuda
 }  // namespace interleave

@@ -44,11 +44,12 @@ extern "C" int emu_anyres_tiles(int num_images, const uint8_t* const* images, co
   const int32_t* coeffs = batch.arena.data();
   uint8_t* m = mid.data();
   if (pass1 > 0) {
+    const int threads = pass1_threads(batch.pass1_width);  // the launcher's block size
     if (use_staged)
-      emu::launch(static_cast<unsigned>(pass1), kThreads, static_cast<size_t>(staged_row_bytes),
+      emu::launch(static_cast<unsigned>(pass1), threads, static_cast<size_t>(staged_row_bytes),
                   [&] { anyres_pass1_kernel<true>(jobs, num_jobs, coeffs, m); });
     else
-      emu::launch(static_cast<unsigned>(pass1), kThreads, 0, [&] { anyres_pass1_kernel<false>(jobs, num_jobs, coeffs, m); });
+      emu::launch(static_cast<unsigned>(pass1), threads, 0, [&] { anyres_pass1_kernel<false>(jobs, num_jobs, coeffs, m); });
   }
   const int32_t t = static_cast<int32_t>(tile);
   if (pass2 > 0) {
