@@ -49,6 +49,9 @@ __device__ __forceinline__ int32_t channel(uint32_t px, int c) { return static_c
 __device__ __forceinline__ uint32_t resample_px(const uint32_t* p, int64_t step, const int32_t* k, int64_t kstep,
                                                 int32_t count) {
   int32_t a0 = kResampleHalf, a1 = kResampleHalf, a2 = kResampleHalf;
+  // ~21 taps for 1920 -> 384: unrolled, the loop's own counter and pointer updates stop being a
+  // third of the instructions of a tap (one load, one weight, three extracts, three multiply-adds).
+#pragma unroll 4
   for (int32_t i = 0; i < count; ++i, p += step, k += kstep) {
     const int32_t w = *k;
     const uint32_t px = *p;
