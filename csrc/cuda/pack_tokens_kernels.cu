@@ -91,8 +91,6 @@ pack_forward_kernel(PackDeviceLayout L, const T* __restrict__ feat, const T* __r
       warp_copy_row<T, VEC>(out, row, src, src_row, L.dim, lane);
       continue;
     }
-    // Two iterations' eight loads may be in flight together (no stores between them to order).
-#pragma unroll 2
     for (int64_t i = lane; i < vecs; i += 32) {
       const Vec<T, VEC> x0 = load<T, VEC>(feat, t.src[0], L.dim, i), x1 = load<T, VEC>(feat, t.src[1], L.dim, i);
       const Vec<T, VEC> x2 = load<T, VEC>(feat, t.src[2], L.dim, i), x3 = load<T, VEC>(feat, t.src[3], L.dim, i);
