@@ -69,7 +69,7 @@ timeout 90 "$PY" bench/gpu_profile.py patch_embed:N=64:bfloat16 anyres_tiles:16.
   || echo "profile: rc=$?"
 grep -E "^==|^  [a-z_]+: wall" "$OUT_DIR/profile.log" | head -30
 
-echo "== 4. error paths (each case in its own process; the H100 runs so far crashed on every C++ error our ops raise)"
+echo "== 4. error paths (each case in its own process; before c6aacb5 every C++ error our ops raised crashed on the H100)"
 timeout 120 "$PY" bench/errpath_diag.py > "$OUT_DIR/errpath.log" 2>&1
 errpath_rc=$?
 grep -v "^    Extension modules" "$OUT_DIR/errpath.log" | head -60
