@@ -12,9 +12,9 @@ computed by the anyres_tiles op in one call per batch.
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence, Union
-
+import threading
 import warnings
+from typing import Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -103,21 +103,31 @@ class _PinnedStaging:
     def __init__(self):
         self.buffer: Optional[torch.Tensor] = None
         self.event = None
+        # One processor may serve several threads (a server's request threads): the buffer is
+        # shared, so filling it and queuing its transfer is one critical section.
+        self.lock = threading.Lock()
+
+    def __getstate__(self):  # a processor pickled into DataLoader workers starts with a fresh buffer
+        return {}
+
+    def __setstate__(self, state):
+        self.__init__()
 
     def upload(self, arrays: Sequence[torch.Tensor], device: torch.device) -> list:
         sizes = [a.numel() for a in arrays]
         total = sum(sizes)
-        if self.event is not None:
-            self.event.synchronize()  # the previous upload has finished reading the buffer
-        if self.buffer is None or self.buffer.numel() < total:
-            self.buffer = torch.empty(max(total, 1), dtype=torch.uint8, pin_memory=True)
-        offset = 0
-        for a, n in zip(arrays, sizes):
-            self.buffer[offset:offset + n].copy_(a.reshape(-1))
-            offset += n
-        on_device = self.buffer[:total].to(device, non_blocking=True)
-        self.event = torch.cuda.Event()
-        self.event.record(torch.cuda.current_stream(device))
+        with self.lock:
+            if self.event is not None:
+                self.event.synchronize()  # the previous upload has finished reading the buffer
+            if self.buffer is None or self.buffer.numel() < total:
+                self.buffer = torch.empty(max(total, 1), dtype=torch.uint8, pin_memory=True)
+            offset = 0
+            for a, n in zip(arrays, sizes):
+                self.buffer[offset:offset + n].copy_(a.reshape(-1))
+                offset += n
+            on_device = self.buffer[:total].to(device, non_blocking=True)
+            self.event = torch.cuda.Event()
+            self.event.record(torch.cuda.current_stream(device))
         out, offset = [], 0
         for a, n in zip(arrays, sizes):
             out.append(on_device[offset:offset + n].view(a.shape))

@@ -127,6 +127,34 @@ def test_pinned_upload_equals_pageable_and_reuses_its_buffer():
         assert torch.equal(a["pixel_values"], b["pixel_values"])
 
 
+@pytest.mark.cuda
+def test_pinned_upload_from_several_threads():
+    """The pinned buffer is shared by one processor's calls: threads calling it at once (a server's
+    request threads) each get their own images' pixel_values."""
+    import concurrent.futures
+    hf = pil_onevision.LlavaOnevisionImageProcessorPil(**SIGLIP)
+    pinned = ImageProcessor.from_hf(hf, device="cuda")
+    rng = np.random.default_rng(2)
+    batches = [[rng.integers(0, 256, (200 + 30 * i, 333, 3), dtype=np.uint8)] for i in range(8)]
+    expected = [ImageProcessor.from_hf(hf)(b)["pixel_values"] for b in batches]  # CPU
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        got = list(pool.map(lambda b: pinned(b)["pixel_values"].cpu(), batches * 3))
+    for i, g in enumerate(got):
+        assert torch.equal(g, expected[i % len(batches)])
+
+
+def test_processor_pickles_without_its_staging_buffer():
+    # DataLoader workers receive the processor pickled: the pinned staging (a lock, maybe a CUDA
+    # event and a pinned buffer) is not pickled, the copy starts with an empty one.
+    import pickle
+    p = ImageProcessor("siglip", image_mean=[0.5] * 3, image_std=[0.5] * 3)
+    p._staging.buffer = torch.empty(4, dtype=torch.uint8)
+    q = pickle.loads(pickle.dumps(p))
+    assert q._staging.buffer is None and q._staging.event is None and q.upload == "pinned"
+    image = np.random.default_rng(3).integers(0, 256, (50, 70, 3), dtype=np.uint8)
+    assert torch.equal(p([image])["pixel_values"], q([image])["pixel_values"])
+
+
 def test_upload_mode_is_checked():
     with pytest.raises(ValueError, match="upload must be"):
         ImageProcessor("siglip", image_mean=[0.5] * 3, image_std=[0.5] * 3, upload="zero-copy")
