@@ -92,8 +92,14 @@ def skip_autograd_layer(*tensors) -> contextlib.AbstractContextManager:
     The layer is Python (torch.library's autograd registration, ~5 us a call on this project's CPU),
     a visible share of a CUDA op whose kernels take ~30 us. Not under torch.compile (which traces
     the op through that layer) nor under torch.func transforms (whose wrapped tensors must see it)."""
-    functorch_active = getattr(torch._C, "_are_functorch_transforms_active", lambda: True)
-    if (torch.compiler.is_compiling() or functorch_active()
-            or (torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors))):
+    if needs_autograd(*tensors):
         return contextlib.nullcontext()
     return torch._C._AutoDispatchBelowAutograd()
+
+
+def needs_autograd(*tensors) -> bool:
+    """Whether a call on these tensors must go through autograd: grad mode on and an input requiring
+    grad, or under torch.compile / torch.func transforms (see skip_autograd_layer)."""
+    functorch_active = getattr(torch._C, "_are_functorch_transforms_active", lambda: True)
+    return (torch.compiler.is_compiling() or functorch_active()
+            or (torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)))

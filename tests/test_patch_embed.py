@@ -362,3 +362,20 @@ def test_bad_dtype_raises(device):
         patch_embed(tiles.int(), weight, bias, pos)
     with pytest.raises(TypeError, match="weight"):
         patch_embed(tiles, weight.int(), bias, pos)
+
+
+@needs_ext
+def test_inference_path_equals_the_autograd_path(device):
+    # Without anything to differentiate, uint8 tiles go straight to the op with the cached fold (no
+    # autograd.Function, below torch.library's autograd layer): the same bits, no graph.
+    tiles = random_tiles(2, 28, device, seed=11)
+    weight, bias, pos = random_params(8, 14, 4, device=device, seed=11)
+    trained = [t.clone().requires_grad_(True) for t in (weight, bias, pos)]
+    with_grad = patch_embed(tiles, *trained)
+    assert with_grad.grad_fn is not None
+    plain = patch_embed(tiles, weight, bias, pos)
+    assert plain.grad_fn is None and torch.equal(plain, with_grad.detach())
+    with torch.no_grad():
+        assert torch.equal(patch_embed(tiles, *trained), plain)
+    pixel_values = reference.normalize_tiles(tiles)
+    assert patch_embed(pixel_values, weight, bias, pos).grad_fn is None

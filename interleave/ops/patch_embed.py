@@ -205,10 +205,16 @@ def patch_embed(tiles: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, p
         return reference.patch_embed(tiles, weight, bias, pos_embed).to(out_dtype)
     if tiles.dtype == torch.uint8:
         if not torch.compiler.is_compiling():
-            return _PatchEmbedFromBytes.apply(tiles, weight, bias, pos_embed, mean, std, out_dtype)
+            if _extension.needs_autograd(weight, bias, pos_embed):
+                return _PatchEmbedFromBytes.apply(tiles, weight, bias, pos_embed, mean, std, out_dtype)
+            # Inference: the cached fold straight into the op, no autograd.Function to set up.
+            folded_w, folded_b = _cached_fold(weight, bias, mean, std)
+            with _extension.skip_autograd_layer():
+                return torch.ops.interleave.patch_embed(tiles, folded_w, folded_b, pos_embed, out_dtype)
         # Under torch.compile the fold is traced as ordinary ops (differentiable, not cached).
         weight, bias = fold_normalization(weight, bias, mean, std)
-    return torch.ops.interleave.patch_embed(tiles, weight, bias, pos_embed, out_dtype)
+    with _extension.skip_autograd_layer(weight, bias, pos_embed):
+        return torch.ops.interleave.patch_embed(tiles, weight, bias, pos_embed, out_dtype)
 
 
 # ---- torch.library: fake implementation and autograd for the compiled op -------------------------
