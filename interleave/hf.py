@@ -159,6 +159,7 @@ class ImageProcessor:
         self.do_pad = do_pad
         self.device = torch.device(device) if device is not None else None
         self.table = normalization_table(image_mean, image_std, rescale_factor)
+        self._device_tables: dict = {}
         # OneVision pads multi-image samples to a square of int(255 * mean) (pad_to_square).
         self.pad_color = tuple(int(x * 255) for x in image_mean)
 
@@ -183,6 +184,19 @@ class ImageProcessor:
         return cls(kind, image_mean=mean, image_std=std, rescale_factor=p.rescale_factor,
                    size=_square_size(p.size, "size"), grid_pinpoints=grid,
                    do_pad=bool(getattr(p, "do_pad", True)), device=device)
+
+    def __getstate__(self):  # device copies of the table stay behind (DataLoader workers)
+        state = dict(self.__dict__)
+        state["_device_tables"] = {}
+        return state
+
+    def _table_on(self, device: torch.device) -> torch.Tensor:
+        """The normalization table on `device`, copied there once: a pageable host-to-device copy
+        per call would also wait for the image upload queued just before it."""
+        cached = self._device_tables.get(device)
+        if cached is None:
+            cached = self._device_tables[device] = self.table.to(device)
+        return cached
 
     def __call__(self, images, return_tensors: Optional[str] = "pt", device=None, normalize: bool = True, **kwargs):
         """normalize=False (ours, not transformers'): pixel_values are the uint8 tiles [..., S, S, 3]
@@ -209,7 +223,7 @@ class ImageProcessor:
             flat = self._staging.upload(decoded, device)
         else:
             flat = [d.to(device) for d in decoded]
-        table = self.table.to(device) if normalize else None
+        table = self._table_on(device) if normalize else None
 
         if self.kind == "siglip":
             values = anyres_tiles(flat, "llava", tile=self.size, normalize=table).tiles

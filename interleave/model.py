@@ -259,7 +259,7 @@ class PixelMaker:
             if len(counts) != 1:
                 raise ValueError(f"InterleaveModel: videos of one batch need the same number of frames, got {sorted(counts)}")
             from .ops import anyres_tiles
-            table = None if self.uint8 else self.image_processor.table.to(device)
+            table = None if self.uint8 else self.image_processor._table_on(torch.device(device))
             pixels = [anyres_tiles([f.to(device) for f in v], "llava", tile=self.tile, normalize=table).tiles
                       for v in videos]
             kwargs["pixel_values_videos"] = torch.stack(pixels)

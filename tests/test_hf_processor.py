@@ -149,8 +149,10 @@ def test_processor_pickles_without_its_staging_buffer():
     import pickle
     p = ImageProcessor("siglip", image_mean=[0.5] * 3, image_std=[0.5] * 3)
     p._staging.buffer = torch.empty(4, dtype=torch.uint8)
+    p._table_on(torch.device("cpu"))  # the per-device table copies stay behind too
     q = pickle.loads(pickle.dumps(p))
     assert q._staging.buffer is None and q._staging.event is None and q.upload == "pinned"
+    assert q._device_tables == {} and torch.equal(q.table, p.table)
     image = np.random.default_rng(3).integers(0, 256, (50, 70, 3), dtype=np.uint8)
     assert torch.equal(p([image])["pixel_values"], q([image])["pixel_values"])
 

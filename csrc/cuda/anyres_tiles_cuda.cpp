@@ -2,7 +2,6 @@
 // (never on the device, see csrc/common/resample.h), one upload of the job descriptors and
 // coefficients, one intermediate arena, two launches for the whole batch.
 #include <ATen/ops/empty.h>
-#include <ATen/ops/from_blob.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
@@ -39,17 +38,20 @@ at::Tensor anyres_tiles_cuda(at::TensorList images, const at::Tensor& jobs, int6
   TORCH_CHECK_VALUE(batch.pass1 < (int64_t(1) << 31) && batch.pass2 < (int64_t(1) << 31),
                     "anyres_tiles_cuda: batch too large for one launch");
 
-  // One host->device copy for descriptors and coefficients together (pageable: the copy is
-  // synchronous with respect to the host, which the host-side vectors need anyway).
+  // One host->device copy for descriptors and coefficients together, from pinned memory and
+  // asynchronous: a pageable copy waits for the stream, i.e. for the caller's image upload queued
+  // just before, so the host could not plan the next batch meanwhile. The caching host allocator
+  // keeps the pinned block until the copy has run (as pack_tokens' layout upload does).
   const auto dev = at::TensorOptions().device(images[0].device());
   const int64_t desc_bytes = static_cast<int64_t>(descs.size() * sizeof(cuda::TileJobDevice));
   const int64_t coeff_at = (desc_bytes + 15) / 16 * 16;  // 16-byte aligned start of the int32s
   const int64_t coeff_bytes = static_cast<int64_t>(arena.size() * sizeof(int32_t));
-  std::vector<uint8_t> staging(static_cast<size_t>(coeff_at + coeff_bytes), 0);
-  std::memcpy(staging.data(), descs.data(), static_cast<size_t>(desc_bytes));
-  std::memcpy(staging.data() + coeff_at, arena.data(), static_cast<size_t>(coeff_bytes));
-  at::Tensor meta = at::from_blob(staging.data(), {static_cast<int64_t>(staging.size())}, at::kByte)
-                        .to(dev.dtype(at::kByte));
+  at::Tensor staging = at::empty({coeff_at + coeff_bytes}, at::TensorOptions().dtype(at::kByte).pinned_memory(true));
+  uint8_t* h = staging.mutable_data_ptr<uint8_t>();
+  std::memset(h, 0, static_cast<size_t>(coeff_at));
+  std::memcpy(h, descs.data(), static_cast<size_t>(desc_bytes));
+  std::memcpy(h + coeff_at, arena.data(), static_cast<size_t>(coeff_bytes));
+  at::Tensor meta = staging.to(dev.dtype(at::kByte), /*non_blocking=*/true);
   at::Tensor mid = at::empty({std::max<int64_t>(batch.mid_bytes, 1)}, dev.dtype(at::kByte));
   at::Tensor out, lut_c;
   if (lut.has_value()) {
