@@ -852,6 +852,23 @@ def copy_bandwidth(device: str, nbytes: int = 1 << 30, reps: int = 20, device_on
     return 2 * nbytes / t / 1e9
 
 
+# Dense bf16/fp16 tensor-core peaks (TFLOP/s, no sparsity) from the vendor's data sheets, by a
+# substring of torch.cuda.get_device_name(): the compute roofline of GEMM-like cases (issue 4's bar
+# is 50% of whichever roofline binds). PCIe H100s have a lower peak: matched first.
+TENSOR_PEAK_TFLOPS = (("H100 PCIe", 756.0), ("H100", 989.4), ("H200", 989.4), ("A100", 312.0))
+
+
+def roofline_fraction(seconds: float, flops: int, bytes_moved: int, peak_tflops: float, copy_gbps: float) -> float:
+    """The time the binding roofline allows (the larger of flops at the tensor-core peak and bytes at
+    the measured copy bandwidth) over the time taken: 1.0 is on the roofline."""
+    bound = max(flops / (peak_tflops * 1e12), bytes_moved / (copy_gbps * 1e9))
+    return bound / seconds
+
+
+def tensor_peak_tflops(device_name: str) -> Optional[float]:
+    return next((peak for key, peak in TENSOR_PEAK_TFLOPS if key in device_name), None)
+
+
 # Data-movement ops whose CUDA bars are a fraction of device bandwidth: each case is also held
 # against one device copy moving the same bytes (read + write), timed the same way in the same run.
 # At tens of MB a copy's launch and tail take a visible share of its time, so the 1 GiB copy rate
@@ -1094,6 +1111,12 @@ def run(devices: list[str], ops: list[str], quick: bool, reps: int, compile_refe
                     result["fraction_of_copy_bw"] = result["ours_gbps"] / copy
                     result["variants_fraction_of_copy_bw"] = {
                         k: v / copy for k, v in result["variants_gbps"].items()}
+                    peak = tensor_peak_tflops(report["environment"].get("gpu", ""))
+                    if result.get("flops") and peak and case.dtype in ("bfloat16", "float16"):
+                        times = {**result["median_ms"], **{f"{k} (device)": v for k, v in result.get("device_ms", {}).items()}}
+                        result["roofline"] = {"peak_tflops": peak, "copy_gbps": copy, "fraction": {
+                            k: roofline_fraction(t / 1e3, result["flops"], result["bytes_moved"], peak, copy)
+                            for k, t in times.items()}}
                     if op in SAME_SIZE_COPY_OPS and result.get("bytes_moved"):
                         half = max(result["bytes_moved"] // 2, 1 << 16)
                         same = copy_bandwidth("cuda", half, reps)

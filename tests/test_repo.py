@@ -67,3 +67,17 @@ def test_extension_links_libstdcxx_shared():
     assert "libstdc++.so.6" in needed
     defined = subprocess.run(["nm", "-C", "--defined-only", so], capture_output=True, text=True, check=True).stdout
     assert "std::locale::classic()" not in defined  # a statically linked libstdc++ defines it
+
+
+def test_roofline_fraction_of_the_h100_patch_embed_run():
+    """The bench's roofline for GEMM-like CUDA cases (issue 4's bar: 50% of whichever binds), on the
+    404b09f H100 numbers: bf16 N=64, 63.2 GFLOP and 138.8 MB in 0.460 ms, 3.0 TB/s copy bandwidth:
+    the tensor-core bound (63.9 us) binds, 13.9% of the roofline."""
+    from interleave.bench import roofline_fraction, tensor_peak_tflops
+    assert tensor_peak_tflops("NVIDIA H100 80GB HBM3") == 989.4
+    assert tensor_peak_tflops("NVIDIA H100 PCIe") == 756.0
+    assert tensor_peak_tflops("NVIDIA H200") == 989.4 and tensor_peak_tflops("Some GPU") is None
+    f = roofline_fraction(0.460e-3, 63207309312, 138841344, 989.4, 3001.6)
+    assert abs(f - 0.1389) < 1e-3
+    # bandwidth-bound case: 1 GB moved in 0.5 ms at 3 TB/s with few flops -> 0.333 / 0.5
+    assert abs(roofline_fraction(0.5e-3, 10**6, 10**9, 989.4, 3000.0) - 2 / 3) < 1e-9
