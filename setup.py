@@ -98,11 +98,12 @@ if ccache:
 def dynamic_libstdcxx():
     """Link flags that make the extension load libstdc++ as a shared library, never link it in.
 
-    On the lent H100 machines (Ubuntu 24.04, gcc 13.3, Python 3.12 with -Wl,-Bsymbolic-functions)
-    our _C.so came out with no NEEDED libstdc++.so.6 and libstdc++ code inside it; its
-    std::ostream << long (every TORCH_CHECK message with a number) then crashed against the
-    process's libstdc++ data (bench/results/2026-11-27-H100-404b09f-errpath.txt). Naming the shared
-    file (-l:libstdc++.so.6), ahead of the driver's own -lstdc++, binds every reference to it.
+    On the lent H100 machines (Ubuntu 24.04, CXX=/opt/gcc/bin/g++ 13.3, Python 3.12) our _C.so came
+    out with no NEEDED libstdc++.so.6 and libstdc++ code inside it; its std::ostream << long (every
+    TORCH_CHECK message with a number) then crashed against the process's libstdc++ data
+    (bench/results/2026-11-27-H100-404b09f-errpath.txt; fixed by this flag at c6aacb5, same file
+    for that run). Naming the shared file (-l:libstdc++.so.6), ahead of the driver's own -lstdc++,
+    binds every reference to it.
     Empty where the compiler cannot find that file (non-GNU toolchains, other platforms).
     """
     if not sys.platform.startswith("linux"):

@@ -846,10 +846,15 @@ def time_fn(fn: Callable[[], object], device: str, reps: int, warmup: int = 3,
 
 def copy_bandwidth(device: str, nbytes: int = 1 << 30, reps: int = 20, device_only: bool = False) -> float:
     """Device-copy bandwidth in GB/s (read + write counted), the ceiling for data-movement ops."""
+    return _copy_rates(device, nbytes, reps, (device_only,))[0]
+
+
+def _copy_rates(device: str, nbytes: int, reps: int, device_only_modes) -> list[float]:
+    """copy_bandwidth for each timing mode in turn, over one pair of buffers."""
     src = torch.empty(nbytes, dtype=torch.uint8, device=device).random_()
     dst = torch.empty_like(src)
-    t = time_fn(lambda: dst.copy_(src), device, reps=reps, device_only=device_only)
-    return 2 * nbytes / t / 1e9
+    return [2 * nbytes / time_fn(lambda: dst.copy_(src), device, reps=reps, device_only=mode) / 1e9
+            for mode in device_only_modes]
 
 
 # Dense bf16/fp16 tensor-core peaks (TFLOP/s, no sparsity) from the vendor's data sheets, by a
@@ -1094,6 +1099,30 @@ def _format_memory_table(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def _add_gpu_fractions(result: dict, case: Case, env: dict, reps: int) -> None:
+    """A CUDA result against the device: the 1 GiB copy rate, the roofline (bf16/fp16 GEMM-like
+    cases) and, for the data-movement ops, one copy of the same bytes timed both ways."""
+    copy = env["copy_gbps"]
+    result["fraction_of_copy_bw"] = result["ours_gbps"] / copy
+    result["variants_fraction_of_copy_bw"] = {k: v / copy for k, v in result["variants_gbps"].items()}
+    peak = tensor_peak_tflops(env.get("gpu", ""))
+    if result.get("flops") and peak and case.dtype in ("bfloat16", "float16"):
+        times = {**result["median_ms"], **{f"{k} (device)": v for k, v in result.get("device_ms", {}).items()}}
+        result["roofline"] = {"peak_tflops": peak, "copy_gbps": copy, "fraction": {
+            k: roofline_fraction(t / 1e3, result["flops"], result["bytes_moved"], peak, copy)
+            for k, t in times.items()}}
+    if case.op in SAME_SIZE_COPY_OPS and result.get("bytes_moved"):
+        same, same_dev = _copy_rates("cuda", max(result["bytes_moved"] // 2, 1 << 16), reps, (False, True))
+        result["same_size_copy_gbps"] = same
+        result["fraction_of_same_size_copy"] = result["ours_gbps"] / same
+        result["variants_fraction_of_same_size_copy"] = {k: v / same for k, v in result["variants_gbps"].items()}
+        # Device times against the same copy's device time.
+        dev_gbps = {k: result["bytes_moved"] / (t / 1e3) / 1e9 for k, t in result.get("device_ms", {}).items()}
+        result["same_size_copy_device_gbps"] = same_dev
+        result["device_gbps"] = dev_gbps
+        result["device_fraction_of_same_size_copy"] = {k: v / same_dev for k, v in dev_gbps.items()}
+
+
 def run(devices: list[str], ops: list[str], quick: bool, reps: int, compile_reference: bool,
         progress=print, checkpoint: Callable[[dict], None] = lambda report: None) -> dict:
     """Runs every case; `checkpoint(report)` after each one, so a run cut short keeps its results."""
@@ -1107,30 +1136,7 @@ def run(devices: list[str], ops: list[str], quick: bool, reps: int, compile_refe
                 progress(f"[{op} {device} {i}/{len(cases)}] {case.shape} {case.dtype} ...")
                 result = run_case(case, reps)
                 if device == "cuda":
-                    copy = report["environment"]["copy_gbps"]
-                    result["fraction_of_copy_bw"] = result["ours_gbps"] / copy
-                    result["variants_fraction_of_copy_bw"] = {
-                        k: v / copy for k, v in result["variants_gbps"].items()}
-                    peak = tensor_peak_tflops(report["environment"].get("gpu", ""))
-                    if result.get("flops") and peak and case.dtype in ("bfloat16", "float16"):
-                        times = {**result["median_ms"], **{f"{k} (device)": v for k, v in result.get("device_ms", {}).items()}}
-                        result["roofline"] = {"peak_tflops": peak, "copy_gbps": copy, "fraction": {
-                            k: roofline_fraction(t / 1e3, result["flops"], result["bytes_moved"], peak, copy)
-                            for k, t in times.items()}}
-                    if op in SAME_SIZE_COPY_OPS and result.get("bytes_moved"):
-                        half = max(result["bytes_moved"] // 2, 1 << 16)
-                        same = copy_bandwidth("cuda", half, reps)
-                        result["same_size_copy_gbps"] = same
-                        result["fraction_of_same_size_copy"] = result["ours_gbps"] / same
-                        result["variants_fraction_of_same_size_copy"] = {
-                            k: v / same for k, v in result["variants_gbps"].items()}
-                        # Device times against the same copy's device time.
-                        same_dev = copy_bandwidth("cuda", half, reps, device_only=True)
-                        dev_gbps = {k: result["bytes_moved"] / (t / 1e3) / 1e9
-                                    for k, t in result.get("device_ms", {}).items()}
-                        result["same_size_copy_device_gbps"] = same_dev
-                        result["device_gbps"] = dev_gbps
-                        result["device_fraction_of_same_size_copy"] = {k: v / same_dev for k, v in dev_gbps.items()}
+                    _add_gpu_fractions(result, case, report["environment"], reps)
                 report["results"].append(result)
                 checkpoint(report)
             del cases

@@ -12,6 +12,7 @@ computed by the anyres_tiles op in one call per batch.
 """
 from __future__ import annotations
 
+import itertools
 import threading
 import warnings
 from typing import Optional, Sequence, Union
@@ -114,25 +115,19 @@ class _PinnedStaging:
         self.__init__()
 
     def upload(self, arrays: Sequence[torch.Tensor], device: torch.device) -> list:
-        sizes = [a.numel() for a in arrays]
-        total = sum(sizes)
+        bounds = list(itertools.accumulate((a.numel() for a in arrays), initial=0))
+        total = bounds[-1]
         with self.lock:
             if self.event is not None:
                 self.event.synchronize()  # the previous upload has finished reading the buffer
             if self.buffer is None or self.buffer.numel() < total:
                 self.buffer = torch.empty(max(total, 1), dtype=torch.uint8, pin_memory=True)
-            offset = 0
-            for a, n in zip(arrays, sizes):
-                self.buffer[offset:offset + n].copy_(a.reshape(-1))
-                offset += n
+            for a, lo, hi in zip(arrays, bounds, bounds[1:]):
+                self.buffer[lo:hi].copy_(a.reshape(-1))
             on_device = self.buffer[:total].to(device, non_blocking=True)
             self.event = torch.cuda.Event()
             self.event.record(torch.cuda.current_stream(device))
-        out, offset = [], 0
-        for a, n in zip(arrays, sizes):
-            out.append(on_device[offset:offset + n].view(a.shape))
-            offset += n
-        return out
+        return [on_device[lo:hi].view(a.shape) for a, lo, hi in zip(arrays, bounds, bounds[1:])]
 
 
 class ImageProcessor:

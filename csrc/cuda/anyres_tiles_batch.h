@@ -43,12 +43,13 @@ inline TileBatch plan_tile_batch(const std::vector<TileJob>& table, const std::v
     const std::array<int64_t, 3> key{c.in_size, c.out_size, tap_major};
     const auto it = uploaded.find(key);
     if (it != uploaded.end()) return it->second;
-    std::vector<int32_t> weights = c.weights;
+    std::vector<int32_t> transposed;
     if (tap_major) {  // [out_size][ksize] -> [ksize][out_size]
+      transposed.resize(c.weights.size());
       for (int64_t x = 0; x < c.out_size; ++x)
-        for (int64_t i = 0; i < c.ksize; ++i) weights[i * c.out_size + x] = c.weights[x * c.ksize + i];
+        for (int64_t i = 0; i < c.ksize; ++i) transposed[i * c.out_size + x] = c.weights[x * c.ksize + i];
     }
-    const std::array<int64_t, 3> at{append(c.first), append(c.count), append(weights)};
+    const std::array<int64_t, 3> at{append(c.first), append(c.count), append(tap_major ? transposed : c.weights)};
     uploaded.emplace(key, at);
     return at;
   };
