@@ -131,6 +131,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
     TORCH_CHECK_VALUE(chunk >= 1 && chunk <= 4096, "_set_merge_min_chunk: chunk must be in [1, 4096], got ", chunk);
     return std::exchange(interleave::merge_cuda_min_chunk(), chunk);
   });
+  // Whether CUDA anyres_tiles may run pass 1 on tensor cores (exact either way); returns the old one.
+  m.def("_set_anyres_mma", [](bool allowed) { return std::exchange(interleave::anyres_cuda_mma(), allowed); });
   // Grid cap of the CUDA pack_tokens row kernels (0: none); returns the old one.
   m.def("_set_pack_max_blocks", [](int64_t blocks) {
     TORCH_CHECK_VALUE(blocks >= 0, "_set_pack_max_blocks: blocks must be >= 0, got ", blocks);

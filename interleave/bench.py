@@ -124,6 +124,12 @@ def _smooth_image(h: int, w: int, seed: int) -> torch.Tensor:
     return (base + noise).clamp(0, 255).to(torch.uint8)
 
 
+def _without_tensor_cores(anyres_tiles, images, mode) -> torch.Tensor:
+    from .ops.anyres_tiles import cuda_tensor_cores
+    with cuda_tensor_cores(False):
+        return anyres_tiles(images, mode).tiles
+
+
 def anyres_tiles_cases(device: str, quick: bool = False, compile_reference: bool = True) -> list[Case]:
     from .ops import anyres_tiles
     from .plan import plan_image
@@ -145,9 +151,12 @@ def anyres_tiles_cases(device: str, quick: bool = False, compile_reference: bool
         tiles = sum(p.num_patches for p in plans)
         moved = sum(h * w * 3 for h, w in sizes) + tiles * 384 * 384 * 3
         cpu_images = [im.cpu() for im in images]
+        # On CUDA, pass 1 without its tensor-core path too (both exact), so one run compares them.
+        variants = {"ours_simt": lambda ims=images, m=mode: _without_tensor_cores(anyres_tiles, ims, m)} \
+            if device == "cuda" else {}
         cases.append(Case(
             op="anyres_tiles", device=device, shape=f"{name} -> {tiles} tiles", dtype="uint8",
-            ours=lambda ims=images, m=mode: anyres_tiles(ims, m).tiles,
+            ours=lambda ims=images, m=mode: anyres_tiles(ims, m).tiles, variants=variants,
             # Pillow's resize + paste + crop, as transformers' PIL processors tile (no normalization).
             baselines={"pillow": lambda ims=cpu_images, ps=plans: reference.anyres_tiles(ims, ps)},
             bytes_moved=moved))
@@ -904,6 +913,12 @@ def check_case(case: Case) -> dict:
     }
     if case.tolerance is None:
         result["matches_reference"] = result["bitwise_equal"]
+        if case.truth is None and case.variants:
+            # Variants of a bitwise op (other kernels or call paths for the same result) must be
+            # bitwise equal too: a benchmark of a wrong kernel is worthless.
+            equal = {name: bool(torch.equal(fn().cpu(), ref.cpu())) for name, fn in case.variants.items()}
+            result["variants_bitwise_equal"] = equal
+            result["matches_reference"] = result["bitwise_equal"] and all(equal.values())
     else:
         scale = max(1.0, float(ref.double().abs().max())) if ref.numel() else 1.0
         result["tolerance"] = case.tolerance * scale

@@ -62,6 +62,36 @@ def test_video_frames_squash(device):
     check(frames, "llava", device)
 
 
+def _extreme_image(h, w):
+    """0/255 stripes of 1, 2 and 3 pixels: the largest positive and negative partial sums Pillow's
+    kernel can meet (every tap of a lobe at 255 while the other lobe's taps are 0)."""
+    x = np.arange(w)
+    row = np.stack([(x // 1) % 2, (x // 2) % 2, (x // 3) % 2], -1) * 255
+    img = np.broadcast_to(row, (h, w, 3)).copy()
+    img[::2] = 255 - img[::2]
+    return torch.from_numpy(img.astype(np.uint8))
+
+
+# The CUDA kernel's first pass runs on tensor cores where that is exact (fp16 operands, fp32 sums;
+# anyres_tiles_kernels.h): video frames (21 taps), a 7.7x shrink (30-31 taps, near the 32 limit),
+# an 8.3x one (33-34 taps: the SIMT path), pad-to-square, upscales; noise, photo-like and
+# extreme stripes. Both paths must give Pillow's bytes on the GPU itself.
+@pytest.mark.cuda
+@pytest.mark.parametrize("tensor_cores", [True, False], ids=["mma", "simt"])
+@pytest.mark.parametrize("sizes,mode", [
+    ([(1080, 1920)] * 3, "llava"), ([(1080, 1920)], "anyres_max_9"), ([(45, 2955), (21, 3190)], "llava"),
+    ([(333, 517), (517, 333)], "pad"), ([(100, 70), (70, 100), (1, 1)], "anyres"),
+], ids=["frames", "anyres_max_9", "near-32-taps", "pad", "upscale"])
+def test_cuda_tensor_core_pass_equals_pillow(sizes, mode, tensor_cores):
+    from interleave.ops.anyres_tiles import cuda_tensor_cores
+    if not _extension.has_op_kernel("interleave::anyres_tiles", "cuda"):
+        pytest.skip("no CUDA kernel of anyres_tiles")
+    images = [random_image(h, w, i) for i, (h, w) in enumerate(sizes)]
+    images += [random_image(h, w, 9, smooth=True) for h, w in sizes[:1]] + [_extreme_image(*sizes[0])]
+    with cuda_tensor_cores(tensor_cores):
+        check(images, mode, "cuda")
+
+
 @settings(max_examples=25, deadline=None)
 @given(h=st.integers(1, 700), w=st.integers(1, 700), mode=st.sampled_from(MODES), seed=st.integers(0, 9))
 def test_property_random_sizes_cpu(h, w, mode, seed):

@@ -80,7 +80,9 @@ def im2col_emu(tmp_path_factory):
     return so
 
 
-def _emulate(so, images, jobs, num_tiles, tile, lut=None, force_direct=False):
+def _emulate(so, images, jobs, num_tiles, tile, lut=None, force_direct=False, mma=True, mma_jobs=None):
+    """Runs the emulated launch; mma: allow pass 1's tensor-core path; mma_jobs: a list that gets
+    the number of jobs that took it."""
     ims = [np.ascontiguousarray(im) for im in images]
     ptrs = (ctypes.c_void_p * len(ims))(*[im.ctypes.data for im in ims])
     hw = np.array([[im.shape[0], im.shape[1]] for im in ims], dtype=np.int64)
@@ -89,13 +91,16 @@ def _emulate(so, images, jobs, num_tiles, tile, lut=None, force_direct=False):
         out = np.full((num_tiles, tile, tile, 3), 0x5A, dtype=np.uint8)
     else:
         out = np.full((num_tiles, 3, tile, tile), 0x5A, dtype=np.uint32 if lut.element_size() == 4 else np.uint16)
+    taken = ctypes.c_int(-1)
     lut_np = None if lut is None else lut.contiguous().view(torch.int32 if lut.element_size() == 4 else torch.int16).numpy()
     rc = so.emu_anyres_tiles(len(ims), ptrs, hw.ctypes.data_as(ctypes.c_void_p), table.shape[0],
                              table.ctypes.data_as(ctypes.c_void_p), ctypes.c_int64(tile),
                              None if lut_np is None else lut_np.ctypes.data_as(ctypes.c_void_p),
                              0 if lut is None else lut.element_size(), out.ctypes.data_as(ctypes.c_void_p),
-                             int(force_direct))
+                             int(force_direct), int(mma), ctypes.byref(taken))
     assert rc == 0
+    if mma_jobs is not None:
+        mma_jobs.append(taken.value)
     return out
 
 
@@ -143,6 +148,41 @@ def test_anyres_tiles_cuda_kernels_emulated_equal_cpu_kernel(anyres_emu, case, l
         expected = expected.view(torch.int32 if lut.element_size() == 4 else torch.int16)
         got = got.view(np.int32 if lut.element_size() == 4 else np.int16)
     np.testing.assert_array_equal(got, expected.numpy())
+
+
+# Pass 1 on tensor cores (anyres_tiles_kernels.h, kMmaRows) and without: both equal the CPU kernel.
+# Video frames (1920 -> 384: 21 taps), anyres, pad-to-square (windows past the image's edges), an
+# upscale (5 taps), partial groups, chunks and bands (odd sizes), downscales near the exactness
+# limit of 32 taps (7.7x: 30-31 taps; 8.3x: 33-34, which must stay on the SIMT path), and a source
+# row too wide to stage (the direct path, no tensor cores).
+MMA_CASES = [
+    ([(1080, 1920)] * 2, "llava", "pillow13", 384, True),
+    ([(1080, 1920)], "anyres_max_9", "pillow13", 384, True),
+    ([(333, 517), (517, 333)], "pad", "horizontal", 384, True),
+    ([(100, 70), (70, 100)], "anyres", "horizontal", 28, True),
+    ([(45, 2955)], "llava", "horizontal", 384, True),
+    ([(21, 3190)], "llava", "horizontal", 384, False),
+    ([(40, 17000)], "llava", "horizontal", 56, False),
+]
+
+
+@pytest.mark.skipif(_extension.module is None, reason="compiled extension not built (the CPU kernel is the reference)")
+@pytest.mark.parametrize("case", MMA_CASES, ids=[f"{c[1]}-{len(c[0])}x{c[0][0][0]}x{c[0][0][1]}-t{c[3]}" for c in MMA_CASES])
+@pytest.mark.parametrize("mma", [True, False], ids=["mma", "simt"])
+def test_anyres_tiles_pass1_tensor_cores_emulated(anyres_emu, case, mma):
+    sizes, mode, order, tile, eligible = case
+    images = [_photo(h, w, 7 + i) for i, (h, w) in enumerate(sizes)]
+    grid = [[tile * r, tile * c] for r in range(1, 4) for c in range(1, 4)] if tile != 384 else planning.ONEVISION_PINPOINTS
+    plans = [planning.plan_image(h, w, mode, pinpoints=grid, tile=tile) for h, w in sizes]
+    jobs, offsets = build_jobs(plans, tile, order)
+    expected = torch.ops.interleave.anyres_tiles([torch.from_numpy(im) for im in images], jobs, offsets[-1], tile, None)
+    taken = []
+    got = _emulate(anyres_emu, images, jobs, offsets[-1], tile, None, mma=mma, mma_jobs=taken)
+    np.testing.assert_array_equal(got, expected.numpy())
+    if not mma or not eligible:
+        assert taken == [0]
+    else:
+        assert taken[0] >= 1
 
 
 # ---- patch_embed: the position-embedding broadcast of the cuBLAS path --------------------------------

@@ -23,12 +23,48 @@ struct TileBatch {
   std::vector<int32_t> arena;  // never empty (one 0 when no job resamples)
   int64_t mid_bytes = 0, pass1 = 0, pass2 = 0, staged_row_bytes = 0, canvas_row_bytes = 0;
   int64_t pass1_width = 0;  // the widest intermediate row: pass 1's block size (pass1_threads)
+  bool pass1_mma = false;   // some job's pass 1 runs on tensor cores: kMmaThreads per block
 };
+
+// Whether a horizontal axis can run on pass 1's tensor-core path exactly (kMmaRows), and the
+// shared-memory row its blocks stage: 0 when it cannot. Per output: at most kMmaMaxTaps taps, the
+// high parts hi = w >> 11 within fp16's exact integers (|hi| <= 2048), and 255 * sum |hi| below
+// 2^24 (every partial fp32 sum of the high products then stays exact, whatever the MMA's order).
+// The row: for each chunk of kMmaChunk outputs, from its first source pixel (rounded down to a
+// multiple of 4) to the end of its groups' windows (each group's window starts at its first pixel
+// rounded down to even, for 8-byte fragment loads, and spans whole steps of 16), in 32-bit words,
+// rounded up to 8 mod 32 (rows g and g + 1 of a fragment load then fall in different banks).
+inline int64_t mma_pass1_stride(const AxisCoeffs& c) {
+  const int64_t n = c.out_size;
+  if (n <= 0) return 0;
+  for (int64_t x = 0; x < n; ++x) {
+    if (c.count[x] > kMmaMaxTaps) return 0;
+    int64_t sum_hi = 0;
+    for (int64_t i = 0; i < c.count[x]; ++i) {
+      const int32_t hi = c.weights[x * c.ksize + i] >> 11;  // arithmetic: floor, lo = w & 2047 >= 0
+      if (hi < -2048 || hi > 2048) return 0;
+      sum_hi += hi < 0 ? -hi : hi;
+    }
+    if (255 * sum_hi >= (int64_t{1} << 24)) return 0;
+  }
+  int64_t need = 0;
+  for (int64_t x_chunk = 0; x_chunk < n; x_chunk += kMmaChunk) {
+    const int64_t cs = c.first[x_chunk] & ~int64_t{3};
+    for (int64_t x0 = x_chunk; x0 < std::min(n, x_chunk + kMmaChunk); x0 += 8) {
+      const int64_t xl = std::min(n - 1, x0 + 7);
+      const int64_t s = c.first[x0] & ~int64_t{1}, e = c.first[xl] + c.count[xl];
+      need = std::max(need, s + (e - s + 15) / 16 * 16 - cs);
+    }
+  }
+  const int64_t stride = need <= 8 ? 8 : (need - 8 + 31) / 32 * 32 + 8;
+  return kMmaRows * stride * 4 <= kMaxStagedRowBytes ? stride : 0;
+}
 
 // images[i] / hw[i]: the contiguous uint8 [h, w, 3] pixels (device pointers for a launch) and size
 // of the image that jobs name by index.
+// allow_mma: let eligible jobs run pass 1 on tensor cores (the glue's setting; tests run both).
 inline TileBatch plan_tile_batch(const std::vector<TileJob>& table, const std::vector<const uint8_t*>& images,
-                                 const std::vector<std::array<int64_t, 2>>& hw) {
+                                 const std::vector<std::array<int64_t, 2>>& hw, bool allow_mma = true) {
   TileBatch b;
   b.descs.resize(table.size());
   auto append = [&b](const std::vector<int32_t>& v) {
@@ -38,7 +74,7 @@ inline TileBatch plan_tile_batch(const std::vector<TileJob>& table, const std::v
   };
   // Each distinct axis (in_size, out_size, layout) is uploaded once: the 16 frames of a video share
   // theirs. Horizontal axes go tap-major (TileJobDevice::h_weights), vertical ones as computed.
-  std::map<std::array<int64_t, 3>, std::array<int64_t, 3>> uploaded;
+  std::map<std::array<int64_t, 3>, std::array<int64_t, 4>> uploaded;  // + the axis' mma stride
   auto append_axis = [&](const AxisCoeffs& c, bool tap_major) {
     const std::array<int64_t, 3> key{c.in_size, c.out_size, tap_major};
     const auto it = uploaded.find(key);
@@ -49,7 +85,8 @@ inline TileBatch plan_tile_batch(const std::vector<TileJob>& table, const std::v
       for (int64_t x = 0; x < c.out_size; ++x)
         for (int64_t i = 0; i < c.ksize; ++i) transposed[i * c.out_size + x] = c.weights[x * c.ksize + i];
     }
-    const std::array<int64_t, 3> at{append(c.first), append(c.count), append(tap_major ? transposed : c.weights)};
+    const std::array<int64_t, 4> at{append(c.first), append(c.count), append(tap_major ? transposed : c.weights),
+                                    tap_major ? mma_pass1_stride(c) : 0};
     uploaded.emplace(key, at);
     return at;
   };
@@ -74,6 +111,8 @@ inline TileBatch plan_tile_batch(const std::vector<TileJob>& table, const std::v
       d.h_outputs = p.horizontal->out_size;
       const auto at = append_axis(*p.horizontal, true);
       d.h_first = at[0]; d.h_count = at[1]; d.h_weights = at[2];
+      // A candidate for the tensor-core pass 1 (decided below, once the launch's staging is known).
+      if (allow_mma && !p.vertical_first && p.mid_rows > 0) d.mma_stride = static_cast<int32_t>(at[3]);
     }
     if (p.need_vertical) {
       d.v_ksize = p.vertical->ksize;
@@ -89,11 +128,26 @@ inline TileBatch plan_tile_batch(const std::vector<TileJob>& table, const std::v
     if (d.mid_rows > 0) b.pass1_width = std::max(b.pass1_width, d.mid_width);
     d.mid_offset = b.mid_bytes;
     b.mid_bytes += d.mid_rows * d.mid_width * kMidBytesPerPixel;
-    d.pass1_begin = b.pass1;
-    b.pass1 += d.mid_rows;
     d.pass2_begin = b.pass2;
     b.pass2 += j.canvas_h;
   }
+  // The tensor-core path lives in the staged pass-1 kernel: only when the launch stages its rows
+  // (no source row wider than kMaxStagedRowBytes allows). Its blocks cover bands x chunks.
+  const bool staged = b.staged_row_bytes > 0 && b.staged_row_bytes <= kMaxStagedRowBytes;
+  for (TileJobDevice& d : b.descs) {
+    d.mma_pass1 = staged && d.mma_stride > 0;
+    if (!d.mma_pass1) d.mma_stride = 0;
+    d.pass1_begin = b.pass1;
+    if (d.mma_pass1) {
+      d.mma_chunks = static_cast<int32_t>((d.mid_width + kMmaChunk - 1) / kMmaChunk);
+      b.pass1 += (d.mid_rows + kMmaRows - 1) / kMmaRows * d.mma_chunks;
+      b.pass1_mma = true;
+    } else {
+      b.pass1 += d.mid_rows;
+    }
+  }
+  for (const TileJobDevice& d : b.descs)
+    if (d.mma_pass1) b.staged_row_bytes = std::max<int64_t>(b.staged_row_bytes, kMmaRows * d.mma_stride * 4);
   if (b.arena.empty()) b.arena.push_back(0);
   return b;
 }

@@ -1,6 +1,7 @@
 // Torch glue of the anyres_tiles CUDA kernels: checks, Pillow coefficients computed on the host
 // (never on the device, see csrc/common/resample.h), one upload of the job descriptors and
-// coefficients, one intermediate arena, two launches for the whole batch.
+// coefficients, one intermediate arena, two launches for the whole batch (pass 1 on tensor cores
+// where that is exact: anyres_tiles_kernels.h, kMmaRows).
 #include <ATen/ops/empty.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -32,7 +33,7 @@ at::Tensor anyres_tiles_cuda(at::TensorList images, const at::Tensor& jobs, int6
     pixels.push_back(im.const_data_ptr<uint8_t>());
     hw.push_back({im.size(0), im.size(1)});
   }
-  const cuda::TileBatch batch = cuda::plan_tile_batch(table, pixels, hw);
+  const cuda::TileBatch batch = cuda::plan_tile_batch(table, pixels, hw, anyres_cuda_mma());
   const auto& descs = batch.descs;
   const auto& arena = batch.arena;
   TORCH_CHECK_VALUE(batch.pass1 < (int64_t(1) << 31) && batch.pass2 < (int64_t(1) << 31),
@@ -66,7 +67,7 @@ at::Tensor anyres_tiles_cuda(at::TensorList images, const at::Tensor& jobs, int6
                             mid.mutable_data_ptr<uint8_t>(), out.mutable_data_ptr(),
                             lut.has_value() ? lut_c.const_data_ptr() : nullptr,
                             lut.has_value() ? static_cast<int>(lut_c.element_size()) : 0, tile,
-                            batch.staged_row_bytes, batch.canvas_row_bytes, batch.pass1_width, stream);
+                            batch.staged_row_bytes, batch.canvas_row_bytes, batch.pass1_width, batch.pass1_mma, stream);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return out;
 }

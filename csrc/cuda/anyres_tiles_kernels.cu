@@ -14,7 +14,6 @@ namespace cuda {
 namespace {
 
 constexpr int kThreads = 256;
-constexpr int64_t kMaxStagedRowBytes = 48 * 1024;
 
 // The job owning flattened row `row` of a pass (jobs are few: a linear scan is enough).
 __device__ __forceinline__ int find_job(const TileJobDevice* jobs, int num_jobs, int64_t row,
@@ -62,13 +61,162 @@ __device__ __forceinline__ uint32_t resample_px(const uint32_t* p, int64_t step,
   return pack_rgb(resample_clip8(a0), resample_clip8(a1), resample_clip8(a2));
 }
 
-template <bool kStagedRow>
-__global__ void __launch_bounds__(kThreads)
+// ---- pass 1 on tensor cores (kMmaRows in anyres_tiles_kernels.h) --------------------------------
+// Four primitives, each one PTX instruction on the GPU; tests/emulate/cuda_emu.h defines the same
+// names for the host emulation (INTERLEAVE_EMULATION), with the instructions' documented semantics.
+#if !defined(INTERLEAVE_EMULATION)
+__device__ __forceinline__ uint32_t il_prmt(uint32_t a, uint32_t b, uint32_t selector) {
+  uint32_t d;
+  asm("prmt.b32 %0, %1, %2, %3;" : "=r"(d) : "r"(a), "r"(b), "r"(selector));
+  return d;
+}
+// a - b on two fp16 lanes.
+__device__ __forceinline__ uint32_t il_hsub2(uint32_t a, uint32_t b) {
+  uint32_t d;
+  asm("sub.rn.f16x2 %0, %1, %2;" : "=r"(d) : "r"(a), "r"(b));
+  return d;
+}
+// Two ints (exactly representable) as fp16 lanes, lo in the low half.
+__device__ __forceinline__ uint32_t il_int2_to_half2(int32_t lo, int32_t hi) {
+  uint32_t d;
+  asm("{\n .reg .f16 l, h;\n cvt.rn.f16.s32 l, %1;\n cvt.rn.f16.s32 h, %2;\n mov.b32 %0, {l, h};\n}"
+      : "=r"(d) : "r"(lo), "r"(hi));
+  return d;
+}
+// c += A (16 x 16, row) * B (16 x 8, col), fp16 in, fp32 accumulate; the fragments of
+// mma.sync.m16n8k16 (as patch_embed's mma kernel uses them).
+__device__ __forceinline__ void il_mma_f16_16816(float (&c)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+      "{%0,%1,%2,%3};\n"
+      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+}
+#endif
+
+// Staged words of the tensor-core path: r | g << 8 | b << 16 | 0x64 << 24. The top byte makes a
+// prmt of two words' channel-c bytes, each beside a 0x64, two fp16 values 1024 + v (0x6400 is
+// 1024, whose fp16 step is 1); one sub.f16x2 of 1024 then leaves v exactly.
+constexpr uint32_t kHalfBias = 0x64000000u;
+__device__ __forceinline__ uint32_t pixels_half2(uint32_t w0, uint32_t w1, uint32_t c) {
+  return il_hsub2(il_prmt(w0, w1, c | 3u << 4 | (4u + c) << 8 | 7u << 12), 0x64006400u);
+}
+
+// One block of the tensor-core pass 1: intermediate rows [band * 16, +16) x outputs
+// [chunk * 64, +64) of job J. Same result as resample_px, bit for bit (see kMmaRows).
+__device__ __forceinline__ void mma_pass1_block(const TileJobDevice& J, const int32_t* __restrict__ coeffs,
+                                                uint8_t* __restrict__ mid, uint32_t* staged, int64_t block) {
+  const int32_t band = static_cast<int32_t>(block / J.mma_chunks);
+  const int32_t chunk = static_cast<int32_t>(block - static_cast<int64_t>(band) * J.mma_chunks);
+  const int32_t r0 = band * kMmaRows, x_chunk = chunk * kMmaChunk;
+  const int32_t mid_w = static_cast<int32_t>(J.mid_width), mid_rows = static_cast<int32_t>(J.mid_rows);
+  const int32_t stride = J.mma_stride, h_outputs = static_cast<int32_t>(J.h_outputs);
+  const int32_t* first = coeffs + J.h_first;
+  const int32_t* count = coeffs + J.h_count;
+  const int32_t cs = first[x_chunk] & ~3;  // source x of staged word 0 (mma_pass1_stride's rule)
+
+  // Stage the 16 source rows' window [cs, cs + stride): kMmaRows / 2 loads in flight per thread.
+  const int32_t img_w = static_cast<int32_t>(J.img_w), img_h = static_cast<int32_t>(J.img_h);
+  const int32_t left = static_cast<int32_t>(J.src_left), top = static_cast<int32_t>(J.src_top);
+  const uint32_t pad = static_cast<uint32_t>(J.src_pad) | kHalfBias;
+  for (int32_t x = threadIdx.x; x < stride; x += blockDim.x) {
+    const int32_t xi = cs + x - left;
+    const bool col_in = xi >= 0 && xi < img_w && cs + x < J.src_w;
+#pragma unroll 1  // both halves unrolled, 16 loads' addresses in flight spill at 80 registers
+    for (int half = 0; half < 2; ++half) {
+      uint32_t v[kMmaRows / 2];
+#pragma unroll
+      for (int u = 0; u < kMmaRows / 2; ++u) {
+        const int32_t r = r0 + half * (kMmaRows / 2) + u;
+        const int32_t y = static_cast<int32_t>(J.row_first) + r - top;
+        v[u] = pad;
+        if (col_in && r < mid_rows && y >= 0 && y < img_h) {
+          const uint8_t* p = J.image + (static_cast<int64_t>(y) * img_w + xi) * 3;
+          v[u] = static_cast<uint32_t>(p[0]) | static_cast<uint32_t>(p[1]) << 8 |
+                 static_cast<uint32_t>(p[2]) << 16 | kHalfBias;
+        }
+      }
+#pragma unroll
+      for (int u = 0; u < kMmaRows / 2; ++u) staged[(half * (kMmaRows / 2) + u) * stride + x] = v[u];
+    }
+  }
+  __syncthreads();
+
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+  const int g = lane >> 2, t = lane & 3;  // fragment row group and thread-in-group
+  for (int32_t x0 = x_chunk + warp * 8; x0 < min(x_chunk + kMmaChunk, mid_w); x0 += warps * 8) {
+    // The group's window: from its first output's first pixel (rounded down to even) to its last
+    // output's last pixel, in steps of 16 (warp-uniform).
+    const int32_t xl = min(x0 + 7, mid_w - 1);
+    const int32_t s = first[x0] & ~1, steps = (first[xl] + count[xl] - s + 15) >> 4;
+    // This lane's B column: output x0 + g (none past the row's end: zero weights).
+    const int32_t xn = x0 + g;
+    const bool n_in = xn < mid_w;
+    const int32_t fn = n_in ? first[xn] : 0, cn = n_in ? count[xn] : 0;
+    const int32_t* kn = coeffs + J.h_weights + (n_in ? xn : 0);  // tap-major: tap i at kn[i * h_outputs]
+    float acc[3][2][4];
+#pragma unroll
+    for (int c = 0; c < 3; ++c)
+#pragma unroll
+      for (int h = 0; h < 2; ++h)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) acc[c][h][e] = 0.f;
+    const uint32_t* row_g = staged + g * stride + (s - cs) + 2 * t;  // A rows g and g + 8
+#pragma unroll 1
+    for (int32_t step = 0; step < steps; ++step) {
+      // B: weights of source pixels s + 16 step + {2t, 2t + 1, 2t + 8, 2t + 9} for output xn, split.
+      int32_t w[4];
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int32_t i = s + step * 16 + 2 * t + (e & 1) + (e >> 1) * 8 - fn;
+        w[e] = (i >= 0 && i < cn) ? kn[i * h_outputs] : 0;
+      }
+      const uint32_t b_hi[2] = {il_int2_to_half2(w[0] >> 11, w[1] >> 11), il_int2_to_half2(w[2] >> 11, w[3] >> 11)};
+      const uint32_t b_lo[2] = {il_int2_to_half2(w[0] & 2047, w[1] & 2047), il_int2_to_half2(w[2] & 2047, w[3] & 2047)};
+      // A: the staged words (two 8-byte loads per row), channel by channel.
+      const uint32_t* p = row_g + step * 16;
+      const uint2 g_lo = *reinterpret_cast<const uint2*>(p), g_hi = *reinterpret_cast<const uint2*>(p + 8);
+      const uint2 g8_lo = *reinterpret_cast<const uint2*>(p + 8 * stride);
+      const uint2 g8_hi = *reinterpret_cast<const uint2*>(p + 8 * stride + 8);
+#pragma unroll
+      for (uint32_t c = 0; c < 3; ++c) {
+        const uint32_t a[4] = {pixels_half2(g_lo.x, g_lo.y, c), pixels_half2(g8_lo.x, g8_lo.y, c),
+                               pixels_half2(g_hi.x, g_hi.y, c), pixels_half2(g8_hi.x, g8_hi.y, c)};
+        il_mma_f16_16816(acc[c][0], a, b_hi);
+        il_mma_f16_16816(acc[c][1], a, b_lo);
+      }
+    }
+    // c0, c1: row g, outputs 2t, 2t + 1; c2, c3: row g + 8. Pillow's sum = hi * 2^11 + lo.
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      const int32_t r = r0 + g + (e >> 1) * 8, x = x0 + 2 * t + (e & 1);
+      uint32_t ch[3];
+#pragma unroll
+      for (int c = 0; c < 3; ++c)
+        ch[c] = resample_clip8(kResampleHalf + static_cast<int32_t>(acc[c][0][e]) * 2048 +
+                               static_cast<int32_t>(acc[c][1][e]));
+      if (r < mid_rows && x < mid_w)
+        reinterpret_cast<uint32_t*>(mid + J.mid_offset)[static_cast<int64_t>(r) * mid_w + x] =
+            pack_rgb(ch[0], ch[1], ch[2]);
+    }
+  }
+}
+
+// kWithMma: some job of the launch takes the tensor-core path (J.mma_pass1); a separate
+// instantiation, so that launches without one keep the SIMT path's smaller register budget.
+template <bool kStagedRow, bool kWithMma = false>
+__global__ void __launch_bounds__(kThreads, kWithMma ? 3 : 1)
     anyres_pass1_kernel(const TileJobDevice* __restrict__ jobs, int num_jobs,
                         const int32_t* __restrict__ coeffs, uint8_t* __restrict__ mid) {
   IL_DYNAMIC_SMEM(uint32_t, staged);  // kStagedRow: the source row, one word per pixel
   const int64_t row = blockIdx.x;
   const TileJobDevice& J = jobs[find_job(jobs, num_jobs, row, false)];
+  if constexpr (kStagedRow && kWithMma) {
+    if (J.mma_pass1) {  // block-uniform: the whole block takes the tensor-core path
+      mma_pass1_block(J, coeffs, mid, staged, row - J.pass1_begin);
+      return;
+    }
+  }
   const int32_t r = static_cast<int32_t>(row - J.pass1_begin);
   const int32_t mid_w = static_cast<int32_t>(J.mid_width);
   uint32_t* dst = reinterpret_cast<uint32_t*>(mid + J.mid_offset) + static_cast<int64_t>(r) * mid_w;
@@ -280,12 +428,15 @@ void with_pass2_kernel(const void* lut, int lut_bytes, bool staged, F&& f) {
 void launch_anyres_tiles(const TileJobDevice* jobs, int num_jobs, int64_t pass1_rows,
                          int64_t pass2_rows, const int32_t* coeffs, uint8_t* mid, void* out,
                          const void* lut, int lut_bytes, int64_t tile, int64_t staged_row_bytes,
-                         int64_t canvas_row_bytes, int64_t pass1_width, cudaStream_t stream) {
+                         int64_t canvas_row_bytes, int64_t pass1_width, bool pass1_mma, cudaStream_t stream) {
   if (num_jobs == 0) return;
   if (pass1_rows > 0) {
     const unsigned blocks = static_cast<unsigned>(pass1_rows);
-    const int threads = pass1_threads(pass1_width);
-    if (pass1_staged_row(staged_row_bytes))
+    const int threads = pass1_mma ? kMmaThreads : pass1_threads(pass1_width);
+    if (pass1_mma)
+      anyres_pass1_kernel<true, true><<<blocks, threads, static_cast<size_t>(staged_row_bytes), stream>>>(
+          jobs, num_jobs, coeffs, mid);
+    else if (pass1_staged_row(staged_row_bytes))
       anyres_pass1_kernel<true><<<blocks, threads, static_cast<size_t>(staged_row_bytes), stream>>>(
           jobs, num_jobs, coeffs, mid);
     else

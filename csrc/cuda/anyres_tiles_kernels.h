@@ -30,8 +30,23 @@ struct TileJobDevice {
   int64_t row_first;                    // first source row the first pass reads (horizontal first)
   int64_t mid_rows, mid_width;          // intermediate: rows x pixels
   int64_t mid_offset;                   // bytes into the intermediate arena
-  int64_t pass1_begin, pass2_begin;     // first flattened row of this job in each pass
+  int64_t pass1_begin, pass2_begin;     // first flattened block of this job in each pass
+  // Pass 1 on tensor cores (see kMmaRows): 1 when this job's horizontal pass runs there; its blocks
+  // are bands of kMmaRows intermediate rows times chunks of kMmaChunk outputs (mma_chunks per
+  // band), each staging its source window as kMmaRows rows of mma_stride words.
+  int32_t mma_pass1, mma_chunks, mma_stride, mma_pad_;
 };
+
+// Pass 1's tensor-core path (horizontal pass first, Pillow's exact integer result): a block takes
+// kMmaRows intermediate rows and kMmaChunk outputs of them; each warp one group of 8 outputs at a
+// time (an m16n8k16 MMA: 16 rows, 8 outputs, 16 source pixels), over the group's window of source
+// pixels. The 22-bit weights are split into an 11-bit high part and an 11-bit low part, each exact
+// in fp16, as are the pixels; products (< 2^19) and the sums of at most kMmaMaxTaps of them stay
+// below 2^24, so fp32 accumulation is exact and hi * 2^11 + lo is Pillow's integer sum.
+constexpr int kMmaRows = 16;
+constexpr int kMmaChunk = 64;
+constexpr int kMmaThreads = 256;  // 8 warps: one group of 8 outputs each per chunk
+constexpr int kMmaMaxTaps = 32;   // 32 * 255 * 2047 < 2^24
 
 // Pass 1 (one block per intermediate row of every job; its block size follows pass1_width, the
 // widest intermediate row), then pass 2 (one block per canvas row of
@@ -40,11 +55,12 @@ struct TileJobDevice {
 // normalized values, else [P, T, T, 3] uint8.
 constexpr int64_t kStagedBytesPerPixel = 4;  // pass 1 stages one 32-bit word per source pixel
 constexpr int64_t kMidBytesPerPixel = 4;     // the intermediate holds one 32-bit word per pixel
+constexpr int64_t kMaxStagedRowBytes = 48 * 1024;  // pass 1's dynamic shared memory, at most
 
 void launch_anyres_tiles(const TileJobDevice* jobs, int num_jobs, int64_t pass1_rows,
                          int64_t pass2_rows, const int32_t* coeffs, uint8_t* mid, void* out,
                          const void* lut, int lut_bytes, int64_t tile, int64_t staged_row_bytes,
-                         int64_t canvas_row_bytes, int64_t pass1_width, cudaStream_t stream);
+                         int64_t canvas_row_bytes, int64_t pass1_width, bool pass1_mma, cudaStream_t stream);
 
 }  // namespace cuda
 }  // namespace interleave

@@ -80,4 +80,9 @@ void check_anyres_lut(const std::optional<at::Tensor>& lut, const at::Tensor& fi
                     " but the images are on ", first_image.device());
 }
 
+bool& anyres_cuda_mma() {
+  static bool allowed = true;
+  return allowed;
+}
+
 }  // namespace interleave

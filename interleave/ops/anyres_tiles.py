@@ -16,6 +16,7 @@ two resize jobs (a table of integers) and the kernel runs them all.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 from typing import Optional, Sequence, Union
@@ -156,6 +157,15 @@ def _plan_batch_cached(key):
     sizes, mode, pinpoints, newline, tile, pad_color, _order = key
     plans, jobs, offsets = _plan_batch_uncached(sizes, mode, pinpoints, newline, tile, pad_color)
     return tuple(plans), jobs, tuple(offsets)  # jobs: an input of the op, never written
+
+
+@contextlib.contextmanager
+def cuda_tensor_cores(enabled: bool):
+    """Within the block, whether the CUDA kernel may run its first (horizontal) resize pass on
+    tensor cores (default: yes, wherever that is exact: at most 32 taps per output, i.e. shrinking a
+    row by up to ~7.5x). Both paths give Pillow's bytes; for tests and benchmarks."""
+    with _extension.native_setting("_set_anyres_mma", bool(enabled)):
+        yield
 
 
 def anyres_tiles(images: Union[ImageLike, Sequence[ImageLike]], mode: str = "anyres_max_9", *,

@@ -15,6 +15,7 @@
 #include <ucontext.h>
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <cstdint>
 #include <cstdlib>
@@ -45,6 +46,7 @@ inline int current = 0;
 inline std::function<void()> body;
 inline std::vector<unsigned char> dynamic_smem;
 inline std::vector<uint64_t> exchange;  // one slot per thread of the block (warp collectives)
+inline std::vector<std::array<uint32_t, 10>> mma_exchange;  // a[4], b[2], c[4] of each thread (il_mma_*)
 
 inline void trampoline() {
   body();
@@ -70,6 +72,7 @@ void launch2d(unsigned grid_x, unsigned grid_y, unsigned block, size_t smem_byte
   blockDim.x = block;
   dynamic_smem.assign(smem_bytes + 16, 0xCD);
   exchange.assign(block, 0);
+  mma_exchange.assign(block, {});
   contexts.resize(block);
   states.assign(block, kReady);
   if (stacks.size() < block) stacks.resize(block, std::vector<char>(kStack));
@@ -146,3 +149,70 @@ template <typename T>
 T __ldg(const T* p) { return *p; }
 using std::min;
 using std::fma;  // device code calls fma(float, float, float) unqualified, as CUDA's math headers allow
+
+// The tensor-core primitives of csrc/cuda/anyres_tiles_kernels.cu (there one PTX instruction each),
+// with the instructions' documented semantics. fp16 through GCC's _Float16 (IEEE binary16,
+// round-to-nearest-even conversions), as the PTX .rn instructions round.
+namespace emu {
+inline _Float16 half_of(uint32_t bits16) {
+  const uint16_t b = static_cast<uint16_t>(bits16);
+  _Float16 h;
+  std::memcpy(&h, &b, 2);
+  return h;
+}
+inline uint32_t bits_of(_Float16 h) {
+  uint16_t b;
+  std::memcpy(&b, &h, 2);
+  return b;
+}
+}  // namespace emu
+
+// prmt.b32 (default mode): result byte i is byte (selector >> 4i) & 7 of {b, a} (a = bytes 0..3).
+inline uint32_t il_prmt(uint32_t a, uint32_t b, uint32_t selector) {
+  const uint64_t bytes = static_cast<uint64_t>(b) << 32 | a;
+  uint32_t d = 0;
+  for (int i = 0; i < 4; ++i) d |= static_cast<uint32_t>((bytes >> (8 * ((selector >> (4 * i)) & 7))) & 0xFF) << (8 * i);
+  return d;
+}
+// sub.rn.f16x2
+inline uint32_t il_hsub2(uint32_t a, uint32_t b) {
+  const _Float16 lo = static_cast<_Float16>(static_cast<float>(emu::half_of(a)) - static_cast<float>(emu::half_of(b)));
+  const _Float16 hi = static_cast<_Float16>(static_cast<float>(emu::half_of(a >> 16)) - static_cast<float>(emu::half_of(b >> 16)));
+  return emu::bits_of(lo) | emu::bits_of(hi) << 16;
+}
+// cvt.rn.f16.s32 twice, packed lo | hi << 16
+inline uint32_t il_int2_to_half2(int32_t lo, int32_t hi) {
+  return emu::bits_of(static_cast<_Float16>(static_cast<float>(lo))) |
+         emu::bits_of(static_cast<_Float16>(static_cast<float>(hi))) << 16;
+}
+// mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32, a warp collective: each lane posts its
+// fragments, then computes its four results from the whole warp's (the PTX ISA's fragment layout:
+// groupID g = lane / 4, t = lane % 4; A: a[0] (row g, k 2t..2t+1), a[1] (row g + 8), a[2], a[3]
+// the same at k + 8; B: b[0] (k 2t..2t+1, column g), b[1] at k + 8; C: c[0..1] (row g, columns
+// 2t..2t+1), c[2..3] (row g + 8)). The sum is exact in double and rounded once to fp32, which
+// is what the kernels that use it rely on (integer sums below 2^24). The whole warp must call it
+// together, as on the GPU.
+inline void il_mma_f16_16816(float (&c)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
+  auto& mine = emu::mma_exchange[threadIdx.x];
+  for (int i = 0; i < 4; ++i) mine[i] = a[i];
+  for (int i = 0; i < 2; ++i) mine[4 + i] = b[i];
+  emu::barrier();
+  const unsigned lane = threadIdx.x % 32, base = threadIdx.x - lane;
+  const auto a_at = [&](int row, int k) {
+    const auto& src = emu::mma_exchange[base + (row % 8) * 4 + (k % 8) / 2];
+    return static_cast<double>(emu::half_of(src[(row >= 8 ? 1 : 0) + (k >= 8 ? 2 : 0)] >> (16 * (k % 2))));
+  };
+  const auto b_at = [&](int k, int col) {
+    const auto& src = emu::mma_exchange[base + col * 4 + (k % 8) / 2];
+    return static_cast<double>(emu::half_of(src[4 + (k >= 8 ? 1 : 0)] >> (16 * (k % 2))));
+  };
+  float d[4];
+  for (int e = 0; e < 4; ++e) {
+    const int row = static_cast<int>(lane / 4) + (e >> 1) * 8, col = static_cast<int>(lane % 4) * 2 + (e & 1);
+    double sum = c[e];
+    for (int k = 0; k < 16; ++k) sum += a_at(row, k) * b_at(k, col);
+    d[e] = static_cast<float>(sum);
+  }
+  emu::barrier();
+  for (int e = 0; e < 4; ++e) c[e] = d[e];
+}
