@@ -23,8 +23,9 @@ std::vector<TileJob> check_anyres_tiles_args(at::TensorList images, const at::Te
 // without it [P, tile, tile, 3] uint8.
 void check_anyres_lut(const std::optional<at::Tensor>& lut, const at::Tensor& first_image);
 
-// Whether the CUDA kernels may run pass 1 on tensor cores where that is exact (default true; the
-// benchmark's variants and the tests switch it, through interleave._C._set_anyres_mma).
+// Whether the CUDA kernels may run pass 1 on tensor cores where that is exact (default false until
+// verified on a GPU; interleave.ops.anyres_tiles.cuda_tensor_cores switches it, through
+// interleave._C._set_anyres_mma).
 bool& anyres_cuda_mma();
 
 at::Tensor anyres_tiles_cpu(at::TensorList images, const at::Tensor& jobs, int64_t num_tiles,
