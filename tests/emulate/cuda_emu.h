@@ -1,12 +1,12 @@
 // A small host emulator for CUDA kernels that use only threadIdx/blockIdx/blockDim/gridDim,
 // __syncthreads and shared memory (no warp intrinsics, no atomics): compile the .cu as C++ after
 // this header and launch kernels with emu::launch. Every CUDA thread of a block is a coroutine
-// (ucontext) with its own stack; __syncthreads yields to the scheduler, which resumes the block's
-// threads round by round, so a barrier really separates the phases of a kernel (a thread never
-// reads shared memory that another thread has not written yet). Blocks run one after another.
-// Warp collectives (__shfl_down_sync, __ballot_sync) are emulated with two block-wide barriers
-// around an exchange of values: correct for kernels whose whole block calls them together (our
-// block reductions and ballot scans do), a deadlock-free mismatch otherwise is not detected.
+// (ucontext) with its own stack; __syncthreads waits until every unfinished thread of the block is
+// there, so a barrier really separates the phases of a kernel (a thread never reads shared memory
+// that another thread has not written yet), and threads waiting at different barriers are a
+// reported deadlock. Blocks run one after another. Warp collectives (__shfl_down_sync,
+// __ballot_sync, the MMA below) exchange values between two warp-wide waits: the whole warp must
+// call them together, as on the GPU; other warps may be anywhere.
 // `__shared__` becomes `static` (one copy, reused by the blocks in turn); dynamic shared memory is
 // IL_DYNAMIC_SMEM (csrc/common/macros.h), here a buffer of the launch's size. This checks index
 // math, barriers and arithmetic on machines without a GPU; not races between blocks, not speed.
@@ -18,6 +18,7 @@
 #include <array>
 #include <cmath>
 #include <cstdint>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <functional>
@@ -37,7 +38,7 @@ struct EmuDim3 {
 inline EmuDim3 threadIdx, blockIdx, blockDim{1, 1, 1}, gridDim{1, 1, 1};
 
 namespace emu {
-enum State { kReady = 0, kAtBarrier = 1, kDone = 2 };
+enum State { kReady = 0, kAtBarrier = 1, kDone = 2, kAtWarpSync = 3 };
 inline std::vector<ucontext_t> contexts;
 inline std::vector<std::vector<char>> stacks;
 inline std::vector<int> states;
@@ -59,8 +60,56 @@ inline void barrier() {
   swapcontext(&contexts[current], &scheduler);
 }
 
+// The wait of a warp collective: every unfinished lane of the caller's warp (see run_block).
+inline void warp_sync() {
+  states[current] = kAtWarpSync;
+  swapcontext(&contexts[current], &scheduler);
+}
+
 template <typename T>
 T* dynamic_shared() { return reinterpret_cast<T*>(dynamic_smem.data()); }
+
+// Runs the block's threads until all are done: each ready thread runs until it finishes or waits;
+// a warp's lanes waiting at a warp sync go on once every unfinished lane of that warp waits there;
+// threads at __syncthreads go on once every unfinished thread of the block waits there (exited
+// threads count as arrived, as on the GPU). Anything else is a deadlock, reported and fatal.
+inline void run_block(unsigned block) {
+  for (;;) {
+    bool ran = false;
+    for (unsigned t = 0; t < block; ++t) {
+      if (states[t] != kReady) continue;
+      current = static_cast<int>(t);
+      threadIdx.x = t;
+      swapcontext(&scheduler, &contexts[t]);
+      ran = true;
+    }
+    if (ran) continue;
+    bool released = false, all_done = true, all_at_barrier = true;
+    for (unsigned w = 0; w < block; w += 32) {
+      bool all_waiting = true, any_waiting = false;
+      for (unsigned t = w; t < std::min(block, w + 32); ++t) {
+        if (states[t] == kDone) continue;
+        all_done = false;
+        if (states[t] != kAtBarrier) all_at_barrier = false;
+        if (states[t] == kAtWarpSync) any_waiting = true;
+        else all_waiting = false;
+      }
+      if (any_waiting && all_waiting) {
+        for (unsigned t = w; t < std::min(block, w + 32); ++t)
+          if (states[t] == kAtWarpSync) states[t] = kReady;
+        released = true;
+      }
+    }
+    if (all_done) return;
+    if (released) continue;
+    if (!all_at_barrier) {
+      std::fprintf(stderr, "cuda_emu: deadlock in block %u (threads wait at different barriers)\n", blockIdx.x);
+      std::abort();
+    }
+    for (unsigned t = 0; t < block; ++t)
+      if (states[t] == kAtBarrier) states[t] = kReady;
+  }
+}
 
 // Runs kernel() for every block of the grid (grid_x x grid_y) and every thread of `block`,
 // threads as coroutines.
@@ -89,17 +138,7 @@ void launch2d(unsigned grid_x, unsigned grid_y, unsigned block, size_t smem_byte
         makecontext(&contexts[t], trampoline, 0);
         states[t] = kReady;
       }
-      for (bool left = true; left;) {
-        left = false;
-        for (unsigned t = 0; t < block; ++t) {
-          if (states[t] == kDone) continue;
-          states[t] = kReady;
-          current = static_cast<int>(t);
-          threadIdx.x = t;
-          swapcontext(&scheduler, &contexts[t]);
-          if (states[t] != kDone) left = true;
-        }
-      }
+      run_block(block);
     }
   }
 }
@@ -119,24 +158,24 @@ T shfl_down(T v, unsigned delta) {
   uint64_t raw = 0;
   std::memcpy(&raw, &v, sizeof(T));
   exchange[threadIdx.x] = raw;
-  barrier();
+  warp_sync();
   const unsigned lane = threadIdx.x % 32, src = lane + delta;
   T r = v;
   if (src < 32 && threadIdx.x - lane + src < blockDim.x) {
     const uint64_t x = exchange[threadIdx.x - lane + src];
     std::memcpy(&r, &x, sizeof(T));
   }
-  barrier();
+  warp_sync();
   return r;
 }
 
 inline unsigned ballot(bool pred) {
   exchange[threadIdx.x] = pred ? 1 : 0;
-  barrier();
+  warp_sync();
   const unsigned base = threadIdx.x - threadIdx.x % 32;
   unsigned bits = 0;
   for (unsigned l = 0; l < 32 && base + l < blockDim.x; ++l) bits |= static_cast<unsigned>(exchange[base + l] != 0) << l;
-  barrier();
+  warp_sync();
   return bits;
 }
 }  // namespace emu
@@ -196,7 +235,7 @@ inline void il_mma_f16_16816(float (&c)[4], const uint32_t (&a)[4], const uint32
   auto& mine = emu::mma_exchange[threadIdx.x];
   for (int i = 0; i < 4; ++i) mine[i] = a[i];
   for (int i = 0; i < 2; ++i) mine[4 + i] = b[i];
-  emu::barrier();
+  emu::warp_sync();
   const unsigned lane = threadIdx.x % 32, base = threadIdx.x - lane;
   const auto a_at = [&](int row, int k) {
     const auto& src = emu::mma_exchange[base + (row % 8) * 4 + (k % 8) / 2];
@@ -213,6 +252,6 @@ inline void il_mma_f16_16816(float (&c)[4], const uint32_t (&a)[4], const uint32
     for (int k = 0; k < 16; ++k) sum += a_at(row, k) * b_at(k, col);
     d[e] = static_cast<float>(sum);
   }
-  emu::barrier();
+  emu::warp_sync();
   for (int e = 0; e < 4; ++e) c[e] = d[e];
 }
