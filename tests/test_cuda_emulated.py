@@ -80,9 +80,9 @@ def im2col_emu(tmp_path_factory):
     return so
 
 
-def _emulate(so, images, jobs, num_tiles, tile, lut=None, force_direct=False, mma=True, mma_jobs=None):
-    """Runs the emulated launch; mma: allow pass 1's tensor-core path; mma_jobs: a list that gets
-    the number of jobs that took it."""
+def _emulate(so, images, jobs, num_tiles, tile, lut=None, force_direct=False, mma=True, fused=True, taken=None):
+    """Runs the emulated launch; mma: allow pass 1's tensor-core path; fused: allow both passes in
+    one (on tensor cores); taken: a list that gets (jobs on tensor cores, jobs fused)."""
     ims = [np.ascontiguousarray(im) for im in images]
     ptrs = (ctypes.c_void_p * len(ims))(*[im.ctypes.data for im in ims])
     hw = np.array([[im.shape[0], im.shape[1]] for im in ims], dtype=np.int64)
@@ -91,16 +91,16 @@ def _emulate(so, images, jobs, num_tiles, tile, lut=None, force_direct=False, mm
         out = np.full((num_tiles, tile, tile, 3), 0x5A, dtype=np.uint8)
     else:
         out = np.full((num_tiles, 3, tile, tile), 0x5A, dtype=np.uint32 if lut.element_size() == 4 else np.uint16)
-    taken = ctypes.c_int(-1)
+    mma_jobs, fused_jobs = ctypes.c_int(-1), ctypes.c_int(-1)
     lut_np = None if lut is None else lut.contiguous().view(torch.int32 if lut.element_size() == 4 else torch.int16).numpy()
     rc = so.emu_anyres_tiles(len(ims), ptrs, hw.ctypes.data_as(ctypes.c_void_p), table.shape[0],
                              table.ctypes.data_as(ctypes.c_void_p), ctypes.c_int64(tile),
                              None if lut_np is None else lut_np.ctypes.data_as(ctypes.c_void_p),
                              0 if lut is None else lut.element_size(), out.ctypes.data_as(ctypes.c_void_p),
-                             int(force_direct), int(mma), ctypes.byref(taken))
+                             int(force_direct), int(mma), int(fused), ctypes.byref(mma_jobs), ctypes.byref(fused_jobs))
     assert rc == 0
-    if mma_jobs is not None:
-        mma_jobs.append(taken.value)
+    if taken is not None:
+        taken.append((mma_jobs.value, fused_jobs.value))
     return out
 
 
@@ -150,14 +150,16 @@ def test_anyres_tiles_cuda_kernels_emulated_equal_cpu_kernel(anyres_emu, case, l
     np.testing.assert_array_equal(got, expected.numpy())
 
 
-# Pass 1 on tensor cores (anyres_tiles_kernels.h, kMmaRows) and without: both equal the CPU kernel.
-# Video frames (1920 -> 384: 21 taps), anyres, pad-to-square (windows past the image's edges), an
+# Pass 1 on tensor cores (anyres_tiles_kernels.h, kMmaRows), fused with pass 2 (TileJobDevice::fused)
+# and neither: all equal the CPU kernel. Video frames (1920 -> 384: 21 taps; portrait and square
+# ones fuse in shorter bands), anyres, pad-to-square (windows past the image's edges), an
 # upscale (5 taps), partial groups, chunks and bands (odd sizes), downscales near the exactness
 # limit of 32 taps (7.7x: 30-31 taps; 8.3x: 33-34, which must stay on the SIMT path), and a source
 # row too wide to stage (the direct path, no tensor cores).
 MMA_CASES = [
     ([(1080, 1920)] * 2, "llava", "pillow13", 384, True),
     ([(1080, 1920)], "anyres_max_9", "pillow13", 384, True),
+    ([(1920, 1080), (1411, 1411)], "llava", "horizontal", 384, True),  # fused bands of 16 rows
     ([(333, 517), (517, 333)], "pad", "horizontal", 384, True),
     ([(100, 70), (70, 100)], "anyres", "horizontal", 28, True),
     ([(45, 2955)], "llava", "horizontal", 384, True),
@@ -168,21 +170,29 @@ MMA_CASES = [
 
 @pytest.mark.skipif(_extension.module is None, reason="compiled extension not built (the CPU kernel is the reference)")
 @pytest.mark.parametrize("case", MMA_CASES, ids=[f"{c[1]}-{len(c[0])}x{c[0][0][0]}x{c[0][0][1]}-t{c[3]}" for c in MMA_CASES])
-@pytest.mark.parametrize("mma", [True, False], ids=["mma", "simt"])
-def test_anyres_tiles_pass1_tensor_cores_emulated(anyres_emu, case, mma):
+@pytest.mark.parametrize("path", ["fused", "mma", "simt"])
+def test_anyres_tiles_pass1_tensor_cores_emulated(anyres_emu, case, path):
     sizes, mode, order, tile, eligible = case
     images = [_photo(h, w, 7 + i) for i, (h, w) in enumerate(sizes)]
     grid = [[tile * r, tile * c] for r in range(1, 4) for c in range(1, 4)] if tile != 384 else planning.ONEVISION_PINPOINTS
     plans = [planning.plan_image(h, w, mode, pinpoints=grid, tile=tile) for h, w in sizes]
     jobs, offsets = build_jobs(plans, tile, order)
-    expected = torch.ops.interleave.anyres_tiles([torch.from_numpy(im) for im in images], jobs, offsets[-1], tile, None)
+    lut = normalization_table((0.5, 0.4, 0.3), (0.2, 0.3, 0.25), dtype=torch.bfloat16) if mode == "pad" else None
+    expected = torch.ops.interleave.anyres_tiles([torch.from_numpy(im) for im in images], jobs, offsets[-1], tile, lut)
     taken = []
-    got = _emulate(anyres_emu, images, jobs, offsets[-1], tile, None, mma=mma, mma_jobs=taken)
+    got = _emulate(anyres_emu, images, jobs, offsets[-1], tile, lut, mma=path != "simt", fused=path == "fused", taken=taken)
+    if lut is not None:
+        expected, got = expected.view(torch.int16), got.view(np.int16)
     np.testing.assert_array_equal(got, expected.numpy())
-    if not mma or not eligible:
-        assert taken == [0]
+    (mma_jobs, fused_jobs), = taken
+    if path == "simt" or not eligible:
+        assert (mma_jobs, fused_jobs) == (0, 0)
     else:
-        assert taken[0] >= 1
+        assert mma_jobs >= 1
+        # Jobs whose resized image fills the canvas (frames, base tiles) fuse; grids with padding don't.
+        assert (fused_jobs >= 1) == (path == "fused")
+        if path == "fused" and mode == "llava":  # every job fills its canvas: all fuse
+            assert fused_jobs == len(sizes)
 
 
 # ---- patch_embed: the position-embedding broadcast of the cuBLAS path --------------------------------

@@ -63,8 +63,21 @@ inline int64_t mma_pass1_stride(const AxisCoeffs& c) {
 // images[i] / hw[i]: the contiguous uint8 [h, w, 3] pixels (device pointers for a launch) and size
 // of the image that jobs name by index.
 // allow_mma: let eligible jobs run pass 1 on tensor cores (the glue's setting; tests run both).
+// The intermediate rows a fused job's blocks hold at most (TileJobDevice::fused): over bands of
+// `band` output rows, the span of the vertical taps they read.
+inline int64_t fused_rows(const AxisCoeffs& v, int64_t band) {
+  int64_t rows = 0;
+  for (int64_t y0 = 0; y0 < v.out_size; y0 += band) {
+    const int64_t y1 = std::min<int64_t>(v.out_size, y0 + band) - 1;
+    rows = std::max<int64_t>(rows, v.first[y1] + v.count[y1] - v.first[y0]);
+  }
+  return rows;
+}
+
+// allow_fused: let eligible tensor-core jobs that fill their canvas run both passes in one.
 inline TileBatch plan_tile_batch(const std::vector<TileJob>& table, const std::vector<const uint8_t*>& images,
-                                 const std::vector<std::array<int64_t, 2>>& hw, bool allow_mma = true) {
+                                 const std::vector<std::array<int64_t, 2>>& hw, bool allow_mma = true,
+                                 bool allow_fused = true) {
   TileBatch b;
   b.descs.resize(table.size());
   auto append = [&b](const std::vector<int32_t>& v) {
@@ -114,6 +127,21 @@ inline TileBatch plan_tile_batch(const std::vector<TileJob>& table, const std::v
       // A candidate for the tensor-core pass 1 (decided below, once the launch's staging is known).
       if (allow_mma && !p.vertical_first && p.mid_rows > 0) d.mma_stride = static_cast<int32_t>(at[3]);
     }
+    // A fused candidate: tensor-core horizontal pass, a vertical pass, the resized image is the
+    // whole canvas (frames, views, base tiles: no padding for pass 2 to write) and both buffers fit.
+    if (allow_fused && d.mma_stride > 0 && p.need_vertical && j.resize_h == j.canvas_h &&
+        j.resize_w == j.canvas_w && j.dst_top == 0 && j.dst_left == 0) {
+      // The tallest band whose intermediate fits beside the staged rows (a shorter band re-makes
+      // more of the rows that neighbouring bands share).
+      for (int64_t band = kFusedRows; band >= 8 && !d.fused; band /= 2) {
+        const int64_t rows = fused_rows(*p.vertical, band);
+        if ((kMmaRows * d.mma_stride + rows * kMmaChunk) * 4 <= kMaxStagedRowBytes) {
+          d.fused = 1;
+          d.fused_rows = static_cast<int32_t>(rows);
+          d.fused_band = static_cast<int32_t>(band);
+        }
+      }
+    }
     if (p.need_vertical) {
       d.v_ksize = p.vertical->ksize;
       const auto at = append_axis(*p.vertical, false);
@@ -126,28 +154,34 @@ inline TileBatch plan_tile_batch(const std::vector<TileJob>& table, const std::v
     d.mid_rows = p.mid_rows;
     d.mid_width = p.mid_width;
     if (d.mid_rows > 0) b.pass1_width = std::max(b.pass1_width, d.mid_width);
-    d.mid_offset = b.mid_bytes;
-    b.mid_bytes += d.mid_rows * d.mid_width * kMidBytesPerPixel;
-    d.pass2_begin = b.pass2;
-    b.pass2 += j.canvas_h;
   }
   // The tensor-core path lives in the staged pass-1 kernel: only when the launch stages its rows
   // (no source row wider than kMaxStagedRowBytes allows). Its blocks cover bands x chunks.
   const bool staged = b.staged_row_bytes > 0 && b.staged_row_bytes <= kMaxStagedRowBytes;
-  for (TileJobDevice& d : b.descs) {
+  int64_t pass2 = 0;
+  for (size_t i = 0; i < b.descs.size(); ++i) {
+    TileJobDevice& d = b.descs[i];
     d.mma_pass1 = staged && d.mma_stride > 0;
+    d.fused = d.mma_pass1 && d.fused;
     if (!d.mma_pass1) d.mma_stride = 0;
+    if (!d.fused) d.fused_rows = d.fused_band = 0;
     d.pass1_begin = b.pass1;
+    d.pass2_begin = pass2;  // fused jobs have no pass-2 rows
+    if (!d.fused) pass2 += table[i].canvas_h;
     if (d.mma_pass1) {
       d.mma_chunks = static_cast<int32_t>((d.mid_width + kMmaChunk - 1) / kMmaChunk);
-      b.pass1 += (d.mid_rows + kMmaRows - 1) / kMmaRows * d.mma_chunks;
+      const int64_t rows = d.fused ? table[i].resize_h : d.mid_rows, per = d.fused ? d.fused_band : kMmaRows;
+      b.pass1 += (rows + per - 1) / per * d.mma_chunks;
       b.pass1_mma = true;
+      b.staged_row_bytes = std::max<int64_t>(b.staged_row_bytes, (kMmaRows * d.mma_stride + d.fused_rows * kMmaChunk) * 4);
     } else {
       b.pass1 += d.mid_rows;
     }
+    // Only unfused jobs keep an intermediate in global memory.
+    d.mid_offset = b.mid_bytes;
+    if (!d.fused) b.mid_bytes += d.mid_rows * d.mid_width * kMidBytesPerPixel;
   }
-  for (const TileJobDevice& d : b.descs)
-    if (d.mma_pass1) b.staged_row_bytes = std::max<int64_t>(b.staged_row_bytes, kMmaRows * d.mma_stride * 4);
+  b.pass2 = pass2;
   if (b.arena.empty()) b.arena.push_back(0);
   return b;
 }

@@ -102,20 +102,11 @@ __device__ __forceinline__ uint32_t pixels_half2(uint32_t w0, uint32_t w1, uint3
   return il_hsub2(il_prmt(w0, w1, c | 3u << 4 | (4u + c) << 8 | 7u << 12), 0x64006400u);
 }
 
-// One block of the tensor-core pass 1: intermediate rows [band * 16, +16) x outputs
-// [chunk * 64, +64) of job J. Same result as resample_px, bit for bit (see kMmaRows).
-__device__ __forceinline__ void mma_pass1_block(const TileJobDevice& J, const int32_t* __restrict__ coeffs,
-                                                uint8_t* __restrict__ mid, uint32_t* staged, int64_t block) {
-  const int32_t band = static_cast<int32_t>(block / J.mma_chunks);
-  const int32_t chunk = static_cast<int32_t>(block - static_cast<int64_t>(band) * J.mma_chunks);
-  const int32_t r0 = band * kMmaRows, x_chunk = chunk * kMmaChunk;
-  const int32_t mid_w = static_cast<int32_t>(J.mid_width), mid_rows = static_cast<int32_t>(J.mid_rows);
-  const int32_t stride = J.mma_stride, h_outputs = static_cast<int32_t>(J.h_outputs);
-  const int32_t* first = coeffs + J.h_first;
-  const int32_t* count = coeffs + J.h_count;
-  const int32_t cs = first[x_chunk] & ~3;  // source x of staged word 0 (mma_pass1_stride's rule)
-
-  // Stage the 16 source rows' window [cs, cs + stride): kMmaRows / 2 loads in flight per thread.
+// Stages the source rows of intermediate rows [r0, r0 + 16) (rows from r_end on: the pad word;
+// they feed no stored output), source pixels [cs, cs + stride), into staged[row * stride + x] in
+// the tensor-core word format; kMmaRows / 2 loads in flight per thread.
+__device__ __forceinline__ void mma_stage_rows(const TileJobDevice& J, uint32_t* staged, int32_t cs, int32_t stride,
+                                               int32_t r0, int32_t r_end) {
   const int32_t img_w = static_cast<int32_t>(J.img_w), img_h = static_cast<int32_t>(J.img_h);
   const int32_t left = static_cast<int32_t>(J.src_left), top = static_cast<int32_t>(J.src_top);
   const uint32_t pad = static_cast<uint32_t>(J.src_pad) | kHalfBias;
@@ -130,7 +121,7 @@ __device__ __forceinline__ void mma_pass1_block(const TileJobDevice& J, const in
         const int32_t r = r0 + half * (kMmaRows / 2) + u;
         const int32_t y = static_cast<int32_t>(J.row_first) + r - top;
         v[u] = pad;
-        if (col_in && r < mid_rows && y >= 0 && y < img_h) {
+        if (col_in && r < r_end && y >= 0 && y < img_h) {
           const uint8_t* p = J.image + (static_cast<int64_t>(y) * img_w + xi) * 3;
           v[u] = static_cast<uint32_t>(p[0]) | static_cast<uint32_t>(p[1]) << 8 |
                  static_cast<uint32_t>(p[2]) << 16 | kHalfBias;
@@ -140,8 +131,18 @@ __device__ __forceinline__ void mma_pass1_block(const TileJobDevice& J, const in
       for (int u = 0; u < kMmaRows / 2; ++u) staged[(half * (kMmaRows / 2) + u) * stride + x] = v[u];
     }
   }
-  __syncthreads();
+}
 
+// The horizontal pass of the 16 staged rows for outputs [x_chunk, x_chunk + kMmaChunk) on tensor
+// cores, bit-equal to resample_px (see kMmaRows): each warp one group of 8 outputs at a time.
+// sink(row in [0, 16), output x, packed pixel) for every output inside the row (x < mid_width).
+template <typename Sink>
+__device__ __forceinline__ void mma_resample_rows(const TileJobDevice& J, const int32_t* __restrict__ coeffs,
+                                                  const uint32_t* staged, int32_t cs, int32_t stride,
+                                                  int32_t x_chunk, Sink&& sink) {
+  const int32_t mid_w = static_cast<int32_t>(J.mid_width), h_outputs = static_cast<int32_t>(J.h_outputs);
+  const int32_t* first = coeffs + J.h_first;
+  const int32_t* count = coeffs + J.h_count;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
   const int g = lane >> 2, t = lane & 3;  // fragment row group and thread-in-group
   for (int32_t x0 = x_chunk + warp * 8; x0 < min(x_chunk + kMmaChunk, mid_w); x0 += warps * 8) {
@@ -189,16 +190,93 @@ __device__ __forceinline__ void mma_pass1_block(const TileJobDevice& J, const in
     // c0, c1: row g, outputs 2t, 2t + 1; c2, c3: row g + 8. Pillow's sum = hi * 2^11 + lo.
 #pragma unroll
     for (int e = 0; e < 4; ++e) {
-      const int32_t r = r0 + g + (e >> 1) * 8, x = x0 + 2 * t + (e & 1);
+      const int32_t row = g + (e >> 1) * 8, x = x0 + 2 * t + (e & 1);
       uint32_t ch[3];
 #pragma unroll
       for (int c = 0; c < 3; ++c)
         ch[c] = resample_clip8(kResampleHalf + static_cast<int32_t>(acc[c][0][e]) * 2048 +
                                static_cast<int32_t>(acc[c][1][e]));
-      if (r < mid_rows && x < mid_w)
-        reinterpret_cast<uint32_t*>(mid + J.mid_offset)[static_cast<int64_t>(r) * mid_w + x] =
-            pack_rgb(ch[0], ch[1], ch[2]);
+      if (x < mid_w) sink(row, x, pack_rgb(ch[0], ch[1], ch[2]));
     }
+  }
+}
+
+// One block of the tensor-core pass 1: intermediate rows [band * 16, +16) x outputs
+// [chunk * 64, +64) of job J, into the global intermediate.
+__device__ __forceinline__ void mma_pass1_block(const TileJobDevice& J, const int32_t* __restrict__ coeffs,
+                                                uint8_t* __restrict__ mid, uint32_t* staged, int64_t block) {
+  const int32_t band = static_cast<int32_t>(block / J.mma_chunks);
+  const int32_t chunk = static_cast<int32_t>(block - static_cast<int64_t>(band) * J.mma_chunks);
+  const int32_t r0 = band * kMmaRows, x_chunk = chunk * kMmaChunk;
+  const int32_t mid_w = static_cast<int32_t>(J.mid_width), mid_rows = static_cast<int32_t>(J.mid_rows);
+  const int32_t cs = coeffs[J.h_first + x_chunk] & ~3;  // source x of staged word 0 (mma_pass1_stride)
+  mma_stage_rows(J, staged, cs, J.mma_stride, r0, mid_rows);
+  __syncthreads();
+  uint32_t* dst = reinterpret_cast<uint32_t*>(mid + J.mid_offset);
+  mma_resample_rows(J, coeffs, staged, cs, J.mma_stride, x_chunk, [&](int32_t row, int32_t x, uint32_t px) {
+    if (r0 + row < mid_rows) dst[static_cast<int64_t>(r0 + row) * mid_w + x] = px;
+  });
+}
+
+// Where pixel (y, x) of a job's canvas goes: uint8 [P, T, T, 3] tiles, or with a lut (lut_bytes 4
+// or 2) [P, 3, T, T] entries of it (as pass 2's direct stores).
+__device__ __forceinline__ void store_canvas_px(const TileJobDevice& J, void* out, const void* lut, int lut_bytes,
+                                                int32_t tile, int32_t y, int32_t x, uint32_t px) {
+  const int32_t cols = static_cast<int32_t>(J.canvas_w) / tile;
+  const int32_t ty = y / tile, tx = x / tile, iy = y - ty * tile, ix = x - tx * tile;
+  const int64_t t = J.first_tile + static_cast<int64_t>(ty) * cols + tx;
+  const uint32_t v0 = channel(px, 0), v1 = channel(px, 1), v2 = channel(px, 2);
+  if (lut == nullptr) {
+    uint8_t* o = static_cast<uint8_t*>(out) + ((t * tile + iy) * tile + ix) * 3;
+    o[0] = static_cast<uint8_t>(v0); o[1] = static_cast<uint8_t>(v1); o[2] = static_cast<uint8_t>(v2);
+    return;
+  }
+  const int64_t plane = static_cast<int64_t>(tile) * tile, at = t * 3 * plane + static_cast<int64_t>(iy) * tile + ix;
+  if (lut_bytes == 4) {
+    const uint32_t* l = static_cast<const uint32_t*>(lut);
+    uint32_t* o = static_cast<uint32_t*>(out) + at;
+    o[0] = l[v0]; o[plane] = l[256 + v1]; o[2 * plane] = l[512 + v2];
+  } else {
+    const uint16_t* l = static_cast<const uint16_t*>(lut);
+    uint16_t* o = static_cast<uint16_t*>(out) + at;
+    o[0] = l[v0]; o[plane] = l[256 + v1]; o[2 * plane] = l[512 + v2];
+  }
+}
+
+// One block of a fused job (TileJobDevice::fused: both passes in one block, no intermediate in
+// global memory): resized rows [band * fused_band, +fused_band) x columns [chunk * 64, +64). The
+// intermediate rows those rows read are made 16 at a time on tensor cores into shared memory
+// (after the staged source: fused_rows x kMmaChunk words), then each thread takes output pixels
+// of the vertical pass (resample_px over that buffer) and stores them into the tiles.
+__device__ __forceinline__ void fused_block(const TileJobDevice& J, const int32_t* __restrict__ coeffs,
+                                            uint32_t* staged, int64_t block, void* out, const void* lut,
+                                            int lut_bytes, int32_t tile) {
+  const int32_t band = static_cast<int32_t>(block / J.mma_chunks);
+  const int32_t chunk = static_cast<int32_t>(block - static_cast<int64_t>(band) * J.mma_chunks);
+  const int32_t y0 = band * J.fused_band, x_chunk = chunk * kMmaChunk;
+  const int32_t resize_h = static_cast<int32_t>(J.resize_h), resize_w = static_cast<int32_t>(J.resize_w);
+  const int32_t y1 = min(y0 + J.fused_band, resize_h), row_first = static_cast<int32_t>(J.row_first);
+  const int32_t* v_first = coeffs + J.v_first;
+  const int32_t* v_count = coeffs + J.v_count;
+  // Intermediate rows [m_lo, m_hi) feed output rows [y0, y1) (both ends monotone in y).
+  const int32_t m_lo = v_first[y0] - row_first, m_hi = v_first[y1 - 1] + v_count[y1 - 1] - row_first;
+  const int32_t stride = J.mma_stride, cs = coeffs[J.h_first + x_chunk] & ~3;
+  uint32_t* buf = staged + kMmaRows * stride;  // [m_hi - m_lo <= fused_rows][kMmaChunk]
+  for (int32_t sub = 0; sub < m_hi - m_lo; sub += kMmaRows) {
+    mma_stage_rows(J, staged, cs, stride, m_lo + sub, m_hi);
+    __syncthreads();
+    mma_resample_rows(J, coeffs, staged, cs, stride, x_chunk, [&](int32_t row, int32_t x, uint32_t px) {
+      if (sub + row < m_hi - m_lo) buf[(sub + row) * kMmaChunk + (x - x_chunk)] = px;
+    });
+    __syncthreads();  // the next round restages the source rows; the last one publishes buf
+  }
+  for (int32_t i = threadIdx.x; i < (y1 - y0) * kMmaChunk; i += blockDim.x) {
+    const int32_t y = y0 + i / kMmaChunk, xx = i % kMmaChunk, x = x_chunk + xx;
+    if (x >= resize_w) continue;
+    const int32_t first = v_first[y] - row_first - m_lo;
+    const uint32_t px = resample_px(buf + first * kMmaChunk + xx, kMmaChunk,
+                                    coeffs + J.v_weights + static_cast<int64_t>(y) * J.v_ksize, 1, v_count[y]);
+    store_canvas_px(J, out, lut, lut_bytes, tile, y, x, px);
   }
 }
 
@@ -207,12 +285,17 @@ __device__ __forceinline__ void mma_pass1_block(const TileJobDevice& J, const in
 template <bool kStagedRow, bool kWithMma = false>
 __global__ void __launch_bounds__(kThreads, kWithMma ? 3 : 1)
     anyres_pass1_kernel(const TileJobDevice* __restrict__ jobs, int num_jobs,
-                        const int32_t* __restrict__ coeffs, uint8_t* __restrict__ mid) {
+                        const int32_t* __restrict__ coeffs, uint8_t* __restrict__ mid, void* __restrict__ out,
+                        const void* __restrict__ lut, int lut_bytes, int32_t tile) {
   IL_DYNAMIC_SMEM(uint32_t, staged);  // kStagedRow: the source row, one word per pixel
   const int64_t row = blockIdx.x;
   const TileJobDevice& J = jobs[find_job(jobs, num_jobs, row, false)];
   if constexpr (kStagedRow && kWithMma) {
-    if (J.mma_pass1) {  // block-uniform: the whole block takes the tensor-core path
+    if (J.fused) {  // block-uniform: the whole block takes one path
+      fused_block(J, coeffs, staged, row - J.pass1_begin, out, lut, lut_bytes, tile);
+      return;
+    }
+    if (J.mma_pass1) {
       mma_pass1_block(J, coeffs, mid, staged, row - J.pass1_begin);
       return;
     }
@@ -435,12 +518,13 @@ void launch_anyres_tiles(const TileJobDevice* jobs, int num_jobs, int64_t pass1_
     const int threads = pass1_mma ? kMmaThreads : pass1_threads(pass1_width);
     if (pass1_mma)
       anyres_pass1_kernel<true, true><<<blocks, threads, static_cast<size_t>(staged_row_bytes), stream>>>(
-          jobs, num_jobs, coeffs, mid);
+          jobs, num_jobs, coeffs, mid, out, lut, lut_bytes, static_cast<int32_t>(tile));
     else if (pass1_staged_row(staged_row_bytes))
       anyres_pass1_kernel<true><<<blocks, threads, static_cast<size_t>(staged_row_bytes), stream>>>(
-          jobs, num_jobs, coeffs, mid);
+          jobs, num_jobs, coeffs, mid, out, lut, lut_bytes, static_cast<int32_t>(tile));
     else
-      anyres_pass1_kernel<false><<<blocks, threads, 0, stream>>>(jobs, num_jobs, coeffs, mid);
+      anyres_pass1_kernel<false><<<blocks, threads, 0, stream>>>(jobs, num_jobs, coeffs, mid, out, lut, lut_bytes,
+                                                                 static_cast<int32_t>(tile));
   }
   if (pass2_rows <= 0) return;
   const unsigned blocks = static_cast<unsigned>(pass2_rows);

@@ -34,7 +34,13 @@ struct TileJobDevice {
   // Pass 1 on tensor cores (see kMmaRows): 1 when this job's horizontal pass runs there; its blocks
   // are bands of kMmaRows intermediate rows times chunks of kMmaChunk outputs (mma_chunks per
   // band), each staging its source window as kMmaRows rows of mma_stride words.
-  int32_t mma_pass1, mma_chunks, mma_stride, mma_pad_;
+  int32_t mma_pass1, mma_chunks, mma_stride;
+  // Both passes in pass 1's launch: 1 for a job whose resized image is its whole canvas; its
+  // blocks are bands of fused_band resized rows (kFusedRows or less, so that the buffers fit)
+  // times mma_chunks chunks, each with fused_rows x kMmaChunk words of intermediate in shared
+  // memory after the staged rows. Such a job has no rows in pass 2 and no intermediate in global
+  // memory.
+  int32_t fused, fused_rows, fused_band;
 };
 
 // Pass 1's tensor-core path (horizontal pass first, Pillow's exact integer result): a block takes
@@ -47,6 +53,7 @@ constexpr int kMmaRows = 16;
 constexpr int kMmaChunk = 64;
 constexpr int kMmaThreads = 256;  // 8 warps: one group of 8 outputs each per chunk
 constexpr int kMmaMaxTaps = 32;   // 32 * 255 * 2047 < 2^24
+constexpr int kFusedRows = 32;    // resized rows per block of a fused job, at most
 
 // Pass 1 (one block per intermediate row of every job; its block size follows pass1_width, the
 // widest intermediate row), then pass 2 (one block per canvas row of

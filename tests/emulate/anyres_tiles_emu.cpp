@@ -25,7 +25,8 @@ using namespace interleave::cuda;
 
 extern "C" int emu_anyres_tiles(int num_images, const uint8_t* const* images, const int64_t* hw, int num_jobs,
                                 const int64_t* table, int64_t tile, const void* lut, int lut_bytes, void* out,
-                                int force_direct, int allow_mma, int* mma_jobs) {
+                                int force_direct, int allow_mma, int allow_fused, int* mma_jobs,
+                                int* fused_jobs) {
   // The glue's host side, shared (anyres_tiles_batch.h): descriptors, the deduplicated
   // coefficient arena, the intermediate's size, the shared-memory sizes.
   std::vector<TileJob> jobs_table;
@@ -36,27 +37,30 @@ extern "C" int emu_anyres_tiles(int num_images, const uint8_t* const* images, co
   const std::vector<const uint8_t*> pixels(images, images + num_images);
   std::vector<std::array<int64_t, 2>> sizes;
   for (int i = 0; i < num_images; ++i) sizes.push_back({hw[2 * i], hw[2 * i + 1]});
-  const TileBatch batch = plan_tile_batch(jobs_table, pixels, sizes, allow_mma != 0);
-  *mma_jobs = 0;
-  for (const TileJobDevice& d : batch.descs) *mma_jobs += d.mma_pass1;
+  const TileBatch batch = plan_tile_batch(jobs_table, pixels, sizes, allow_mma != 0, allow_fused != 0);
+  *mma_jobs = *fused_jobs = 0;
+  for (const TileJobDevice& d : batch.descs) {
+    *mma_jobs += d.mma_pass1;
+    *fused_jobs += d.fused;
+  }
   const int64_t pass1 = batch.pass1, pass2 = batch.pass2, staged_row_bytes = batch.staged_row_bytes;
   std::vector<uint8_t> mid(static_cast<size_t>(std::max<int64_t>(batch.mid_bytes, 1)), 0xAB);
   const bool use_staged = pass1_staged_row(staged_row_bytes);
   const TileJobDevice* jobs = batch.descs.data();
   const int32_t* coeffs = batch.arena.data();
   uint8_t* m = mid.data();
+  const int32_t t = static_cast<int32_t>(tile);
   if (pass1 > 0) {
     const int threads = batch.pass1_mma ? kMmaThreads : pass1_threads(batch.pass1_width);  // the launcher's
     if (batch.pass1_mma)  // the launcher's choice of instantiation
       emu::launch(static_cast<unsigned>(pass1), threads, static_cast<size_t>(staged_row_bytes),
-                  [&] { anyres_pass1_kernel<true, true>(jobs, num_jobs, coeffs, m); });
+                  [&] { anyres_pass1_kernel<true, true>(jobs, num_jobs, coeffs, m, out, lut, lut_bytes, t); });
     else if (use_staged)
       emu::launch(static_cast<unsigned>(pass1), threads, static_cast<size_t>(staged_row_bytes),
-                  [&] { anyres_pass1_kernel<true>(jobs, num_jobs, coeffs, m); });
+                  [&] { anyres_pass1_kernel<true>(jobs, num_jobs, coeffs, m, out, lut, lut_bytes, t); });
     else
-      emu::launch(static_cast<unsigned>(pass1), threads, 0, [&] { anyres_pass1_kernel<false>(jobs, num_jobs, coeffs, m); });
+      emu::launch(static_cast<unsigned>(pass1), threads, 0, [&] { anyres_pass1_kernel<false>(jobs, num_jobs, coeffs, m, out, lut, lut_bytes, t); });
   }
-  const int32_t t = static_cast<int32_t>(tile);
   if (pass2 > 0) {
     // The launcher's choice (pass2_staged_out, with_pass2_kernel); force_direct tests the other path.
     const int64_t canvas_row_bytes = batch.canvas_row_bytes;
