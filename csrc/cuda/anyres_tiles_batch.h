@@ -74,10 +74,12 @@ inline int64_t fused_rows(const AxisCoeffs& v, int64_t band) {
   return rows;
 }
 
-// allow_fused: let eligible tensor-core jobs that fill their canvas run both passes in one.
+// tile, out_bytes: the tile size and the bytes of an output value (1 for uint8 tiles, else the
+// lut's entries). allow_fused: let eligible tensor-core jobs that fill their canvas run both
+// passes in one.
 inline TileBatch plan_tile_batch(const std::vector<TileJob>& table, const std::vector<const uint8_t*>& images,
-                                 const std::vector<std::array<int64_t, 2>>& hw, bool allow_mma = true,
-                                 bool allow_fused = true) {
+                                 const std::vector<std::array<int64_t, 2>>& hw, int64_t tile, int64_t out_bytes,
+                                 bool allow_mma = true, bool allow_fused = true) {
   TileBatch b;
   b.descs.resize(table.size());
   auto append = [&b](const std::vector<int32_t>& v) {
@@ -133,9 +135,12 @@ inline TileBatch plan_tile_batch(const std::vector<TileJob>& table, const std::v
         j.resize_w == j.canvas_w && j.dst_top == 0 && j.dst_left == 0) {
       // The tallest band whose intermediate fits beside the staged rows (a shorter band re-makes
       // more of the rows that neighbouring bands share).
+      // With tiles a multiple of kMmaChunk wide, the block's output rows go through shared memory
+      // too (16-byte stores), reusing the buffers: out_bytes per value (1 uint8, or the lut's).
       for (int64_t band = kFusedRows; band >= 8 && !d.fused; band /= 2) {
         const int64_t rows = fused_rows(*p.vertical, band);
-        if ((kMmaRows * d.mma_stride + rows * kMmaChunk) * 4 <= kMaxStagedRowBytes) {
+        const int64_t outs = j.canvas_w % kMmaChunk == 0 && tile % kMmaChunk == 0 ? band * kMmaChunk * 3 * out_bytes : 0;
+        if (std::max((kMmaRows * d.mma_stride + rows * kMmaChunk) * 4, outs) <= kMaxStagedRowBytes) {
           d.fused = 1;
           d.fused_rows = static_cast<int32_t>(rows);
           d.fused_band = static_cast<int32_t>(band);
@@ -174,6 +179,8 @@ inline TileBatch plan_tile_batch(const std::vector<TileJob>& table, const std::v
       b.pass1 += (rows + per - 1) / per * d.mma_chunks;
       b.pass1_mma = true;
       b.staged_row_bytes = std::max<int64_t>(b.staged_row_bytes, (kMmaRows * d.mma_stride + d.fused_rows * kMmaChunk) * 4);
+      if (d.fused && tile % kMmaChunk == 0)
+        b.staged_row_bytes = std::max<int64_t>(b.staged_row_bytes, d.fused_band * kMmaChunk * 3 * out_bytes);
     } else {
       b.pass1 += d.mid_rows;
     }

@@ -247,7 +247,7 @@ __device__ __forceinline__ void store_canvas_px(const TileJobDevice& J, void* ou
 // global memory): resized rows [band * fused_band, +fused_band) x columns [chunk * 64, +64). The
 // intermediate rows those rows read are made 16 at a time on tensor cores into shared memory
 // (after the staged source: fused_rows x kMmaChunk words), then each thread takes output pixels
-// of the vertical pass (resample_px over that buffer) and stores them into the tiles.
+// of the vertical pass (resample_px over that buffer), and the block stores them into the tiles.
 __device__ __forceinline__ void fused_block(const TileJobDevice& J, const int32_t* __restrict__ coeffs,
                                             uint32_t* staged, int64_t block, void* out, const void* lut,
                                             int lut_bytes, int32_t tile) {
@@ -270,13 +270,73 @@ __device__ __forceinline__ void fused_block(const TileJobDevice& J, const int32_
     });
     __syncthreads();  // the next round restages the source rows; the last one publishes buf
   }
-  for (int32_t i = threadIdx.x; i < (y1 - y0) * kMmaChunk; i += blockDim.x) {
-    const int32_t y = y0 + i / kMmaChunk, xx = i % kMmaChunk, x = x_chunk + xx;
-    if (x >= resize_w) continue;
-    const int32_t first = v_first[y] - row_first - m_lo;
-    const uint32_t px = resample_px(buf + first * kMmaChunk + xx, kMmaChunk,
-                                    coeffs + J.v_weights + static_cast<int64_t>(y) * J.v_ksize, 1, v_count[y]);
-    store_canvas_px(J, out, lut, lut_bytes, tile, y, x, px);
+  if (tile % kMmaChunk != 0) {  // a chunk may cross tiles: each thread stores its pixels
+    for (int32_t i = threadIdx.x; i < (y1 - y0) * kMmaChunk; i += blockDim.x) {
+      const int32_t y = y0 + i / kMmaChunk, xx = i % kMmaChunk, x = x_chunk + xx;
+      if (x >= resize_w) continue;
+      const int32_t first = v_first[y] - row_first - m_lo;
+      const uint32_t px = resample_px(buf + first * kMmaChunk + xx, kMmaChunk,
+                                      coeffs + J.v_weights + static_cast<int64_t>(y) * J.v_ksize, 1, v_count[y]);
+      store_canvas_px(J, out, lut, lut_bytes, tile, y, x, px);
+    }
+    return;
+  }
+  // The chunk lies inside one tile column and every row of it is a 16-byte aligned run of the
+  // output (T a multiple of 64): the pixels (kFusedPx per thread, in registers) go to shared
+  // memory in the output's layout, then the block writes them with 16-byte stores.
+  constexpr int kFusedPx = kFusedRows * kMmaChunk / kMmaThreads;
+  uint32_t px[kFusedPx];
+#pragma unroll
+  for (int k = 0; k < kFusedPx; ++k) {
+    const int32_t i = threadIdx.x + k * kMmaThreads, y = y0 + i / kMmaChunk, xx = i % kMmaChunk;
+    px[k] = 0;
+    if (y < y1 && x_chunk + xx < resize_w)
+      px[k] = resample_px(buf + (v_first[y] - row_first - m_lo) * kMmaChunk + xx, kMmaChunk,
+                          coeffs + J.v_weights + static_cast<int64_t>(y) * J.v_ksize, 1, v_count[y]);
+  }
+  __syncthreads();  // buf and the staged rows are free: the output rows reuse that memory
+  const int32_t rows = y1 - y0, cols = static_cast<int32_t>(J.canvas_w) / tile;
+  const int32_t tx = x_chunk / tile, ix0 = x_chunk - tx * tile;
+  const int32_t width = min(kMmaChunk, resize_w - x_chunk);  // a multiple of 16 (tile % 64 == 0)
+  uint8_t* obuf = reinterpret_cast<uint8_t*>(staged);
+#pragma unroll
+  for (int k = 0; k < kFusedPx; ++k) {
+    const int32_t i = threadIdx.x + k * kMmaThreads, row = i / kMmaChunk, xx = i % kMmaChunk;
+    if (row >= rows) continue;
+    const uint32_t v0 = channel(px[k], 0), v1 = channel(px[k], 1), v2 = channel(px[k], 2);
+    if (lut == nullptr) {  // [row][64 pixels x 3 bytes]
+      uint8_t* o = obuf + (row * kMmaChunk + xx) * 3;
+      o[0] = static_cast<uint8_t>(v0); o[1] = static_cast<uint8_t>(v1); o[2] = static_cast<uint8_t>(v2);
+    } else if (lut_bytes == 4) {  // [channel][row][64 entries]
+      const uint32_t* l = static_cast<const uint32_t*>(lut);
+      uint32_t* o = reinterpret_cast<uint32_t*>(obuf) + row * kMmaChunk + xx;
+      o[0] = l[v0]; o[rows * kMmaChunk] = l[256 + v1]; o[2 * rows * kMmaChunk] = l[512 + v2];
+    } else {
+      const uint16_t* l = static_cast<const uint16_t*>(lut);
+      uint16_t* o = reinterpret_cast<uint16_t*>(obuf) + row * kMmaChunk + xx;
+      o[0] = l[v0]; o[rows * kMmaChunk] = l[256 + v1]; o[2 * rows * kMmaChunk] = l[512 + v2];
+    }
+  }
+  __syncthreads();
+  const int64_t plane = static_cast<int64_t>(tile) * tile;
+  if (lut == nullptr) {
+    const int32_t per_row = width * 3 / 16;  // 16-byte vectors of one output row's run
+    for (int32_t i = threadIdx.x; i < rows * per_row; i += blockDim.x) {
+      const int32_t row = i / per_row, v = i - row * per_row, y = y0 + row, ty = y / tile, iy = y - ty * tile;
+      const int64_t t = J.first_tile + static_cast<int64_t>(ty) * cols + tx;
+      reinterpret_cast<uint4*>(static_cast<uint8_t*>(out) + ((t * tile + iy) * tile + ix0) * 3)[v] =
+          reinterpret_cast<const uint4*>(obuf + row * kMmaChunk * 3)[v];
+    }
+  } else {
+    const int32_t per_row = width * lut_bytes / 16;
+    for (int32_t i = threadIdx.x; i < 3 * rows * per_row; i += blockDim.x) {
+      const int32_t cr = i / per_row, v = i - cr * per_row, c = cr / rows, row = cr - c * rows;
+      const int32_t y = y0 + row, ty = y / tile, iy = y - ty * tile;
+      const int64_t t = J.first_tile + static_cast<int64_t>(ty) * cols + tx;
+      const int64_t at = (t * 3 + c) * plane + static_cast<int64_t>(iy) * tile + ix0;  // in entries
+      reinterpret_cast<uint4*>(static_cast<uint8_t*>(out) + at * lut_bytes)[v] =
+          reinterpret_cast<const uint4*>(obuf + (c * rows + row) * kMmaChunk * lut_bytes)[v];
+    }
   }
 }
 

@@ -37,7 +37,8 @@ extern "C" int emu_anyres_tiles(int num_images, const uint8_t* const* images, co
   const std::vector<const uint8_t*> pixels(images, images + num_images);
   std::vector<std::array<int64_t, 2>> sizes;
   for (int i = 0; i < num_images; ++i) sizes.push_back({hw[2 * i], hw[2 * i + 1]});
-  const TileBatch batch = plan_tile_batch(jobs_table, pixels, sizes, allow_mma != 0, allow_fused != 0);
+  const TileBatch batch = plan_tile_batch(jobs_table, pixels, sizes, tile, lut == nullptr ? 1 : lut_bytes, allow_mma != 0,
+                                          allow_fused != 0);
   *mma_jobs = *fused_jobs = 0;
   for (const TileJobDevice& d : batch.descs) {
     *mma_jobs += d.mma_pass1;
