@@ -155,7 +155,7 @@ def test_anyres_tiles_cuda_kernels_emulated_equal_cpu_kernel(anyres_emu, case, l
 # ones fuse in shorter bands), anyres, pad-to-square (windows past the image's edges), an
 # upscale (5 taps), partial groups, chunks and bands (odd sizes), downscales near the exactness
 # limit of 32 taps (7.7x: 30-31 taps; 8.3x: 33-34, which must stay on the SIMT path), and a source
-# row too wide to stage (the direct path, no tensor cores).
+# row too wide to stage (the direct path, no tensor cores, alone or beside an eligible job).
 MMA_CASES = [
     ([(1080, 1920)] * 2, "llava", "pillow13", 384, True),
     ([(1080, 1920)], "anyres_max_9", "pillow13", 384, True),
@@ -165,6 +165,10 @@ MMA_CASES = [
     ([(45, 2955)], "llava", "horizontal", 384, True),
     ([(21, 3190)], "llava", "horizontal", 384, False),
     ([(40, 17000)], "llava", "horizontal", 56, False),
+    # 400 -> 56 alone would take the tensor cores; beside a row too wide to stage, the launch is
+    # unstaged and so is every job of it
+    ([(300, 400), (40, 17000)], "llava", "horizontal", 56, False),
+    ([(300, 400)], "llava", "horizontal", 56, True),
 ]
 
 

@@ -155,13 +155,7 @@ __device__ __forceinline__ void mma_resample_rows(const TileJobDevice& J, const 
     const bool n_in = xn < mid_w;
     const int32_t fn = n_in ? first[xn] : 0, cn = n_in ? count[xn] : 0;
     const int32_t* kn = coeffs + J.h_weights + (n_in ? xn : 0);  // tap-major: tap i at kn[i * h_outputs]
-    float acc[3][2][4];
-#pragma unroll
-    for (int c = 0; c < 3; ++c)
-#pragma unroll
-      for (int h = 0; h < 2; ++h)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) acc[c][h][e] = 0.f;
+    float acc[3][2][4] = {};  // [channel][high, low part][fragment element]
     const uint32_t* row_g = staged + g * stride + (s - cs) + 2 * t;  // A rows g and g + 8
 #pragma unroll 1
     for (int32_t step = 0; step < steps; ++step) {
