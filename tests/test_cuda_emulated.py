@@ -291,7 +291,7 @@ def merge_emu(tmp_path_factory):
     so.emu_merge_forward.restype = ctypes.c_int
     so.emu_merge_forward.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p,
                                      ctypes.c_int64, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64,
-                                     ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p]
+                                     ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int]
     return so
 
 
@@ -303,7 +303,8 @@ MERGE = [(1, 9, 8, 50, [3], 32), (3, 37, 5, 200, [4, 0, 11], 1), (2, 700, 12, 30
 
 
 @pytest.mark.parametrize("case", MERGE, ids=[f"B{c[0]}-L{c[1]}-D{c[2]}-chunk{c[5]}" for c in MERGE])
-def test_merge_tokens_cuda_kernels_emulated_equal_reference(merge_emu, case):
+@pytest.mark.parametrize("self_count", [False, True], ids=["count-kernel", "one-launch"])
+def test_merge_tokens_cuda_kernels_emulated_equal_reference(merge_emu, case, self_count):
     from interleave import reference
     B, L, D, V, per_row, min_chunk = case
     image, video = V + 5, V + 6  # placeholder ids outside the table, as real ones can be
@@ -320,7 +321,7 @@ def test_merge_tokens_cuda_kernels_emulated_equal_reference(merge_emu, case):
     count, first_bad = ctypes.c_int64(-1), ctypes.c_int64(-1)
     rc = merge_emu.emu_merge_forward(ids.data_ptr(), B * L, placeholders.data_ptr(), 2, table.data_ptr(), V,
                                      visual.data_ptr(), K, D, min_chunk, out.data_ptr(),
-                                     ctypes.byref(count), ctypes.byref(first_bad))
+                                     ctypes.byref(count), ctypes.byref(first_bad), int(self_count))
     assert rc == 0 and count.value == K and first_bad.value == -1
     assert torch.equal(out, reference.merge_tokens(ids, table, visual, [image, video]))
 
@@ -334,7 +335,7 @@ def test_merge_tokens_cuda_count_kernel_emulated_finds_the_first_bad_id(merge_em
     count, first_bad = ctypes.c_int64(-1), ctypes.c_int64(-1)
     placeholders = torch.tensor([99])
     merge_emu.emu_merge_forward(ids.data_ptr(), 600, placeholders.data_ptr(), 1, table.data_ptr(), 50,
-                                visual.data_ptr(), 1, 4, 8, out.data_ptr(), ctypes.byref(count), ctypes.byref(first_bad))
+                                visual.data_ptr(), 1, 4, 8, out.data_ptr(), ctypes.byref(count), ctypes.byref(first_bad), 0)
     assert count.value == 1 and first_bad.value == 317
 
 

@@ -299,8 +299,9 @@ def test_device_mismatch():
 
 @pytest.mark.cuda
 @needs_ext
-def test_sync_free_path_does_not_sync():
-    input_ids, weight, visual = make_inputs(2, 4096, 64, 1000, [729, 1458], device="cuda")
+@pytest.mark.parametrize("L", [4096, 4100], ids=["one-launch", "count-kernel"])  # 2 x L vs kMergeSelfCountMax
+def test_sync_free_path_does_not_sync(L):
+    input_ids, weight, visual = make_inputs(2, L, 64, 1000, [729, 1458], device="cuda")
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
     try:
@@ -308,6 +309,30 @@ def test_sync_free_path_does_not_sync():
     finally:
         torch.cuda.set_sync_debug_mode(0)
     assert torch.equal(out, reference.merge_tokens(input_ids, weight, visual, [IMAGE]))
+
+
+_SYNC_FREE_MISMATCH = """
+import sys, torch
+from interleave.ops import merge_tokens
+L = int(sys.argv[1])
+ids = torch.zeros(1, L, dtype=torch.long, device="cuda")
+ids[0, 5:8] = 7  # three placeholders
+merge_tokens(ids, torch.randn(10, 16, device="cuda"), torch.randn(2, 16, device="cuda"), 7, num_placeholders=2)
+torch.cuda.synchronize()
+print("no error")
+"""
+
+
+@pytest.mark.cuda
+@needs_ext
+@pytest.mark.parametrize("L", [100, 9000], ids=["one-launch", "count-kernel"])
+def test_sync_free_mismatch_is_a_device_assertion(L):
+    """The sync-free path cannot raise ValueError (that would need the count on the host): a wrong
+    num_placeholders is a device-side assertion, in a subprocess because it ends the CUDA context."""
+    r = subprocess.run([sys.executable, "-c", _SYNC_FREE_MISMATCH, str(L)], capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode != 0 and "no error" not in r.stdout, (r.stdout, r.stderr[-2000:])
+    assert "device-side assert" in r.stderr or "placeholder count != visual rows" in r.stderr, r.stderr[-2000:]
 
 
 # ---- property test --------------------------------------------------------------------------

@@ -17,9 +17,10 @@
 namespace interleave {
 namespace {
 
-// Runs the counting pass; chunk_info stays on the device.
+// Runs the counting pass; chunk_info stays on the device. self_count: no counting pass, the
+// forward kernel counts for itself (chunk_info stays undefined, pos.chunk_info null).
 cuda::MergePositions count_positions(const at::Tensor& ids, const MergeShape& s,
-                                     at::Tensor& chunk_info, cudaStream_t stream) {
+                                     at::Tensor& chunk_info, cudaStream_t stream, bool self_count = false) {
   cuda::MergePositions pos{};
   pos.ids = ids.const_data_ptr<int64_t>();
   pos.n = s.batch * s.length;
@@ -29,6 +30,7 @@ cuda::MergePositions count_positions(const at::Tensor& ids, const MergeShape& s,
   pos.dim = s.dim;
   pos.chunk = std::max<int64_t>((pos.n + kMaxChunks - 1) / kMaxChunks, merge_cuda_min_chunk());
   pos.num_chunks = merge_num_chunks(pos.n, pos.chunk);
+  if (self_count) return pos;
   chunk_info = at::empty({2 * std::max<int64_t>(pos.num_chunks, 1)}, ids.options());
   pos.chunk_info = chunk_info.mutable_data_ptr<int64_t>();
   cuda::launch_merge_count(pos, stream);
@@ -51,8 +53,9 @@ at::Tensor merge_tokens_cuda(const at::Tensor& input_ids_arg, const at::Tensor& 
   const at::Tensor visual = visual_arg.contiguous();
 
   at::Tensor chunk_info;
-  const cuda::MergePositions pos = count_positions(ids, s, chunk_info, stream);
   const bool sync_free = num_placeholders.has_value();
+  const cuda::MergePositions pos =
+      count_positions(ids, s, chunk_info, stream, sync_free && s.batch * s.length <= cuda::kMergeSelfCountMax);
   int64_t total = 0, first_bad = -1;  // what the host knows: nothing to count when n == 0
   if (!sync_free && pos.num_chunks > 0) {
     // The default path's one host sync: read the per-chunk counts and bad-id slots (16 bytes per

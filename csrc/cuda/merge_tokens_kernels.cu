@@ -6,6 +6,8 @@
 //   2. merge_forward_kernel: one block per chunk sums the counts of the chunks before it (at most
 //      kMaxChunks values, so no scan kernel is needed), ranks its placeholders with a ballot scan,
 //      then copies every row of the chunk once, one warp per row, 16-byte vectors where aligned.
+// The sync-free path of short inputs (kMergeSelfCountMax positions) is one launch: each block of
+// merge_forward_kernel counts the positions before its chunk itself (self_counted_prefix).
 #include <assert.h>  // declares __assert_fail for device code (the sync-free trap)
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -90,6 +92,40 @@ __device__ __forceinline__ int64_t chunk_prefix(const MergePositions& pos, int64
   int64_t pre = 0;
   for (int64_t j = threadIdx.x; j < blockIdx.x; j += kThreads) pre += pos.chunk_info[j];
   return block_reduce(pre, Sum{}, scratch);
+}
+
+// The one-launch sync-free path (MergePositions::chunk_info == nullptr): the block counts the
+// placeholders before its chunk itself, from the ids (no count kernel, no chunk_info), and with
+// device_assert checks its own chunk's text ids; the last block, which has then counted every
+// position, checks the total against the visual rows. Returns the placeholders before the chunk.
+__device__ __forceinline__ int64_t self_counted_prefix(const MergePositions& pos, bool device_assert,
+                                                       int64_t* scratch) {
+  const int64_t p0 = blockIdx.x * pos.chunk;
+  const int64_t p1 = min(pos.n, p0 + pos.chunk);
+  int64_t before = 0, own = 0, bad = 0;
+  for (int64_t p = threadIdx.x; p < p1; p += kThreads) {
+    const int64_t id = pos.ids[p];
+    const bool visual = is_placeholder(id, pos.placeholders);
+    if (p < p0) {
+      before += visual;
+    } else {
+      own += visual;
+      bad += !visual && !is_valid_text_id(id, pos.num_embeddings);
+    }
+  }
+  before = block_reduce(before, Sum{}, scratch);
+  if (device_assert) {
+    own = block_reduce(own, Sum{}, scratch);
+    bad = block_reduce(bad, Sum{}, scratch);
+    const bool last = blockIdx.x == pos.num_chunks - 1;
+    if (threadIdx.x == 0 && (bad > 0 || (last && before + own != pos.num_visual))) {
+      __assert_fail(
+          "interleave.merge_tokens (sync-free path): placeholder count != visual rows, or a text id "
+          "outside the embedding table",
+          __FILE__, __LINE__, __func__);
+    }
+  }
+  return before;
 }
 
 enum RowKind : unsigned char { kText = 0, kVisual = 1, kZero = 2 };
@@ -203,8 +239,13 @@ __global__ void __launch_bounds__(kThreads)
   __shared__ int warp_counts[kWarps];
   __shared__ unsigned char kind[kThreads];
   __shared__ int64_t row[kThreads];
-  const int64_t prefix = chunk_prefix(pos, scratch);
-  if (device_assert) trap_on_mismatch(pos, prefix, scratch);
+  int64_t prefix;
+  if (pos.chunk_info == nullptr) {
+    prefix = self_counted_prefix(pos, device_assert, scratch);
+  } else {
+    prefix = chunk_prefix(pos, scratch);
+    if (device_assert) trap_on_mismatch(pos, prefix, scratch);
+  }
   const int64_t dim = pos.dim;
   const int warp = threadIdx.x / 32;
   for_each_tile(pos, prefix, /*validate=*/true, kind, row, warp_counts,

@@ -1,5 +1,5 @@
 // Host emulation of the merge_tokens CUDA forward (count pass, then the copy pass with its prefix,
-// ballot scan and warp row copies) under tests/emulate/cuda_emu.h; see tests/test_cuda_emulated.py.
+// ballot scan and warp row copies; or with self_count the one-launch sync-free copy pass alone) under tests/emulate/cuda_emu.h; see tests/test_cuda_emulated.py.
 // The glue mirrors csrc/cuda/merge_tokens_cuda.cpp (count_positions, launch_merge_forward) for
 // float32 tables and visual rows; min_chunk is the cuda_min_chunk setting.
 #include <cuda_runtime_api.h>
@@ -20,7 +20,8 @@ using namespace interleave::cuda;
 
 extern "C" int emu_merge_forward(const int64_t* ids, int64_t n, const int64_t* placeholder_ids, int num_placeholder_ids,
                                  const float* table, int64_t num_embeddings, const float* visual, int64_t num_visual,
-                                 int64_t dim, int64_t min_chunk, float* out, int64_t* count, int64_t* first_bad) {
+                                 int64_t dim, int64_t min_chunk, float* out, int64_t* count, int64_t* first_bad,
+                                 int self_count) {
   MergePositions pos{};
   pos.ids = ids;
   pos.n = n;
@@ -34,6 +35,17 @@ extern "C" int emu_merge_forward(const int64_t* ids, int64_t n, const int64_t* p
   std::vector<int64_t> info(2 * std::max<int64_t>(pos.num_chunks, 1), -7);
   pos.chunk_info = info.data();
   if (pos.num_chunks == 0) return 0;
+  const bool vec_table = rows_vectorizable(table, out, dim * sizeof(float));
+  const bool vec_visual = rows_vectorizable(visual, out, dim * sizeof(float));
+  if (self_count) {  // the one-launch sync-free path: no count kernel, no chunk_info
+    pos.chunk_info = nullptr;
+    *count = num_visual;
+    *first_bad = -1;
+    emu::launch(static_cast<unsigned>(pos.num_chunks), kThreads, 0, [&] {
+      merge_forward_kernel<float, float>(pos, table, visual, out, vec_table, vec_visual, false);
+    });
+    return 0;
+  }
   emu::launch(static_cast<unsigned>(pos.num_chunks), kThreads, 0, [&] { merge_count_kernel(pos); });
   // The default path's host check (merge_tokens_cuda.cpp): total count and the first bad position.
   *count = 0;
@@ -43,8 +55,6 @@ extern "C" int emu_merge_forward(const int64_t* ids, int64_t n, const int64_t* p
     if (*first_bad < 0) *first_bad = info[pos.num_chunks + c];
   }
   if (*count != num_visual || *first_bad >= 0) return 0;
-  const bool vec_table = rows_vectorizable(table, out, dim * sizeof(float));
-  const bool vec_visual = rows_vectorizable(visual, out, dim * sizeof(float));
   emu::launch(static_cast<unsigned>(pos.num_chunks), kThreads, 0, [&] {
     merge_forward_kernel<float, float>(pos, table, visual, out, vec_table, vec_visual, false);
   });
