@@ -161,6 +161,7 @@ MMA_CASES = [
     ([(1080, 1920)], "anyres_max_9", "pillow13", 384, True),
     ([(1920, 1080), (1411, 1411)], "llava", "horizontal", 384, True),  # fused bands of 16 rows
     ([(333, 517), (517, 333)], "pad", "horizontal", 384, True),
+    ([(400, 200), (200, 400)], "pad", "horizontal", 384, True),  # 32-bit staging beside the padding
     ([(100, 70), (70, 100)], "anyres", "horizontal", 28, True),
     ([(45, 2955)], "llava", "horizontal", 384, True),
     ([(21, 3190)], "llava", "horizontal", 384, False),

@@ -104,29 +104,71 @@ __device__ __forceinline__ uint32_t pixels_half2(uint32_t w0, uint32_t w1, uint3
 
 // Stages the source rows of intermediate rows [r0, r0 + 16) (rows from r_end on: the pad word;
 // they feed no stored output), source pixels [cs, cs + stride), into staged[row * stride + x] in
-// the tensor-core word format; kMmaRows / 2 loads in flight per thread.
+// the tensor-core word format. Where the image's rows and the window start are 4-byte aligned
+// (width a multiple of 4: 1920, 1080, ...), a thread reads 4 pixels as three 32-bit words, four
+// rows at a time (48 bytes in flight per thread); other pixels (the image's edges, the padding of
+// a pad-to-square canvas, unaligned images) are read byte by byte.
+__device__ __forceinline__ uint32_t staged_source_px(const TileJobDevice& J, int32_t r, int32_t r_end, int32_t sx) {
+  const int32_t y = static_cast<int32_t>(J.row_first + r - J.src_top), xi = sx - static_cast<int32_t>(J.src_left);
+  if (r < r_end && y >= 0 && y < J.img_h && xi >= 0 && xi < J.img_w && sx < J.src_w) {
+    const uint8_t* p = J.image + (static_cast<int64_t>(y) * J.img_w + xi) * 3;
+    return static_cast<uint32_t>(p[0]) | static_cast<uint32_t>(p[1]) << 8 | static_cast<uint32_t>(p[2]) << 16 | kHalfBias;
+  }
+  return static_cast<uint32_t>(J.src_pad) | kHalfBias;
+}
+
 __device__ __forceinline__ void mma_stage_rows(const TileJobDevice& J, uint32_t* staged, int32_t cs, int32_t stride,
                                                int32_t r0, int32_t r_end) {
   const int32_t img_w = static_cast<int32_t>(J.img_w), img_h = static_cast<int32_t>(J.img_h);
   const int32_t left = static_cast<int32_t>(J.src_left), top = static_cast<int32_t>(J.src_top);
-  const uint32_t pad = static_cast<uint32_t>(J.src_pad) | kHalfBias;
+  const bool words = img_w % 4 == 0 && ((cs - left) & 3) == 0 && (reinterpret_cast<uintptr_t>(J.image) & 3) == 0;
+  if (words) {  // block-uniform; stride is a multiple of 4 (mma_pass1_stride: 8 mod 32)
+    constexpr int kRows = 4;
+    const uint32_t pad = static_cast<uint32_t>(J.src_pad) | kHalfBias;
+    for (int32_t x = 4 * threadIdx.x; x < stride; x += 4 * blockDim.x) {
+      const int32_t xi = cs + x - left;
+      if (!(xi >= 0 && xi + 3 < img_w && cs + x + 3 < J.src_w)) {  // an edge: pixel by pixel
+#pragma unroll 1
+        for (int32_t i = 0; i < 4 * kMmaRows; ++i)
+          staged[(i >> 2) * stride + x + (i & 3)] = staged_source_px(J, r0 + (i >> 2), r_end, cs + x + (i & 3));
+        continue;
+      }
+      const uint8_t* col = J.image + static_cast<int64_t>(xi) * 3;
+#pragma unroll 1
+      for (int32_t rr = 0; rr < kMmaRows; rr += kRows) {
+        uint32_t w[kRows][3];
+#pragma unroll
+        for (int u = 0; u < kRows; ++u) {
+          const int32_t r = r0 + rr + u, y = static_cast<int32_t>(J.row_first) + r - top;
+          const bool in = r < r_end && y >= 0 && y < img_h;
+          const uint32_t* p = reinterpret_cast<const uint32_t*>(col + static_cast<int64_t>(in ? y : 0) * img_w * 3);
+          w[u][0] = in ? p[0] : 0u;
+          w[u][1] = in ? p[1] : 0u;
+          w[u][2] = in ? p[2] : 0u;
+        }
+#pragma unroll
+        for (int u = 0; u < kRows; ++u) {
+          const int32_t r = r0 + rr + u, y = static_cast<int32_t>(J.row_first) + r - top;
+          const bool in = r < r_end && y >= 0 && y < img_h;
+          uint4 v{pad, pad, pad, pad};  // r g b r | g b r g | b r g b
+          if (in) {
+            v.x = (w[u][0] & 0xFFFFFFu) | kHalfBias;
+            v.y = (w[u][0] >> 24 | (w[u][1] & 0xFFFFu) << 8) | kHalfBias;
+            v.z = (w[u][1] >> 16 | (w[u][2] & 0xFFu) << 16) | kHalfBias;
+            v.w = (w[u][2] >> 8) | kHalfBias;
+          }
+          *reinterpret_cast<uint4*>(staged + (rr + u) * stride + x) = v;  // x and stride: multiples of 4
+        }
+      }
+    }
+    return;
+  }
   for (int32_t x = threadIdx.x; x < stride; x += blockDim.x) {
-    const int32_t xi = cs + x - left;
-    const bool col_in = xi >= 0 && xi < img_w && cs + x < J.src_w;
 #pragma unroll 1  // both halves unrolled, 16 loads' addresses in flight spill at 80 registers
     for (int half = 0; half < 2; ++half) {
       uint32_t v[kMmaRows / 2];
 #pragma unroll
-      for (int u = 0; u < kMmaRows / 2; ++u) {
-        const int32_t r = r0 + half * (kMmaRows / 2) + u;
-        const int32_t y = static_cast<int32_t>(J.row_first) + r - top;
-        v[u] = pad;
-        if (col_in && r < r_end && y >= 0 && y < img_h) {
-          const uint8_t* p = J.image + (static_cast<int64_t>(y) * img_w + xi) * 3;
-          v[u] = static_cast<uint32_t>(p[0]) | static_cast<uint32_t>(p[1]) << 8 |
-                 static_cast<uint32_t>(p[2]) << 16 | kHalfBias;
-        }
-      }
+      for (int u = 0; u < kMmaRows / 2; ++u) v[u] = staged_source_px(J, r0 + half * (kMmaRows / 2) + u, r_end, cs + x);
 #pragma unroll
       for (int u = 0; u < kMmaRows / 2; ++u) staged[(half * (kMmaRows / 2) + u) * stride + x] = v[u];
     }
