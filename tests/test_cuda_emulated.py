@@ -143,7 +143,9 @@ def test_anyres_tiles_cuda_kernels_emulated_equal_cpu_kernel(anyres_emu, case, l
     jobs, offsets = build_jobs(plans, tile, order)
     lut = None if lut_dtype is None else normalization_table((0.5, 0.4, 0.3), (0.2, 0.3, 0.25), dtype=lut_dtype)
     expected = torch.ops.interleave.anyres_tiles([torch.from_numpy(im) for im in images], jobs, offsets[-1], tile, lut)
-    got = _emulate(anyres_emu, images, jobs, offsets[-1], tile, lut, force_direct=direct)
+    # The SIMT kernels (the CUDA default until the tensor-core path is verified on a GPU); the
+    # tensor-core and fused paths have their own test below.
+    got = _emulate(anyres_emu, images, jobs, offsets[-1], tile, lut, force_direct=direct, mma=False)
     if lut is not None:
         expected = expected.view(torch.int32 if lut.element_size() == 4 else torch.int16)
         got = got.view(np.int32 if lut.element_size() == 4 else np.int16)
@@ -182,12 +184,15 @@ def test_anyres_tiles_pass1_tensor_cores_emulated(anyres_emu, case, path):
     grid = [[tile * r, tile * c] for r in range(1, 4) for c in range(1, 4)] if tile != 384 else planning.ONEVISION_PINPOINTS
     plans = [planning.plan_image(h, w, mode, pinpoints=grid, tile=tile) for h, w in sizes]
     jobs, offsets = build_jobs(plans, tile, order)
-    lut = normalization_table((0.5, 0.4, 0.3), (0.2, 0.3, 0.25), dtype=torch.bfloat16) if mode == "pad" else None
+    # Normalized outputs too: bf16 planes for pad-to-square, float32 for the first frames case.
+    lut_dtype = torch.bfloat16 if mode == "pad" else torch.float32 if case is MMA_CASES[0] else None
+    lut = None if lut_dtype is None else normalization_table((0.5, 0.4, 0.3), (0.2, 0.3, 0.25), dtype=lut_dtype)
     expected = torch.ops.interleave.anyres_tiles([torch.from_numpy(im) for im in images], jobs, offsets[-1], tile, lut)
     taken = []
     got = _emulate(anyres_emu, images, jobs, offsets[-1], tile, lut, mma=path != "simt", fused=path == "fused", taken=taken)
     if lut is not None:
-        expected, got = expected.view(torch.int16), got.view(np.int16)
+        bits = (torch.int32, np.int32) if lut.element_size() == 4 else (torch.int16, np.int16)
+        expected, got = expected.view(bits[0]), got.view(bits[1])
     np.testing.assert_array_equal(got, expected.numpy())
     (mma_jobs, fused_jobs), = taken
     if path == "simt" or not eligible:
