@@ -9,6 +9,7 @@
 #include <cstdint>
 #include <cstring>
 #include <map>
+#include <mutex>
 #include <utility>
 #include <vector>
 
@@ -74,6 +75,18 @@ inline int64_t fused_rows(const AxisCoeffs& v, int64_t band) {
   return rows;
 }
 
+// mma_pass1_stride per (in_size, out_size), memoized like the coefficients it reads
+// (cached_bicubic_coeffs): a scan of every weight, ~10 us for 1920 -> 384, per call otherwise.
+inline int64_t cached_mma_pass1_stride(const AxisCoeffs& c) {
+  static std::mutex mutex;
+  static std::map<std::pair<int, int>, int64_t> cache;
+  const std::lock_guard<std::mutex> lock(mutex);
+  const auto it = cache.find({c.in_size, c.out_size});
+  if (it != cache.end()) return it->second;
+  if (cache.size() >= 256) cache.clear();
+  return cache[{c.in_size, c.out_size}] = mma_pass1_stride(c);
+}
+
 // tile, out_bytes: the tile size and the bytes of an output value (1 for uint8 tiles, else the
 // lut's entries). allow_fused: let eligible tensor-core jobs that fill their canvas run both
 // passes in one.
@@ -101,7 +114,7 @@ inline TileBatch plan_tile_batch(const std::vector<TileJob>& table, const std::v
         for (int64_t i = 0; i < c.ksize; ++i) transposed[i * c.out_size + x] = c.weights[x * c.ksize + i];
     }
     const std::array<int64_t, 4> at{append(c.first), append(c.count), append(tap_major ? transposed : c.weights),
-                                    tap_major ? mma_pass1_stride(c) : 0};
+                                    tap_major && allow_mma ? cached_mma_pass1_stride(c) : 0};
     uploaded.emplace(key, at);
     return at;
   };
