@@ -161,9 +161,10 @@ def _plan_batch_cached(key):
 
 @contextlib.contextmanager
 def cuda_tensor_cores(enabled: bool = True):
-    """Within the block, whether the CUDA kernel may run its first (horizontal) resize pass on
-    tensor cores, wherever that is exact (at most 32 taps per output: rows shrunk by up to ~7.5x,
-    and upscales). Both paths give Pillow's bytes by construction. Off by default until a GPU run
+    """Within the block (a process-wide setting, restored on exit), whether the CUDA kernel may
+    run its first (horizontal) resize pass on tensor cores, and both passes in one kernel for
+    images that fill their canvas (frames, views, base tiles), wherever that is exact (at most
+    32 taps per output: rows shrunk by up to ~7.5x, and upscales). Both paths give Pillow's bytes by construction. Off by default until a GPU run
     has checked it (`pytest -m cuda` runs both paths against Pillow; bench/gpu_check.sh times both)."""
     with _extension.native_setting("_set_anyres_mma", bool(enabled)):
         yield
