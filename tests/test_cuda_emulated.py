@@ -161,6 +161,7 @@ def test_anyres_tiles_cuda_kernels_emulated_equal_cpu_kernel(anyres_emu, case, l
 MMA_CASES = [
     ([(1080, 1920)] * 2, "llava", "pillow13", 384, True),
     ([(1080, 1920)], "anyres_max_9", "pillow13", 384, True),
+    ([(1200, 2500), (2500, 1200)], "anyres_max_9", "horizontal", 384, True),  # shrunk grids padded by 23 px
     ([(1920, 1080), (1411, 1411)], "llava", "horizontal", 384, True),  # fused bands of 16 rows
     ([(333, 517), (517, 333)], "pad", "horizontal", 384, True),
     ([(400, 200), (200, 400)], "pad", "horizontal", 384, True),  # 32-bit staging beside the padding
@@ -184,8 +185,9 @@ def test_anyres_tiles_pass1_tensor_cores_emulated(anyres_emu, case, path):
     grid = [[tile * r, tile * c] for r in range(1, 4) for c in range(1, 4)] if tile != 384 else planning.ONEVISION_PINPOINTS
     plans = [planning.plan_image(h, w, mode, pinpoints=grid, tile=tile) for h, w in sizes]
     jobs, offsets = build_jobs(plans, tile, order)
-    # Normalized outputs too: bf16 planes for pad-to-square, float32 for the first frames case.
-    lut_dtype = torch.bfloat16 if mode == "pad" else torch.float32 if case is MMA_CASES[0] else None
+    # Normalized outputs too: bf16 planes for pad-to-square, float32 for the first frames case and
+    # for anyres_max_9 (a grid with padding around the resized image).
+    lut_dtype = torch.bfloat16 if mode == "pad" else torch.float32 if case is MMA_CASES[0] or mode == "anyres_max_9" else None
     lut = None if lut_dtype is None else normalization_table((0.5, 0.4, 0.3), (0.2, 0.3, 0.25), dtype=lut_dtype)
     expected = torch.ops.interleave.anyres_tiles([torch.from_numpy(im) for im in images], jobs, offsets[-1], tile, lut)
     taken = []
@@ -201,8 +203,8 @@ def test_anyres_tiles_pass1_tensor_cores_emulated(anyres_emu, case, path):
         assert mma_jobs >= 1
         # Jobs whose resized image fills the canvas (frames, base tiles) fuse; grids with padding don't.
         assert (fused_jobs >= 1) == (path == "fused")
-        if path == "fused" and mode == "llava":  # every job fills its canvas: all fuse
-            assert fused_jobs == len(sizes)
+        if path == "fused":  # every tensor-core job with a vertical pass fuses here (padding too)
+            assert fused_jobs == mma_jobs
 
 
 # ---- patch_embed: the position-embedding broadcast of the cuBLAS path --------------------------------

@@ -27,31 +27,53 @@ struct TileBatch {
   bool pass1_mma = false;   // some job's pass 1 runs on tensor cores: kMmaThreads per block
 };
 
-// Whether a horizontal axis can run on pass 1's tensor-core path exactly (kMmaRows), and the
-// shared-memory row its blocks stage: 0 when it cannot. Per output: at most kMmaMaxTaps taps, the
-// high parts hi = w >> 11 within fp16's exact integers (|hi| <= 2048), and 255 * sum |hi| below
-// 2^24 (every partial fp32 sum of the high products then stays exact, whatever the MMA's order).
-// The row: for each chunk of kMmaChunk outputs, from its first source pixel (rounded down to a
-// multiple of 4) to the end of its groups' windows (each group's window starts at its first pixel
-// rounded down to even, for 8-byte fragment loads, and spans whole steps of 16), in 32-bit words,
-// rounded up to 8 mod 32 (rows g and g + 1 of a fragment load then fall in different banks).
-inline int64_t mma_pass1_stride(const AxisCoeffs& c) {
-  const int64_t n = c.out_size;
-  if (n <= 0) return 0;
-  for (int64_t x = 0; x < n; ++x) {
-    if (c.count[x] > kMmaMaxTaps) return 0;
+// Whether a horizontal axis can run on pass 1's tensor-core path exactly (kMmaRows). Per output:
+// at most kMmaMaxTaps taps, the high parts hi = w >> 11 within fp16's exact integers
+// (|hi| <= 2048), and 255 * sum |hi| below 2^24 (every partial fp32 sum of the high products then
+// stays exact, whatever the MMA's order).
+inline bool mma_axis_exact(const AxisCoeffs& c) {
+  if (c.out_size <= 0) return false;
+  for (int64_t x = 0; x < c.out_size; ++x) {
+    if (c.count[x] > kMmaMaxTaps) return false;
     int64_t sum_hi = 0;
     for (int64_t i = 0; i < c.count[x]; ++i) {
       const int32_t hi = c.weights[x * c.ksize + i] >> 11;  // arithmetic: floor, lo = w & 2047 >= 0
-      if (hi < -2048 || hi > 2048) return 0;
+      if (hi < -2048 || hi > 2048) return false;
       sum_hi += hi < 0 ? -hi : hi;
     }
-    if (255 * sum_hi >= (int64_t{1} << 24)) return 0;
+    if (255 * sum_hi >= (int64_t{1} << 24)) return false;
   }
+  return true;
+}
+
+// mma_axis_exact per (in_size, out_size), memoized like the coefficients it reads
+// (cached_bicubic_coeffs): a scan of every weight, ~10 us for 1920 -> 384, per call otherwise.
+inline bool cached_mma_axis_exact(const AxisCoeffs& c) {
+  static std::mutex mutex;
+  static std::map<std::pair<int, int>, bool> cache;
+  const std::lock_guard<std::mutex> lock(mutex);
+  const auto it = cache.find({c.in_size, c.out_size});
+  if (it != cache.end()) return it->second;
+  if (cache.size() >= 256) cache.clear();
+  return cache[{c.in_size, c.out_size}] = mma_axis_exact(c);
+}
+
+// The shared-memory row (32-bit words) that tensor-core blocks stage, or 0 if it does not fit.
+// Blocks cover chunks of kMmaChunk columns of a row `width` wide whose outputs start at `left`
+// (unfused: the intermediate row itself, left 0; fused: the canvas row, left = dst_left): chunk
+// c0 covers outputs [max(c0 - left, 0), min(c0 + 64 - left, n)). Each chunk stages from its first
+// output's first source pixel (rounded down to a multiple of 4) to the end of its groups' windows
+// (a group of 8 outputs starts at its first pixel rounded down to even, for 8-byte fragment loads,
+// and spans whole steps of 16). Rounded up to 8 mod 32 (rows g and g + 1 of a fragment load then
+// fall in different banks).
+inline int64_t mma_stride(const AxisCoeffs& c, int64_t left, int64_t width) {
+  const int64_t n = c.out_size;
   int64_t need = 0;
-  for (int64_t x_chunk = 0; x_chunk < n; x_chunk += kMmaChunk) {
-    const int64_t cs = c.first[x_chunk] & ~int64_t{3};
-    for (int64_t x0 = x_chunk; x0 < std::min(n, x_chunk + kMmaChunk); x0 += 8) {
+  for (int64_t c0 = 0; c0 < width; c0 += kMmaChunk) {
+    const int64_t xa = std::max<int64_t>(c0 - left, 0), xb = std::min<int64_t>(c0 + kMmaChunk - left, n);
+    if (xa >= xb) continue;
+    const int64_t cs = c.first[xa] & ~int64_t{3};
+    for (int64_t x0 = xa; x0 < xb; x0 += 8) {
       const int64_t xl = std::min(n - 1, x0 + 7);
       const int64_t s = c.first[x0] & ~int64_t{1}, e = c.first[xl] + c.count[xl];
       need = std::max(need, s + (e - s + 15) / 16 * 16 - cs);
@@ -61,32 +83,21 @@ inline int64_t mma_pass1_stride(const AxisCoeffs& c) {
   return kMmaRows * stride * 4 <= kMaxStagedRowBytes ? stride : 0;
 }
 
-// images[i] / hw[i]: the contiguous uint8 [h, w, 3] pixels (device pointers for a launch) and size
-// of the image that jobs name by index.
-// allow_mma: let eligible jobs run pass 1 on tensor cores (the glue's setting; tests run both).
 // The intermediate rows a fused job's blocks hold at most (TileJobDevice::fused): over bands of
-// `band` output rows, the span of the vertical taps they read.
-inline int64_t fused_rows(const AxisCoeffs& v, int64_t band) {
+// `band` canvas rows, the span of the vertical taps of the resized rows inside them (the resized
+// image sits at row `top` of a canvas `canvas_h` tall).
+inline int64_t fused_rows(const AxisCoeffs& v, int64_t band, int64_t top, int64_t canvas_h) {
   int64_t rows = 0;
-  for (int64_t y0 = 0; y0 < v.out_size; y0 += band) {
-    const int64_t y1 = std::min<int64_t>(v.out_size, y0 + band) - 1;
-    rows = std::max<int64_t>(rows, v.first[y1] + v.count[y1] - v.first[y0]);
+  for (int64_t cy0 = 0; cy0 < canvas_h; cy0 += band) {
+    const int64_t ya = std::max<int64_t>(cy0 - top, 0), yb = std::min<int64_t>(cy0 + band - top, v.out_size);
+    if (ya < yb) rows = std::max<int64_t>(rows, v.first[yb - 1] + v.count[yb - 1] - v.first[ya]);
   }
   return rows;
 }
 
-// mma_pass1_stride per (in_size, out_size), memoized like the coefficients it reads
-// (cached_bicubic_coeffs): a scan of every weight, ~10 us for 1920 -> 384, per call otherwise.
-inline int64_t cached_mma_pass1_stride(const AxisCoeffs& c) {
-  static std::mutex mutex;
-  static std::map<std::pair<int, int>, int64_t> cache;
-  const std::lock_guard<std::mutex> lock(mutex);
-  const auto it = cache.find({c.in_size, c.out_size});
-  if (it != cache.end()) return it->second;
-  if (cache.size() >= 256) cache.clear();
-  return cache[{c.in_size, c.out_size}] = mma_pass1_stride(c);
-}
-
+// images[i] / hw[i]: the contiguous uint8 [h, w, 3] pixels (device pointers for a launch) and size
+// of the image that jobs name by index.
+// allow_mma: let eligible jobs run pass 1 on tensor cores (the glue's setting; tests run both).
 // tile, out_bytes: the tile size and the bytes of an output value (1 for uint8 tiles, else the
 // lut's entries). allow_fused: let eligible tensor-core jobs that fill their canvas run both
 // passes in one.
@@ -102,7 +113,7 @@ inline TileBatch plan_tile_batch(const std::vector<TileJob>& table, const std::v
   };
   // Each distinct axis (in_size, out_size, layout) is uploaded once: the 16 frames of a video share
   // theirs. Horizontal axes go tap-major (TileJobDevice::h_weights), vertical ones as computed.
-  std::map<std::array<int64_t, 3>, std::array<int64_t, 4>> uploaded;  // + the axis' mma stride
+  std::map<std::array<int64_t, 3>, std::array<int64_t, 4>> uploaded;  // + whether mma_axis_exact
   auto append_axis = [&](const AxisCoeffs& c, bool tap_major) {
     const std::array<int64_t, 3> key{c.in_size, c.out_size, tap_major};
     const auto it = uploaded.find(key);
@@ -114,7 +125,7 @@ inline TileBatch plan_tile_batch(const std::vector<TileJob>& table, const std::v
         for (int64_t i = 0; i < c.ksize; ++i) transposed[i * c.out_size + x] = c.weights[x * c.ksize + i];
     }
     const std::array<int64_t, 4> at{append(c.first), append(c.count), append(tap_major ? transposed : c.weights),
-                                    tap_major && allow_mma ? cached_mma_pass1_stride(c) : 0};
+                                    tap_major && allow_mma && cached_mma_axis_exact(c)};
     uploaded.emplace(key, at);
     return at;
   };
@@ -140,23 +151,26 @@ inline TileBatch plan_tile_batch(const std::vector<TileJob>& table, const std::v
       const auto at = append_axis(*p.horizontal, true);
       d.h_first = at[0]; d.h_count = at[1]; d.h_weights = at[2];
       // A candidate for the tensor-core pass 1 (decided below, once the launch's staging is known).
-      if (allow_mma && !p.vertical_first && p.mid_rows > 0) d.mma_stride = static_cast<int32_t>(at[3]);
+      if (allow_mma && at[3] && !p.vertical_first && p.mid_rows > 0)
+        d.mma_stride = static_cast<int32_t>(mma_stride(*p.horizontal, 0, p.horizontal->out_size));
     }
-    // A fused candidate: tensor-core horizontal pass, a vertical pass, the resized image is the
-    // whole canvas (frames, views, base tiles: no padding for pass 2 to write) and both buffers fit.
-    if (allow_fused && d.mma_stride > 0 && p.need_vertical && j.resize_h == j.canvas_h &&
-        j.resize_w == j.canvas_w && j.dst_top == 0 && j.dst_left == 0) {
+    // A fused candidate: tensor-core horizontal pass and a vertical pass; its blocks cover the
+    // whole canvas (the padding around the resized image too), so pass 2 has nothing left of it.
+    const int64_t fused_stride = allow_fused && d.mma_stride > 0 && p.need_vertical
+                                     ? mma_stride(*p.horizontal, j.dst_left, j.canvas_w) : 0;
+    if (fused_stride > 0) {
       // The tallest band whose intermediate fits beside the staged rows (a shorter band re-makes
-      // more of the rows that neighbouring bands share).
-      // With tiles a multiple of kMmaChunk wide, the block's output rows go through shared memory
-      // too (16-byte stores), reusing the buffers: out_bytes per value (1 uint8, or the lut's).
+      // more of the rows that neighbouring bands share). With tiles a multiple of kMmaChunk wide,
+      // the block's output rows go through shared memory too (16-byte stores), reusing the
+      // buffers: out_bytes per value (1 uint8, or the lut's).
       for (int64_t band = kFusedRows; band >= 8 && !d.fused; band /= 2) {
-        const int64_t rows = fused_rows(*p.vertical, band);
-        const int64_t outs = j.canvas_w % kMmaChunk == 0 && tile % kMmaChunk == 0 ? band * kMmaChunk * 3 * out_bytes : 0;
-        if (std::max((kMmaRows * d.mma_stride + rows * kMmaChunk) * 4, outs) <= kMaxStagedRowBytes) {
+        const int64_t rows = fused_rows(*p.vertical, band, j.dst_top, j.canvas_h);
+        const int64_t outs = tile % kMmaChunk == 0 ? band * kMmaChunk * 3 * out_bytes : 0;
+        if (std::max((kMmaRows * fused_stride + rows * kMmaChunk) * 4, outs) <= kMaxStagedRowBytes) {
           d.fused = 1;
           d.fused_rows = static_cast<int32_t>(rows);
           d.fused_band = static_cast<int32_t>(band);
+          d.mma_stride = static_cast<int32_t>(fused_stride);
         }
       }
     }
@@ -186,9 +200,10 @@ inline TileBatch plan_tile_batch(const std::vector<TileJob>& table, const std::v
     d.pass1_begin = b.pass1;
     d.pass2_begin = pass2;  // fused jobs have no pass-2 rows
     if (!d.fused) pass2 += table[i].canvas_h;
-    if (d.mma_pass1) {
-      d.mma_chunks = static_cast<int32_t>((d.mid_width + kMmaChunk - 1) / kMmaChunk);
-      const int64_t rows = d.fused ? table[i].resize_h : d.mid_rows, per = d.fused ? d.fused_band : kMmaRows;
+    if (d.mma_pass1) {  // blocks: (canvas or intermediate) row bands x chunks of 64 columns
+      const int64_t width = d.fused ? table[i].canvas_w : d.mid_width;
+      d.mma_chunks = static_cast<int32_t>((width + kMmaChunk - 1) / kMmaChunk);
+      const int64_t rows = d.fused ? table[i].canvas_h : d.mid_rows, per = d.fused ? d.fused_band : kMmaRows;
       b.pass1 += (rows + per - 1) / per * d.mma_chunks;
       b.pass1_mma = true;
       b.staged_row_bytes = std::max<int64_t>(b.staged_row_bytes, (kMmaRows * d.mma_stride + d.fused_rows * kMmaChunk) * 4);

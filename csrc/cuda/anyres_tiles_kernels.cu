@@ -122,7 +122,7 @@ __device__ __forceinline__ void mma_stage_rows(const TileJobDevice& J, uint32_t*
   const int32_t img_w = static_cast<int32_t>(J.img_w), img_h = static_cast<int32_t>(J.img_h);
   const int32_t left = static_cast<int32_t>(J.src_left), top = static_cast<int32_t>(J.src_top);
   const bool words = img_w % 4 == 0 && ((cs - left) & 3) == 0 && (reinterpret_cast<uintptr_t>(J.image) & 3) == 0;
-  if (words) {  // block-uniform; stride is a multiple of 4 (mma_pass1_stride: 8 mod 32)
+  if (words) {  // block-uniform; stride is a multiple of 4 (mma_stride: 8 mod 32)
     constexpr int kRows = 4;
     const uint32_t pad = static_cast<uint32_t>(J.src_pad) | kHalfBias;
     for (int32_t x = 4 * threadIdx.x; x < stride; x += 4 * blockDim.x) {
@@ -175,19 +175,19 @@ __device__ __forceinline__ void mma_stage_rows(const TileJobDevice& J, uint32_t*
   }
 }
 
-// The horizontal pass of the 16 staged rows for outputs [x_chunk, x_chunk + kMmaChunk) on tensor
-// cores, bit-equal to resample_px (see kMmaRows): each warp one group of 8 outputs at a time.
-// sink(row in [0, 16), output x, packed pixel) for every output inside the row (x < mid_width).
+// The horizontal pass of the 16 staged rows for outputs [x_begin, x_end) (at most kMmaChunk) on
+// tensor cores, bit-equal to resample_px (see kMmaRows): each warp one group of 8 outputs at a
+// time from x_begin on. sink(row in [0, 16), output x, packed pixel) for every output in range.
 template <typename Sink>
 __device__ __forceinline__ void mma_resample_rows(const TileJobDevice& J, const int32_t* __restrict__ coeffs,
                                                   const uint32_t* staged, int32_t cs, int32_t stride,
-                                                  int32_t x_chunk, Sink&& sink) {
+                                                  int32_t x_begin, int32_t x_end, Sink&& sink) {
   const int32_t mid_w = static_cast<int32_t>(J.mid_width), h_outputs = static_cast<int32_t>(J.h_outputs);
   const int32_t* first = coeffs + J.h_first;
   const int32_t* count = coeffs + J.h_count;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
   const int g = lane >> 2, t = lane & 3;  // fragment row group and thread-in-group
-  for (int32_t x0 = x_chunk + warp * 8; x0 < min(x_chunk + kMmaChunk, mid_w); x0 += warps * 8) {
+  for (int32_t x0 = x_begin + warp * 8; x0 < x_end; x0 += warps * 8) {
     // The group's window: from its first output's first pixel (rounded down to even) to its last
     // output's last pixel, in steps of 16 (warp-uniform).
     const int32_t xl = min(x0 + 7, mid_w - 1);
@@ -232,7 +232,7 @@ __device__ __forceinline__ void mma_resample_rows(const TileJobDevice& J, const 
       for (int c = 0; c < 3; ++c)
         ch[c] = resample_clip8(kResampleHalf + static_cast<int32_t>(acc[c][0][e]) * 2048 +
                                static_cast<int32_t>(acc[c][1][e]));
-      if (x < mid_w) sink(row, x, pack_rgb(ch[0], ch[1], ch[2]));
+      if (x < x_end) sink(row, x, pack_rgb(ch[0], ch[1], ch[2]));
     }
   }
 }
@@ -245,11 +245,12 @@ __device__ __forceinline__ void mma_pass1_block(const TileJobDevice& J, const in
   const int32_t chunk = static_cast<int32_t>(block - static_cast<int64_t>(band) * J.mma_chunks);
   const int32_t r0 = band * kMmaRows, x_chunk = chunk * kMmaChunk;
   const int32_t mid_w = static_cast<int32_t>(J.mid_width), mid_rows = static_cast<int32_t>(J.mid_rows);
-  const int32_t cs = coeffs[J.h_first + x_chunk] & ~3;  // source x of staged word 0 (mma_pass1_stride)
+  const int32_t cs = coeffs[J.h_first + x_chunk] & ~3;  // source x of staged word 0 (mma_stride's rule)
   mma_stage_rows(J, staged, cs, J.mma_stride, r0, mid_rows);
   __syncthreads();
   uint32_t* dst = reinterpret_cast<uint32_t*>(mid + J.mid_offset);
-  mma_resample_rows(J, coeffs, staged, cs, J.mma_stride, x_chunk, [&](int32_t row, int32_t x, uint32_t px) {
+  mma_resample_rows(J, coeffs, staged, cs, J.mma_stride, x_chunk, min(x_chunk + kMmaChunk, mid_w),
+                    [&](int32_t row, int32_t x, uint32_t px) {
     if (r0 + row < mid_rows) dst[static_cast<int64_t>(r0 + row) * mid_w + x] = px;
   });
 }
@@ -280,40 +281,56 @@ __device__ __forceinline__ void store_canvas_px(const TileJobDevice& J, void* ou
 }
 
 // One block of a fused job (TileJobDevice::fused: both passes in one block, no intermediate in
-// global memory): resized rows [band * fused_band, +fused_band) x columns [chunk * 64, +64). The
-// intermediate rows those rows read are made 16 at a time on tensor cores into shared memory
-// (after the staged source: fused_rows x kMmaChunk words), then each thread takes output pixels
-// of the vertical pass (resample_px over that buffer), and the block stores them into the tiles.
+// global memory): canvas rows [band * fused_band, +fused_band) x canvas columns [chunk * 64, +64).
+// The intermediate rows that the resized pixels among them read are made 16 at a time on tensor
+// cores into shared memory (after the staged source: fused_rows x kMmaChunk words, column = canvas
+// column - chunk * 64), then each thread takes canvas pixels (the vertical pass over that buffer,
+// or the pad colour outside the resized image), and the block stores them into the tiles.
 __device__ __forceinline__ void fused_block(const TileJobDevice& J, const int32_t* __restrict__ coeffs,
                                             uint32_t* staged, int64_t block, void* out, const void* lut,
                                             int lut_bytes, int32_t tile) {
   const int32_t band = static_cast<int32_t>(block / J.mma_chunks);
   const int32_t chunk = static_cast<int32_t>(block - static_cast<int64_t>(band) * J.mma_chunks);
-  const int32_t y0 = band * J.fused_band, x_chunk = chunk * kMmaChunk;
+  const int32_t cy0 = band * J.fused_band, cx0 = chunk * kMmaChunk;
+  const int32_t cy1 = min(cy0 + J.fused_band, static_cast<int32_t>(J.canvas_h));
+  const int32_t top = static_cast<int32_t>(J.dst_top), left = static_cast<int32_t>(J.dst_left);
   const int32_t resize_h = static_cast<int32_t>(J.resize_h), resize_w = static_cast<int32_t>(J.resize_w);
-  const int32_t y1 = min(y0 + J.fused_band, resize_h), row_first = static_cast<int32_t>(J.row_first);
+  const int32_t row_first = static_cast<int32_t>(J.row_first);
   const int32_t* v_first = coeffs + J.v_first;
   const int32_t* v_count = coeffs + J.v_count;
-  // Intermediate rows [m_lo, m_hi) feed output rows [y0, y1) (both ends monotone in y).
-  const int32_t m_lo = v_first[y0] - row_first, m_hi = v_first[y1 - 1] + v_count[y1 - 1] - row_first;
-  const int32_t stride = J.mma_stride, cs = coeffs[J.h_first + x_chunk] & ~3;
+  // Resized rows [ya, yb) and columns [xa, xb) inside the block (block-uniform; maybe none).
+  const int32_t ya = max(cy0 - top, 0), yb = min(cy1 - top, resize_h);
+  const int32_t xa = max(cx0 - left, 0), xb = min(cx0 + kMmaChunk - left, resize_w);
+  const bool resized = ya < yb && xa < xb;
+  // Intermediate rows [m_lo, m_hi) feed resized rows [ya, yb) (both ends monotone in y).
+  const int32_t m_lo = resized ? v_first[ya] - row_first : 0;
+  const int32_t m_hi = resized ? v_first[yb - 1] + v_count[yb - 1] - row_first : 0;
+  const int32_t stride = J.mma_stride;
   uint32_t* buf = staged + kMmaRows * stride;  // [m_hi - m_lo <= fused_rows][kMmaChunk]
-  for (int32_t sub = 0; sub < m_hi - m_lo; sub += kMmaRows) {
-    mma_stage_rows(J, staged, cs, stride, m_lo + sub, m_hi);
-    __syncthreads();
-    mma_resample_rows(J, coeffs, staged, cs, stride, x_chunk, [&](int32_t row, int32_t x, uint32_t px) {
-      if (sub + row < m_hi - m_lo) buf[(sub + row) * kMmaChunk + (x - x_chunk)] = px;
-    });
-    __syncthreads();  // the next round restages the source rows; the last one publishes buf
+  if (resized) {
+    const int32_t cs = coeffs[J.h_first + xa] & ~3;
+    for (int32_t sub = 0; sub < m_hi - m_lo; sub += kMmaRows) {
+      mma_stage_rows(J, staged, cs, stride, m_lo + sub, m_hi);
+      __syncthreads();
+      mma_resample_rows(J, coeffs, staged, cs, stride, xa, xb, [&](int32_t row, int32_t x, uint32_t px) {
+        if (sub + row < m_hi - m_lo) buf[(sub + row) * kMmaChunk + (x + left - cx0)] = px;
+      });
+      __syncthreads();  // the next round restages the source rows; the last one publishes buf
+    }
   }
+  const uint32_t pad = static_cast<uint32_t>(J.dst_pad);
+  // Canvas pixel (cy, cx0 + xx): resized, from buf, or the pad colour.
+  auto canvas_px = [&](int32_t cy, int32_t xx) -> uint32_t {
+    const int32_t y = cy - top, x = cx0 + xx - left;
+    if (!(y >= ya && y < yb && x >= xa && x < xb)) return pad;
+    return resample_px(buf + (v_first[y] - row_first - m_lo) * kMmaChunk + xx, kMmaChunk,
+                       coeffs + J.v_weights + static_cast<int64_t>(y) * J.v_ksize, 1, v_count[y]);
+  };
+  const int32_t canvas_w = static_cast<int32_t>(J.canvas_w);
   if (tile % kMmaChunk != 0) {  // a chunk may cross tiles: each thread stores its pixels
-    for (int32_t i = threadIdx.x; i < (y1 - y0) * kMmaChunk; i += blockDim.x) {
-      const int32_t y = y0 + i / kMmaChunk, xx = i % kMmaChunk, x = x_chunk + xx;
-      if (x >= resize_w) continue;
-      const int32_t first = v_first[y] - row_first - m_lo;
-      const uint32_t px = resample_px(buf + first * kMmaChunk + xx, kMmaChunk,
-                                      coeffs + J.v_weights + static_cast<int64_t>(y) * J.v_ksize, 1, v_count[y]);
-      store_canvas_px(J, out, lut, lut_bytes, tile, y, x, px);
+    for (int32_t i = threadIdx.x; i < (cy1 - cy0) * kMmaChunk; i += blockDim.x) {
+      const int32_t cy = cy0 + i / kMmaChunk, xx = i % kMmaChunk;
+      if (cx0 + xx < canvas_w) store_canvas_px(J, out, lut, lut_bytes, tile, cy, cx0 + xx, canvas_px(cy, xx));
     }
     return;
   }
@@ -324,16 +341,13 @@ __device__ __forceinline__ void fused_block(const TileJobDevice& J, const int32_
   uint32_t px[kFusedPx];
 #pragma unroll
   for (int k = 0; k < kFusedPx; ++k) {
-    const int32_t i = threadIdx.x + k * kMmaThreads, y = y0 + i / kMmaChunk, xx = i % kMmaChunk;
-    px[k] = 0;
-    if (y < y1 && x_chunk + xx < resize_w)
-      px[k] = resample_px(buf + (v_first[y] - row_first - m_lo) * kMmaChunk + xx, kMmaChunk,
-                          coeffs + J.v_weights + static_cast<int64_t>(y) * J.v_ksize, 1, v_count[y]);
+    const int32_t i = threadIdx.x + k * kMmaThreads, cy = cy0 + i / kMmaChunk;
+    px[k] = cy < cy1 ? canvas_px(cy, i % kMmaChunk) : 0u;
   }
   __syncthreads();  // buf and the staged rows are free: the output rows reuse that memory
-  const int32_t rows = y1 - y0, cols = static_cast<int32_t>(J.canvas_w) / tile;
-  const int32_t tx = x_chunk / tile, ix0 = x_chunk - tx * tile;
-  const int32_t width = min(kMmaChunk, resize_w - x_chunk);  // a multiple of 16 (tile % 64 == 0)
+  const int32_t rows = cy1 - cy0, cols = canvas_w / tile;
+  const int32_t tx = cx0 / tile, ix0 = cx0 - tx * tile;
+  const int32_t width = kMmaChunk;  // the canvas is whole tiles, a multiple of 64 wide
   uint8_t* obuf = reinterpret_cast<uint8_t*>(staged);
 #pragma unroll
   for (int k = 0; k < kFusedPx; ++k) {
@@ -358,7 +372,7 @@ __device__ __forceinline__ void fused_block(const TileJobDevice& J, const int32_
   if (lut == nullptr) {
     const int32_t per_row = width * 3 / 16;  // 16-byte vectors of one output row's run
     for (int32_t i = threadIdx.x; i < rows * per_row; i += blockDim.x) {
-      const int32_t row = i / per_row, v = i - row * per_row, y = y0 + row, ty = y / tile, iy = y - ty * tile;
+      const int32_t row = i / per_row, v = i - row * per_row, y = cy0 + row, ty = y / tile, iy = y - ty * tile;
       const int64_t t = J.first_tile + static_cast<int64_t>(ty) * cols + tx;
       reinterpret_cast<uint4*>(static_cast<uint8_t*>(out) + ((t * tile + iy) * tile + ix0) * 3)[v] =
           reinterpret_cast<const uint4*>(obuf + row * kMmaChunk * 3)[v];
@@ -367,7 +381,7 @@ __device__ __forceinline__ void fused_block(const TileJobDevice& J, const int32_
     const int32_t per_row = width * lut_bytes / 16;
     for (int32_t i = threadIdx.x; i < 3 * rows * per_row; i += blockDim.x) {
       const int32_t cr = i / per_row, v = i - cr * per_row, c = cr / rows, row = cr - c * rows;
-      const int32_t y = y0 + row, ty = y / tile, iy = y - ty * tile;
+      const int32_t y = cy0 + row, ty = y / tile, iy = y - ty * tile;
       const int64_t t = J.first_tile + static_cast<int64_t>(ty) * cols + tx;
       const int64_t at = (t * 3 + c) * plane + static_cast<int64_t>(iy) * tile + ix0;  // in entries
       reinterpret_cast<uint4*>(static_cast<uint8_t*>(out) + at * lut_bytes)[v] =

@@ -187,6 +187,7 @@ inline int __popc(unsigned x) { return __builtin_popcount(x); }
 template <typename T>
 T __ldg(const T* p) { return *p; }
 using std::min;
+using std::max;
 using std::fma;  // device code calls fma(float, float, float) unqualified, as CUDA's math headers allow
 
 // The tensor-core primitives of csrc/cuda/anyres_tiles_kernels.cu (there one PTX instruction each),
