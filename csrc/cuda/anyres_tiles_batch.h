@@ -99,8 +99,8 @@ inline int64_t fused_rows(const AxisCoeffs& v, int64_t band, int64_t top, int64_
 // of the image that jobs name by index.
 // allow_mma: let eligible jobs run pass 1 on tensor cores (the glue's setting; tests run both).
 // tile, out_bytes: the tile size and the bytes of an output value (1 for uint8 tiles, else the
-// lut's entries). allow_fused: let eligible tensor-core jobs that fill their canvas run both
-// passes in one.
+// lut's entries). allow_fused: let eligible tensor-core jobs with a vertical pass run both passes
+// in one (and write their canvas' padding).
 inline TileBatch plan_tile_batch(const std::vector<TileJob>& table, const std::vector<const uint8_t*>& images,
                                  const std::vector<std::array<int64_t, 2>>& hw, int64_t tile, int64_t out_bytes,
                                  bool allow_mma = true, bool allow_fused = true) {

@@ -35,11 +35,11 @@ struct TileJobDevice {
   // are bands of kMmaRows intermediate rows times chunks of kMmaChunk outputs (mma_chunks per
   // band), each staging its source window as kMmaRows rows of mma_stride words.
   int32_t mma_pass1, mma_chunks, mma_stride;
-  // Both passes in pass 1's launch: 1 for a job whose resized image is its whole canvas; its
-  // blocks are bands of fused_band resized rows (kFusedRows or less, so that the buffers fit)
-  // times mma_chunks chunks, each with fused_rows x kMmaChunk words of intermediate in shared
-  // memory after the staged rows. Such a job has no rows in pass 2 and no intermediate in global
-  // memory.
+  // Both passes in pass 1's launch: 1 for a tensor-core job with a vertical pass; its blocks
+  // cover its whole canvas (padding too) in bands of fused_band canvas rows (kFusedRows or less,
+  // so that the buffers fit) times mma_chunks chunks of 64 columns, each with fused_rows x
+  // kMmaChunk words of intermediate in shared memory after the staged rows. Such a job has no
+  // rows in pass 2 and no intermediate in global memory.
   int32_t fused, fused_rows, fused_band;
 };
 

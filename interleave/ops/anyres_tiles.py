@@ -163,9 +163,9 @@ def _plan_batch_cached(key):
 def cuda_tensor_cores(enabled: bool = True):
     """Within the block (a process-wide setting, restored on exit), whether the CUDA kernel may
     run its first (horizontal) resize pass on tensor cores, and both passes in one kernel for
-    images that fill their canvas (frames, views, base tiles), wherever that is exact (at most
-    32 taps per output: rows shrunk by up to ~7.5x, and upscales). Both paths give Pillow's bytes by construction. Off by default until a GPU run
-    has checked it (`pytest -m cuda` runs both paths against Pillow; bench/gpu_check.sh times both)."""
+    jobs that need both (frames, views, base tiles, most grids), wherever that is exact (at most
+    32 taps per output, i.e. rows shrunk by up to ~7.5x, and weights below 2^22). Both paths give
+    Pillow's bytes by construction. Off by default until a GPU run has checked it (`pytest -m cuda` runs both paths against Pillow; bench/gpu_check.sh times both)."""
     with _extension.native_setting("_set_anyres_mma", bool(enabled)):
         yield
 
