@@ -95,6 +95,14 @@ inline int64_t fused_rows(const AxisCoeffs& v, int64_t band, int64_t top, int64_
   return rows;
 }
 
+// Pass 1's dynamic shared memory for a fused job: the staged source rows and the intermediate,
+// or (tiles a multiple of kMmaChunk wide, 16-byte stores) the output rows laid out in the same
+// memory, out_bytes per value (1 for uint8, or the lut's), whichever is larger.
+inline int64_t fused_smem_bytes(int64_t stride, int64_t rows, int64_t band, int64_t tile, int64_t out_bytes) {
+  const int64_t outs = tile % kMmaChunk == 0 ? band * kMmaChunk * 3 * out_bytes : 0;
+  return std::max((kMmaRows * stride + rows * kMmaChunk) * 4, outs);
+}
+
 // images[i] / hw[i]: the contiguous uint8 [h, w, 3] pixels (device pointers for a launch) and size
 // of the image that jobs name by index.
 // allow_mma: let eligible jobs run pass 1 on tensor cores (the glue's setting; tests run both).
@@ -159,14 +167,11 @@ inline TileBatch plan_tile_batch(const std::vector<TileJob>& table, const std::v
     const int64_t fused_stride = allow_fused && d.mma_stride > 0 && p.need_vertical
                                      ? mma_stride(*p.horizontal, j.dst_left, j.canvas_w) : 0;
     if (fused_stride > 0) {
-      // The tallest band whose intermediate fits beside the staged rows (a shorter band re-makes
-      // more of the rows that neighbouring bands share). With tiles a multiple of kMmaChunk wide,
-      // the block's output rows go through shared memory too (16-byte stores), reusing the
-      // buffers: out_bytes per value (1 uint8, or the lut's).
+      // The tallest band whose buffers fit (a shorter band re-makes more of the rows that
+      // neighbouring bands share).
       for (int64_t band = kFusedRows; band >= 8 && !d.fused; band /= 2) {
         const int64_t rows = fused_rows(*p.vertical, band, j.dst_top, j.canvas_h);
-        const int64_t outs = tile % kMmaChunk == 0 ? band * kMmaChunk * 3 * out_bytes : 0;
-        if (std::max((kMmaRows * fused_stride + rows * kMmaChunk) * 4, outs) <= kMaxStagedRowBytes) {
+        if (fused_smem_bytes(fused_stride, rows, band, tile, out_bytes) <= kMaxStagedRowBytes) {
           d.fused = 1;
           d.fused_rows = static_cast<int32_t>(rows);
           d.fused_band = static_cast<int32_t>(band);
@@ -189,7 +194,7 @@ inline TileBatch plan_tile_batch(const std::vector<TileJob>& table, const std::v
   }
   // The tensor-core path lives in the staged pass-1 kernel: only when the launch stages its rows
   // (no source row wider than kMaxStagedRowBytes allows). Its blocks cover bands x chunks.
-  const bool staged = b.staged_row_bytes > 0 && b.staged_row_bytes <= kMaxStagedRowBytes;
+  const bool staged = pass1_staged_row(b.staged_row_bytes);
   int64_t pass2 = 0;
   for (size_t i = 0; i < b.descs.size(); ++i) {
     TileJobDevice& d = b.descs[i];
@@ -206,9 +211,9 @@ inline TileBatch plan_tile_batch(const std::vector<TileJob>& table, const std::v
       const int64_t rows = d.fused ? table[i].canvas_h : d.mid_rows, per = d.fused ? d.fused_band : kMmaRows;
       b.pass1 += (rows + per - 1) / per * d.mma_chunks;
       b.pass1_mma = true;
-      b.staged_row_bytes = std::max<int64_t>(b.staged_row_bytes, (kMmaRows * d.mma_stride + d.fused_rows * kMmaChunk) * 4);
-      if (d.fused && tile % kMmaChunk == 0)
-        b.staged_row_bytes = std::max<int64_t>(b.staged_row_bytes, d.fused_band * kMmaChunk * 3 * out_bytes);
+      b.staged_row_bytes = std::max(b.staged_row_bytes, d.fused ? fused_smem_bytes(d.mma_stride, d.fused_rows, d.fused_band,
+                                                                                   tile, out_bytes)
+                                                                  : kMmaRows * d.mma_stride * 4);
     } else {
       b.pass1 += d.mid_rows;
     }

@@ -255,28 +255,39 @@ __device__ __forceinline__ void mma_pass1_block(const TileJobDevice& J, const in
   });
 }
 
-// Where pixel (y, x) of a job's canvas goes: uint8 [P, T, T, 3] tiles, or with a lut (lut_bytes 4
-// or 2) [P, 3, T, T] entries of it (as pass 2's direct stores).
-__device__ __forceinline__ void store_canvas_px(const TileJobDevice& J, void* out, const void* lut, int lut_bytes,
-                                                int32_t tile, int32_t y, int32_t x, uint32_t px) {
+// The output element types of a launch: uint8 tiles without a lut, else its entries' bit patterns
+// (uint32 for float32, uint16 for bfloat16/float16). Calls f(Out{}).
+template <typename F>
+__device__ __forceinline__ void with_out_type(const void* lut, int lut_bytes, F&& f) {
+  if (lut == nullptr) f(uint8_t{});
+  else if (lut_bytes == 4) f(uint32_t{});
+  else f(uint16_t{});
+}
+
+// One pixel's three channels at o[0], o[plane], o[2 * plane]: the bytes themselves (uint8 tiles,
+// plane 1: interleaved) or their lut entries (one plane per channel).
+template <typename Out>
+__device__ __forceinline__ void put_px(Out* o, int64_t plane, const Out* lut, uint32_t px) {
+  const uint32_t v0 = channel(px, 0), v1 = channel(px, 1), v2 = channel(px, 2);
+  if constexpr (std::is_same_v<Out, uint8_t>) {
+    o[0] = static_cast<uint8_t>(v0); o[plane] = static_cast<uint8_t>(v1); o[2 * plane] = static_cast<uint8_t>(v2);
+  } else {
+    o[0] = lut[v0]; o[plane] = lut[256 + v1]; o[2 * plane] = lut[512 + v2];
+  }
+}
+
+// Pixel (y, x) of a job's canvas into its tile: uint8 [P, T, T, 3], or [P, 3, T, T] lut entries.
+template <typename Out>
+__device__ __forceinline__ void store_canvas_px(const TileJobDevice& J, Out* out, const Out* lut, int32_t tile,
+                                                int32_t y, int32_t x, uint32_t px) {
   const int32_t cols = static_cast<int32_t>(J.canvas_w) / tile;
   const int32_t ty = y / tile, tx = x / tile, iy = y - ty * tile, ix = x - tx * tile;
   const int64_t t = J.first_tile + static_cast<int64_t>(ty) * cols + tx;
-  const uint32_t v0 = channel(px, 0), v1 = channel(px, 1), v2 = channel(px, 2);
-  if (lut == nullptr) {
-    uint8_t* o = static_cast<uint8_t*>(out) + ((t * tile + iy) * tile + ix) * 3;
-    o[0] = static_cast<uint8_t>(v0); o[1] = static_cast<uint8_t>(v1); o[2] = static_cast<uint8_t>(v2);
-    return;
-  }
-  const int64_t plane = static_cast<int64_t>(tile) * tile, at = t * 3 * plane + static_cast<int64_t>(iy) * tile + ix;
-  if (lut_bytes == 4) {
-    const uint32_t* l = static_cast<const uint32_t*>(lut);
-    uint32_t* o = static_cast<uint32_t*>(out) + at;
-    o[0] = l[v0]; o[plane] = l[256 + v1]; o[2 * plane] = l[512 + v2];
+  if constexpr (std::is_same_v<Out, uint8_t>) {
+    put_px(out + ((t * tile + iy) * tile + ix) * 3, 1, lut, px);
   } else {
-    const uint16_t* l = static_cast<const uint16_t*>(lut);
-    uint16_t* o = static_cast<uint16_t*>(out) + at;
-    o[0] = l[v0]; o[plane] = l[256 + v1]; o[2 * plane] = l[512 + v2];
+    const int64_t plane = static_cast<int64_t>(tile) * tile;
+    put_px(out + t * 3 * plane + static_cast<int64_t>(iy) * tile + ix, plane, lut, px);
   }
 }
 
@@ -328,10 +339,14 @@ __device__ __forceinline__ void fused_block(const TileJobDevice& J, const int32_
   };
   const int32_t canvas_w = static_cast<int32_t>(J.canvas_w);
   if (tile % kMmaChunk != 0) {  // a chunk may cross tiles: each thread stores its pixels
-    for (int32_t i = threadIdx.x; i < (cy1 - cy0) * kMmaChunk; i += blockDim.x) {
-      const int32_t cy = cy0 + i / kMmaChunk, xx = i % kMmaChunk;
-      if (cx0 + xx < canvas_w) store_canvas_px(J, out, lut, lut_bytes, tile, cy, cx0 + xx, canvas_px(cy, xx));
-    }
+    with_out_type(lut, lut_bytes, [&](auto tag) {
+      using Out = decltype(tag);
+      for (int32_t i = threadIdx.x; i < (cy1 - cy0) * kMmaChunk; i += blockDim.x) {
+        const int32_t cy = cy0 + i / kMmaChunk, xx = i % kMmaChunk;
+        if (cx0 + xx < canvas_w)
+          store_canvas_px(J, static_cast<Out*>(out), static_cast<const Out*>(lut), tile, cy, cx0 + xx, canvas_px(cy, xx));
+      }
+    });
     return;
   }
   // The chunk lies inside one tile column and every row of it is a 16-byte aligned run of the
@@ -345,32 +360,25 @@ __device__ __forceinline__ void fused_block(const TileJobDevice& J, const int32_
     px[k] = cy < cy1 ? canvas_px(cy, i % kMmaChunk) : 0u;
   }
   __syncthreads();  // buf and the staged rows are free: the output rows reuse that memory
+  // The canvas is whole tiles, so a chunk is 64 columns of one tile.
   const int32_t rows = cy1 - cy0, cols = canvas_w / tile;
   const int32_t tx = cx0 / tile, ix0 = cx0 - tx * tile;
-  const int32_t width = kMmaChunk;  // the canvas is whole tiles, a multiple of 64 wide
   uint8_t* obuf = reinterpret_cast<uint8_t*>(staged);
+  with_out_type(lut, lut_bytes, [&](auto tag) {  // uint8: [row][64 pixels x 3]; lut: [channel][row][64]
+    using Out = decltype(tag);
+    constexpr bool kBytes = std::is_same_v<Out, uint8_t>;
 #pragma unroll
-  for (int k = 0; k < kFusedPx; ++k) {
-    const int32_t i = threadIdx.x + k * kMmaThreads, row = i / kMmaChunk, xx = i % kMmaChunk;
-    if (row >= rows) continue;
-    const uint32_t v0 = channel(px[k], 0), v1 = channel(px[k], 1), v2 = channel(px[k], 2);
-    if (lut == nullptr) {  // [row][64 pixels x 3 bytes]
-      uint8_t* o = obuf + (row * kMmaChunk + xx) * 3;
-      o[0] = static_cast<uint8_t>(v0); o[1] = static_cast<uint8_t>(v1); o[2] = static_cast<uint8_t>(v2);
-    } else if (lut_bytes == 4) {  // [channel][row][64 entries]
-      const uint32_t* l = static_cast<const uint32_t*>(lut);
-      uint32_t* o = reinterpret_cast<uint32_t*>(obuf) + row * kMmaChunk + xx;
-      o[0] = l[v0]; o[rows * kMmaChunk] = l[256 + v1]; o[2 * rows * kMmaChunk] = l[512 + v2];
-    } else {
-      const uint16_t* l = static_cast<const uint16_t*>(lut);
-      uint16_t* o = reinterpret_cast<uint16_t*>(obuf) + row * kMmaChunk + xx;
-      o[0] = l[v0]; o[rows * kMmaChunk] = l[256 + v1]; o[2 * rows * kMmaChunk] = l[512 + v2];
+    for (int k = 0; k < kFusedPx; ++k) {
+      const int32_t i = threadIdx.x + k * kMmaThreads, row = i / kMmaChunk, xx = i % kMmaChunk;
+      if (row < rows)
+        put_px(reinterpret_cast<Out*>(obuf) + (row * kMmaChunk + xx) * (kBytes ? 3 : 1), kBytes ? 1 : rows * kMmaChunk,
+               static_cast<const Out*>(lut), px[k]);
     }
-  }
+  });
   __syncthreads();
   const int64_t plane = static_cast<int64_t>(tile) * tile;
   if (lut == nullptr) {
-    const int32_t per_row = width * 3 / 16;  // 16-byte vectors of one output row's run
+    const int32_t per_row = kMmaChunk * 3 / 16;  // 16-byte vectors of one output row's run
     for (int32_t i = threadIdx.x; i < rows * per_row; i += blockDim.x) {
       const int32_t row = i / per_row, v = i - row * per_row, y = cy0 + row, ty = y / tile, iy = y - ty * tile;
       const int64_t t = J.first_tile + static_cast<int64_t>(ty) * cols + tx;
@@ -378,7 +386,7 @@ __device__ __forceinline__ void fused_block(const TileJobDevice& J, const int32_
           reinterpret_cast<const uint4*>(obuf + row * kMmaChunk * 3)[v];
     }
   } else {
-    const int32_t per_row = width * lut_bytes / 16;
+    const int32_t per_row = kMmaChunk * lut_bytes / 16;
     for (int32_t i = threadIdx.x; i < 3 * rows * per_row; i += blockDim.x) {
       const int32_t cr = i / per_row, v = i - cr * per_row, c = cr / rows, row = cr - c * rows;
       const int32_t y = cy0 + row, ty = y / tile, iy = y - ty * tile;
@@ -529,19 +537,10 @@ __global__ void __launch_bounds__(kThreads)
     const int32_t x = cx - dst_left;
     const uint32_t px = (in_rows && x >= 0 && x < resize_w) ? second_pass_px(J, coeffs, m, y, x)
                                                            : static_cast<uint32_t>(J.dst_pad);
-    const uint8_t v0 = channel(px, 0), v1 = channel(px, 1), v2 = channel(px, 2);
     if constexpr (kStagedOut) {
-      row_px[cx * 3] = v0; row_px[cx * 3 + 1] = v1; row_px[cx * 3 + 2] = v2;
+      put_px(row_px + cx * 3, 1, static_cast<const uint8_t*>(nullptr), px);
     } else {
-      const int32_t tcol = cx / tile, in_x = cx - tcol * tile;
-      const int64_t t = J.first_tile + static_cast<int64_t>(tile_row) * cols + tcol;
-      if constexpr (std::is_same_v<Out, uint8_t>) {
-        Out* o = out + ((t * tile + in_tile) * tile + in_x) * 3;
-        o[0] = v0; o[1] = v1; o[2] = v2;
-      } else {
-        Out* o = out + t * 3 * plane + static_cast<int64_t>(in_tile) * tile + in_x;
-        o[0] = lut[v0]; o[plane] = lut[256 + v1]; o[2 * plane] = lut[512 + v2];
-      }
+      store_canvas_px(J, out, lut, tile, cy, cx, px);
     }
   }
   if constexpr (kStagedOut) {
@@ -576,13 +575,6 @@ __global__ void __launch_bounds__(kThreads)
       }
     }
   }
-}
-
-// Whether pass 1 stages its source rows (shared with the host emulation): up to the default 48 KiB
-// of dynamic shared memory (source rows up to 12288 pixels at 4 bytes each); wider rows use the
-// direct path for the whole launch.
-bool pass1_staged_row(int64_t staged_row_bytes) {
-  return staged_row_bytes > 0 && staged_row_bytes <= kMaxStagedRowBytes;
 }
 
 // Pass 1's block size (shared with the host emulation): the widest intermediate row of the batch in

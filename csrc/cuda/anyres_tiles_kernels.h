@@ -64,6 +64,13 @@ constexpr int64_t kStagedBytesPerPixel = 4;  // pass 1 stages one 32-bit word pe
 constexpr int64_t kMidBytesPerPixel = 4;     // the intermediate holds one 32-bit word per pixel
 constexpr int64_t kMaxStagedRowBytes = 48 * 1024;  // pass 1's dynamic shared memory, at most
 
+// Whether pass 1 stages its source rows (the launcher, the host planning and the host emulation
+// decide with this): up to the default 48 KiB of dynamic shared memory (source rows up to 12288
+// pixels at 4 bytes each); wider rows use the direct path for the whole launch.
+inline bool pass1_staged_row(int64_t staged_row_bytes) {
+  return staged_row_bytes > 0 && staged_row_bytes <= kMaxStagedRowBytes;
+}
+
 void launch_anyres_tiles(const TileJobDevice* jobs, int num_jobs, int64_t pass1_rows,
                          int64_t pass2_rows, const int32_t* coeffs, uint8_t* mid, void* out,
                          const void* lut, int lut_bytes, int64_t tile, int64_t staged_row_bytes,

@@ -94,6 +94,15 @@ __device__ __forceinline__ int64_t chunk_prefix(const MergePositions& pos, int64
   return block_reduce(pre, Sum{}, scratch);
 }
 
+// The sync-free path's answer to a placeholder count != visual rows or a text id outside the table:
+// a device-side assertion (the host never reads the counts on that path).
+__device__ __forceinline__ void sync_free_trap() {
+  __assert_fail(
+      "interleave.merge_tokens (sync-free path): placeholder count != visual rows, or a text id "
+      "outside the embedding table",
+      __FILE__, __LINE__, __func__);
+}
+
 // The one-launch sync-free path (MergePositions::chunk_info == nullptr): the block counts the
 // placeholders before its chunk itself, from the ids (no count kernel, no chunk_info), and with
 // device_assert checks its own chunk's text ids; the last block, which has then counted every
@@ -119,10 +128,7 @@ __device__ __forceinline__ int64_t self_counted_prefix(const MergePositions& pos
     bad = block_reduce(bad, Sum{}, scratch);
     const bool last = blockIdx.x == pos.num_chunks - 1;
     if (threadIdx.x == 0 && (bad > 0 || (last && before + own != pos.num_visual))) {
-      __assert_fail(
-          "interleave.merge_tokens (sync-free path): placeholder count != visual rows, or a text id "
-          "outside the embedding table",
-          __FILE__, __LINE__, __func__);
+      sync_free_trap();
     }
   }
   return before;
@@ -203,10 +209,7 @@ __device__ __forceinline__ void trap_on_mismatch(const MergePositions& pos, int6
   }
   worst = -block_reduce(-worst, Min{}, scratch);
   if (threadIdx.x == 0 && (total != pos.num_visual || worst >= 0)) {
-    __assert_fail(
-        "interleave.merge_tokens (sync-free path): placeholder count != visual rows, or a text id "
-        "outside the embedding table",
-        __FILE__, __LINE__, __func__);
+    sync_free_trap();
   }
 }
 
