@@ -47,7 +47,7 @@ inline int current = 0;
 inline std::function<void()> body;
 inline std::vector<unsigned char> dynamic_smem;
 inline std::vector<uint64_t> exchange;  // one slot per thread of the block (warp collectives)
-inline std::vector<std::array<uint32_t, 10>> mma_exchange;  // a[4], b[2], c[4] of each thread (il_mma_*)
+inline std::vector<std::array<uint32_t, 6>> mma_exchange;  // a[4], b[2] of each thread (il_mma_*)
 
 inline void trampoline() {
   body();
