@@ -81,9 +81,15 @@ if os.environ.get("INTERLEAVE_REQUIRE_CUDA") == "1" and not WITH_CUDA:
     sys.exit("interleave: INTERLEAVE_REQUIRE_CUDA=1 but the CUDA kernels would not be built "
              f"(CUDA toolkit: {CUDA_HOME}, torch CUDA: {torch.version.cuda}, CPU_ONLY: {CPU_ONLY})")
 if WITH_CUDA and not os.environ.get("TORCH_CUDA_ARCH_LIST"):
-    # torch's arch detection needs a visible GPU; without one, build for Hopper.
-    if not torch.cuda.is_available():
-        os.environ["TORCH_CUDA_ARCH_LIST"] = "9.0"
+    # torch's arch detection needs a visible GPU; without one, build for Hopper. Compute capability
+    # 9.0 is built as 9.0a (H100/H200 run sm_90a code): the wgmma kernel of patch_embed needs the
+    # arch-specific features, and the rest of the code is the same for both. An explicit
+    # TORCH_CUDA_ARCH_LIST is used as given.
+    if torch.cuda.is_available():
+        caps = sorted({torch.cuda.get_device_capability(i) for i in range(torch.cuda.device_count())})
+        os.environ["TORCH_CUDA_ARCH_LIST"] = ";".join(f"{a}.{b}" + ("a" if (a, b) == (9, 0) else "") for a, b in caps)
+    else:
+        os.environ["TORCH_CUDA_ARCH_LIST"] = "9.0a"
 
 ccache = shutil.which("ccache")
 if ccache:

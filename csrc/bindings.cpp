@@ -42,6 +42,10 @@ TORCH_LIBRARY(interleave, m) {
       "pack_tokens_backward(Tensor grad, Tensor? features, Tensor layout, int num_features, int side, "
       "bool newline_grad) -> (Tensor, Tensor)");
   m.def("patch_embed(Tensor tiles, Tensor weight, Tensor bias, Tensor pos_embed, ScalarType? out_dtype=None) -> Tensor");
+  // The wgmma kernel's weight panels, built from tensor ops on any device (a composite op; tests of
+  // the layout and of the emulated kernel call it on the CPU).
+  m.def("_patch_embed_wgmma_layout(Tensor weight, bool channels_last, float scale, int k_steps, int panel_width) -> Tensor",
+        &interleave::patch_embed_wgmma_layout);
 }
 
 TORCH_LIBRARY_IMPL(interleave, CPU, m) {
@@ -97,11 +101,22 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
     }
     return false;
   });
-  // Selects the CUDA patch_embed GEMM for bf16/fp16 outputs: 0 auto, 1 cuBLAS, 2 the mma kernel;
-  // returns the previous setting (tests and the benchmark's variants use it).
+  // Selects the CUDA patch_embed GEMM for bf16/fp16 outputs: 0 auto, 1 cuBLAS, 2 the mma kernel,
+  // 3 the wgmma kernel where it applies; returns the previous setting (tests and the benchmark's
+  // variants use it).
   m.def("_set_patch_embed_gemm", [](int mode) {
-    TORCH_CHECK_VALUE(mode >= 0 && mode <= 2, "_set_patch_embed_gemm: mode must be 0 (auto), 1 (cublas) or 2 (mma), got ", mode);
+    TORCH_CHECK_VALUE(mode >= 0 && mode <= 3, "_set_patch_embed_gemm: mode must be 0 (auto), 1 (cublas), 2 (mma) or 3 (wgmma), got ", mode);
     return static_cast<int>(std::exchange(interleave::patch_embed_gemm_mode(), static_cast<interleave::PatchEmbedGemm>(mode)));
+  });
+  // Whether the wgmma patch_embed kernel can run on CUDA device `device` (an sm_90a build on a
+  // compute-capability-9.0 GPU); False in CPU-only builds. Initializes CUDA: call it only where a GPU is meant.
+  m.def("_patch_embed_wgmma_available", [](int device) {
+#ifdef INTERLEAVE_WITH_CUDA
+    return interleave::patch_embed_wgmma_available(device);
+#else
+    (void)device;
+    return false;
+#endif
   });
   // More layers of the same diagnosis: a c10 error through pybind11 (no dispatcher); our CPU kernel
   // called directly (its own throw site, no dispatcher); our op through the C++ dispatcher below

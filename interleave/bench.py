@@ -208,15 +208,20 @@ def patch_embed_cases(device: str, quick: bool = False, compile_reference: bool 
         if compiled is not None:
             baselines["compiled"] = lambda a=(tiles, weight, bias, pos): compiled(*a)
         variants = {"ours_pixel_values": lambda a=(pixel_values, weight, bias, pos): patch_embed(*a)}
+        notes = []
         if device == "cuda" and dtype == torch.bfloat16:
+            from .ops.patch_embed import wgmma_available
+            notes.append(f"ours_wgmma ran the wgmma kernel: {wgmma_available()}")
             # ours is "auto" (cuBLAS from 4096 tokens on); both GEMMs forced, so one run compares them.
-            for mode in ("mma", "cublas"):
+            # "wgmma" (the Hopper kernel) falls back to auto's path where the build or GPU lacks it;
+            # the result's `wgmma_available` says which one that variant timed.
+            for mode in ("mma", "cublas", "wgmma"):
                 variants[f"ours_{mode}"] = lambda a=(tiles, weight, bias, pos), m=mode: _with_gemm(m, a)
         cases.append(Case(
             op="patch_embed", device=device, shape=f"N={N} S={S} p={p} C={C}",
             dtype=str(dtype).replace("torch.", ""),
             ours=lambda a=(tiles, weight, bias, pos): patch_embed(*a),
-            variants=variants,
+            variants=variants, notes=notes,
             baselines=baselines, bytes_moved=moved, flops=2 * N * T * K * C,
             truth=lambda a=(tiles, weight, bias, pos): reference.patch_embed(
                 (a[0].permute(0, 3, 1, 2).double() / 127.5 - 1), *(t.double() for t in a[1:]))))

@@ -290,6 +290,99 @@ def test_patch_embed_simt_cuda_kernel_emulated_within_2x(im2col_emu, S, C):
     assert err_ours <= 2 * max(err_ref, floor), (err_ours, err_ref)
 
 
+# ---- patch_embed: the Hopper wgmma kernel ---------------------------------------------------------
+@pytest.fixture(scope="module")
+def wgmma_emu(tmp_path_factory):
+    if not _extension.has_kernel("cpu"):
+        pytest.skip("needs the compiled extension (the panel layout op)")
+    so = _build_emulation(tmp_path_factory, "patch_embed_wgmma.cu", [], "patch_wgmma_emu.cpp")
+    so.emu_patch_embed_wgmma.restype = ctypes.c_int
+    so.emu_patch_embed_wgmma.argtypes = [ctypes.c_void_p] + [ctypes.c_int64] * 5 + [ctypes.c_void_p, ctypes.c_int64] + \
+        [ctypes.c_void_p] * 2 + [ctypes.c_int64, ctypes.c_int, ctypes.c_int, ctypes.c_void_p]
+    return so
+
+
+def test_patch_embed_wgmma_panel_layout():
+    """The glue's panel layout puts weight (c, k) where patch_embed_kernels.h says the kernel's
+    descriptors read it: panel c // 128, element (n/8) * Kp*8 + (k/8) * 64 + (n%8) * 8 + k%8."""
+    if not _extension.has_kernel("cpu"):
+        pytest.skip("needs the compiled extension")
+    C, p, k_steps, width = 136, 6, 7, 128
+    w = torch.randn(C, 3, p, p)
+    panels = torch.ops.interleave._patch_embed_wgmma_layout(w, True, 255.0, k_steps, width)
+    Kp, K = 16 * k_steps, 3 * p * p
+    assert panels.shape == (2, Kp * width) and panels.dtype == torch.float16
+    rows = (w.double() * 255).permute(0, 2, 3, 1).reshape(C, K).half()  # the HWC K order, fp16
+    for c in (0, 7, 8, 63, 127, 128, 135):
+        for k in (0, 1, 7, 8, 15, 16, 100, K - 1, K, Kp - 1):
+            n = c % width
+            got = panels[c // width, (n // 8) * Kp * 8 + (k // 8) * 64 + (n % 8) * 8 + k % 8]
+            want = rows[c, k] if k < K else torch.tensor(0.0, dtype=torch.float16)
+            assert got == want, (c, k)
+    assert panels[1, :(C - width) // 8 * Kp * 8].abs().sum() > 0
+    assert panels[1, (C - width) // 8 * Kp * 8:].abs().sum() == 0  # channels past C: zeros
+
+
+WGMMA_CASES = [  # N, S, p, C, bf16, tile slices (grid y): M = N * (S // p)^2 tokens, 64 per tile
+    (1, 56, 14, 256, True, 1),    # one partial tile, two full panels, 37 k-steps (a 5-step last chunk)
+    (3, 84, 14, 200, False, 1),   # two tiles (one per warpgroup), a partial panel, fp16 out
+    (9, 56, 14, 128, True, 1),    # three tiles: warpgroup 0 takes two (the next tile's prefetch)
+    (6, 30, 6, 136, True, 2),     # K = 108 (7 steps, fewer than the 8 in flight), pixels past the last patch
+    (2, 30, 14, 64, False, 1),    # S = 30: 2 x 2 patches, 2 pixels per row ignored; C < one panel
+]
+
+
+@pytest.mark.parametrize("case", WGMMA_CASES, ids=lambda c: "N{}-S{}-p{}-C{}-{}-y{}".format(*c[:4], "bf16" if c[4] else "fp16", c[5]))
+def test_patch_embed_wgmma_kernel_emulated(wgmma_emu, case):
+    """The wgmma kernel against the same arithmetic in float64: fp16 operands (exact pixels, the
+    glue's W' * 255 panels), alpha = 1/255, bias and the position embedding in the epilogue; equal
+    to the float64 result rounded to the output dtype within one unit in its last place (the fp32
+    accumulator's own rounding). A wrong fragment, descriptor or tile index is off by O(1). For bf16
+    also the issue's rule: within 2x the error of the bf16 reference path against float64."""
+    from interleave import reference
+    from interleave.ops.patch_embed import fold_normalization
+    N, S, p, C, bf16, slices = case
+    dtype = torch.bfloat16 if bf16 else torch.float16
+    g = torch.Generator().manual_seed(S * 7 + C + N)
+    tiles = torch.randint(0, 256, (N, S, S, 3), generator=g, dtype=torch.uint8)
+    tiles[0, :p, :p] = 255  # extremes
+    tiles[-1, -p:, -p:] = 0
+    weight = torch.randn(C, 3, p, p, generator=g) / (3 * p * p) ** 0.5
+    bias = torch.randn(C, generator=g) * 0.1
+    T = (S // p) ** 2
+    pos = torch.randn(T, C, generator=g).to(dtype)
+    fw, fb = fold_normalization(weight, bias, reference.SIGLIP_MEAN, reference.SIGLIP_STD)
+    K = 3 * p * p
+    k_steps = (K + 15) // 16
+    panels = torch.ops.interleave._patch_embed_wgmma_layout(fw, True, 255.0, k_steps, 128)
+    padded = (C + 127) // 128 * 128
+    b32 = torch.zeros(padded)
+    b32[:C] = fb.float()
+    out = torch.full((N * T, C), float("nan"), dtype=dtype)
+    rc = wgmma_emu.emu_patch_embed_wgmma(tiles.data_ptr(), N, S, S, 3, p, panels.data_ptr(), k_steps,
+                                         b32.data_ptr(), pos.data_ptr(), C, int(bf16), slices, out.data_ptr())
+    assert rc == 0
+    assert not out.isnan().any()
+    # The same arithmetic in float64.
+    w16 = (fw.double() * 255).permute(0, 2, 3, 1).reshape(C, K).half().double()
+    a = tiles.double()[:, :S // p * p, :S // p * p].reshape(N, S // p, p, S // p, p, 3)
+    a = a.permute(0, 1, 3, 2, 4, 5).reshape(N * T, K)
+    exact = (a @ w16.t()) / 255 + b32[:C].double() + pos.double().repeat(N, 1)
+    ulp = exact.abs().clamp_min(2.0 ** -14) * 2.0 ** (-7 if bf16 else -10)
+    # the fp32 accumulator rounds once per k-step (emulated: each MMA exact, then rounded), and the
+    # epilogue's fp32 sum of O(1) terms can cancel to far below them
+    accum = (a @ w16.abs().t()) / 255 * k_steps * 2.0 ** -24 + (b32[:C].double().abs() + pos.double().abs().repeat(N, 1)) * 2.0 ** -23
+    assert ((out.double() - exact).abs() <= ulp + accum).all(), (out.double() - exact).abs().max().item()
+    if bf16:
+        px64 = (tiles.double() / 255 - 0.5) / 0.5
+        truth = torch.nn.functional.conv2d(px64.permute(0, 3, 1, 2), weight.double(), bias.double(),
+                                           stride=p).flatten(2).transpose(1, 2) + pos.double()
+        ref = reference.patch_embed_tiles(tiles, weight.to(dtype), bias.to(dtype), pos)
+        err_ours = (out.view(N, T, C).double() - truth).abs().max().item()
+        err_ref = (ref.double() - truth).abs().max().item()
+        assert err_ours <= 2 * err_ref, (err_ours, err_ref)
+
+
 # ---- merge_tokens: the count and copy kernels (ballot scan, block reductions, warp row copies) ------
 @pytest.fixture(scope="module")
 def merge_emu(tmp_path_factory):

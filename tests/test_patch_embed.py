@@ -106,7 +106,7 @@ def test_forward_pixel_values(device, shape, dtype):
 # ---- CUDA: both GEMMs for bf16/fp16 (cuBLAS is the default from 4096 tokens on, mma below) ----------
 @pytest.mark.cuda
 @needs_ext
-@pytest.mark.parametrize("mode", ["cublas", "mma"])
+@pytest.mark.parametrize("mode", ["cublas", "mma", "wgmma"])
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_cuda_gemm_choice_matches_reference(mode, shape, dtype):
@@ -134,6 +134,40 @@ def test_cuda_cublas_path_in_chunks():
     pick = torch.tensor([0, 76, 77, 153, 154, 159], device="cuda")
     ref = reference.patch_embed_tiles(tiles[pick], weight, bias, pos)
     assert_within_2x(out[pick], ref, truth64(tiles[pick], weight, bias, pos), torch.bfloat16)
+
+
+@pytest.mark.cuda
+@needs_ext
+def test_cuda_wgmma_kernel_runs_and_follows_weight_changes():
+    """On a compute-capability-9.0 GPU with an sm_90a build (bench/gpu_check.sh builds 9.0a), the
+    wgmma kernel is available, is the kernel that runs under cuda_gemm("wgmma") (profiler), meets
+    the 2x rule at the SigLIP shape over many 64-token tiles (14580 tokens: several per warpgroup),
+    and rebuilds its cached weight panels when the weight changes in place."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    from interleave import _extension
+    from interleave.ops.patch_embed import cuda_gemm, wgmma_available
+    if torch.cuda.get_device_capability() != (9, 0):
+        assert not wgmma_available()
+        pytest.skip("the wgmma kernel needs a compute-capability-9.0 GPU (H100/H200)")
+    assert wgmma_available() == ("9.0a" in _extension.module.arch_list.replace(";", " ").split())
+    if not wgmma_available():
+        pytest.skip("this build has no sm_90a target (TORCH_CUDA_ARCH_LIST=9.0a)")
+    tiles = random_tiles(20, 384, "cuda", seed=5)
+    weight, bias, pos = random_params(1152, 14, 729, dtype=torch.bfloat16, device="cuda", seed=5)
+    with cuda_gemm("wgmma"):
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+            out = patch_embed(tiles, weight, bias, pos)
+            torch.cuda.synchronize()
+        names = [e.name for e in prof.events()]
+        assert any("wgmma_patch_kernel" in n for n in names), sorted(set(names))[:20]
+        assert_within_2x(out, reference.patch_embed_tiles(tiles, weight, bias, pos),
+                         truth64(tiles, weight, bias, pos), torch.bfloat16)
+        with torch.no_grad():
+            weight.mul_(-0.5)
+        out2 = patch_embed(tiles, weight, bias, pos)
+    assert_within_2x(out2, reference.patch_embed_tiles(tiles, weight, bias, pos),
+                     truth64(tiles, weight, bias, pos), torch.bfloat16)
 
 
 def test_cuda_gemm_rejects_unknown_mode():

@@ -8,6 +8,7 @@
 
 #include "../common/resample.h"
 #include "anyres_tiles_kernels.h"
+#include "ptx_primitives.cuh"
 
 namespace interleave {
 namespace cuda {
@@ -62,37 +63,8 @@ __device__ __forceinline__ uint32_t resample_px(const uint32_t* p, int64_t step,
 }
 
 // ---- pass 1 on tensor cores (kMmaRows in anyres_tiles_kernels.h) --------------------------------
-// Four primitives, each one PTX instruction on the GPU; tests/emulate/cuda_emu.h defines the same
-// names for the host emulation (INTERLEAVE_EMULATION), with the instructions' documented semantics.
-#if !defined(INTERLEAVE_EMULATION)
-__device__ __forceinline__ uint32_t il_prmt(uint32_t a, uint32_t b, uint32_t selector) {
-  uint32_t d;
-  asm("prmt.b32 %0, %1, %2, %3;" : "=r"(d) : "r"(a), "r"(b), "r"(selector));
-  return d;
-}
-// a - b on two fp16 lanes.
-__device__ __forceinline__ uint32_t il_hsub2(uint32_t a, uint32_t b) {
-  uint32_t d;
-  asm("sub.rn.f16x2 %0, %1, %2;" : "=r"(d) : "r"(a), "r"(b));
-  return d;
-}
-// Two ints (exactly representable) as fp16 lanes, lo in the low half.
-__device__ __forceinline__ uint32_t il_int2_to_half2(int32_t lo, int32_t hi) {
-  uint32_t d;
-  asm("{\n .reg .f16 l, h;\n cvt.rn.f16.s32 l, %1;\n cvt.rn.f16.s32 h, %2;\n mov.b32 %0, {l, h};\n}"
-      : "=r"(d) : "r"(lo), "r"(hi));
-  return d;
-}
-// c += A (16 x 16, row) * B (16 x 8, col), fp16 in, fp32 accumulate; the fragments of
-// mma.sync.m16n8k16 (as patch_embed's mma kernel uses them).
-__device__ __forceinline__ void il_mma_f16_16816(float (&c)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
-  asm volatile(
-      "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-      "{%0,%1,%2,%3};\n"
-      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
-}
-#endif
+// The tensor-core primitives (il_prmt, il_hsub2, il_int2_to_half2, il_mma_f16_16816) are in
+// ptx_primitives.cuh, shared with patch_embed's wgmma kernel and emulated by tests/emulate/cuda_emu.h.
 
 // Staged words of the tensor-core path: r | g << 8 | b << 16 | 0x64 << 24. The top byte makes a
 // prmt of two words' channel-c bytes, each beside a 0x64, two fp16 values 1024 + v (0x6400 is

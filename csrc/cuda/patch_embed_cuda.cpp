@@ -6,8 +6,13 @@
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 
+#include <ATen/ops/constant_pad_nd.h>
+#include <ATen/ops/isinf.h>
+
 #include <algorithm>
 #include <cstdint>
+#include <mutex>
+#include <optional>
 
 #include "../ops/patch_embed.h"
 #include "patch_embed_kernels.h"
@@ -84,7 +89,75 @@ at::Tensor patch_embed_cublas(const PatchEmbedShape& s, const at::Tensor& tiles,
   return out;
 }
 
+// ---- the wgmma kernel (patch_embed_wgmma.cu) ---------------------------------------------------
+// Its weight: W' * 255 = W / std in fp16 (alpha = 1/255 on the fp32 accumulator, as the fp16 mma
+// path does), laid out in panels of 128 channels in wgmma's core-matrix order (patch_embed_kernels.h).
+// Built once per weight version: the op is called with the same folded tensor (interleave.ops'
+// fold cache) until the weights change. The cache holds that tensor, so its storage cannot be
+// reused by another weight while the entry lives. `fits` is false when a value overflows fp16
+// (|W / std| > 65504; no trained conv comes near): that weight takes the default path.
+struct WgmmaPanels {
+  at::Tensor key;
+  int64_t version = -1;
+  at::Tensor panels;
+  bool fits = false;
+};
+
+std::optional<at::Tensor> wgmma_panels(const at::Tensor& weight, const PatchEmbedShape& s, int k_steps) {
+  static std::mutex mu;
+  static WgmmaPanels cache;
+  const std::lock_guard<std::mutex> lock(mu);
+  if (!(cache.key.defined() && cache.key.is_same(weight) && cache.version == weight._version() &&
+        cache.panels.size(1) == k_steps * 16 * cuda::kWgmmaN)) {
+    const at::Tensor w = patch_embed_wgmma_layout(weight, s.channels_last, 255.0, k_steps, cuda::kWgmmaN);
+    const bool fits = !at::isinf(w).any().item<bool>();  // one sync per weight version
+    cache = WgmmaPanels{weight, weight._version(), w, fits};
+  }
+  if (!cache.fits) return std::nullopt;
+  return cache.panels;
+}
+
+// The wgmma kernel's output, or nullopt where it does not apply (the caller takes its default path).
+std::optional<at::Tensor> patch_embed_wgmma(const PatchEmbedShape& s, const at::Tensor& tiles, const at::Tensor& weight,
+                                            const at::Tensor& bias, const at::Tensor& pos_embed, cudaStream_t stream) {
+  const int64_t M = s.rows(), K = patch_k(s.geometry);
+  const int64_t k_steps = (K + 15) / 16;
+  const auto even = [](const void* p) { return reinterpret_cast<uintptr_t>(p) % 2 == 0; };
+  // Every 16-bit pixel-pair load must be aligned: even patch rows, even image rows, an even base.
+  if (!s.channels_last || (s.patch * s.channels) % 2 != 0 || (s.width * s.channels) % 2 != 0 ||
+      !even(tiles.const_data_ptr()) || k_steps < 1 || k_steps > cuda::kWgmmaMaxSteps || s.dim % 2 != 0 ||
+      M >= (int64_t{1} << 31) || s.dim >= (int64_t{1} << 31) ||
+      (s.out_dtype != at::kBFloat16 && s.out_dtype != at::kHalf) ||
+      !cuda::patch_embed_wgmma_compiled(tiles.get_device()))
+    return std::nullopt;
+  const std::optional<at::Tensor> panels = wgmma_panels(weight, s, static_cast<int>(k_steps));
+  if (!panels) return std::nullopt;
+  const int64_t padded_dim = panels->size(0) * cuda::kWgmmaN;
+  const at::Tensor b = at::constant_pad_nd(bias.to(at::kFloat), {0, padded_dim - s.dim}, 0).contiguous();
+  at::Tensor pos = pos_embed.to(s.out_dtype).contiguous();
+  if (reinterpret_cast<uintptr_t>(pos.const_data_ptr()) % 4 != 0) pos = pos.clone();  // paired loads
+  at::Tensor out = at::empty({s.batch, s.geometry.tokens, s.dim}, tiles.options().dtype(s.out_dtype));
+  cuda::PatchEmbedWgmmaArgs args{};
+  args.pixels = static_cast<const uint8_t*>(tiles.const_data_ptr());
+  args.geometry = s.geometry;
+  args.rows = static_cast<int32_t>(M);
+  args.k = static_cast<int32_t>(K);
+  args.k_steps = static_cast<int32_t>(k_steps);
+  args.dim = static_cast<int32_t>(s.dim);
+  args.panels = static_cast<const uint4*>(panels->const_data_ptr());
+  args.alpha = static_cast<float>(1.0 / 255.0);
+  args.bias = b.const_data_ptr<float>();
+  args.pos_embed = pos.const_data_ptr();
+  args.out = out.mutable_data_ptr();
+  args.out_type = to_out_type(s.out_dtype);
+  cuda::launch_patch_embed_wgmma(args, stream);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return out;
+}
+
 }  // namespace
+
+bool patch_embed_wgmma_available(int device) { return cuda::patch_embed_wgmma_compiled(device); }
 
 at::Tensor patch_embed_cuda(const at::Tensor& tiles, const at::Tensor& weight, const at::Tensor& bias,
                             const at::Tensor& pos_embed, std::optional<at::ScalarType> out_dtype) {
@@ -115,8 +188,12 @@ at::Tensor patch_embed_cuda(const at::Tensor& tiles, const at::Tensor& weight, c
   const double alpha = unscale ? 1.0 / 255.0 : 1.0;
   const PatchEmbedGemm mode = patch_embed_gemm_mode();
   const bool tensor_cores = gemm == cuda::GemmType::kBFloat16 || gemm == cuda::GemmType::kFloat16;
+  if (tensor_cores && M > 0 && s.dim > 0 && mode == PatchEmbedGemm::kWgmma) {
+    if (std::optional<at::Tensor> out = patch_embed_wgmma(s, tiles, weight, bias, pos_embed, stream)) return *out;
+  }
   if (tensor_cores && M > 0 && s.dim > 0 &&
-      (mode == PatchEmbedGemm::kCublas || (mode == PatchEmbedGemm::kAuto && M >= kPatchEmbedCublasMinRows))) {
+      (mode == PatchEmbedGemm::kCublas ||
+       ((mode == PatchEmbedGemm::kAuto || mode == PatchEmbedGemm::kWgmma) && M >= kPatchEmbedCublasMinRows))) {
     TORCH_CHECK_VALUE(M < (int64_t{1} << 31), "patch_embed_cuda: at most 2^31 - 1 tokens per call, got ", M);
     return patch_embed_cublas(s, tiles, scaled_weight, bias, pos_embed, operand, alpha, gemm, stream);
   }

@@ -5,6 +5,7 @@
 
 #include <cuda_runtime_api.h>
 
+#include <cstddef>
 #include <cstdint>
 
 #include "../common/patch_embed.h"
@@ -46,6 +47,44 @@ void launch_patch_im2col(const void* pixels, PixelType pixel_type, const PatchGe
 // pointers 16-byte aligned (the glue checks; it copies through ATen otherwise), rows / 8 < 2^31.
 void launch_broadcast_rows(const void* src, int64_t period, int64_t row_bytes, int64_t rows, void* dst,
                            cudaStream_t stream);
+
+// ---- the Hopper wgmma kernel (patch_embed_wgmma.cu; sm_90a builds only) ---------------------------
+// uint8 HWC tiles only, bf16/fp16 output. One CTA = one panel of kWgmmaN channels, resident in shared
+// memory; kWgmmaGroups warpgroups take kWgmmaRows-token tiles in turn.
+constexpr int kWgmmaN = 128, kWgmmaRows = 64, kWgmmaGroups = 2, kWgmmaThreads = 128 * kWgmmaGroups;
+constexpr int kWgmmaAhead = 8;        // k-steps of raw pixel pairs in flight per thread (even)
+constexpr int kWgmmaStepBytes = 256;  // one k-step (16 k) of one 8-channel group: two 128-byte core matrices
+constexpr int kWgmmaMaxSmem = 227 * 1024;
+// Shared memory of a CTA: the panel (k_steps * 16 groups * 256 bytes) and the k-pair offsets.
+constexpr size_t patch_embed_wgmma_smem_bytes(int k_steps) {
+  return static_cast<size_t>(k_steps) * (kWgmmaStepBytes * (kWgmmaN / 8) + 8 * sizeof(int32_t));
+}
+constexpr int kWgmmaMaxSteps = static_cast<int>(kWgmmaMaxSmem / patch_embed_wgmma_smem_bytes(1));
+
+struct PatchEmbedWgmmaArgs {
+  const uint8_t* pixels;   // uint8 [N, H, W, Cin], contiguous; every patch row offset even (glue)
+  PatchGeometry geometry;  // channels last
+  int32_t rows;            // M = N * T (< 2^31)
+  int32_t k;               // K = p * p * Cin
+  int32_t k_steps;         // ceil(K / 16), at most kWgmmaMaxSteps
+  int32_t dim;             // C, even
+  const uint4* panels;     // fp16 panels, [ceil(C / 128)][k_steps * 4096 bytes]: launch_patch_embed_wgmma's layout
+  float alpha;             // 1/255: the panels hold W' * 255 = W / std
+  const float* bias;       // [ceil(C / 128) * 128] fp32 (zeros past C)
+  const void* pos_embed;   // [T, C] in the output dtype
+  void* out;               // [M, C] bf16 or fp16
+  OutType out_type;        // kBFloat16 or kFloat16
+};
+
+// Panel layout (the glue builds it with tensor ops): fp16 weight element (channel c, column k), c in
+// panel P = c / 128, n = c % 128, sits at element
+//   P * (Kp * 128) + (n / 8) * (Kp * 8) + (k / 8) * 64 + (n % 8) * 8 + (k % 8),   Kp = 16 * k_steps,
+// wgmma's no-swizzle K-major layout ((8, m), (8, 2k)) : ((8, SBO), (1, LBO)) with LBO = 64 elements
+// and SBO = Kp * 8 elements.
+void launch_patch_embed_wgmma(const PatchEmbedWgmmaArgs& args, cudaStream_t stream);
+// True when `device` is compute capability 9.0 and this build carries the kernel for it (an sm_90a
+// target in TORCH_CUDA_ARCH_LIST). Reads a device flag once per device (one synchronizing copy).
+bool patch_embed_wgmma_compiled(int device);
 
 }  // namespace cuda
 }  // namespace interleave

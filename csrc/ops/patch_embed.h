@@ -36,14 +36,27 @@ at::Tensor patch_embed_cpu(const at::Tensor& tiles, const at::Tensor& weight, co
 #ifdef INTERLEAVE_WITH_CUDA
 at::Tensor patch_embed_cuda(const at::Tensor& tiles, const at::Tensor& weight, const at::Tensor& bias,
                             const at::Tensor& pos_embed, std::optional<at::ScalarType> out_dtype);
+// Whether CUDA device `device` can run the wgmma kernel with this build (PatchEmbedGemm::kWgmma).
+bool patch_embed_wgmma_available(int device);
 #endif
 
 // Which GEMM the CUDA path uses for bf16/fp16 outputs (float32/float64 always use the SIMT kernel):
 //   kAuto: cuBLAS (im2col + addmm) from kPatchEmbedCublasMinRows tokens on, else the mma kernel;
-//   kCublas / kMma: always that one (tests and the benchmark's variants set these).
-enum class PatchEmbedGemm : int { kAuto = 0, kCublas = 1, kMma = 2 };
+//   kCublas / kMma: always that one (tests and the benchmark's variants set these);
+//   kWgmma: the Hopper wgmma kernel (patch_embed_wgmma.cu) where it applies (uint8 tiles, an sm_90a
+//     build on a compute-capability-9.0 device, even patch rows, K <= 16 * kWgmmaMaxSteps, C even),
+//     kAuto's choice elsewhere. Not part of kAuto until a GPU run has verified and timed it.
+enum class PatchEmbedGemm : int { kAuto = 0, kCublas = 1, kMma = 2, kWgmma = 3 };
 constexpr int64_t kPatchEmbedCublasMinRows = 4096;
 PatchEmbedGemm& patch_embed_gemm_mode();
+
+// The wgmma kernel's weight (csrc/cuda/patch_embed_kernels.h, PatchEmbedWgmmaArgs::panels): `weight`
+// (the conv weight [C, Cin, p, p], any float dtype) times `scale`, in fp16, K order of PatchGeometry,
+// zero-padded to k_steps * 16 columns and to whole panels of `panel_width` channels, each panel in
+// wgmma's no-swizzle K-major core-matrix order: [panels, k_steps * 16 * panel_width] fp16. Tensor
+// ops only (runs on any device; the emulated kernel tests read it on the CPU).
+at::Tensor patch_embed_wgmma_layout(const at::Tensor& weight, bool channels_last, double scale, int64_t k_steps,
+                                    int64_t panel_width);
 
 // The weight as the kernels read it: [C, K] in the K order of PatchGeometry (see
 // csrc/common/patch_embed.h), dtype `dtype`, zero-padded to `padded_k` columns.

@@ -82,6 +82,21 @@ at::Tensor patch_embed_weight_order(const at::Tensor& weight, bool channels_last
   return w.contiguous();
 }
 
+at::Tensor patch_embed_wgmma_layout(const at::Tensor& weight, bool channels_last, double scale, int64_t k_steps,
+                                    int64_t panel_width) {
+  TORCH_CHECK_VALUE(panel_width > 0 && panel_width % 8 == 0 && k_steps > 0,
+                    "patch_embed_wgmma_layout: panel_width must be a positive multiple of 8 and k_steps positive");
+  const int64_t kp = k_steps * 16, dim = weight.size(0);
+  TORCH_CHECK_VALUE(kp >= weight[0].numel(), "patch_embed_wgmma_layout: ", k_steps, " k-steps hold ", kp,
+                    " columns, fewer than the weight's ", weight[0].numel());
+  const int64_t panels = (dim + panel_width - 1) / panel_width;
+  at::Tensor w = patch_embed_weight_order(weight.to(at::kFloat).mul(scale), channels_last, at::kHalf, kp);
+  if (panels * panel_width > dim) w = at::constant_pad_nd(w, {0, 0, 0, panels * panel_width - dim}, 0);
+  // [C, Kp] -> [panel, n / 8, k / 8, n % 8, k % 8]: 8x8 core matrices of 128 contiguous bytes, the
+  // k-halves of a step 128 bytes apart, 8-channel groups Kp * 16 bytes apart.
+  return w.view({panels, panel_width / 8, 8, kp / 8, 8}).permute({0, 1, 3, 2, 4}).contiguous().view({panels, -1});
+}
+
 PatchEmbedGemm& patch_embed_gemm_mode() {
   static PatchEmbedGemm mode = PatchEmbedGemm::kAuto;
   return mode;

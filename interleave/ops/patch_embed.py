@@ -84,19 +84,33 @@ def _check_args(tiles, weight, bias, pos_embed, mean, std, out_dtype):
 
 
 # ---- which GEMM the CUDA kernel uses -----------------------------------------------------------------
-_GEMM_MODES = {"auto": 0, "cublas": 1, "mma": 2}
+_GEMM_MODES = {"auto": 0, "cublas": 1, "mma": 2, "wgmma": 3}
 
 
 @contextlib.contextmanager
 def cuda_gemm(mode: str):
     """Within the block, CUDA patch_embed with bf16/fp16 output uses `mode`'s GEMM: "cublas" (our
     im2col kernel + cuBLAS, bias and position embedding in the GEMM's epilogue), "mma" (our
-    implicit-GEMM tensor-core kernel, one launch), or "auto" (the default: cuBLAS from 4096 tokens
-    on). float32/float64 outputs always use the SIMT kernel. For tests and benchmarks."""
+    implicit-GEMM tensor-core kernel, one launch), "wgmma" (the Hopper warpgroup-MMA kernel, one
+    launch, uint8 tiles on an sm_90a build and a compute-capability-9.0 GPU, see
+    `wgmma_available`; "auto"'s choice where it does not apply), or "auto" (the default: cuBLAS
+    from 4096 tokens on). float32/float64 outputs always use the SIMT kernel. For tests and
+    benchmarks; "wgmma" joins "auto" once a GPU run has verified and timed it."""
     if mode not in _GEMM_MODES:
         raise ValueError(f"cuda_gemm: mode must be one of {sorted(_GEMM_MODES)}, got {mode!r}")
     with _extension.native_setting("_set_patch_embed_gemm", _GEMM_MODES[mode]):
         yield
+
+
+def wgmma_available(device=None) -> bool:
+    """Whether cuda_gemm("wgmma") runs the wgmma kernel on `device` (default: the current CUDA
+    device): this build has it (TORCH_CUDA_ARCH_LIST with 9.0a) and the GPU is compute capability
+    9.0 (H100/H200). Initializes CUDA."""
+    C = _extension.module
+    if not _extension.has_kernel("cuda") or not torch.cuda.is_available():
+        return False
+    index = torch.device(device if device is not None else "cuda").index
+    return bool(C._patch_embed_wgmma_available(torch.cuda.current_device() if index is None else index))
 
 
 # ---- the folded normalization ---------------------------------------------------------------------

@@ -21,6 +21,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <deque>
 #include <functional>
 #include <vector>
 
@@ -38,7 +39,7 @@ struct EmuDim3 {
 inline EmuDim3 threadIdx, blockIdx, blockDim{1, 1, 1}, gridDim{1, 1, 1};
 
 namespace emu {
-enum State { kReady = 0, kAtBarrier = 1, kDone = 2, kAtWarpSync = 3 };
+enum State { kReady = 0, kAtBarrier = 1, kDone = 2, kAtWarpSync = 3, kAtGroupSync = 4 };
 inline std::vector<ucontext_t> contexts;
 inline std::vector<std::vector<char>> stacks;
 inline std::vector<int> states;
@@ -48,6 +49,16 @@ inline std::function<void()> body;
 inline std::vector<unsigned char> dynamic_smem;
 inline std::vector<uint64_t> exchange;  // one slot per thread of the block (warp collectives)
 inline std::vector<std::array<uint32_t, 6>> mma_exchange;  // a[4], b[2] of each thread (il_mma_*)
+// Warpgroup MMAs issued by each thread (il_wgmma_*): the open group, then the committed ones, oldest
+// first. They run when a wait retires them, reading A registers, B and the accumulator then.
+struct WgmmaOp {
+  float* d;
+  const uint32_t* a;
+  uint64_t desc;
+  int scale_d;
+};
+inline std::vector<std::vector<WgmmaOp>> wgmma_open;
+inline std::vector<std::deque<std::vector<WgmmaOp>>> wgmma_committed;
 
 inline void trampoline() {
   body();
@@ -63,6 +74,12 @@ inline void barrier() {
 // The wait of a warp collective: every unfinished lane of the caller's warp (see run_block).
 inline void warp_sync() {
   states[current] = kAtWarpSync;
+  swapcontext(&contexts[current], &scheduler);
+}
+
+// The wait of a warpgroup collective (wgmma): every unfinished thread of the caller's 128.
+inline void group_sync() {
+  states[current] = kAtGroupSync;
   swapcontext(&contexts[current], &scheduler);
 }
 
@@ -100,6 +117,19 @@ inline void run_block(unsigned block) {
         released = true;
       }
     }
+    for (unsigned w = 0; w < block; w += 128) {
+      bool all_waiting = true, any_waiting = false;
+      for (unsigned t = w; t < std::min(block, w + 128); ++t) {
+        if (states[t] == kDone) continue;
+        if (states[t] == kAtGroupSync) any_waiting = true;
+        else all_waiting = false;
+      }
+      if (any_waiting && all_waiting) {
+        for (unsigned t = w; t < std::min(block, w + 128); ++t)
+          if (states[t] == kAtGroupSync) states[t] = kReady;
+        released = true;
+      }
+    }
     if (all_done) return;
     if (released) continue;
     if (!all_at_barrier) {
@@ -122,6 +152,8 @@ void launch2d(unsigned grid_x, unsigned grid_y, unsigned block, size_t smem_byte
   dynamic_smem.assign(smem_bytes + 16, 0xCD);
   exchange.assign(block, 0);
   mma_exchange.assign(block, {});
+  wgmma_open.assign(block, {});
+  wgmma_committed.assign(block, {});
   contexts.resize(block);
   states.assign(block, kReady);
   if (stacks.size() < block) stacks.resize(block, std::vector<char>(kStack));
@@ -255,4 +287,82 @@ inline void il_mma_f16_16816(float (&c)[4], const uint32_t (&a)[4], const uint32
   }
   emu::warp_sync();
   for (int e = 0; e < 4; ++e) c[e] = d[e];
+}
+
+// ---- Hopper warpgroup MMA (csrc/cuda/ptx_primitives.cuh) ------------------------------------------
+// wgmma.mma_async.m64n128k16.f32.f16.f16 with A in registers and B in shared memory, emulated from
+// the PTX ISA: the instruction is recorded when issued and computed when an il_wgmma_wait retires
+// its group, reading the A registers, the shared-memory B and the accumulator at that moment, so a
+// kernel that rewrites A before the wait, or reads the accumulator before it, gets wrong results
+// here as on the GPU. A: warp w of the warpgroup holds rows 16w..16w+15 in the mma.m16n8k16 A
+// layout; D: acc[4j + e] is row 16w + gid + 8 * (e >> 1), column 8j + 2 * tig + (e & 1). B: the
+// descriptor's start address, LBO and SBO (bits 0-13, 16-29, 32-45, each >> 4), no swizzle only
+// (bits 62-63 zero): element (n, k) at start + (n % 8) * 16 + (n / 8) * SBO + (k % 8) * 2 +
+// (k / 8) * LBO bytes (the K-major core-matrix layout). Sums exact in double, rounded once to fp32.
+inline uint32_t il_smem_addr(const void* p) {
+  return static_cast<uint32_t>(static_cast<const unsigned char*>(p) - emu::dynamic_smem.data());
+}
+inline void il_fence_proxy_async_smem() {}
+inline void il_wgmma_fence() {}
+inline void il_reg_fence(float&) {}
+inline void il_reg_fence(uint32_t&) {}
+inline void il_wgmma_m64n128k16_f16(float (&d)[64], const uint32_t (&a)[4], uint64_t desc, int scale_d) {
+  emu::wgmma_open[threadIdx.x].push_back({d, a, desc, scale_d});
+}
+inline void il_wgmma_commit() {
+  auto& open = emu::wgmma_open[threadIdx.x];
+  emu::wgmma_committed[threadIdx.x].push_back(std::move(open));
+  open.clear();
+}
+
+namespace emu {
+inline void wgmma_apply(unsigned t, size_t group, size_t index) {
+  const unsigned base = t - t % 128, lane = t % 32, warp = (t % 128) / 32, gid = lane / 4, tig = lane % 4;
+  const WgmmaOp& op = wgmma_committed[t][group][index];
+  const WgmmaOp& first = wgmma_committed[base][group][index];
+  if (op.desc != first.desc || op.scale_d != first.scale_d || (op.desc >> 62) != 0) {
+    std::fprintf(stderr, "cuda_emu: wgmma operands differ across the warpgroup or use a swizzle\n");
+    std::abort();
+  }
+  const uint32_t start = static_cast<uint32_t>(op.desc & 0x3FFF) << 4;
+  const uint32_t lbo = static_cast<uint32_t>((op.desc >> 16) & 0x3FFF) << 4;
+  const uint32_t sbo = static_cast<uint32_t>((op.desc >> 32) & 0x3FFF) << 4;
+  const auto a_at = [&](int row, int k) {
+    const unsigned owner = base + (row / 16) * 32 + (row % 8) * 4 + (k % 8) / 2;
+    const uint32_t reg = wgmma_committed[owner][group][index].a[(row % 16 >= 8 ? 1 : 0) + (k >= 8 ? 2 : 0)];
+    return static_cast<double>(half_of(reg >> (16 * (k % 2))));
+  };
+  const auto b_at = [&](int k, int n) {
+    const size_t off = start + (n % 8) * 16 + static_cast<size_t>(n / 8) * sbo + (k % 8) * 2 + (k / 8) * lbo;
+    if (off + 2 > dynamic_smem.size()) {
+      std::fprintf(stderr, "cuda_emu: wgmma B descriptor reads past shared memory (byte %zu)\n", off);
+      std::abort();
+    }
+    uint16_t bits;
+    std::memcpy(&bits, dynamic_smem.data() + off, 2);
+    return static_cast<double>(half_of(bits));
+  };
+  float out[64];
+  for (int j = 0; j < 16; ++j)
+    for (int e = 0; e < 4; ++e) {
+      const int row = static_cast<int>(warp * 16 + gid) + (e >> 1) * 8, col = 8 * j + static_cast<int>(2 * tig) + (e & 1);
+      double sum = op.scale_d ? op.d[4 * j + e] : 0.0;
+      for (int k = 0; k < 16; ++k) sum += a_at(row, k) * b_at(k, col);
+      out[4 * j + e] = static_cast<float>(sum);
+    }
+  std::memcpy(op.d, out, sizeof(out));
+}
+}  // namespace emu
+
+// Waits (as a warpgroup collective) until at most `Pending` committed groups remain: runs the older
+// ones in order, each thread computing its own accumulator slots from the whole warpgroup's A.
+template <int Pending>
+void il_wgmma_wait() {
+  emu::group_sync();  // every thread has issued and committed the same groups
+  auto& mine = emu::wgmma_committed[threadIdx.x];
+  const size_t retire = mine.size() > static_cast<size_t>(Pending) ? mine.size() - Pending : 0;
+  for (size_t g = 0; g < retire; ++g)
+    for (size_t i = 0; i < mine[g].size(); ++i) emu::wgmma_apply(threadIdx.x, g, i);
+  emu::group_sync();  // nobody rewrites its A registers before every thread has read them
+  for (size_t g = 0; g < retire; ++g) mine.pop_front();
 }

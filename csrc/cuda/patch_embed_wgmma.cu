@@ -1,0 +1,258 @@
+// Hopper (sm_90a) patch embedding: one implicit GEMM on warpgroup MMAs, uint8 tiles in, bf16/fp16
+// tokens out, bias and position embedding in the epilogue. No torch headers (compile time); the glue
+// is patch_embed_cuda.cpp, the primitives ptx_primitives.cuh. Mirrors SiglipVisionEmbeddings.forward
+// (conv p x p / p, flatten/transpose, + position embedding) like the other patch_embed kernels.
+//
+// Why this kernel: the cuBLAS path (im2col kernel, position-embedding broadcast, addmm) spends about
+// 0.34 ms of H100 device time at N=64, S=384, C=1152 (c6aacb5 profile), its GEMM alone 0.145 ms at
+// this K = 588 shape; the issue's roofline bar (50% of the bf16 tensor-core rate) allows ~0.13 ms for
+// the whole op. Here A never exists in memory and the output is written once.
+//
+// Layout of the work:
+//  * A CTA owns one panel of 128 output channels and keeps the panel's whole weight (Kp x 128 fp16,
+//    Kp = K rounded up to 16: 592 x 128 x 2 = 148 KiB for SigLIP) in shared memory for its lifetime,
+//    in wgmma's no-swizzle K-major layout: 8x8 "core matrices" of 128 contiguous bytes, the two
+//    k-halves of a 16-wide step 128 bytes apart (LBO), 8-channel groups Kp * 16 bytes apart (SBO).
+//    The glue writes the panel in exactly that order (patch_embed_wgmma_panels), so loading it is a
+//    straight 16-byte copy.
+//  * Two warpgroups per CTA take 64-token tiles in turn (grid y strides over tiles); while one runs
+//    its epilogue the other keeps the tensor cores busy.
+//  * A is gathered from the uint8 pixels straight into the wgmma A-fragment registers (the
+//    mma.m16n8k16 A layout per warp: row gid / gid + 8, k pairs 2t, 2t+1 and 2t+8, 2t+9): each k
+//    pair is two adjacent bytes of one pixel row of the patch (K order (ky, kx, c), pairs never cross
+//    a 42-byte patch row since its length is even), one 16-bit load; prmt puts 0x64 above each byte
+//    (fp16 1024 + v) and one sub.f16x2 of 1024 leaves v exactly. The operands are fp16: pixels are
+//    exact in it, and the weight W / std (the 1/255 of the folded normalization applied to the fp32
+//    accumulator instead) keeps 11 significant bits where bf16 keeps 8.
+//  * kAhead k-steps of raw pixel pairs are in flight per thread (16-bit loads latency-bound, not
+//    bandwidth-bound); the next tile's first kAhead steps are loaded before the epilogue.
+//  * Each k-step: convert, fence, wgmma m64n128k16, commit, wait until at most one group is in
+//    flight (the A registers of step s are rewritten at step s + 2).
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+#include <type_traits>
+
+#include "../common/macros.h"
+#include "patch_embed_kernels.h"
+#include "ptx_primitives.cuh"
+
+#if defined(IL_HAS_WGMMA) || defined(INTERLEAVE_EMULATION)
+#define IL_WGMMA_BODY 1
+#endif
+
+namespace interleave {
+namespace cuda {
+namespace {
+
+// One 16-bit pair of output values from two floats, and back (bf16 or fp16 bit patterns).
+template <typename OutT>
+__device__ __forceinline__ uint32_t pack_out2(float lo, float hi) {
+  OutT l, h;
+  if constexpr (std::is_same_v<OutT, __nv_bfloat16>) {
+    l = __float2bfloat16_rn(lo);
+    h = __float2bfloat16_rn(hi);
+  } else {
+    l = __float2half_rn(lo);
+    h = __float2half_rn(hi);
+  }
+  uint16_t lb, hb;
+  memcpy(&lb, &l, 2);
+  memcpy(&hb, &h, 2);
+  return static_cast<uint32_t>(lb) | static_cast<uint32_t>(hb) << 16;
+}
+template <typename OutT>
+__device__ __forceinline__ float out_to_float(uint16_t bits) {
+  OutT v;
+  memcpy(&v, &bits, 2);
+  if constexpr (std::is_same_v<OutT, __nv_bfloat16>)
+    return __bfloat162float(v);
+  else
+    return __half2float(v);
+}
+
+// Two uint8 pixels (low byte: the lower k) -> two exact fp16 lanes.
+__device__ __forceinline__ uint32_t pixel_pair_half2(uint32_t pair) {
+  return il_hsub2(il_prmt(pair, 0x64646464u, 0x4140u), 0x64006400u);
+}
+
+// The shared-memory matrix descriptor of k-step s of the resident panel (no swizzle, K-major):
+// start address >> 4 in bits 0-13, LBO >> 4 in 16-29 (128 bytes: the second k-half), SBO >> 4 in
+// 32-45 (Kp * 16 bytes: the next 8 channels), base offset 0, layout type 0 (bits 62-63).
+__device__ __forceinline__ uint64_t panel_desc(uint32_t panel_addr, int step, int k_steps) {
+  const uint32_t start = panel_addr + static_cast<uint32_t>(step) * kWgmmaStepBytes;
+  return static_cast<uint64_t>((start >> 4) & 0x3FFFu) | static_cast<uint64_t>(128u >> 4) << 16 |
+         static_cast<uint64_t>((static_cast<uint32_t>(k_steps) * kWgmmaStepBytes) >> 4) << 32;
+}
+
+template <typename OutT>
+__global__ void __launch_bounds__(kWgmmaThreads, 1) wgmma_patch_kernel(PatchEmbedWgmmaArgs args) {
+#if defined(IL_WGMMA_BODY)
+  IL_DYNAMIC_SMEM(uint4, smem);
+  const int k_steps = args.k_steps;
+  const int panel_vecs = k_steps * (kWgmmaStepBytes * (kWgmmaN / 8)) / 16;  // the panel in 16-byte vectors
+  int32_t* koff = reinterpret_cast<int32_t*>(smem + panel_vecs);            // [k_steps][4][2]
+  const PatchGeometry& g = args.geometry;
+  const int tid = threadIdx.x;
+
+  // The panel, as the glue laid it out, and each k pair's offset inside a patch (-1: zero padding).
+  const uint4* src = args.panels + static_cast<int64_t>(blockIdx.x) * panel_vecs;
+  for (int i = tid; i < panel_vecs; i += kWgmmaThreads) smem[i] = __ldg(src + i);
+  for (int i = tid; i < k_steps * 8; i += kWgmmaThreads) {
+    const int s = i >> 3, t4 = (i >> 1) & 3, upper = i & 1;
+    const int k = s * 16 + t4 * 2 + upper * 8;
+    koff[i] = k < args.k ? static_cast<int32_t>(patch_k_offset(g, k)) : -1;
+  }
+  il_fence_proxy_async_smem();  // wgmma reads the panel through the async proxy
+  __syncthreads();
+
+  const int wg = tid / 128, t = tid % 128, warp = t / 32, lane = t % 32, gid = lane / 4, tig = lane % 4;
+  const int64_t m_tiles = (static_cast<int64_t>(args.rows) + kWgmmaRows - 1) / kWgmmaRows;
+  const int64_t tile_stride = static_cast<int64_t>(gridDim.y) * kWgmmaGroups;
+  int64_t tile = static_cast<int64_t>(blockIdx.y) * kWgmmaGroups + wg;
+  if (tile >= m_tiles) return;  // uniform over the warpgroup; no block barrier follows
+  const uint32_t panel_addr = il_smem_addr(smem);
+  const uint8_t* pixels = args.pixels;
+
+  // Top-left pixel offset of this thread's two rows of a tile (-1 past the last token).
+  auto row_base = [&](int64_t tl, int upper) -> int64_t {
+    const int64_t r = tl * kWgmmaRows + warp * 16 + gid + upper * 8;
+    return r < args.rows ? patch_row_offset(g, r) : -1;
+  };
+  // The four raw pixel pairs of k-step s: (row gid, pair 2t), (gid + 8, 2t), (gid, 2t + 8), (gid + 8, 2t + 8).
+  auto load_raw = [&](uint32_t (&raw)[4], int64_t b0, int64_t b1, int s) {
+    const int2 ko = *reinterpret_cast<const int2*>(koff + (s * 4 + tig) * 2);
+    raw[0] = (b0 >= 0 && ko.x >= 0) ? __ldg(reinterpret_cast<const unsigned short*>(pixels + b0 + ko.x)) : 0u;
+    raw[1] = (b1 >= 0 && ko.x >= 0) ? __ldg(reinterpret_cast<const unsigned short*>(pixels + b1 + ko.x)) : 0u;
+    raw[2] = (b0 >= 0 && ko.y >= 0) ? __ldg(reinterpret_cast<const unsigned short*>(pixels + b0 + ko.y)) : 0u;
+    raw[3] = (b1 >= 0 && ko.y >= 0) ? __ldg(reinterpret_cast<const unsigned short*>(pixels + b1 + ko.y)) : 0u;
+  };
+
+  int64_t b0 = row_base(tile, 0), b1 = row_base(tile, 1);
+  uint32_t raw[kWgmmaAhead][4];
+#pragma unroll
+  for (int j = 0; j < kWgmmaAhead; ++j)
+    if (j < k_steps) load_raw(raw[j], b0, b1, j);
+
+  float acc[64];
+#pragma unroll
+  for (int i = 0; i < 64; ++i) acc[i] = 0.f;
+  uint32_t afrag[2][4];
+  const float* bias = args.bias;
+  const OutT* pos = static_cast<const OutT*>(args.pos_embed);
+  OutT* out = static_cast<OutT*>(args.out);
+  const int n_base = blockIdx.x * kWgmmaN + 2 * tig;
+
+  for (;;) {
+    for (int s0 = 0; s0 < k_steps; s0 += kWgmmaAhead) {
+#pragma unroll
+      for (int j = 0; j < kWgmmaAhead; ++j) {
+        const int s = s0 + j;
+        if (s < k_steps) {  // uniform
+          uint32_t (&a)[4] = afrag[j & 1];  // kWgmmaAhead is even: step parity = j parity
+#pragma unroll
+          for (int e = 0; e < 4; ++e) a[e] = pixel_pair_half2(raw[j][e]);
+          if (s + kWgmmaAhead < k_steps) load_raw(raw[j], b0, b1, s + kWgmmaAhead);
+          il_wgmma_fence();
+          il_wgmma_m64n128k16_f16(acc, a, panel_desc(panel_addr, s, k_steps), s);
+          il_wgmma_commit();
+          il_wgmma_wait<1>();  // step s - 1 retired: its A registers may be rewritten next step
+        }
+      }
+    }
+    il_wgmma_wait<0>();
+#pragma unroll
+    for (int i = 0; i < 64; ++i) il_reg_fence(acc[i]);
+
+    // The next tile's first steps go out before the epilogue, which hides their latency.
+    const int64_t next = tile + tile_stride;
+    const int64_t r0 = tile * kWgmmaRows + warp * 16 + gid, r1 = r0 + 8;
+    if (next < m_tiles) {
+      b0 = row_base(next, 0);
+      b1 = row_base(next, 1);
+#pragma unroll
+      for (int j = 0; j < kWgmmaAhead; ++j)
+        if (j < k_steps) load_raw(raw[j], b0, b1, j);
+    }
+
+    // Epilogue: out[r, n] = alpha * acc + bias[n] + pos[r % T, n]; acc[4j + e] holds row gid (e < 2)
+    // or gid + 8, channels 8j + 2t + (e & 1) of the panel. C is even (glue), so n < C covers n + 1.
+    const int64_t t0 = r0 % g.tokens, t1 = r1 % g.tokens;
+#pragma unroll
+    for (int j = 0; j < kWgmmaN / 8; ++j) {
+      const int n = n_base + 8 * j;
+      if (n < args.dim) {
+        const float2 bb = *reinterpret_cast<const float2*>(bias + n);
+        if (r0 < args.rows) {
+          const uint32_t p = *reinterpret_cast<const uint32_t*>(pos + t0 * args.dim + n);
+          *reinterpret_cast<uint32_t*>(out + r0 * args.dim + n) = pack_out2<OutT>(
+              fmaf(args.alpha, acc[4 * j], bb.x) + out_to_float<OutT>(static_cast<uint16_t>(p)),
+              fmaf(args.alpha, acc[4 * j + 1], bb.y) + out_to_float<OutT>(static_cast<uint16_t>(p >> 16)));
+        }
+        if (r1 < args.rows) {
+          const uint32_t p = *reinterpret_cast<const uint32_t*>(pos + t1 * args.dim + n);
+          *reinterpret_cast<uint32_t*>(out + r1 * args.dim + n) = pack_out2<OutT>(
+              fmaf(args.alpha, acc[4 * j + 2], bb.x) + out_to_float<OutT>(static_cast<uint16_t>(p)),
+              fmaf(args.alpha, acc[4 * j + 3], bb.y) + out_to_float<OutT>(static_cast<uint16_t>(p >> 16)));
+        }
+      }
+    }
+    if (next >= m_tiles) break;
+    tile = next;
+  }
+#endif
+}
+
+// 1 where this build's code for the running device has the wgmma kernel (an sm_90a cubin), read
+// once per device by patch_embed_wgmma_compiled().
+__device__ int wgmma_compiled_flag =
+#if defined(IL_HAS_WGMMA)
+    1;
+#else
+    0;
+#endif
+
+}  // namespace
+
+#if !defined(INTERLEAVE_EMULATION)
+bool patch_embed_wgmma_compiled(int device) {
+  static int cached[64] = {};  // 0 unknown, 1 no, 2 yes
+  if (device < 0 || device >= 64) return false;
+  if (cached[device] == 0) {
+    int major = 0, minor = 0, flag = 0;
+    cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device);
+    cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device);
+    bool yes = major == 9 && minor == 0 &&
+               cudaMemcpyFromSymbol(&flag, wgmma_compiled_flag, sizeof(int)) == cudaSuccess && flag == 1;
+    cudaGetLastError();  // a device without a matching cubin reports it here; that just means "no"
+    cached[device] = yes ? 2 : 1;
+  }
+  return cached[device] == 2;
+}
+
+void launch_patch_embed_wgmma(const PatchEmbedWgmmaArgs& args, cudaStream_t stream) {
+  if (args.rows == 0 || args.dim == 0) return;
+  const int panels = (args.dim + kWgmmaN - 1) / kWgmmaN;
+  const int64_t m_tiles = (static_cast<int64_t>(args.rows) + kWgmmaRows - 1) / kWgmmaRows;
+  int device = 0, sms = 132;
+  cudaGetDevice(&device);
+  cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
+  // One CTA per SM (the panel fills shared memory): as many tile slices per panel as fit the SMs.
+  const int64_t slices = std::max<int64_t>(1, std::min<int64_t>(sms / panels, (m_tiles + kWgmmaGroups - 1) / kWgmmaGroups));
+  const size_t smem = patch_embed_wgmma_smem_bytes(args.k_steps);
+  const dim3 grid(static_cast<unsigned>(panels), static_cast<unsigned>(std::min<int64_t>(slices, 65535)));
+  if (args.out_type == OutType::kBFloat16) {
+    cudaFuncSetAttribute(wgmma_patch_kernel<__nv_bfloat16>, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
+    wgmma_patch_kernel<__nv_bfloat16><<<grid, kWgmmaThreads, smem, stream>>>(args);
+  } else {
+    cudaFuncSetAttribute(wgmma_patch_kernel<__half>, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
+    wgmma_patch_kernel<__half><<<grid, kWgmmaThreads, smem, stream>>>(args);
+  }
+}
+#endif
+
+}  // namespace cuda
+}  // namespace interleave
