@@ -125,7 +125,7 @@ std::optional<at::Tensor> patch_embed_wgmma(const PatchEmbedShape& s, const at::
   const auto even = [](const void* p) { return reinterpret_cast<uintptr_t>(p) % 2 == 0; };
   // Every 16-bit pixel-pair load must be aligned: even patch rows, even image rows, an even base.
   if (!s.channels_last || (s.patch * s.channels) % 2 != 0 || (s.width * s.channels) % 2 != 0 ||
-      !even(tiles.const_data_ptr()) || k_steps < 1 || k_steps > cuda::kWgmmaMaxSteps || s.dim % 2 != 0 ||
+      !even(tiles.const_data_ptr()) || k_steps < 1 || k_steps > cuda::kWgmmaMaxSteps || s.dim % 4 != 0 ||
       M >= (int64_t{1} << 31) || s.dim >= (int64_t{1} << 31) ||
       (s.out_dtype != at::kBFloat16 && s.out_dtype != at::kHalf) ||
       !cuda::patch_embed_wgmma_compiled(tiles.get_device()))
@@ -135,7 +135,7 @@ std::optional<at::Tensor> patch_embed_wgmma(const PatchEmbedShape& s, const at::
   const int64_t padded_dim = panels->size(0) * cuda::kWgmmaN;
   const at::Tensor b = at::constant_pad_nd(bias.to(at::kFloat), {0, padded_dim - s.dim}, 0).contiguous();
   at::Tensor pos = pos_embed.to(s.out_dtype).contiguous();
-  if (reinterpret_cast<uintptr_t>(pos.const_data_ptr()) % 4 != 0) pos = pos.clone();  // paired loads
+  if (reinterpret_cast<uintptr_t>(pos.const_data_ptr()) % 8 != 0) pos = pos.clone();  // 8-byte loads
   at::Tensor out = at::empty({s.batch, s.geometry.tokens, s.dim}, tiles.options().dtype(s.out_dtype));
   cuda::PatchEmbedWgmmaArgs args{};
   args.pixels = static_cast<const uint8_t*>(tiles.const_data_ptr());

@@ -55,11 +55,17 @@ constexpr int kWgmmaN = 128, kWgmmaRows = 64, kWgmmaGroups = 2, kWgmmaThreads = 
 constexpr int kWgmmaAhead = 8;        // k-steps of raw pixel pairs in flight per thread (even)
 constexpr int kWgmmaStepBytes = 256;  // one k-step (16 k) of one 8-channel group: two 128-byte core matrices
 constexpr int kWgmmaMaxSmem = 227 * 1024;
-// Shared memory of a CTA: the panel (k_steps * 16 groups * 256 bytes) and the k-pair offsets.
+// The epilogue's stage: per warpgroup a 64 x 128 fp32 tile, rows padded by 8 floats so that the
+// fragment-layout writes (8 rows x 4 lanes x 8 bytes per warp) hit 32 different banks per phase.
+constexpr int kWgmmaStageStride = kWgmmaN + 8;
+// Shared memory of a CTA: the panel (k_steps * 16 groups * 256 bytes), the k-pair offsets, the stages.
 constexpr size_t patch_embed_wgmma_smem_bytes(int k_steps) {
-  return static_cast<size_t>(k_steps) * (kWgmmaStepBytes * (kWgmmaN / 8) + 8 * sizeof(int32_t));
+  return static_cast<size_t>(k_steps) * (kWgmmaStepBytes * (kWgmmaN / 8) + 8 * sizeof(int32_t)) +
+         static_cast<size_t>(kWgmmaGroups) * kWgmmaRows * kWgmmaStageStride * sizeof(float);
 }
-constexpr int kWgmmaMaxSteps = static_cast<int>(kWgmmaMaxSmem / patch_embed_wgmma_smem_bytes(1));
+// 39 k-steps (K <= 624: SigLIP's 588 takes 37).
+constexpr int kWgmmaMaxSteps = static_cast<int>((kWgmmaMaxSmem - patch_embed_wgmma_smem_bytes(0)) /
+                                                (patch_embed_wgmma_smem_bytes(1) - patch_embed_wgmma_smem_bytes(0)));
 
 struct PatchEmbedWgmmaArgs {
   const uint8_t* pixels;   // uint8 [N, H, W, Cin], contiguous; every patch row offset even (glue)
@@ -67,11 +73,11 @@ struct PatchEmbedWgmmaArgs {
   int32_t rows;            // M = N * T (< 2^31)
   int32_t k;               // K = p * p * Cin
   int32_t k_steps;         // ceil(K / 16), at most kWgmmaMaxSteps
-  int32_t dim;             // C, even
+  int32_t dim;             // C, a multiple of 4
   const uint4* panels;     // fp16 panels, [ceil(C / 128)][k_steps * 4096 bytes]: launch_patch_embed_wgmma's layout
   float alpha;             // 1/255: the panels hold W' * 255 = W / std
   const float* bias;       // [ceil(C / 128) * 128] fp32 (zeros past C)
-  const void* pos_embed;   // [T, C] in the output dtype
+  const void* pos_embed;   // [T, C] in the output dtype, 8-byte aligned
   void* out;               // [M, C] bf16 or fp16
   OutType out_type;        // kBFloat16 or kFloat16
 };

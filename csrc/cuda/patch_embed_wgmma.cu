@@ -141,10 +141,12 @@ __global__ void __launch_bounds__(kWgmmaThreads, 1) wgmma_patch_kernel(PatchEmbe
 #pragma unroll
   for (int i = 0; i < 64; ++i) acc[i] = 0.f;
   uint32_t afrag[2][4];
-  const float* bias = args.bias;
   const OutT* pos = static_cast<const OutT*>(args.pos_embed);
   OutT* out = static_cast<OutT*>(args.out);
-  const int n_base = blockIdx.x * kWgmmaN + 2 * tig;
+  // The epilogue's fixed columns: lane l of every warp handles channels n_lane .. n_lane + 3.
+  const int n_lane = blockIdx.x * kWgmmaN + 4 * lane;
+  const float4 bias4 = *reinterpret_cast<const float4*>(args.bias + n_lane);  // padded to whole panels
+  float* stage = reinterpret_cast<float*>(koff + k_steps * 8) + wg * kWgmmaRows * kWgmmaStageStride;
 
   for (;;) {
     for (int s0 = 0; s0 < k_steps; s0 += kWgmmaAhead) {
@@ -169,7 +171,6 @@ __global__ void __launch_bounds__(kWgmmaThreads, 1) wgmma_patch_kernel(PatchEmbe
 
     // The next tile's first steps go out before the epilogue, which hides their latency.
     const int64_t next = tile + tile_stride;
-    const int64_t r0 = tile * kWgmmaRows + warp * 16 + gid, r1 = r0 + 8;
     if (next < m_tiles) {
       b0 = row_base(next, 0);
       b1 = row_base(next, 1);
@@ -178,26 +179,38 @@ __global__ void __launch_bounds__(kWgmmaThreads, 1) wgmma_patch_kernel(PatchEmbe
         if (j < k_steps) load_raw(raw[j], b0, b1, j);
     }
 
-    // Epilogue: out[r, n] = alpha * acc + bias[n] + pos[r % T, n]; acc[4j + e] holds row gid (e < 2)
-    // or gid + 8, channels 8j + 2t + (e & 1) of the panel. C is even (glue), so n < C covers n + 1.
-    const int64_t t0 = r0 % g.tokens, t1 = r1 % g.tokens;
+    // Epilogue: out[r, n] = alpha * acc + bias[n] + pos[r % T, n]. acc[4j + e] holds row gid (e < 2)
+    // or gid + 8, channels 8j + 2t + (e & 1) of the panel: written in that layout, the stores and
+    // the position-embedding loads would touch 8 rows per instruction (about 2000 L1 wavefronts per
+    // tile, as many as the tile's tensor-core cycles). So the tile goes through this warpgroup's
+    // shared-memory stage first and comes back row-contiguous: a warp reads one row per pass, four
+    // channels per lane, with 8-byte position-embedding loads and output stores.
+    il_bar_sync_warpgroup(wg);  // the previous tile's read-back of the stage is done
 #pragma unroll
     for (int j = 0; j < kWgmmaN / 8; ++j) {
-      const int n = n_base + 8 * j;
-      if (n < args.dim) {
-        const float2 bb = *reinterpret_cast<const float2*>(bias + n);
-        if (r0 < args.rows) {
-          const uint32_t p = *reinterpret_cast<const uint32_t*>(pos + t0 * args.dim + n);
-          *reinterpret_cast<uint32_t*>(out + r0 * args.dim + n) = pack_out2<OutT>(
-              fmaf(args.alpha, acc[4 * j], bb.x) + out_to_float<OutT>(static_cast<uint16_t>(p)),
-              fmaf(args.alpha, acc[4 * j + 1], bb.y) + out_to_float<OutT>(static_cast<uint16_t>(p >> 16)));
-        }
-        if (r1 < args.rows) {
-          const uint32_t p = *reinterpret_cast<const uint32_t*>(pos + t1 * args.dim + n);
-          *reinterpret_cast<uint32_t*>(out + r1 * args.dim + n) = pack_out2<OutT>(
-              fmaf(args.alpha, acc[4 * j + 2], bb.x) + out_to_float<OutT>(static_cast<uint16_t>(p)),
-              fmaf(args.alpha, acc[4 * j + 3], bb.y) + out_to_float<OutT>(static_cast<uint16_t>(p >> 16)));
-        }
+#pragma unroll
+      for (int h = 0; h < 2; ++h)
+        *reinterpret_cast<float2*>(stage + (warp * 16 + gid + 8 * h) * kWgmmaStageStride + 8 * j + 2 * tig) =
+            make_float2(acc[4 * j + 2 * h], acc[4 * j + 2 * h + 1]);
+    }
+    il_bar_sync_warpgroup(wg);
+    if (n_lane < args.dim) {  // C % 4 == 0 (glue): the lane's four channels are all in or all out
+      const int32_t tile_row0 = static_cast<int32_t>(tile * kWgmmaRows);
+      int32_t tok = (tile_row0 + warp) % static_cast<int32_t>(g.tokens);
+#pragma unroll 4
+      for (int row = warp; row < kWgmmaRows; row += 4) {
+        const int32_t r = tile_row0 + row;
+        if (r >= args.rows) break;
+        const float4 v = *reinterpret_cast<const float4*>(stage + row * kWgmmaStageStride + 4 * lane);
+        const uint2 p = *reinterpret_cast<const uint2*>(pos + static_cast<int64_t>(tok) * args.dim + n_lane);
+        uint2 o;
+        o.x = pack_out2<OutT>(fmaf(args.alpha, v.x, bias4.x) + out_to_float<OutT>(static_cast<uint16_t>(p.x)),
+                              fmaf(args.alpha, v.y, bias4.y) + out_to_float<OutT>(static_cast<uint16_t>(p.x >> 16)));
+        o.y = pack_out2<OutT>(fmaf(args.alpha, v.z, bias4.z) + out_to_float<OutT>(static_cast<uint16_t>(p.y)),
+                              fmaf(args.alpha, v.w, bias4.w) + out_to_float<OutT>(static_cast<uint16_t>(p.y >> 16)));
+        *reinterpret_cast<uint2*>(out + static_cast<int64_t>(r) * args.dim + n_lane) = o;
+        tok += 4;
+        while (tok >= g.tokens) tok -= static_cast<int32_t>(g.tokens);
       }
     }
     if (next >= m_tiles) break;

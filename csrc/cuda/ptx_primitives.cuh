@@ -72,6 +72,10 @@ __device__ __forceinline__ void il_wgmma_wait() {
   asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(Pending) : "memory");
 #endif
 }
+// A barrier of the 128 threads of warpgroup `wg` only (named barrier 1 + wg; 0 is __syncthreads).
+__device__ __forceinline__ void il_bar_sync_warpgroup(int wg) {
+  asm volatile("bar.sync %0, 128;\n" ::"r"(1 + wg) : "memory");
+}
 // Keeps the compiler from moving reads or writes of `r` across this point (the asm "changes" it):
 // accumulators are written by the tensor cores asynchronously, until the wait that retires them.
 __device__ __forceinline__ void il_reg_fence(float& r) { asm volatile("" : "+f"(r)::"memory"); }

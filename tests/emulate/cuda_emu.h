@@ -304,6 +304,7 @@ inline uint32_t il_smem_addr(const void* p) {
 }
 inline void il_fence_proxy_async_smem() {}
 inline void il_wgmma_fence() {}
+inline void il_bar_sync_warpgroup(int) { emu::group_sync(); }
 inline void il_reg_fence(float&) {}
 inline void il_reg_fence(uint32_t&) {}
 inline void il_wgmma_m64n128k16_f16(float (&d)[64], const uint32_t (&a)[4], uint64_t desc, int scale_d) {

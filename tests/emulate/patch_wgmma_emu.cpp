@@ -40,7 +40,7 @@ extern "C" int emu_patch_embed_wgmma(const uint8_t* tiles, int64_t n, int64_t he
   args.pos_embed = pos;
   args.out = out;
   args.out_type = bf16 ? OutType::kBFloat16 : OutType::kFloat16;
-  if (k_steps * 16 < args.k || k_steps > kWgmmaMaxSteps || dim % 2 != 0 || (patch * channels) % 2 != 0 ||
+  if (k_steps * 16 < args.k || k_steps > kWgmmaMaxSteps || dim % 4 != 0 || (patch * channels) % 2 != 0 ||
       (width * channels) % 2 != 0)
     return 1;
   const unsigned panel_count = static_cast<unsigned>((dim + kWgmmaN - 1) / kWgmmaN);
