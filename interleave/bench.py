@@ -215,7 +215,7 @@ def patch_embed_cases(device: str, quick: bool = False, compile_reference: bool 
             # ours is "auto" (cuBLAS from 4096 tokens on); both GEMMs forced, so one run compares them.
             # "wgmma" (the Hopper kernel) falls back to auto's path where the build or GPU lacks it;
             # the result's `wgmma_available` says which one that variant timed.
-            for mode in ("mma", "cublas", "wgmma"):
+            for mode in ("wgmma", "cublas", "mma"):
                 variants[f"ours_{mode}"] = lambda a=(tiles, weight, bias, pos), m=mode: _with_gemm(m, a)
         cases.append(Case(
             op="patch_embed", device=device, shape=f"N={N} S={S} p={p} C={C}",
