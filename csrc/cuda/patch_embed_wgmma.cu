@@ -32,6 +32,7 @@
 #include <cuda_fp16.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstdint>
 #include <cstring>
 #include <type_traits>
@@ -232,18 +233,18 @@ __device__ int wgmma_compiled_flag =
 
 #if !defined(INTERLEAVE_EMULATION)
 bool patch_embed_wgmma_compiled(int device) {
-  static int cached[64] = {};  // 0 unknown, 1 no, 2 yes
+  static std::atomic<int> cached[64] = {};  // 0 unknown, 1 no, 2 yes (a race only repeats the query)
   if (device < 0 || device >= 64) return false;
-  if (cached[device] == 0) {
+  if (cached[device].load() == 0) {
     int major = 0, minor = 0, flag = 0;
     cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device);
     cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device);
     bool yes = major == 9 && minor == 0 &&
                cudaMemcpyFromSymbol(&flag, wgmma_compiled_flag, sizeof(int)) == cudaSuccess && flag == 1;
     cudaGetLastError();  // a device without a matching cubin reports it here; that just means "no"
-    cached[device] = yes ? 2 : 1;
+    cached[device].store(yes ? 2 : 1);
   }
-  return cached[device] == 2;
+  return cached[device].load() == 2;
 }
 
 void launch_patch_embed_wgmma(const PatchEmbedWgmmaArgs& args, cudaStream_t stream) {
@@ -257,13 +258,18 @@ void launch_patch_embed_wgmma(const PatchEmbedWgmmaArgs& args, cudaStream_t stre
   const int64_t slices = std::max<int64_t>(1, std::min<int64_t>(sms / panels, (m_tiles + kWgmmaGroups - 1) / kWgmmaGroups));
   const size_t smem = patch_embed_wgmma_smem_bytes(args.k_steps);
   const dim3 grid(static_cast<unsigned>(panels), static_cast<unsigned>(std::min<int64_t>(slices, 65535)));
-  if (args.out_type == OutType::kBFloat16) {
-    cudaFuncSetAttribute(wgmma_patch_kernel<__nv_bfloat16>, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
-    wgmma_patch_kernel<__nv_bfloat16><<<grid, kWgmmaThreads, smem, stream>>>(args);
-  } else {
-    cudaFuncSetAttribute(wgmma_patch_kernel<__half>, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
-    wgmma_patch_kernel<__half><<<grid, kWgmmaThreads, smem, stream>>>(args);
+  // The attribute allows the most shared memory any call can ask for, set once per device (a host
+  // call on every launch would add microseconds).
+  static std::atomic<bool> opted_in[64] = {};
+  if (device < 0 || device >= 64 || !opted_in[device].load()) {
+    cudaFuncSetAttribute(wgmma_patch_kernel<__nv_bfloat16>, cudaFuncAttributeMaxDynamicSharedMemorySize, kWgmmaMaxSmem);
+    cudaFuncSetAttribute(wgmma_patch_kernel<__half>, cudaFuncAttributeMaxDynamicSharedMemorySize, kWgmmaMaxSmem);
+    if (device >= 0 && device < 64) opted_in[device].store(true);
   }
+  if (args.out_type == OutType::kBFloat16)
+    wgmma_patch_kernel<__nv_bfloat16><<<grid, kWgmmaThreads, smem, stream>>>(args);
+  else
+    wgmma_patch_kernel<__half><<<grid, kWgmmaThreads, smem, stream>>>(args);
 }
 #endif
 
