@@ -179,6 +179,7 @@ __device__ __forceinline__ void warp_copy_row(To* __restrict__ dst, const From* 
       uint4* d = reinterpret_cast<uint4*>(dst);
       int64_t i = lane;
       // Four independent 16-byte loads in flight per lane before the stores.
+#pragma unroll 1
       for (; i + 96 < nvec; i += 128) {
         const uint4 a = __ldg(s + i), b = __ldg(s + i + 32), c = __ldg(s + i + 64),
                     e = __ldg(s + i + 96);
