@@ -4,7 +4,8 @@
 #   1. print the GPU and versions; 2. build the extension from source; 3. run the GPU benchmarks
 #   (one JSON into $OUT, else bench/results/); 4. check that our ops' errors reach Python
 #   (bench/errpath_diag.py; a backtrace under cuda-gdb if one crashes); 5. run the CUDA tests
-#   (pytest -m cuda; per file if one crashes); the benchmark table last.
+#   (pytest -m cuda; per file if one crashes); the benchmark table; 6. bench/gpu_decide.py's reading
+#   of the run (decide.log: each bar and each off-by-default path's verdict).
 # Usage (device tool): INTERLEAVE_COMMIT=$(git rev-parse --short HEAD) bash bench/gpu_check.sh
 # (expand the sha locally when writing the command). Budget: 8 minutes.
 set -uo pipefail
@@ -150,4 +151,6 @@ json.dump(report, open(path, "w"), indent=1)
 from interleave.bench import format_table
 print(format_table(report["results"]))
 PYEOF
+echo "== 6. what the run decides (bench/gpu_decide.py: the bars, and the off-by-default paths to flip or not)"
+[ -f "$json" ] && { "$PY" bench/gpu_decide.py "$json" "$OUT_DIR/cuda-tests.log" | tee "$OUT_DIR/decide.log"; } || echo "decide: no JSON"
 exit $status

@@ -81,3 +81,39 @@ def test_roofline_fraction_of_the_h100_patch_embed_run():
     assert abs(f - 0.1389) < 1e-3
     # bandwidth-bound case: 1 GB moved in 0.5 ms at 3 TB/s with few flops -> 0.333 / 0.5
     assert abs(roofline_fraction(0.5e-3, 10**6, 10**9, 989.4, 3000.0) - 2 / 3) < 1e-9
+
+
+def test_gpu_decide_reads_a_committed_run(tmp_path):
+    """bench/gpu_decide.py (run at the end of bench/gpu_check.sh) reads a committed H100 run and its
+    test log and prints every bar and decision section; with a synthetic wgmma variant that passed
+    and is faster it says to let auto choose it, and with a failing wgmma test it says to keep it off."""
+    import json
+    import subprocess
+    import sys
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    run = os.path.join(root, "bench", "results", "2026-11-27-NVIDIA-H100-80GB-HBM3-c6aacb5.json")
+    log = os.path.join(root, "bench", "results", "2026-11-27-H100-c6aacb5-cuda-tests.txt")
+    script = os.path.join(root, "bench", "gpu_decide.py")
+    out = subprocess.run([sys.executable, script, run, log], capture_output=True, text=True, check=True).stdout
+    for section in ("== GPU bars", "merge_tokens B=1 L=8192 D=1024", "== anyres_tiles tensor-core",
+                    "== patch_embed wgmma", "model time to first token: 3.23x"):
+        assert section in out, out
+    report = json.load(open(run))
+    for r in report["results"]:
+        if r["op"] == "patch_embed" and r["dtype"] == "bfloat16":
+            r["median_ms"]["ours_wgmma"] = r["median_ms"]["ours"] / 2
+            r["variants_error_vs_float64"]["ours_wgmma"] = r["error_vs_float64"]
+            r["notes"] = ["ours_wgmma ran the wgmma kernel: True"]
+    fake = tmp_path / "run.json"
+    fake.write_text(json.dumps(report))
+    passed = tmp_path / "passed.log"
+    passed.write_text("..........\n10 passed in 12.00s\n")
+    out = subprocess.run([sys.executable, script, str(fake), str(passed)], capture_output=True, text=True,
+                         check=True).stdout
+    assert "-> let auto choose wgmma where it applies" in out, out
+    failed = tmp_path / "failed.log"
+    failed.write_text("FAILED tests/test_patch_embed.py::test_cuda_wgmma_kernel_runs_and_follows_weight_changes\n"
+                      "1 failed, 9 passed in 12.00s\n")
+    out = subprocess.run([sys.executable, script, str(fake), str(failed)], capture_output=True, text=True,
+                         check=True).stdout
+    assert "-> keep it off" in out.split("== patch_embed wgmma")[1], out

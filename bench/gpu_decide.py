@@ -1,0 +1,172 @@
+"""Reads one GPU run (bench/gpu_check.sh's JSON and cuda-tests.log) and prints what it decides: the
+issues' GPU bars with the measured numbers, and the off-by-default paths waiting for a GPU
+(anyres_tiles' tensor-core passes, patch_embed's wgmma kernel) with "flip the default" or not.
+
+    python3 bench/gpu_decide.py RUN.json [cuda-tests.log]
+
+A session on a GPU has minutes, not hours: this turns the run into the few lines that say what to
+change, so the numbers are read the same way every time. It decides nothing itself; the README and
+the code say where each default lives.
+"""
+import json
+import re
+import sys
+
+# The issues' GPU bars (issues 2-6).
+MERGE_BAR, ANYRES_BAR, PACK_BAR, ROOFLINE_BAR, TTFT_BAR = 0.85, 0.70, 0.80, 0.50, 1.5
+
+
+def load_failures(log_path):
+    """(failed test ids, whether the log ends with pytest's summary line); None without a log."""
+    if not log_path:
+        return None
+    try:
+        text = open(log_path, errors="replace").read()
+    except OSError:
+        return None
+    failed = re.findall(r"^(?:FAILED|ERROR) (\S+)", text, flags=re.M)
+    finished = re.search(r"^=*\s*(?:\d+ (?:passed|failed|skipped|error|errors|deselected)[, ]*)+.* in [\d.]+s", text,
+                         flags=re.M) is not None
+    return failed, finished
+
+
+def tests_ok(failures, needle):
+    """'passed', 'FAILED: ...' or 'unknown' for the tests whose id contains `needle`."""
+    if failures is None:
+        return "unknown (no cuda-tests.log)"
+    failed, finished = failures
+    bad = [f for f in failed if needle in f]
+    if bad:
+        return "FAILED: " + ", ".join(bad[:4])
+    return "passed" if finished else "unknown (the test run did not finish)"
+
+
+def best_device_time(result, name):
+    dev = result.get("device_ms", {})
+    return dev.get(name, result["median_ms"].get(name))
+
+
+def fraction(result, name="ours"):
+    """The best fraction of a same-size copy this implementation reached: device time if measured."""
+    dev = result.get("device_fraction_of_same_size_copy", {})
+    if name in dev:
+        return dev[name], "device"
+    if name == "ours":
+        if "fraction_of_same_size_copy" in result:
+            return result["fraction_of_same_size_copy"], "call"
+        return result.get("fraction_of_copy_bw"), "call, vs 1 GiB copy"
+    if name in result.get("variants_fraction_of_same_size_copy", {}):
+        return result["variants_fraction_of_same_size_copy"][name], "call"
+    return result.get("variants_fraction_of_copy_bw", {}).get(name), "call, vs 1 GiB copy"
+
+
+def fmt(x, pct=True):
+    if x is None:
+        return "n/a"
+    return f"{100 * x:.0f}%" if pct else f"{x:.3f}"
+
+
+def by_op(results, op):
+    return [r for r in results if r.get("op") == op and r.get("device") == "cuda"]
+
+
+def _bandwidth_line(r, label, bar):
+    ours, how = fraction(r, "ours")
+    line = f"  {label}: ours {fmt(ours)} of a same-size copy ({how}); bar {fmt(bar)}: " + \
+        ("met" if ours is not None and ours >= bar else "not met")
+    variants = [(fraction(r, n)[0] or 0, n) for n in r.get("variants_gbps", {})]
+    if variants:
+        best = max(variants)
+        line += f"; best variant {best[1]} {fmt(best[0])}"
+    print(line)
+
+
+def bars(results):
+    print("== GPU bars (ours = the default path; a variant that meets a bar the default misses is a setting to change)")
+    for r in by_op(results, "merge_tokens"):
+        _bandwidth_line(r, f"merge_tokens {r['shape']} {r['dtype']}", MERGE_BAR)
+    for r in by_op(results, "anyres_tiles"):
+        _bandwidth_line(r, f"anyres_tiles {r['shape']}", ANYRES_BAR)
+    for r in by_op(results, "pack_tokens"):
+        _bandwidth_line(r, f"pack_tokens {r['shape']} {r['dtype']}", PACK_BAR)
+    for r in by_op(results, "patch_embed"):
+        if r["dtype"] != "bfloat16" or "N=64" not in r["shape"]:
+            continue
+        roof = r.get("roofline", {}).get("fraction", {})
+        speedup = r.get("speedup_vs", {}).get("transformers", float("nan"))
+        if roof:
+            ours = max(v for k, v in roof.items() if k in ("ours", "ours (device)"))
+            best = max((v, k) for k, v in roof.items() if k.startswith("ours"))
+            print(f"  patch_embed {r['shape']} bf16: ours roofline fraction {ours:.2f}; bar {ROOFLINE_BAR}: "
+                  f"{'met' if ours >= ROOFLINE_BAR else 'not met'}; best {best[1]} {best[0]:.2f}; "
+                  f"vs the cuDNN path {speedup:.1f}x (bar 2x)")
+        else:
+            print(f"  patch_embed {r['shape']} bf16: no roofline in this run; vs the cuDNN path {speedup:.1f}x (bar 2x)")
+    for r in by_op(results, "model"):
+        if "first token" in r["shape"]:
+            s = r["speedup_vs"].get("transformers")
+            print(f"  model time to first token: {s:.2f}x transformers; bar {TTFT_BAR}x: "
+                  f"{'met' if s is not None and s >= TTFT_BAR else 'not met'}")
+
+
+def anyres_decision(results, failures):
+    print("== anyres_tiles tensor-core passes (default off: anyres_cuda_mma() in csrc/ops/anyres_tiles_checks.cpp)")
+    cases = [r for r in by_op(results, "anyres_tiles") if "ours_mma" in r["median_ms"]]
+    if not cases:
+        print("  no ours_mma variant in this run")
+        return
+    faster, equal = True, True
+    for r in cases:
+        eq = r.get("variants_bitwise_equal", {}).get("ours_mma")
+        a, b = best_device_time(r, "ours"), best_device_time(r, "ours_mma")
+        faster &= b < a
+        equal &= bool(eq)
+        print(f"  {r['shape']}: ours {a:.3f} ms, ours_mma {b:.3f} ms ({a / b:.2f}x), bitwise equal: {eq}")
+    t = tests_ok(failures, "tensor_core")
+    print(f"  test_cuda_tensor_core_pass_equals_pillow: {t}")
+    verdict = equal and faster and t == "passed"
+    print(f"  -> {'FLIP the default to true' if verdict else 'keep it off'}")
+
+
+def wgmma_decision(results, failures):
+    print("== patch_embed wgmma kernel (default off: kAuto in csrc/cuda/patch_embed_cuda.cpp)")
+    cases = [r for r in by_op(results, "patch_embed") if "ours_wgmma" in r["median_ms"]]
+    if not cases:
+        print("  no ours_wgmma variant in this run")
+        return
+    ran = all(any("ran the wgmma kernel: True" in n for n in r.get("notes", [])) for r in cases)
+    within = all(r.get("variants_within_2x_reference_error", False) for r in cases)
+    faster_large = True
+    for r in cases:
+        a, b = best_device_time(r, "ours"), best_device_time(r, "ours_wgmma")
+        roof = r.get("roofline", {}).get("fraction", {})
+        rw = roof.get("ours_wgmma (device)", roof.get("ours_wgmma"))
+        err = r.get("variants_error_vs_float64", {}).get("ours_wgmma")
+        print(f"  {r['shape']}: ours (auto) {a:.3f} ms, ours_wgmma {b:.3f} ms ({a / b:.2f}x), roofline "
+              f"{fmt(rw, pct=False)}, error vs float64 {err}")
+        if "N=1 " not in r["shape"]:
+            faster_large &= b < a
+    t = tests_ok(failures, "wgmma")
+    print(f"  ran the wgmma kernel: {ran}; variants within 2x of the reference's error: {within}; tests: {t}")
+    verdict = ran and within and faster_large and t == "passed"
+    print(f"  -> {'let auto choose wgmma where it applies' if verdict else 'keep it off'}")
+
+
+def main(argv):
+    if not argv:
+        print(__doc__)
+        return 2
+    report = json.load(open(argv[0]))
+    failures = load_failures(argv[1] if len(argv) > 1 else None)
+    env = report.get("environment", {})
+    print(f"run: {env.get('gpu')} commit {env.get('commit')} torch {env.get('torch')}; "
+          f"CUDA tests passed: {env.get('cuda_tests_passed')}")
+    results = report.get("results", [])
+    bars(results)
+    anyres_decision(results, failures)
+    wgmma_decision(results, failures)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
