@@ -298,7 +298,7 @@ def wgmma_emu(tmp_path_factory):
     so = _build_emulation(tmp_path_factory, "patch_embed_wgmma.cu", [], "patch_wgmma_emu.cpp")
     so.emu_patch_embed_wgmma.restype = ctypes.c_int
     so.emu_patch_embed_wgmma.argtypes = [ctypes.c_void_p] + [ctypes.c_int64] * 5 + [ctypes.c_void_p, ctypes.c_int64] + \
-        [ctypes.c_void_p] * 2 + [ctypes.c_int64, ctypes.c_int, ctypes.c_int, ctypes.c_void_p]
+        [ctypes.c_void_p] * 3 + [ctypes.c_int64, ctypes.c_int, ctypes.c_int, ctypes.c_void_p]
     return so
 
 
@@ -335,7 +335,8 @@ WGMMA_CASES = [  # N, S, p, C, bf16, tile slices (grid y): M = N * (S // p)^2 to
 @pytest.mark.parametrize("case", WGMMA_CASES, ids=lambda c: "N{}-S{}-p{}-C{}-{}-y{}".format(*c[:4], "bf16" if c[4] else "fp16", c[5]))
 def test_patch_embed_wgmma_kernel_emulated(wgmma_emu, case):
     """The wgmma kernel against the same arithmetic in float64: fp16 operands (exact pixels, the
-    glue's W' * 255 panels), alpha = 1/255, bias and the position embedding in the epilogue; equal
+    glue's W' * s panels, s = 2^floor(log2(2^15 / max|W'|)) as patch_embed_cuda.cpp picks it on the
+    device), alpha = 1 / s, bias and the position embedding in the epilogue; equal
     to the float64 result rounded to the output dtype within one unit in its last place (the fp32
     accumulator's own rounding). A wrong fragment, descriptor or tile index is off by O(1). For bf16
     also the issue's rule: within 2x the error of the bf16 reference path against float64."""
@@ -354,24 +355,27 @@ def test_patch_embed_wgmma_kernel_emulated(wgmma_emu, case):
     fw, fb = fold_normalization(weight, bias, reference.SIGLIP_MEAN, reference.SIGLIP_STD)
     K = 3 * p * p
     k_steps = (K + 15) // 16
-    panels = torch.ops.interleave._patch_embed_wgmma_layout(fw, True, 255.0, k_steps, 128)
+    scale = torch.exp2(torch.floor(torch.log2(32768.0 / fw.float().abs().amax())))
+    assert 16384 < (fw.float().abs().amax() * scale).item() <= 32768
+    panels = torch.ops.interleave._patch_embed_wgmma_layout(fw.float() * scale, True, 1.0, k_steps, 128)
+    alpha = (1 / scale).reshape(1).float()
     padded = (C + 127) // 128 * 128
     b32 = torch.zeros(padded)
     b32[:C] = fb.float()
     out = torch.full((N * T, C), float("nan"), dtype=dtype)
-    rc = wgmma_emu.emu_patch_embed_wgmma(tiles.data_ptr(), N, S, S, 3, p, panels.data_ptr(), k_steps,
+    rc = wgmma_emu.emu_patch_embed_wgmma(tiles.data_ptr(), N, S, S, 3, p, panels.data_ptr(), k_steps, alpha.data_ptr(),
                                          b32.data_ptr(), pos.data_ptr(), C, int(bf16), slices, out.data_ptr())
     assert rc == 0
     assert not out.isnan().any()
     # The same arithmetic in float64.
-    w16 = (fw.double() * 255).permute(0, 2, 3, 1).reshape(C, K).half().double()
+    w16 = (fw.float() * scale).double().permute(0, 2, 3, 1).reshape(C, K).half().double()
     a = tiles.double()[:, :S // p * p, :S // p * p].reshape(N, S // p, p, S // p, p, 3)
     a = a.permute(0, 1, 3, 2, 4, 5).reshape(N * T, K)
-    exact = (a @ w16.t()) / 255 + b32[:C].double() + pos.double().repeat(N, 1)
+    exact = (a @ w16.t()) * alpha.double() + b32[:C].double() + pos.double().repeat(N, 1)
     ulp = exact.abs().clamp_min(2.0 ** -14) * 2.0 ** (-7 if bf16 else -10)
     # the fp32 accumulator rounds once per k-step (emulated: each MMA exact, then rounded), and the
     # epilogue's fp32 sum of O(1) terms can cancel to far below them
-    accum = (a @ w16.abs().t()) / 255 * k_steps * 2.0 ** -24 + (b32[:C].double().abs() + pos.double().abs().repeat(N, 1)) * 2.0 ** -23
+    accum = (a @ w16.abs().t()) * alpha.double() * k_steps * 2.0 ** -24 + (b32[:C].double().abs() + pos.double().abs().repeat(N, 1)) * 2.0 ** -23
     assert ((out.double() - exact).abs() <= ulp + accum).all(), (out.double() - exact).abs().max().item()
     if bf16:
         px64 = (tiles.double() / 255 - 0.5) / 0.5

@@ -7,12 +7,12 @@
 #include <c10/cuda/CUDAGuard.h>
 
 #include <ATen/ops/constant_pad_nd.h>
-#include <ATen/ops/isinf.h>
 
 #include <algorithm>
 #include <cstdint>
 #include <mutex>
 #include <optional>
+#include <vector>
 
 #include "../ops/patch_embed.h"
 #include "patch_embed_kernels.h"
@@ -90,31 +90,45 @@ at::Tensor patch_embed_cublas(const PatchEmbedShape& s, const at::Tensor& tiles,
 }
 
 // ---- the wgmma kernel (patch_embed_wgmma.cu) ---------------------------------------------------
-// Its weight: W' * 255 = W / std in fp16 (alpha = 1/255 on the fp32 accumulator, as the fp16 mma
-// path does), laid out in panels of 128 channels in wgmma's core-matrix order (patch_embed_kernels.h).
-// Built once per weight version: the op is called with the same folded tensor (interleave.ops'
-// fold cache) until the weights change. The cache holds that tensor, so its storage cannot be
-// reused by another weight while the entry lives. `fits` is false when a value overflows fp16
-// (|W / std| > 65504; no trained conv comes near): that weight takes the default path.
+// Its weight: W' * s in fp16, s a power of two chosen on the device so that the largest |W' * s|
+// lies in (2^14, 2^15] (fp16 cannot overflow, and every weight above 2^-29 of the largest keeps
+// fp16's 11 significant bits), alpha = 1 / s applied to the fp32 accumulator (the kernel reads it from device
+// memory: no host sync), laid out in panels of 128 channels in wgmma's core-matrix order
+// (patch_embed_kernels.h). Built once per weight version: the op is called with the same folded
+// tensor (interleave.ops' fold cache) until the weights change; a few entries, so that several
+// models do not evict each other. An entry holds its weight tensor, so that storage cannot be
+// reused by another weight while the entry lives. Under torch.compile the fold is a fresh tensor
+// per call: a miss each time, a few small kernels, still no sync.
 struct WgmmaPanels {
   at::Tensor key;
   int64_t version = -1;
-  at::Tensor panels;
-  bool fits = false;
+  int k_steps = 0;
+  at::Tensor panels;  // fp16 [panels, k_steps * 16 * 128]
+  at::Tensor alpha;   // float32 [1]: 1 / s
 };
+constexpr size_t kWgmmaPanelCacheEntries = 4;
 
-std::optional<at::Tensor> wgmma_panels(const at::Tensor& weight, const PatchEmbedShape& s, int k_steps) {
+WgmmaPanels wgmma_panels(const at::Tensor& weight, const PatchEmbedShape& s, int k_steps) {
   static std::mutex mu;
-  static WgmmaPanels cache;
+  static std::vector<WgmmaPanels> cache;  // most recently used last
   const std::lock_guard<std::mutex> lock(mu);
-  if (!(cache.key.defined() && cache.key.is_same(weight) && cache.version == weight._version() &&
-        cache.panels.size(1) == k_steps * 16 * cuda::kWgmmaN)) {
-    const at::Tensor w = patch_embed_wgmma_layout(weight, s.channels_last, 255.0, k_steps, cuda::kWgmmaN);
-    const bool fits = !at::isinf(w).any().item<bool>();  // one sync per weight version
-    cache = WgmmaPanels{weight, weight._version(), w, fits};
+  for (size_t i = 0; i < cache.size(); ++i) {
+    const WgmmaPanels& e = cache[i];
+    if (e.key.is_same(weight) && e.version == weight._version() && e.k_steps == k_steps) {
+      std::rotate(cache.begin() + static_cast<std::ptrdiff_t>(i), cache.begin() + static_cast<std::ptrdiff_t>(i) + 1,
+                  cache.end());
+      return cache.back();
+    }
   }
-  if (!cache.fits) return std::nullopt;
-  return cache.panels;
+  const at::Tensor w = weight.to(at::kFloat);
+  // s = 2^floor(log2(2^15 / max|W'|)): exact to apply, exact to undo.
+  const at::Tensor scale = w.abs().amax().clamp_min(1e-30).reciprocal().mul(32768.0).log2().floor().exp2();
+  WgmmaPanels e{weight, weight._version(), k_steps,
+                patch_embed_wgmma_layout(w.mul(scale), s.channels_last, 1.0, k_steps, cuda::kWgmmaN),
+                scale.reciprocal().reshape({1})};
+  if (cache.size() == kWgmmaPanelCacheEntries) cache.erase(cache.begin());
+  cache.push_back(e);
+  return e;
 }
 
 // The wgmma kernel's output, or nullopt where it does not apply (the caller takes its default path).
@@ -130,9 +144,8 @@ std::optional<at::Tensor> patch_embed_wgmma(const PatchEmbedShape& s, const at::
       (s.out_dtype != at::kBFloat16 && s.out_dtype != at::kHalf) ||
       !cuda::patch_embed_wgmma_compiled(tiles.get_device()))
     return std::nullopt;
-  const std::optional<at::Tensor> panels = wgmma_panels(weight, s, static_cast<int>(k_steps));
-  if (!panels) return std::nullopt;
-  const int64_t padded_dim = panels->size(0) * cuda::kWgmmaN;
+  const WgmmaPanels panels = wgmma_panels(weight, s, static_cast<int>(k_steps));
+  const int64_t padded_dim = panels.panels.size(0) * cuda::kWgmmaN;
   const at::Tensor b = at::constant_pad_nd(bias.to(at::kFloat), {0, padded_dim - s.dim}, 0).contiguous();
   at::Tensor pos = pos_embed.to(s.out_dtype).contiguous();
   if (reinterpret_cast<uintptr_t>(pos.const_data_ptr()) % 8 != 0) pos = pos.clone();  // 8-byte loads
@@ -144,8 +157,8 @@ std::optional<at::Tensor> patch_embed_wgmma(const PatchEmbedShape& s, const at::
   args.k = static_cast<int32_t>(K);
   args.k_steps = static_cast<int32_t>(k_steps);
   args.dim = static_cast<int32_t>(s.dim);
-  args.panels = static_cast<const uint4*>(panels->const_data_ptr());
-  args.alpha = static_cast<float>(1.0 / 255.0);
+  args.panels = static_cast<const uint4*>(panels.panels.const_data_ptr());
+  args.alpha = panels.alpha.const_data_ptr<float>();
   args.bias = b.const_data_ptr<float>();
   args.pos_embed = pos.const_data_ptr();
   args.out = out.mutable_data_ptr();

@@ -74,8 +74,8 @@ struct PatchEmbedWgmmaArgs {
   int32_t k;               // K = p * p * Cin
   int32_t k_steps;         // ceil(K / 16), at most kWgmmaMaxSteps
   int32_t dim;             // C, a multiple of 4
-  const uint4* panels;     // fp16 panels, [ceil(C / 128)][k_steps * 4096 bytes]: launch_patch_embed_wgmma's layout
-  float alpha;             // 1/255: the panels hold W' * 255 = W / std
+  const uint4* panels;     // fp16 panels, [ceil(C / 128)][k_steps * 4096 bytes], the layout below
+  const float* alpha;      // device scalar 1 / s: the panels hold W' * s (s a power of two, glue)
   const float* bias;       // [ceil(C / 128) * 128] fp32 (zeros past C)
   const void* pos_embed;   // [T, C] in the output dtype, 8-byte aligned
   void* out;               // [M, C] bf16 or fp16

@@ -22,8 +22,9 @@
 //    pair is two adjacent bytes of one pixel row of the patch (K order (ky, kx, c), pairs never cross
 //    a 42-byte patch row since its length is even), one 16-bit load; prmt puts 0x64 above each byte
 //    (fp16 1024 + v) and one sub.f16x2 of 1024 leaves v exactly. The operands are fp16: pixels are
-//    exact in it, and the weight W / std (the 1/255 of the folded normalization applied to the fp32
-//    accumulator instead) keeps 11 significant bits where bf16 keeps 8.
+//    exact in it, and the weight W' * s (s a power of two that puts the largest |W' * s| in
+//    (2^14, 2^15]; 1 / s applied to the fp32 accumulator) keeps 11 significant bits where bf16
+//    keeps 8, with no risk of overflow.
 //  * kAhead k-steps of raw pixel pairs are in flight per thread (16-bit loads latency-bound, not
 //    bandwidth-bound); the next tile's first kAhead steps are loaded before the epilogue.
 //  * Each k-step: convert, fence, wgmma m64n128k16, commit, wait until at most one group is in
@@ -144,6 +145,7 @@ __global__ void __launch_bounds__(kWgmmaThreads, 1) wgmma_patch_kernel(PatchEmbe
   uint32_t afrag[2][4];
   const OutT* pos = static_cast<const OutT*>(args.pos_embed);
   OutT* out = static_cast<OutT*>(args.out);
+  const float alpha = __ldg(args.alpha);
   // The epilogue's fixed columns: lane l of every warp handles channels n_lane .. n_lane + 3.
   const int n_lane = blockIdx.x * kWgmmaN + 4 * lane;
   const float4 bias4 = *reinterpret_cast<const float4*>(args.bias + n_lane);  // padded to whole panels
@@ -180,8 +182,8 @@ __global__ void __launch_bounds__(kWgmmaThreads, 1) wgmma_patch_kernel(PatchEmbe
         if (j < k_steps) load_raw(raw[j], b0, b1, j);
     }
 
-    // Epilogue: out[r, n] = alpha * acc + bias[n] + pos[r % T, n]. acc[4j + e] holds row gid (e < 2)
-    // or gid + 8, channels 8j + 2t + (e & 1) of the panel: written in that layout, the stores and
+    // Epilogue: out[r, n] = alpha * acc + bias[n] + pos[r % T, n] (alpha = 1 / s). acc[4j + e] holds
+    // row gid (e < 2) or gid + 8, channels 8j + 2t + (e & 1) of the panel: in that layout, the stores and
     // the position-embedding loads would touch 8 rows per instruction (about 2000 L1 wavefronts per
     // tile, as many as the tile's tensor-core cycles). So the tile goes through this warpgroup's
     // shared-memory stage first and comes back row-contiguous: a warp reads one row per pass, four
@@ -205,10 +207,10 @@ __global__ void __launch_bounds__(kWgmmaThreads, 1) wgmma_patch_kernel(PatchEmbe
         const float4 v = *reinterpret_cast<const float4*>(stage + row * kWgmmaStageStride + 4 * lane);
         const uint2 p = *reinterpret_cast<const uint2*>(pos + static_cast<int64_t>(tok) * args.dim + n_lane);
         uint2 o;
-        o.x = pack_out2<OutT>(fmaf(args.alpha, v.x, bias4.x) + out_to_float<OutT>(static_cast<uint16_t>(p.x)),
-                              fmaf(args.alpha, v.y, bias4.y) + out_to_float<OutT>(static_cast<uint16_t>(p.x >> 16)));
-        o.y = pack_out2<OutT>(fmaf(args.alpha, v.z, bias4.z) + out_to_float<OutT>(static_cast<uint16_t>(p.y)),
-                              fmaf(args.alpha, v.w, bias4.w) + out_to_float<OutT>(static_cast<uint16_t>(p.y >> 16)));
+        o.x = pack_out2<OutT>(fmaf(alpha, v.x, bias4.x) + out_to_float<OutT>(static_cast<uint16_t>(p.x)),
+                              fmaf(alpha, v.y, bias4.y) + out_to_float<OutT>(static_cast<uint16_t>(p.x >> 16)));
+        o.y = pack_out2<OutT>(fmaf(alpha, v.z, bias4.z) + out_to_float<OutT>(static_cast<uint16_t>(p.y)),
+                              fmaf(alpha, v.w, bias4.w) + out_to_float<OutT>(static_cast<uint16_t>(p.y >> 16)));
         *reinterpret_cast<uint2*>(out + static_cast<int64_t>(r) * args.dim + n_lane) = o;
         tok += 4;
         while (tok >= g.tokens) tok -= static_cast<int32_t>(g.tokens);

@@ -22,11 +22,11 @@ using std::fmaf;
 using namespace interleave;
 using namespace interleave::cuda;
 
-// tiles: uint8 [n, height, width, channels]; panels: fp16 [ceil(dim / 128), k_steps * 16 * 128];
-// bias: fp32 [ceil(dim / 128) * 128]; pos and out: [T, dim] / [n * T, dim] in bf16 (bf16 != 0) or fp16.
+// tiles: uint8 [n, height, width, channels]; panels: fp16 [ceil(dim / 128), k_steps * 16 * 128] of
+// W' * s; alpha: 1 / s (one float); bias: fp32 [ceil(dim / 128) * 128]; pos and out: [T, dim] / [n * T, dim] in bf16 (bf16 != 0) or fp16.
 extern "C" int emu_patch_embed_wgmma(const uint8_t* tiles, int64_t n, int64_t height, int64_t width, int64_t channels,
-                                     int64_t patch, const void* panels, int64_t k_steps, const float* bias,
-                                     const void* pos, int64_t dim, int bf16, int slices, void* out) {
+                                     int64_t patch, const void* panels, int64_t k_steps, const float* alpha,
+                                     const float* bias, const void* pos, int64_t dim, int bf16, int slices, void* out) {
   PatchEmbedWgmmaArgs args{};
   args.pixels = tiles;
   args.geometry = make_patch_geometry(true, channels, height, width, patch);
@@ -35,7 +35,7 @@ extern "C" int emu_patch_embed_wgmma(const uint8_t* tiles, int64_t n, int64_t he
   args.k_steps = static_cast<int32_t>(k_steps);
   args.dim = static_cast<int32_t>(dim);
   args.panels = static_cast<const uint4*>(panels);
-  args.alpha = 1.0f / 255.0f;
+  args.alpha = alpha;
   args.bias = bias;
   args.pos_embed = pos;
   args.out = out;
