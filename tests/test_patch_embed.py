@@ -142,7 +142,8 @@ def test_cuda_wgmma_kernel_runs_and_follows_weight_changes():
     """On a compute-capability-9.0 GPU with an sm_90a build (bench/gpu_check.sh builds 9.0a), the
     wgmma kernel is available, is the kernel that runs under cuda_gemm("wgmma") (profiler), meets
     the 2x rule at the SigLIP shape over many 64-token tiles (14580 tokens: several per warpgroup),
-    and rebuilds its cached weight panels when the weight changes in place."""
+    rebuilds its cached weight panels when the weight changes in place, and runs under
+    torch.inference_mode (same result)."""
     if not torch.cuda.is_available():
         pytest.skip("needs a CUDA GPU")
     from interleave import _extension
@@ -166,8 +167,11 @@ def test_cuda_wgmma_kernel_runs_and_follows_weight_changes():
         with torch.no_grad():
             weight.mul_(-0.5)
         out2 = patch_embed(tiles, weight, bias, pos)
+        with torch.inference_mode():  # the fold is an inference tensor there: no version counter
+            out3 = patch_embed(tiles, weight, bias, pos)
     assert_within_2x(out2, reference.patch_embed_tiles(tiles, weight, bias, pos),
                      truth64(tiles, weight, bias, pos), torch.bfloat16)
+    assert torch.equal(out3, out2)
 
 
 def test_cuda_gemm_rejects_unknown_mode():

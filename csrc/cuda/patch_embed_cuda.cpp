@@ -112,9 +112,13 @@ WgmmaPanels wgmma_panels(const at::Tensor& weight, const PatchEmbedShape& s, int
   static std::mutex mu;
   static std::vector<WgmmaPanels> cache;  // most recently used last
   const std::lock_guard<std::mutex> lock(mu);
+  // Inference tensors (made under torch.inference_mode, as the fold is when the model runs there)
+  // have no version counter: they are matched by identity, which is what the fold cache needs (it
+  // replaces its folded tensor when the model's weight changes, it never modifies it in place).
+  const int64_t version = weight.is_inference() ? -2 : weight._version();
   for (size_t i = 0; i < cache.size(); ++i) {
     const WgmmaPanels& e = cache[i];
-    if (e.key.is_same(weight) && e.version == weight._version() && e.k_steps == k_steps) {
+    if (e.key.is_same(weight) && e.version == version && e.k_steps == k_steps) {
       std::rotate(cache.begin() + static_cast<std::ptrdiff_t>(i), cache.begin() + static_cast<std::ptrdiff_t>(i) + 1,
                   cache.end());
       return cache.back();
@@ -123,7 +127,7 @@ WgmmaPanels wgmma_panels(const at::Tensor& weight, const PatchEmbedShape& s, int
   const at::Tensor w = weight.to(at::kFloat);
   // s = 2^floor(log2(2^15 / max|W'|)): exact to apply, exact to undo.
   const at::Tensor scale = w.abs().amax().clamp_min(1e-30).reciprocal().mul(32768.0).log2().floor().exp2();
-  WgmmaPanels e{weight, weight._version(), k_steps,
+  WgmmaPanels e{weight, version, k_steps,
                 patch_embed_wgmma_layout(w.mul(scale), s.channels_last, 1.0, k_steps, cuda::kWgmmaN),
                 scale.reciprocal().reshape({1})};
   if (cache.size() == kWgmmaPanelCacheEntries) cache.erase(cache.begin());
