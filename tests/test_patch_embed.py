@@ -167,11 +167,17 @@ def test_cuda_wgmma_kernel_runs_and_follows_weight_changes():
         with torch.no_grad():
             weight.mul_(-0.5)
         out2 = patch_embed(tiles, weight, bias, pos)
-        with torch.inference_mode():  # the fold is an inference tensor there: no version counter
-            out3 = patch_embed(tiles, weight, bias, pos)
+        from interleave.ops.patch_embed import set_fold_cache
+        old = set_fold_cache(False)  # a fresh fold per call, made in inference mode: an inference
+        try:                         # tensor, which has no version counter
+            with torch.inference_mode():
+                out3 = patch_embed(tiles, weight, bias, pos)
+                out4 = patch_embed(tiles, weight, bias, pos)
+        finally:
+            set_fold_cache(old)
     assert_within_2x(out2, reference.patch_embed_tiles(tiles, weight, bias, pos),
                      truth64(tiles, weight, bias, pos), torch.bfloat16)
-    assert torch.equal(out3, out2)
+    assert torch.equal(out3, out2) and torch.equal(out4, out2)
 
 
 def test_cuda_gemm_rejects_unknown_mode():
