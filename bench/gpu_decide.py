@@ -109,11 +109,19 @@ def bars(results):
                   f"{'met' if s is not None and s >= TTFT_BAR else 'not met'}")
 
 
-def anyres_decision(results, failures):
-    print("== anyres_tiles tensor-core passes (default off: anyres_cuda_mma() in csrc/ops/anyres_tiles_checks.cpp)")
-    cases = [r for r in by_op(results, "anyres_tiles") if "ours_mma" in r["median_ms"]]
+def variant_cases(results, op, variant, title):
+    """The CUDA cases of `op` that timed `variant`, after printing the section's title."""
+    print(f"== {title}")
+    cases = [r for r in by_op(results, op) if variant in r["median_ms"]]
     if not cases:
-        print("  no ours_mma variant in this run")
+        print(f"  no {variant} variant in this run")
+    return cases
+
+
+def anyres_decision(results, failures):
+    cases = variant_cases(results, "anyres_tiles", "ours_mma",
+                          "anyres_tiles tensor-core passes (default off: anyres_cuda_mma() in csrc/ops/anyres_tiles_checks.cpp)")
+    if not cases:
         return
     faster, equal = True, True
     for r in cases:
@@ -129,10 +137,9 @@ def anyres_decision(results, failures):
 
 
 def wgmma_decision(results, failures):
-    print("== patch_embed wgmma kernel (default off: kAuto in csrc/cuda/patch_embed_cuda.cpp)")
-    cases = [r for r in by_op(results, "patch_embed") if "ours_wgmma" in r["median_ms"]]
+    cases = variant_cases(results, "patch_embed", "ours_wgmma",
+                          "patch_embed wgmma kernel (default off: kAuto in csrc/cuda/patch_embed_cuda.cpp)")
     if not cases:
-        print("  no ours_wgmma variant in this run")
         return
     ran = all(any("ran the wgmma kernel: True" in n for n in r.get("notes", [])) for r in cases)
     within = all(r.get("variants_within_2x_reference_error", False) for r in cases)

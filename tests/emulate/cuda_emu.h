@@ -1,12 +1,13 @@
-// A small host emulator for CUDA kernels that use only threadIdx/blockIdx/blockDim/gridDim,
-// __syncthreads and shared memory (no warp intrinsics, no atomics): compile the .cu as C++ after
+// A small host emulator for CUDA kernels that use threadIdx/blockIdx/blockDim/gridDim,
+// __syncthreads, shared memory and the collectives below (no atomics): compile the .cu as C++ after
 // this header and launch kernels with emu::launch. Every CUDA thread of a block is a coroutine
 // (ucontext) with its own stack; __syncthreads waits until every unfinished thread of the block is
 // there, so a barrier really separates the phases of a kernel (a thread never reads shared memory
 // that another thread has not written yet), and threads waiting at different barriers are a
 // reported deadlock. Blocks run one after another. Warp collectives (__shfl_down_sync,
 // __ballot_sync, the MMA below) exchange values between two warp-wide waits: the whole warp must
-// call them together, as on the GPU; other warps may be anywhere.
+// call them together, as on the GPU; other warps may be anywhere. Warpgroup MMAs (wgmma) and
+// warpgroup barriers wait likewise for the calling 128 threads.
 // `__shared__` becomes `static` (one copy, reused by the blocks in turn); dynamic shared memory is
 // IL_DYNAMIC_SMEM (csrc/common/macros.h), here a buffer of the launch's size. This checks index
 // math, barriers and arithmetic on machines without a GPU; not races between blocks, not speed.
@@ -86,9 +87,30 @@ inline void group_sync() {
 template <typename T>
 T* dynamic_shared() { return reinterpret_cast<T*>(dynamic_smem.data()); }
 
+// Lets the threads waiting at `state` go on in every group of `width` threads (a warp, a
+// warpgroup) whose unfinished threads all wait there; true if any went on.
+inline bool release_groups(unsigned block, unsigned width, int state) {
+  bool released = false;
+  for (unsigned w = 0; w < block; w += width) {
+    bool all_waiting = true, any_waiting = false;
+    for (unsigned t = w; t < std::min(block, w + width); ++t) {
+      if (states[t] == kDone) continue;
+      if (states[t] == state) any_waiting = true;
+      else all_waiting = false;
+    }
+    if (any_waiting && all_waiting) {
+      for (unsigned t = w; t < std::min(block, w + width); ++t)
+        if (states[t] == state) states[t] = kReady;
+      released = true;
+    }
+  }
+  return released;
+}
+
 // Runs the block's threads until all are done: each ready thread runs until it finishes or waits;
-// a warp's lanes waiting at a warp sync go on once every unfinished lane of that warp waits there;
-// threads at __syncthreads go on once every unfinished thread of the block waits there (exited
+// a warp's lanes waiting at a warp sync go on once every unfinished lane of that warp waits there,
+// a warpgroup's threads at a group sync (wgmma waits, named warpgroup barriers) likewise for its
+// 128 threads; threads at __syncthreads go on once every unfinished thread of the block waits there (exited
 // threads count as arrived, as on the GPU). Anything else is a deadlock, reported and fatal.
 inline void run_block(unsigned block) {
   for (;;) {
@@ -101,35 +123,13 @@ inline void run_block(unsigned block) {
       ran = true;
     }
     if (ran) continue;
-    bool released = false, all_done = true, all_at_barrier = true;
-    for (unsigned w = 0; w < block; w += 32) {
-      bool all_waiting = true, any_waiting = false;
-      for (unsigned t = w; t < std::min(block, w + 32); ++t) {
-        if (states[t] == kDone) continue;
-        all_done = false;
-        if (states[t] != kAtBarrier) all_at_barrier = false;
-        if (states[t] == kAtWarpSync) any_waiting = true;
-        else all_waiting = false;
-      }
-      if (any_waiting && all_waiting) {
-        for (unsigned t = w; t < std::min(block, w + 32); ++t)
-          if (states[t] == kAtWarpSync) states[t] = kReady;
-        released = true;
-      }
+    bool all_done = true, all_at_barrier = true;
+    for (unsigned t = 0; t < block; ++t) {
+      if (states[t] == kDone) continue;
+      all_done = false;
+      if (states[t] != kAtBarrier) all_at_barrier = false;
     }
-    for (unsigned w = 0; w < block; w += 128) {
-      bool all_waiting = true, any_waiting = false;
-      for (unsigned t = w; t < std::min(block, w + 128); ++t) {
-        if (states[t] == kDone) continue;
-        if (states[t] == kAtGroupSync) any_waiting = true;
-        else all_waiting = false;
-      }
-      if (any_waiting && all_waiting) {
-        for (unsigned t = w; t < std::min(block, w + 128); ++t)
-          if (states[t] == kAtGroupSync) states[t] = kReady;
-        released = true;
-      }
-    }
+    const bool released = release_groups(block, 32, kAtWarpSync) | release_groups(block, 128, kAtGroupSync);
     if (all_done) return;
     if (released) continue;
     if (!all_at_barrier) {
