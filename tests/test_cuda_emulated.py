@@ -74,6 +74,10 @@ def im2col_emu(tmp_path_factory):
         [ctypes.c_int64, ctypes.c_int, ctypes.c_int, ctypes.c_void_p]
     so.emu_broadcast_rows.restype = ctypes.c_int
     so.emu_broadcast_rows.argtypes = [ctypes.c_void_p] + [ctypes.c_int64] * 3 + [ctypes.c_void_p]
+    so.emu_patch_embed_mma.restype = ctypes.c_int
+    so.emu_patch_embed_mma.argtypes = [ctypes.c_void_p] + [ctypes.c_int64] * 5 + [ctypes.c_void_p, ctypes.c_int64,
+                                                                                  ctypes.c_float] + \
+        [ctypes.c_void_p] * 2 + [ctypes.c_int64, ctypes.c_int, ctypes.c_void_p]
     so.emu_patch_embed_simt.restype = ctypes.c_int
     so.emu_patch_embed_simt.argtypes = [ctypes.c_void_p] + [ctypes.c_int64] * 5 + [ctypes.c_void_p, ctypes.c_int64] + \
         [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p]
@@ -288,6 +292,46 @@ def test_patch_embed_simt_cuda_kernel_emulated_within_2x(im2col_emu, S, C):
     err_ref = (ref.double() - truth).abs().max().item()
     floor = truth.abs().max().item() * 2.0 ** -24
     assert err_ours <= 2 * max(err_ref, floor), (err_ours, err_ref)
+
+
+@pytest.mark.parametrize("bf16", [True, False], ids=["bf16", "fp16"])
+@pytest.mark.parametrize("S,C", [(56, 136), (30, 64)])
+def test_patch_embed_mma_cuda_kernel_emulated(im2col_emu, S, C, bf16):
+    """The bf16/fp16 mma.sync kernel, which passed its tests on an H100 (404b09f), under the
+    emulator's m16n8k16 (the PTX ISA's fragment layout, which the wgmma A fragments share): equal to
+    the same arithmetic in float64 (exact pixels, the operand-rounded weight as patch_embed_cuda
+    lays it out, fp32 epilogue) within one unit in the last place plus the fp32 accumulator's
+    rounding. A cross-check of the emulator's fragment model against hardware-verified code."""
+    from interleave import reference
+    from interleave.ops.patch_embed import fold_normalization
+    p, N = 14, 3
+    dtype = torch.bfloat16 if bf16 else torch.float16
+    g = torch.Generator().manual_seed(S + C + int(bf16))
+    tiles = torch.randint(0, 256, (N, S, S, 3), generator=g, dtype=torch.uint8)
+    weight = torch.randn(C, 3, p, p, generator=g) / (3 * p * p) ** 0.5
+    bias = torch.randn(C, generator=g) * 0.1
+    T = (S // p) ** 2
+    pos = torch.randn(T, C, generator=g)
+    fw, fb = fold_normalization(weight, bias, reference.SIGLIP_MEAN, reference.SIGLIP_STD)
+    K = 3 * p * p
+    Kp = (K + 31) // 32 * 32
+    scale = 1.0 if bf16 else 255.0  # the glue's fp16 path keeps the 1/255 in alpha
+    w = torch.zeros(C, Kp, dtype=dtype)
+    w[:, :K] = (fw.double() * scale).permute(0, 2, 3, 1).reshape(C, K).to(dtype)
+    out = torch.full((N * T, C), float("nan"), dtype=dtype)
+    rc = im2col_emu.emu_patch_embed_mma(tiles.data_ptr(), N, S, S, 3, p, w.data_ptr(), Kp, 1.0 / scale,
+                                        fb.float().contiguous().data_ptr(), pos.data_ptr(), C, int(bf16),
+                                        out.data_ptr())
+    assert rc == 0 and not out.isnan().any()
+    a = tiles.double()[:, :S // p * p, :S // p * p].reshape(N, S // p, p, S // p, p, 3)
+    a = a.permute(0, 1, 3, 2, 4, 5).reshape(N * T, K)
+    w64 = w[:, :K].double()
+    alpha = float(torch.tensor(1.0 / scale, dtype=torch.float32))
+    exact = (a @ w64.t()) * alpha + fb.float().double() + pos.double().repeat(N, 1)
+    ulp = exact.abs().clamp_min(2.0 ** -14) * 2.0 ** (-7 if bf16 else -10)
+    accum = (a @ w64.abs().t()) * alpha * (Kp // 16) * 2.0 ** -24 + \
+        (fb.double().abs() + pos.double().abs().repeat(N, 1)) * 2.0 ** -23
+    assert ((out.double() - exact).abs() <= ulp + accum).all(), (out.double() - exact).abs().max().item()
 
 
 # ---- patch_embed: the Hopper wgmma kernel ---------------------------------------------------------

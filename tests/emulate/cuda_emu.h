@@ -264,7 +264,18 @@ inline uint32_t il_int2_to_half2(int32_t lo, int32_t hi) {
 // 2t..2t+1), c[2..3] (row g + 8)). The sum is exact in double and rounded once to fp32, which
 // is what the kernels that use it rely on (integer sums below 2^24). The whole warp must call it
 // together, as on the GPU.
-inline void il_mma_f16_16816(float (&c)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
+namespace emu {
+inline double bf16_value(uint32_t bits16) {  // bf16 is the upper half of a float32
+  const uint32_t f = (bits16 & 0xFFFFu) << 16;
+  float v;
+  std::memcpy(&v, &f, 4);
+  return v;
+}
+inline double f16_value(uint32_t bits16) { return static_cast<double>(half_of(bits16)); }
+}  // namespace emu
+
+template <double (*Value)(uint32_t)>
+inline void il_mma_16816(float (&c)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
   auto& mine = emu::mma_exchange[threadIdx.x];
   for (int i = 0; i < 4; ++i) mine[i] = a[i];
   for (int i = 0; i < 2; ++i) mine[4 + i] = b[i];
@@ -272,11 +283,11 @@ inline void il_mma_f16_16816(float (&c)[4], const uint32_t (&a)[4], const uint32
   const unsigned lane = threadIdx.x % 32, base = threadIdx.x - lane;
   const auto a_at = [&](int row, int k) {
     const auto& src = emu::mma_exchange[base + (row % 8) * 4 + (k % 8) / 2];
-    return static_cast<double>(emu::half_of(src[(row >= 8 ? 1 : 0) + (k >= 8 ? 2 : 0)] >> (16 * (k % 2))));
+    return Value(src[(row >= 8 ? 1 : 0) + (k >= 8 ? 2 : 0)] >> (16 * (k % 2)));
   };
   const auto b_at = [&](int k, int col) {
     const auto& src = emu::mma_exchange[base + col * 4 + (k % 8) / 2];
-    return static_cast<double>(emu::half_of(src[4 + (k >= 8 ? 1 : 0)] >> (16 * (k % 2))));
+    return Value(src[4 + (k >= 8 ? 1 : 0)] >> (16 * (k % 2)));
   };
   float d[4];
   for (int e = 0; e < 4; ++e) {
@@ -287,6 +298,13 @@ inline void il_mma_f16_16816(float (&c)[4], const uint32_t (&a)[4], const uint32
   }
   emu::warp_sync();
   for (int e = 0; e < 4; ++e) c[e] = d[e];
+}
+inline void il_mma_f16_16816(float (&c)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
+  il_mma_16816<emu::f16_value>(c, a, b);
+}
+// mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32: the same fragments, bf16 operands.
+inline void il_mma_bf16_16816(float (&c)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
+  il_mma_16816<emu::bf16_value>(c, a, b);
 }
 
 // ---- Hopper warpgroup MMA (csrc/cuda/ptx_primitives.cuh) ------------------------------------------

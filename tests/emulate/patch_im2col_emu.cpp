@@ -1,7 +1,7 @@
-// Host emulation of patch_embed's im2col CUDA kernel (the cuBLAS path's A operand) under
-// tests/emulate/cuda_emu.h; see tests/test_cuda_emulated.py. The kernel
-// source is csrc/cuda/patch_embed_kernels.cu without its launchers; the tensor-core and SIMT GEMM
-// kernels in it are templates this file never instantiates (their PTX cannot run on a host).
+// Host emulation of patch_embed's CUDA kernels in csrc/cuda/patch_embed_kernels.cu (without its
+// launchers) under tests/emulate/cuda_emu.h; see tests/test_cuda_emulated.py: the im2col of the
+// cuBLAS path, the position-embedding broadcast, the fp32 SIMT GEMM and the bf16/fp16 mma.sync GEMM
+// (its MMAs through the emulator's il_mma_*_16816, with the PTX ISA's fragment layout).
 #include <cuda_runtime_api.h>
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -77,5 +77,35 @@ extern "C" int emu_broadcast_rows(const void* src, int64_t period, int64_t row_b
     broadcast_rows_kernel(static_cast<const uint4*>(src), static_cast<int32_t>(period),
                           static_cast<int32_t>(row_bytes / 16), rows, static_cast<uint4*>(dst));
   });
+  return 0;
+}
+
+// The tensor-core GEMM kernel (bf16/fp16 outputs below the cuBLAS threshold), as patch_embed_cuda
+// launches it: weight [C, Kp] in the operand type (bf16 when bf16 != 0, else fp16), K order of
+// PatchGeometry, zeros past K; bias [C] and pos [T, C] fp32; out [N * T, C] in the operand type.
+extern "C" int emu_patch_embed_mma(const uint8_t* tiles, int64_t n, int64_t height, int64_t width, int64_t channels,
+                                   int64_t patch, const void* weight, int64_t k_padded, float alpha, const float* bias,
+                                   const float* pos, int64_t dim, int bf16, void* out) {
+  PatchEmbedArgs args{};
+  args.pixels = tiles;
+  args.pixel_type = PixelType::kUInt8;
+  args.geometry = make_patch_geometry(true, channels, height, width, patch);
+  args.rows = n * args.geometry.tokens;
+  args.k = patch_k(args.geometry);
+  args.k_padded = k_padded;
+  args.dim = dim;
+  args.weight = weight;
+  args.alpha = alpha;
+  args.bias = bias;
+  args.pos_embed = pos;
+  args.out = out;
+  args.out_type = bf16 ? OutType::kBFloat16 : OutType::kFloat16;
+  if (k_padded % kBK != 0 || k_padded < args.k) return 1;
+  if (bf16)
+    emu::launch2d(blocks_for(dim, kBN), blocks_for(args.rows, kBM), kMmaThreads, 0,
+                  [&] { mma_kernel<__nv_bfloat16>(args); });
+  else
+    emu::launch2d(blocks_for(dim, kBN), blocks_for(args.rows, kBM), kMmaThreads, 0,
+                  [&] { mma_kernel<__half>(args); });
   return 0;
 }
