@@ -23,6 +23,14 @@ def info() -> int:
     for op in ops.OPS:
         print(f"  {op:20s} cpu:  {ops.backend(op, 'cpu')}")
         print(f"  {'':20s} cuda: {ops.backend(op, 'cuda')}")
+    if ext is not None and ext.with_cuda:
+        # From the build's arch list, without initializing CUDA: whether an H100/H200 can run the
+        # paths that wait behind an off default for a GPU run to verify them.
+        sm90a = "9.0a" in ext.arch_list.replace(";", " ").split()
+        print("off by default until verified on a GPU:")
+        print("  patch_embed wgmma kernel (cuda_gemm('wgmma')): "
+              + ("in this build (sm_90a)" if sm90a else "not in this build (needs TORCH_CUDA_ARCH_LIST with 9.0a)"))
+        print("  anyres_tiles tensor-core passes (interleave.ops.anyres_tiles.cuda_tensor_cores()): in this build")
     return 0
 
 
