@@ -391,6 +391,10 @@ def test_info_command():
     assert r.returncode == 0, r.stderr
     assert "torch" in r.stdout and "merge_tokens" in r.stdout
     assert "cpu kernel" in r.stdout
+    from interleave import _extension
+    if _extension.has_kernel("cuda"):  # the off-by-default GPU paths, from the arch list (no CUDA init)
+        sm90a = "9.0a" in _extension.module.arch_list.replace(";", " ").split()
+        assert ("patch_embed wgmma kernel (cuda_gemm('wgmma')): in this build" in r.stdout) == sm90a, r.stdout
 
 
 def test_empty_sequence(device):
