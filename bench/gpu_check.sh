@@ -6,6 +6,8 @@
 #   (bench/errpath_diag.py; a backtrace under cuda-gdb if one crashes); 5. run the CUDA tests
 #   (pytest -m cuda; per file if one crashes); the benchmark table; 6. bench/gpu_decide.py's reading
 #   of the run (decide.log: each bar and each off-by-default path's verdict).
+# Before 3, bench/gpu_preflight.py runs each never-verified CUDA path once in its own process
+# (preflight.log); one that fails is left out of 3 and 5 (INTERLEAVE_SKIP_PATHS).
 # Usage (device tool): INTERLEAVE_COMMIT=$(git rev-parse --short HEAD) bash bench/gpu_check.sh
 # (expand the sha locally when writing the command). Budget: 8 minutes.
 set -uo pipefail
@@ -44,6 +46,15 @@ echo "link: $(grep -oE -- "-l:libstdc\+\+[^ ]*|-static-libstdc\+\+" "$OUT_DIR/bu
 "NEEDED: $(readelf -d "$so" 2>/dev/null | grep -oE 'lib(stdc\+\+|gcc_s|c10)[^]]*' | tr '\n' ' ')"\
 "std::locale defined in our .so: $(nm -C --defined-only "$so" 2>/dev/null | grep -c 'std::locale::')"
 "$PY" -m interleave info
+
+echo "== 2b. preflight: each never-verified CUDA path once, in its own process (bench/gpu_preflight.py)"
+# A kernel fault leaves a sticky CUDA error for the rest of a process: a path that fails here is
+# left out of the benchmark and its CUDA tests are skipped (INTERLEAVE_SKIP_PATHS; preflight.log).
+timeout 280 "$PY" bench/gpu_preflight.py > "$OUT_DIR/preflight.log" 2>&1 || echo "preflight: rc=$?"
+cat "$OUT_DIR/preflight.log" | grep -E "^[a-z_]+: |^INTERLEAVE_SKIP_PATHS"
+skip_line=$(grep -E "^INTERLEAVE_SKIP_PATHS=" "$OUT_DIR/preflight.log" | tail -1)
+export INTERLEAVE_SKIP_PATHS="${skip_line#INTERLEAVE_SKIP_PATHS=}"
+[ -n "$skip_line" ] || export INTERLEAVE_SKIP_PATHS="wgmma,anyres_mma"  # no verdict: rule both out
 
 # Order: the benchmarks first (the numbers no other machine can give), then the error-path diagnosis
 # and the tests; the whole script must fit the device's 8 minutes (the 2026-11-27 run in the old

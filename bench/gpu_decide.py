@@ -172,6 +172,9 @@ def main(argv):
     print(f"run: {env.get('gpu')} commit {env.get('commit')} torch {env.get('torch')}; "
           f"CUDA tests passed: {env.get('cuda_tests_passed')}")
     results = report.get("results", [])
+    skipped = env.get("preflight_skipped", [])
+    if skipped:
+        print(f"preflight (bench/gpu_preflight.py, preflight.log) ruled out: {', '.join(skipped)} -> keep those off")
     bars(results)
     anyres_decision(results, failures)
     wgmma_decision(results, failures)

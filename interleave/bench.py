@@ -154,7 +154,7 @@ def anyres_tiles_cases(device: str, quick: bool = False, compile_reference: bool
         # On CUDA, pass 1 on tensor cores too (both exact; off by default until verified on a GPU),
         # so one run compares them.
         variants = {"ours_mma": lambda ims=images, m=mode: _with_tensor_cores(anyres_tiles, ims, m)} \
-            if device == "cuda" else {}
+            if device == "cuda" and not preflight_failed("anyres_mma") else {}
         cases.append(Case(
             op="anyres_tiles", device=device, shape=f"{name} -> {tiles} tiles", dtype="uint8",
             ours=lambda ims=images, m=mode: anyres_tiles(ims, m).tiles, variants=variants,
@@ -175,6 +175,13 @@ def patch_embed_inputs(N=16, S=384, p=14, C=1152, dtype=torch.float32, device="c
     bias = torch.randn(C, generator=g) * 0.1
     pos = torch.randn(T, C, generator=g)
     return tiles.to(device), weight.to(device, dtype), bias.to(device, dtype), pos.to(device, dtype)
+
+
+def preflight_failed(path: str) -> bool:
+    """Whether bench/gpu_check.sh's isolated preflight (bench/gpu_preflight.py) ruled out `path` for
+    this run: a never-verified kernel that faults would leave a sticky CUDA error for every later
+    case of this process."""
+    return path in os.environ.get("INTERLEAVE_SKIP_PATHS", "").split(",")
 
 
 def _with_gemm(mode: str, args) -> torch.Tensor:
@@ -216,6 +223,9 @@ def patch_embed_cases(device: str, quick: bool = False, compile_reference: bool 
             # "wgmma" (the Hopper kernel) falls back to auto's path where the build or GPU lacks it;
             # the result's `wgmma_available` says which one that variant timed.
             for mode in ("wgmma", "cublas", "mma"):
+                if mode == "wgmma" and preflight_failed("wgmma"):
+                    notes.append("ours_wgmma left out: bench/gpu_preflight.py failed or found it unavailable")
+                    continue
                 variants[f"ours_{mode}"] = lambda a=(tiles, weight, bias, pos), m=mode: _with_gemm(m, a)
         cases.append(Case(
             op="patch_embed", device=device, shape=f"N={N} S={S} p={p} C={C}",
@@ -1040,6 +1050,8 @@ def environment(devices: list[str]) -> dict:
         env["gpu"] = torch.cuda.get_device_name()
         env["cuda"] = torch.version.cuda
         env["cuda_extension"] = _extension.backend_reason("cuda")
+        # Paths that bench/gpu_preflight.py ruled out for this run (their variants are left out).
+        env["preflight_skipped"] = [p for p in os.environ.get("INTERLEAVE_SKIP_PATHS", "").split(",") if p]
     return env
 
 

@@ -7,6 +7,8 @@ import torch
 CUDA = torch.cuda.is_available()
 
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)]
+# The CUDA tests of each path that bench/gpu_preflight.py checks: every string must be in the test id.
+PREFLIGHT_TESTS = {"wgmma": ["wgmma"], "anyres_mma": ["tensor_core_pass", "mma"]}
 
 
 def pytest_collection_modifyitems(config, items):
@@ -21,6 +23,16 @@ def pytest_collection_modifyitems(config, items):
             except (AttributeError, OSError, TypeError):
                 continue
             if "pytest.raises" in source:
+                item.add_marker(skip)
+    skipped_paths = [p for p in os.environ.get("INTERLEAVE_SKIP_PATHS", "").split(",") if p]
+    for path in skipped_paths:
+        # bench/gpu_check.sh sets this for a never-verified CUDA path that failed (or does not apply
+        # to) bench/gpu_preflight.py's isolated run: a kernel fault would leave a sticky CUDA error
+        # that fails every later test of this process. The reason is in preflight.log.
+        needles = PREFLIGHT_TESTS.get(path, [path])
+        skip = pytest.mark.skip(reason=f"{path}: failed or unavailable in bench/gpu_preflight.py (preflight.log)")
+        for item in items:
+            if "cuda" in item.keywords and all(n in item.nodeid for n in needles):
                 item.add_marker(skip)
     if CUDA:
         return

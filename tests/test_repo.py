@@ -117,3 +117,30 @@ def test_gpu_decide_reads_a_committed_run(tmp_path):
     out = subprocess.run([sys.executable, script, str(fake), str(failed)], capture_output=True, text=True,
                          check=True).stdout
     assert "-> keep it off" in out.split("== patch_embed wgmma")[1], out
+
+
+def test_gpu_preflight_rules_out_paths_and_the_tests_follow():
+    """bench/gpu_preflight.py runs each never-verified CUDA path in a child process; here (no GPU)
+    both are unavailable and named in the INTERLEAVE_SKIP_PATHS line gpu_check.sh exports; with
+    that variable the paths' CUDA tests are skipped with the preflight's reason (tests/conftest.py)
+    and only theirs: anyres' SIMT parameter of the same test is not."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = subprocess.run([sys.executable, os.path.join(root, "bench", "gpu_preflight.py")], capture_output=True,
+                         text=True, timeout=300, check=True).stdout
+    last = out.strip().splitlines()[-1]
+    assert last.startswith("INTERLEAVE_SKIP_PATHS=")
+    if torch_cuda_available():
+        return  # on a GPU the verdicts depend on the kernels; gpu_check.sh records them
+    assert set(last.split("=", 1)[1].split(",")) == {"wgmma", "anyres_mma"}, out
+    env = dict(os.environ, INTERLEAVE_SKIP_PATHS="anyres_mma")
+    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider",
+                        os.path.join(root, "tests", "test_anyres_tiles.py"), "-k", "tensor_core_pass"],
+                       capture_output=True, text=True, timeout=300, env=env, cwd=root)
+    lines = [x for x in r.stdout.splitlines() if x.startswith("SKIPPED")]
+    assert any("anyres_mma: failed or unavailable in bench/gpu_preflight.py" in x for x in lines), r.stdout
+    assert any("needs a CUDA GPU" in x for x in lines), r.stdout  # the simt parameter
+
+
+def torch_cuda_available() -> bool:
+    import torch
+    return torch.cuda.is_available()

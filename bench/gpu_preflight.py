@@ -1,0 +1,114 @@
+"""Runs each CUDA path that has never run on a GPU once, in its own process, before bench/gpu_check.sh
+times and tests everything in one process each.
+
+A new kernel that faults (illegal instruction, misaligned address) leaves a sticky CUDA error: every
+later CUDA call in that process fails, so one bad variant would cost the whole benchmark run (and
+the rest of the CUDA tests) on a machine lent for minutes. Here each path runs on a small real case
+in a child process with a time limit and is compared with the default path; a path that fails is
+named in the last line, `INTERLEAVE_SKIP_PATHS=a,b`, which gpu_check.sh exports so that the
+benchmark leaves out its variant and the tests skip it (tests/conftest.py: skip_if_preflight_failed),
+and the reason is in preflight.log.
+
+    python3 bench/gpu_preflight.py            # all paths, one child each
+    python3 bench/gpu_preflight.py --one NAME # one path in this process (what the children run)
+"""
+import subprocess
+import sys
+import time
+
+UNAVAILABLE = "unavailable: "
+
+
+def check_wgmma():
+    """patch_embed's Hopper wgmma kernel (cuda_gemm("wgmma")) against the cuBLAS path, SigLIP shape."""
+    import torch
+    from interleave.bench import patch_embed_inputs
+    from interleave.ops import patch_embed
+    from interleave.ops.patch_embed import cuda_gemm, wgmma_available
+    if not torch.cuda.is_available():
+        return UNAVAILABLE + "no CUDA GPU"
+    if not wgmma_available():
+        return UNAVAILABLE + "the build has no sm_90a target or the GPU is not compute capability 9.0"
+    tiles, weight, bias, pos = patch_embed_inputs(3, 384, 14, 1152, torch.bfloat16, "cuda")
+    with cuda_gemm("cublas"):
+        want = patch_embed(tiles, weight, bias, pos)
+    with cuda_gemm("wgmma"):
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+            got = patch_embed(tiles, weight, bias, pos)
+            torch.cuda.synchronize()
+    if not any("wgmma_patch_kernel" in e.name for e in prof.events()):
+        return "the wgmma kernel did not run"
+    if not torch.isfinite(got).all():
+        return "non-finite output"
+    diff = (got.float() - want.float()).abs().max().item()
+    scale = want.float().abs().max().item()
+    # Both round to bf16 once; the operands differ (fp16 vs bf16 weights): a few bf16 steps apart.
+    if diff > 0.05 * scale:
+        return f"differs from the cuBLAS path by {diff:.3g} (values up to {scale:.3g})"
+    return None
+
+
+def check_anyres_mma():
+    """anyres_tiles with pass 1 on tensor cores (and the fused passes) against the default path, bitwise."""
+    import torch
+    from interleave.ops import anyres_tiles
+    from interleave.ops.anyres_tiles import cuda_tensor_cores
+    if not torch.cuda.is_available():
+        return UNAVAILABLE + "no CUDA GPU"
+    g = torch.Generator().manual_seed(0)
+    images = [torch.randint(0, 256, (1080, 1920, 3), generator=g, dtype=torch.uint8).cuda(),
+              torch.randint(0, 256, (1411, 1411, 3), generator=g, dtype=torch.uint8).cuda()]
+    for mode in ("anyres_max_9", "squash"):
+        want = anyres_tiles(images, mode).tiles
+        with cuda_tensor_cores():
+            got = anyres_tiles(images, mode).tiles
+        torch.cuda.synchronize()
+        if not torch.equal(got, want):
+            bad = (got != want).sum().item()
+            return f"{mode}: {bad} of {want.numel()} bytes differ from the default path"
+    return None
+
+
+CHECKS = {"wgmma": check_wgmma, "anyres_mma": check_anyres_mma}
+
+
+def run_one(name):
+    """0: ok; 2: the path does not apply here (skipped, not a failure); 1 or a crash: failed."""
+    reason = CHECKS[name]()
+    if reason is None:
+        print(f"{name}: ok")
+        return 0
+    if reason.startswith(UNAVAILABLE):
+        print(f"{name}: {reason}")
+        return 2
+    print(f"{name}: FAILED: {reason}")
+    return 1
+
+
+def main(argv):
+    if len(argv) == 2 and argv[0] == "--one":
+        return run_one(argv[1])
+    failed = []
+    for name in CHECKS:
+        t0 = time.time()
+        try:
+            r = subprocess.run([sys.executable, __file__, "--one", name], capture_output=True, text=True, timeout=120)
+            out = (r.stdout + r.stderr).strip().splitlines()
+            line = next((x for x in reversed(out) if x.startswith(f"{name}:")), None)
+            if r.returncode == 0 and line is not None and line.endswith("ok"):
+                print(f"{line} ({time.time() - t0:.0f}s)")
+                continue
+            if r.returncode == 2 and line is not None:
+                print(line)
+            else:
+                print(line or f"{name}: FAILED: exit status {r.returncode}")
+                print("\n".join("    " + x for x in out[-15:]))
+        except subprocess.TimeoutExpired:
+            print(f"{name}: FAILED: no answer within 120 s (a hang?)")
+        failed.append(name)
+    print(f"INTERLEAVE_SKIP_PATHS={','.join(failed)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
