@@ -50,7 +50,7 @@ echo "link: $(grep -oE -- "-l:libstdc\+\+[^ ]*|-static-libstdc\+\+" "$OUT_DIR/bu
 echo "== 2b. preflight: each never-verified CUDA path once, in its own process (bench/gpu_preflight.py)"
 # A kernel fault leaves a sticky CUDA error for the rest of a process: a path that fails here is
 # left out of the benchmark and its CUDA tests are skipped (INTERLEAVE_SKIP_PATHS; preflight.log).
-timeout 280 "$PY" bench/gpu_preflight.py > "$OUT_DIR/preflight.log" 2>&1 || echo "preflight: rc=$?"
+timeout 200 "$PY" bench/gpu_preflight.py > "$OUT_DIR/preflight.log" 2>&1 || echo "preflight: rc=$?"
 cat "$OUT_DIR/preflight.log" | grep -E "^[a-z_]+: |^INTERLEAVE_SKIP_PATHS"
 skip_line=$(grep -E "^INTERLEAVE_SKIP_PATHS=" "$OUT_DIR/preflight.log" | tail -1)
 export INTERLEAVE_SKIP_PATHS="${skip_line#INTERLEAVE_SKIP_PATHS=}"

@@ -92,7 +92,7 @@ def main(argv):
     for name in CHECKS:
         t0 = time.time()
         try:
-            r = subprocess.run([sys.executable, __file__, "--one", name], capture_output=True, text=True, timeout=120)
+            r = subprocess.run([sys.executable, __file__, "--one", name], capture_output=True, text=True, timeout=90)
             out = (r.stdout + r.stderr).strip().splitlines()
             line = next((x for x in reversed(out) if x.startswith(f"{name}:")), None)
             if r.returncode == 0 and line is not None and line.endswith("ok"):
@@ -104,7 +104,7 @@ def main(argv):
                 print(line or f"{name}: FAILED: exit status {r.returncode}")
                 print("\n".join("    " + x for x in out[-15:]))
         except subprocess.TimeoutExpired:
-            print(f"{name}: FAILED: no answer within 120 s (a hang?)")
+            print(f"{name}: FAILED: no answer within 90 s (a hang?)")
         failed.append(name)
     print(f"INTERLEAVE_SKIP_PATHS={','.join(failed)}")
     return 0
