@@ -58,7 +58,7 @@ def check_anyres_mma():
     g = torch.Generator().manual_seed(0)
     images = [torch.randint(0, 256, (1080, 1920, 3), generator=g, dtype=torch.uint8).cuda(),
               torch.randint(0, 256, (1411, 1411, 3), generator=g, dtype=torch.uint8).cuda()]
-    for mode in ("anyres_max_9", "squash"):
+    for mode in ("anyres_max_9", "llava", "pad"):
         want = anyres_tiles(images, mode).tiles
         with cuda_tensor_cores():
             got = anyres_tiles(images, mode).tiles
