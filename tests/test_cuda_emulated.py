@@ -259,6 +259,38 @@ def test_patch_im2col_cuda_kernel_emulated(im2col_emu, case, dtype):
     assert torch.equal(got.view(torch.int16), expected[row0:row0 + rows].view(torch.int16))
 
 
+# ---- patch_embed: shared inputs and checks of the GEMM kernels --------------------------------------
+def _siglip_inputs(N, S, p, C, seed):
+    """uint8 tiles [N, S, S, 3], SigLIP-scaled random weight, bias and position embedding (float32),
+    and the folded (W', b') for SigLIP's mean/std, as interleave.ops.patch_embed passes them."""
+    from interleave import reference
+    from interleave.ops.patch_embed import fold_normalization
+    g = torch.Generator().manual_seed(seed)
+    tiles = torch.randint(0, 256, (N, S, S, 3), generator=g, dtype=torch.uint8)
+    weight = torch.randn(C, 3, p, p, generator=g) / (3 * p * p) ** 0.5
+    bias = torch.randn(C, generator=g) * 0.1
+    pos = torch.randn((S // p) ** 2, C, generator=g)
+    fw, fb = fold_normalization(weight, bias, reference.SIGLIP_MEAN, reference.SIGLIP_STD)
+    return tiles, weight, bias, pos, fw, fb
+
+
+def _patches64(tiles, p):
+    """The im2col of uint8 HWC tiles in float64: [N * T, p * p * 3] in the HWC K order."""
+    N, S = tiles.shape[0], tiles.shape[1]
+    a = tiles.double()[:, :S // p * p, :S // p * p].reshape(N, S // p, p, S // p, p, 3)
+    return a.permute(0, 1, 3, 2, 4, 5).reshape(N * (S // p) ** 2, p * p * 3)
+
+
+def _assert_same_arithmetic(out, a, w64, alpha, bias64, pos64, k_steps, bf16):
+    """out (bf16/fp16) equals alpha * (a @ w64^T) + bias + pos computed in float64 and rounded to the
+    output dtype, within one unit in its last place plus the fp32 accumulator's rounding (once per
+    16-wide k-step) and the epilogue's fp32 sum of O(1) terms, which can cancel far below them."""
+    exact = (a @ w64.t()) * alpha + bias64 + pos64
+    ulp = exact.abs().clamp_min(2.0 ** -14) * 2.0 ** (-7 if bf16 else -10)
+    accum = (a @ w64.abs().t()) * alpha * k_steps * 2.0 ** -24 + (bias64.abs() + pos64.abs()) * 2.0 ** -23
+    assert ((out.double() - exact).abs() <= ulp + accum).all(), (out.double() - exact).abs().max().item()
+
+
 # ---- patch_embed: the float32 SIMT GEMM kernel ----------------------------------------------------
 @pytest.mark.parametrize("S,C", [(384, 64), (30, 70)], ids=["siglip-grid", "odd"])
 def test_patch_embed_simt_cuda_kernel_emulated_within_2x(im2col_emu, S, C):
@@ -266,15 +298,9 @@ def test_patch_embed_simt_cuda_kernel_emulated_within_2x(im2col_emu, S, C):
     the folded SigLIP normalization, against float64 truth: within 2x of the float32 reference
     path's error (transformers' processor + conv), as tests/test_patch_embed.py asks on a GPU."""
     from interleave import reference
-    from interleave.ops.patch_embed import fold_normalization
     p, N = 14, 2
-    g = torch.Generator().manual_seed(S + C)
-    tiles = torch.randint(0, 256, (N, S, S, 3), generator=g, dtype=torch.uint8)
-    weight = torch.randn(C, 3, p, p, generator=g) / (3 * p * p) ** 0.5
-    bias = torch.randn(C, generator=g) * 0.1
+    tiles, weight, bias, pos, fw, fb = _siglip_inputs(N, S, p, C, seed=S + C)
     T = (S // p) ** 2
-    pos = torch.randn(T, C, generator=g)
-    fw, fb = fold_normalization(weight, bias, reference.SIGLIP_MEAN, reference.SIGLIP_STD)
     K = 3 * p * p
     Kp = (K + 31) // 32 * 32
     w = torch.zeros(C, Kp)
@@ -302,17 +328,10 @@ def test_patch_embed_mma_cuda_kernel_emulated(im2col_emu, S, C, bf16):
     the same arithmetic in float64 (exact pixels, the operand-rounded weight as patch_embed_cuda
     lays it out, fp32 epilogue) within one unit in the last place plus the fp32 accumulator's
     rounding. A cross-check of the emulator's fragment model against hardware-verified code."""
-    from interleave import reference
-    from interleave.ops.patch_embed import fold_normalization
     p, N = 14, 3
     dtype = torch.bfloat16 if bf16 else torch.float16
-    g = torch.Generator().manual_seed(S + C + int(bf16))
-    tiles = torch.randint(0, 256, (N, S, S, 3), generator=g, dtype=torch.uint8)
-    weight = torch.randn(C, 3, p, p, generator=g) / (3 * p * p) ** 0.5
-    bias = torch.randn(C, generator=g) * 0.1
+    tiles, weight, bias, pos, fw, fb = _siglip_inputs(N, S, p, C, seed=S + C + int(bf16))
     T = (S // p) ** 2
-    pos = torch.randn(T, C, generator=g)
-    fw, fb = fold_normalization(weight, bias, reference.SIGLIP_MEAN, reference.SIGLIP_STD)
     K = 3 * p * p
     Kp = (K + 31) // 32 * 32
     scale = 1.0 if bf16 else 255.0  # the glue's fp16 path keeps the 1/255 in alpha
@@ -323,15 +342,9 @@ def test_patch_embed_mma_cuda_kernel_emulated(im2col_emu, S, C, bf16):
                                         fb.float().contiguous().data_ptr(), pos.data_ptr(), C, int(bf16),
                                         out.data_ptr())
     assert rc == 0 and not out.isnan().any()
-    a = tiles.double()[:, :S // p * p, :S // p * p].reshape(N, S // p, p, S // p, p, 3)
-    a = a.permute(0, 1, 3, 2, 4, 5).reshape(N * T, K)
-    w64 = w[:, :K].double()
     alpha = float(torch.tensor(1.0 / scale, dtype=torch.float32))
-    exact = (a @ w64.t()) * alpha + fb.float().double() + pos.double().repeat(N, 1)
-    ulp = exact.abs().clamp_min(2.0 ** -14) * 2.0 ** (-7 if bf16 else -10)
-    accum = (a @ w64.abs().t()) * alpha * (Kp // 16) * 2.0 ** -24 + \
-        (fb.double().abs() + pos.double().abs().repeat(N, 1)) * 2.0 ** -23
-    assert ((out.double() - exact).abs() <= ulp + accum).all(), (out.double() - exact).abs().max().item()
+    _assert_same_arithmetic(out, _patches64(tiles, p), w[:, :K].double(), alpha, fb.float().double(),
+                            pos.double().repeat(N, 1), Kp // 16, bf16)
 
 
 # ---- patch_embed: the Hopper wgmma kernel ---------------------------------------------------------
@@ -385,18 +398,13 @@ def test_patch_embed_wgmma_kernel_emulated(wgmma_emu, case):
     accumulator's own rounding). A wrong fragment, descriptor or tile index is off by O(1). For bf16
     also the issue's rule: within 2x the error of the bf16 reference path against float64."""
     from interleave import reference
-    from interleave.ops.patch_embed import fold_normalization
     N, S, p, C, bf16, slices = case
     dtype = torch.bfloat16 if bf16 else torch.float16
-    g = torch.Generator().manual_seed(S * 7 + C + N)
-    tiles = torch.randint(0, 256, (N, S, S, 3), generator=g, dtype=torch.uint8)
+    tiles, weight, bias, pos, fw, fb = _siglip_inputs(N, S, p, C, seed=S * 7 + C + N)
     tiles[0, :p, :p] = 255  # extremes
     tiles[-1, -p:, -p:] = 0
-    weight = torch.randn(C, 3, p, p, generator=g) / (3 * p * p) ** 0.5
-    bias = torch.randn(C, generator=g) * 0.1
     T = (S // p) ** 2
-    pos = torch.randn(T, C, generator=g).to(dtype)
-    fw, fb = fold_normalization(weight, bias, reference.SIGLIP_MEAN, reference.SIGLIP_STD)
+    pos = pos.to(dtype)
     K = 3 * p * p
     k_steps = (K + 15) // 16
     scale = torch.exp2(torch.floor(torch.log2(32768.0 / fw.float().abs().amax())))
@@ -411,16 +419,9 @@ def test_patch_embed_wgmma_kernel_emulated(wgmma_emu, case):
                                          b32.data_ptr(), pos.data_ptr(), C, int(bf16), slices, out.data_ptr())
     assert rc == 0
     assert not out.isnan().any()
-    # The same arithmetic in float64.
     w16 = (fw.float() * scale).double().permute(0, 2, 3, 1).reshape(C, K).half().double()
-    a = tiles.double()[:, :S // p * p, :S // p * p].reshape(N, S // p, p, S // p, p, 3)
-    a = a.permute(0, 1, 3, 2, 4, 5).reshape(N * T, K)
-    exact = (a @ w16.t()) * alpha.double() + b32[:C].double() + pos.double().repeat(N, 1)
-    ulp = exact.abs().clamp_min(2.0 ** -14) * 2.0 ** (-7 if bf16 else -10)
-    # the fp32 accumulator rounds once per k-step (emulated: each MMA exact, then rounded), and the
-    # epilogue's fp32 sum of O(1) terms can cancel to far below them
-    accum = (a @ w16.abs().t()) * alpha.double() * k_steps * 2.0 ** -24 + (b32[:C].double().abs() + pos.double().abs().repeat(N, 1)) * 2.0 ** -23
-    assert ((out.double() - exact).abs() <= ulp + accum).all(), (out.double() - exact).abs().max().item()
+    _assert_same_arithmetic(out, _patches64(tiles, p), w16, alpha.double(), b32[:C].double(),
+                            pos.double().repeat(N, 1), k_steps, bf16)
     if bf16:
         px64 = (tiles.double() / 255 - 0.5) / 0.5
         truth = torch.nn.functional.conv2d(px64.permute(0, 3, 1, 2), weight.double(), bias.double(),

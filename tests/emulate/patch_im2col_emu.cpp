@@ -44,11 +44,12 @@ extern "C" int emu_patch_im2col(const void* pixels, int channels_last, int64_t n
   return 0;
 }
 
-// The SIMT GEMM kernel (float32 outputs) on uint8 HWC tiles, as patch_embed_cuda launches it:
-// weight [C, Kp] float in the K order of PatchGeometry (zeros past K), bias [C], pos [T, C].
-extern "C" int emu_patch_embed_simt(const uint8_t* tiles, int64_t n, int64_t height, int64_t width, int64_t channels,
-                                    int64_t patch, const float* weight, int64_t k_padded, const float* bias,
-                                    const float* pos, int64_t dim, float* out) {
+// The GEMM kernels' arguments for uint8 HWC tiles [n, height, width, channels], as patch_embed_cuda
+// fills them.
+static PatchEmbedArgs uint8_tile_args(const uint8_t* tiles, int64_t n, int64_t height, int64_t width,
+                                      int64_t channels, int64_t patch, const void* weight, int64_t k_padded,
+                                      float alpha, const void* bias, const void* pos, int64_t dim, void* out,
+                                      OutType out_type) {
   PatchEmbedArgs args{};
   args.pixels = tiles;
   args.pixel_type = PixelType::kUInt8;
@@ -58,11 +59,22 @@ extern "C" int emu_patch_embed_simt(const uint8_t* tiles, int64_t n, int64_t hei
   args.k_padded = k_padded;
   args.dim = dim;
   args.weight = weight;
-  args.alpha = 1.0f;
+  args.alpha = alpha;
   args.bias = bias;
   args.pos_embed = pos;
   args.out = out;
-  args.out_type = OutType::kFloat32;
+  args.out_type = out_type;
+  return args;
+}
+
+// The SIMT GEMM kernel (float32 outputs) on uint8 HWC tiles, as patch_embed_cuda launches it:
+// weight [C, Kp] float in the K order of PatchGeometry (zeros past K), bias [C], pos [T, C].
+extern "C" int emu_patch_embed_simt(const uint8_t* tiles, int64_t n, int64_t height, int64_t width, int64_t channels,
+                                    int64_t patch, const float* weight, int64_t k_padded, const float* bias,
+                                    const float* pos, int64_t dim, float* out) {
+  const PatchEmbedArgs args =
+      uint8_tile_args(tiles, n, height, width, channels, patch, weight, k_padded, 1.0f, bias, pos, dim, out,
+                      OutType::kFloat32);
   if (k_padded % kSK != 0 || k_padded < args.k) return 1;
   emu::launch2d(blocks_for(dim, kSN), blocks_for(args.rows, kSM), kSimtThreads, 0,
                 [&] { simt_kernel<float>(args); });
@@ -86,20 +98,9 @@ extern "C" int emu_broadcast_rows(const void* src, int64_t period, int64_t row_b
 extern "C" int emu_patch_embed_mma(const uint8_t* tiles, int64_t n, int64_t height, int64_t width, int64_t channels,
                                    int64_t patch, const void* weight, int64_t k_padded, float alpha, const float* bias,
                                    const float* pos, int64_t dim, int bf16, void* out) {
-  PatchEmbedArgs args{};
-  args.pixels = tiles;
-  args.pixel_type = PixelType::kUInt8;
-  args.geometry = make_patch_geometry(true, channels, height, width, patch);
-  args.rows = n * args.geometry.tokens;
-  args.k = patch_k(args.geometry);
-  args.k_padded = k_padded;
-  args.dim = dim;
-  args.weight = weight;
-  args.alpha = alpha;
-  args.bias = bias;
-  args.pos_embed = pos;
-  args.out = out;
-  args.out_type = bf16 ? OutType::kBFloat16 : OutType::kFloat16;
+  const PatchEmbedArgs args =
+      uint8_tile_args(tiles, n, height, width, channels, patch, weight, k_padded, alpha, bias, pos, dim, out,
+                      bf16 ? OutType::kBFloat16 : OutType::kFloat16);
   if (k_padded % kBK != 0 || k_padded < args.k) return 1;
   if (bf16)
     emu::launch2d(blocks_for(dim, kBN), blocks_for(args.rows, kBM), kMmaThreads, 0,
