@@ -144,3 +144,18 @@ def test_gpu_preflight_rules_out_paths_and_the_tests_follow():
 def torch_cuda_available() -> bool:
     import torch
     return torch.cuda.is_available()
+
+
+def test_gpu_check_runs_the_unverified_paths_tests_first():
+    """INTERLEAVE_TEST_FIRST (set by bench/gpu_check.sh) moves the matching CUDA tests to the front,
+    so a run cut short by the device's budget still answers for the paths no GPU has verified."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, INTERLEAVE_TEST_FIRST="wgmma,sync_free")
+    r = subprocess.run([sys.executable, "-m", "pytest", "--co", "-q", "-m", "cuda", "-p", "no:cacheprovider",
+                        os.path.join(root, "tests", "test_anyres_tiles.py"), os.path.join(root, "tests", "test_merge_tokens.py"),
+                        os.path.join(root, "tests", "test_patch_embed.py")],
+                       capture_output=True, text=True, timeout=300, env=env, cwd=root)
+    ids = [x for x in r.stdout.splitlines() if "::" in x]
+    k = sum(1 for x in ids if "wgmma" in x or "sync_free" in x)
+    assert k >= 5 and all("wgmma" in x or "sync_free" in x for x in ids[:k]), ids[:k + 2]
+    assert not any("wgmma" in x or "sync_free" in x for x in ids[k:])
