@@ -177,11 +177,15 @@ def patch_embed_inputs(N=16, S=384, p=14, C=1152, dtype=torch.float32, device="c
     return tiles.to(device), weight.to(device, dtype), bias.to(device, dtype), pos.to(device, dtype)
 
 
+def preflight_skipped() -> list[str]:
+    """The paths bench/gpu_check.sh's isolated preflight (bench/gpu_preflight.py) ruled out for this
+    run (INTERLEAVE_SKIP_PATHS): a never-verified kernel that faults would leave a sticky CUDA
+    error for every later case of this process."""
+    return [p for p in os.environ.get("INTERLEAVE_SKIP_PATHS", "").split(",") if p]
+
+
 def preflight_failed(path: str) -> bool:
-    """Whether bench/gpu_check.sh's isolated preflight (bench/gpu_preflight.py) ruled out `path` for
-    this run: a never-verified kernel that faults would leave a sticky CUDA error for every later
-    case of this process."""
-    return path in os.environ.get("INTERLEAVE_SKIP_PATHS", "").split(",")
+    return path in preflight_skipped()
 
 
 def _with_gemm(mode: str, args) -> torch.Tensor:
@@ -217,15 +221,16 @@ def patch_embed_cases(device: str, quick: bool = False, compile_reference: bool 
         variants = {"ours_pixel_values": lambda a=(pixel_values, weight, bias, pos): patch_embed(*a)}
         notes = []
         if device == "cuda" and dtype == torch.bfloat16:
-            from .ops.patch_embed import wgmma_available
-            notes.append(f"ours_wgmma ran the wgmma kernel: {wgmma_available()}")
-            # ours is "auto" (cuBLAS from 4096 tokens on); both GEMMs forced, so one run compares them.
-            # "wgmma" (the Hopper kernel) falls back to auto's path where the build or GPU lacks it;
-            # the result's `wgmma_available` says which one that variant timed.
+            # ours is "auto" (cuBLAS from 4096 tokens on); every GEMM forced too, so one run compares
+            # them. "wgmma" (the Hopper kernel) falls back to auto's path where the build or GPU
+            # lacks it: a note says which one that variant timed.
             for mode in ("wgmma", "cublas", "mma"):
-                if mode == "wgmma" and preflight_failed("wgmma"):
-                    notes.append("ours_wgmma left out: bench/gpu_preflight.py failed or found it unavailable")
-                    continue
+                if mode == "wgmma":
+                    if preflight_failed("wgmma"):
+                        notes.append("ours_wgmma left out: bench/gpu_preflight.py failed or found it unavailable")
+                        continue
+                    from .ops.patch_embed import wgmma_available
+                    notes.append(f"ours_wgmma ran the wgmma kernel: {wgmma_available()}")
                 variants[f"ours_{mode}"] = lambda a=(tiles, weight, bias, pos), m=mode: _with_gemm(m, a)
         cases.append(Case(
             op="patch_embed", device=device, shape=f"N={N} S={S} p={p} C={C}",
@@ -1051,7 +1056,7 @@ def environment(devices: list[str]) -> dict:
         env["cuda"] = torch.version.cuda
         env["cuda_extension"] = _extension.backend_reason("cuda")
         # Paths that bench/gpu_preflight.py ruled out for this run (their variants are left out).
-        env["preflight_skipped"] = [p for p in os.environ.get("INTERLEAVE_SKIP_PATHS", "").split(",") if p]
+        env["preflight_skipped"] = preflight_skipped()
     return env
 
 

@@ -25,20 +25,6 @@ namespace {
 constexpr int kThreads = 256;  // threads per block, and positions per tile
 constexpr int kWarps = kThreads / 32;
 
-// ---- conversions with the rounding of Tensor.to (c10 converts through float) ----------------
-__device__ __forceinline__ float to_float(float x) { return x; }
-__device__ __forceinline__ float to_float(double x) { return static_cast<float>(x); }
-__device__ __forceinline__ float to_float(__nv_bfloat16 x) { return __bfloat162float(x); }
-__device__ __forceinline__ float to_float(__half x) { return __half2float(x); }
-
-template <typename T> __device__ __forceinline__ T from_float(float x);
-template <> __device__ __forceinline__ float from_float<float>(float x) { return x; }
-template <> __device__ __forceinline__ double from_float<double>(float x) { return x; }
-template <> __device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float x) {
-  return __float2bfloat16_rn(x);
-}
-template <> __device__ __forceinline__ __half from_float<__half>(float x) { return __float2half_rn(x); }
-
 template <typename To, typename From>
 __device__ __forceinline__ To cast_to(From x) {
   if constexpr (std::is_same_v<To, From>) {

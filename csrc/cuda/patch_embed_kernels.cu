@@ -20,6 +20,7 @@
 #include <cstdint>
 #include <type_traits>
 
+#include "dispatch.cuh"
 #include "patch_embed_kernels.h"
 #include "ptx_primitives.cuh"
 
@@ -28,13 +29,6 @@ namespace cuda {
 namespace {
 
 // ---- conversions -----------------------------------------------------------------------------
-template <typename T> __device__ __forceinline__ T from_float(float x);
-template <> __device__ __forceinline__ float from_float<float>(float x) { return x; }
-template <> __device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float x) {
-  return __float2bfloat16_rn(x);
-}
-template <> __device__ __forceinline__ __half from_float<__half>(float x) { return __float2half_rn(x); }
-
 // Pixel `index` of the pixel tensor as T (uint8 and the float types; double only reaches the
 // double GEMM, everything else goes through float, which is exact for uint8/bf16/fp16 sources).
 template <typename T>
@@ -139,15 +133,6 @@ __device__ __forceinline__ void mma_16816(float (&c)[4], const uint32_t (&a)[4],
     il_mma_bf16_16816(c, a, b);
   else
     il_mma_f16_16816(c, a, b);
-}
-
-template <typename T>
-__device__ __forceinline__ uint32_t pack2(T lo, T hi) {
-  // The lower k index goes in the low half, as the mma fragments expect (and as memory order is).
-  uint16_t l, h;
-  memcpy(&l, &lo, 2);
-  memcpy(&h, &hi, 2);
-  return static_cast<uint32_t>(l) | (static_cast<uint32_t>(h) << 16);
 }
 
 template <typename T>

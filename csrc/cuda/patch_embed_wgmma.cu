@@ -35,10 +35,9 @@
 #include <algorithm>
 #include <atomic>
 #include <cstdint>
-#include <cstring>
-#include <type_traits>
 
 #include "../common/macros.h"
+#include "dispatch.cuh"
 #include "patch_embed_kernels.h"
 #include "ptx_primitives.cuh"
 
@@ -49,32 +48,6 @@
 namespace interleave {
 namespace cuda {
 namespace {
-
-// One 16-bit pair of output values from two floats, and back (bf16 or fp16 bit patterns).
-template <typename OutT>
-__device__ __forceinline__ uint32_t pack_out2(float lo, float hi) {
-  OutT l, h;
-  if constexpr (std::is_same_v<OutT, __nv_bfloat16>) {
-    l = __float2bfloat16_rn(lo);
-    h = __float2bfloat16_rn(hi);
-  } else {
-    l = __float2half_rn(lo);
-    h = __float2half_rn(hi);
-  }
-  uint16_t lb, hb;
-  memcpy(&lb, &l, 2);
-  memcpy(&hb, &h, 2);
-  return static_cast<uint32_t>(lb) | static_cast<uint32_t>(hb) << 16;
-}
-template <typename OutT>
-__device__ __forceinline__ float out_to_float(uint16_t bits) {
-  OutT v;
-  memcpy(&v, &bits, 2);
-  if constexpr (std::is_same_v<OutT, __nv_bfloat16>)
-    return __bfloat162float(v);
-  else
-    return __half2float(v);
-}
 
 // Two uint8 pixels (low byte: the lower k) -> two exact fp16 lanes.
 __device__ __forceinline__ uint32_t pixel_pair_half2(uint32_t pair) {
@@ -207,10 +180,9 @@ __global__ void __launch_bounds__(kWgmmaThreads, 1) wgmma_patch_kernel(PatchEmbe
         const float4 v = *reinterpret_cast<const float4*>(stage + row * kWgmmaStageStride + 4 * lane);
         const uint2 p = *reinterpret_cast<const uint2*>(pos + static_cast<int64_t>(tok) * args.dim + n_lane);
         uint2 o;
-        o.x = pack_out2<OutT>(fmaf(alpha, v.x, bias4.x) + out_to_float<OutT>(static_cast<uint16_t>(p.x)),
-                              fmaf(alpha, v.y, bias4.y) + out_to_float<OutT>(static_cast<uint16_t>(p.x >> 16)));
-        o.y = pack_out2<OutT>(fmaf(alpha, v.z, bias4.z) + out_to_float<OutT>(static_cast<uint16_t>(p.y)),
-                              fmaf(alpha, v.w, bias4.w) + out_to_float<OutT>(static_cast<uint16_t>(p.y >> 16)));
+        const float2 p01 = unpack2<OutT>(p.x), p23 = unpack2<OutT>(p.y);
+        o.x = pack2(from_float<OutT>(fmaf(alpha, v.x, bias4.x) + p01.x), from_float<OutT>(fmaf(alpha, v.y, bias4.y) + p01.y));
+        o.y = pack2(from_float<OutT>(fmaf(alpha, v.z, bias4.z) + p23.x), from_float<OutT>(fmaf(alpha, v.w, bias4.w) + p23.y));
         *reinterpret_cast<uint2*>(out + static_cast<int64_t>(r) * args.dim + n_lane) = o;
         tok += 4;
         while (tok >= g.tokens) tok -= static_cast<int32_t>(g.tokens);
