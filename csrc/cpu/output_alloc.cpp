@@ -46,12 +46,15 @@ MappingCache& cache() {
   return *c;
 }
 
-// The smallest cached mapping that holds `length` without wasting more than half of it.
+// The smallest cached mapping that holds `length` without wasting more than half of it; among
+// equal sizes the most recently freed one (searched from the back, replaced only by a strictly
+// smaller one), whose pages are the likeliest to still be in the caches and the TLB. It also makes
+// reuse predictable: a loop that frees and reallocates one size gets the same buffer back.
 Mapping* take_cached(size_t length) {
   MappingCache& c = cache();
   std::lock_guard<std::mutex> lock(c.mutex);
   size_t best = c.free.size();
-  for (size_t i = 0; i < c.free.size(); ++i) {
+  for (size_t i = c.free.size(); i-- > 0;) {
     const size_t have = c.free[i]->length;
     if (have >= length && have <= 2 * length && (best == c.free.size() || have < c.free[best]->length))
       best = i;
