@@ -17,6 +17,7 @@
 #include "ops/merge_tokens.h"
 #include "ops/pack_tokens.h"
 #include "ops/patch_embed.h"
+#include "cpu/resample_simd.h"
 
 #ifndef INTERLEAVE_TORCH_VERSION
 #define INTERLEAVE_TORCH_VERSION "unknown"
@@ -148,6 +149,15 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   });
   // Whether CUDA anyres_tiles may run pass 1 on tensor cores (exact either way); returns the old one.
   m.def("_set_anyres_mma", [](bool allowed) { return std::exchange(interleave::anyres_cuda_mma(), allowed); });
+  // Instruction-set level of the CPU anyres_tiles loops: -1 the best this CPU supports, 0 portable,
+  // 1 AVX2, 2 AVX-512 (VNNI + VBMI), capped at what the CPU has; returns the old request.
+  m.def("_set_anyres_cpu_simd", [](int level) {
+    TORCH_CHECK_VALUE(level >= -1 && level <= 2, "_set_anyres_cpu_simd: level must be -1 (best), 0 (generic), 1 (avx2) or 2 (avx512), got ", level);
+    return interleave::set_anyres_cpu_simd(level);
+  });
+  // The level in use now and the best one this CPU supports.
+  m.def("_anyres_cpu_simd", []() { return static_cast<int>(interleave::anyres_cpu_simd()); });
+  m.def("_anyres_cpu_simd_supported", []() { return static_cast<int>(interleave::anyres_cpu_simd_supported()); });
   // Grid cap of the CUDA pack_tokens row kernels (0: none); returns the old one.
   m.def("_set_pack_max_blocks", [](int64_t blocks) {
     TORCH_CHECK_VALUE(blocks >= 0, "_set_pack_max_blocks: blocks must be >= 0, got ", blocks);

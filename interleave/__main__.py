@@ -23,6 +23,10 @@ def info() -> int:
     for op in ops.OPS:
         print(f"  {op:20s} cpu:  {ops.backend(op, 'cpu')}")
         print(f"  {'':20s} cuda: {ops.backend(op, 'cuda')}")
+    if ext is not None:
+        from .ops.anyres_tiles import cpu_simd_level, cpu_simd_supported
+        print(f"CPU anyres_tiles loops: {cpu_simd_level()} (this CPU supports up to {cpu_simd_supported()}; "
+              "INTERLEAVE_CPU_SIMD=generic|avx2|avx512 to cap)")
     if ext is not None and ext.with_cuda:
         # From the build's arch list, without initializing CUDA: whether an H100/H200 can run the
         # paths that wait behind an off default for a GPU run to verify them.

@@ -215,3 +215,43 @@ def test_pad_mode_with_per_channel_color(device):
     assert result.plans[0].pad_value == (122, 116, 104)
     expected = reference.anyres_tiles(check_images, result.plans)
     assert torch.equal(result.tiles.cpu(), expected)
+
+
+# The CPU kernel's inner loops exist per instruction-set level (csrc/cpu/resample_simd.h): the
+# portable loops, AVX2, and AVX-512 (vpdpbusd horizontal pass with 3-digit weights, vpermb table
+# lookup). Each level must give Pillow's bytes: widths that are not a multiple of 4 pixels and rows
+# shorter than one 16-byte load (the transpose's bounce buffer), extreme stripes (the largest partial
+# sums), every table width, and tiles that are not a multiple of 64 pixels (the lookup's tail).
+@pytest.mark.skipif(not HAS_EXT, reason="needs the compiled extension")
+@pytest.mark.parametrize("level", ["generic", "avx2", "avx512"])
+def test_cpu_simd_levels_equal_pillow(level):
+    from interleave.ops.anyres_tiles import CPU_SIMD_LEVELS, cpu_simd, cpu_simd_level, cpu_simd_supported, normalization_table
+
+    if CPU_SIMD_LEVELS.index(level) > CPU_SIMD_LEVELS.index(cpu_simd_supported()):
+        pytest.skip(f"this CPU does not support {level}")
+    sizes = [(1, 1), (2, 5), (3, 4), (9, 6), (7, 3000), (3000, 7), (333, 517), (1080, 1920), (45, 2955)]
+    images = [random_image(h, w, i) for i, (h, w) in enumerate(sizes)]
+    images += [_extreme_image(300, 1001), _extreme_image(1001, 300), random_image(899, 1024, 9, smooth=True)]
+    before = cpu_simd_level()
+    with cpu_simd(level):
+        assert cpu_simd_level() == level
+        for mode in MODES:
+            check(images, mode)
+        for tile in (100, 384):
+            result = anyres_tiles(images, "llava", tile=tile)
+            assert torch.equal(result.tiles, reference.anyres_tiles(images, result.plans, tile=tile)), tile
+            for dtype in (torch.float32, torch.bfloat16, torch.float16):
+                table = normalization_table([0.48145466, 0.4578275, 0.40821073], [0.26862954, 0.26130258, 0.27577711],
+                                            dtype=dtype)
+                values = anyres_tiles(images, "llava", tile=tile, normalize=table).tiles
+                expected = table[torch.arange(3).view(1, 3, 1, 1), result.tiles.permute(0, 3, 1, 2).long()]
+                assert torch.equal(values, expected), (tile, dtype)
+    assert cpu_simd_level() == before
+
+
+def test_cpu_simd_rejects_unknown_level():
+    from interleave.ops.anyres_tiles import cpu_simd
+
+    with pytest.raises(ValueError, match="level must be"):
+        with cpu_simd("sse9"):
+            pass

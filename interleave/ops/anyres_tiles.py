@@ -170,6 +170,38 @@ def cuda_tensor_cores(enabled: bool = True):
         yield
 
 
+CPU_SIMD_LEVELS = ("generic", "avx2", "avx512")
+
+
+def cpu_simd_supported() -> str:
+    """The best instruction-set level of the CPU kernel's inner loops on this CPU: "avx512"
+    (AVX-512 with VNNI and VBMI: Zen 4, Ice Lake and later), "avx2", or "generic" (portable C++;
+    also when the extension is not loaded)."""
+    if _extension.module is None:
+        return "generic"
+    return CPU_SIMD_LEVELS[_extension.module._anyres_cpu_simd_supported()]
+
+
+def cpu_simd_level() -> str:
+    """The level the CPU kernel uses now (`cpu_simd`, INTERLEAVE_CPU_SIMD, or the best supported)."""
+    if _extension.module is None:
+        return "generic"
+    return CPU_SIMD_LEVELS[_extension.module._anyres_cpu_simd()]
+
+
+@contextlib.contextmanager
+def cpu_simd(level: str = "auto"):
+    """Within the block (a process-wide setting, restored on exit), the instruction-set level of the
+    CPU kernel's resize and normalization loops: "auto" (the best this CPU supports, the default),
+    "avx512", "avx2" or "generic", capped at what the CPU supports. Every level computes Pillow's
+    integer arithmetic exactly and gives the same bytes; this is for tests and benchmarks. The
+    environment variable INTERLEAVE_CPU_SIMD sets the same thing for a whole process."""
+    if level != "auto" and level not in CPU_SIMD_LEVELS:
+        raise ValueError(f"cpu_simd: level must be 'auto' or one of {CPU_SIMD_LEVELS}, got {level!r}")
+    with _extension.native_setting("_set_anyres_cpu_simd", -1 if level == "auto" else CPU_SIMD_LEVELS.index(level)):
+        yield
+
+
 def anyres_tiles(images: Union[ImageLike, Sequence[ImageLike]], mode: str = "anyres_max_9", *,
                  pinpoints: planning.Pinpoints = planning.ONEVISION_PINPOINTS,
                  newline: Optional[bool] = None, tile: int = planning.TILE,

@@ -12,6 +12,7 @@
 
 #include "check.h"
 #include "common/resample.h"
+#include "cpu/resample_simd.h"
 #include "ops/anyres_tiles.h"
 
 namespace {
@@ -66,6 +67,27 @@ void check_case(int h, int w, int oh, int ow, bool vertical_first) {
   }
 }
 
+// A square output of side `tile` through a [3, 256] float32 table: equal to the table looked up
+// at the uint8 tiles of the same job (64-pixel chunks plus a tail when tile % 64 != 0).
+void check_lut_case(int h, int w, int tile) {
+  at::Tensor image = at::randint(0, 256, {h, w, 3}, at::kByte);
+  std::vector<int64_t> job = {0, h, w, 0, 0, 0, tile, tile, tile, tile, 0, 0, 0, 0, 0};
+  at::Tensor jobs = at::from_blob(job.data(), {1, interleave::kJobFields}, at::kLong);
+  std::vector<float> table(3 * 256);
+  for (size_t i = 0; i < table.size(); ++i) table[i] = static_cast<float>(i) * 0.37f - 100.0f;
+  at::Tensor lut = at::from_blob(table.data(), {3, 256}, at::kFloat);
+  at::Tensor tiles = interleave::anyres_tiles_cpu({image}, jobs, 1, tile, std::nullopt);
+  at::Tensor values = interleave::anyres_tiles_cpu({image}, jobs, 1, tile, lut);
+  const uint8_t* t = tiles.const_data_ptr<uint8_t>();
+  const float* v = values.const_data_ptr<float>();
+  for (int c = 0; c < 3; ++c)
+    for (int64_t i = 0; i < int64_t(tile) * tile; ++i)
+      if (v[c * tile * tile + i] != table[c * 256 + t[i * 3 + c]]) {
+        std::fprintf(stderr, "lut mismatch %dx%d tile %d channel %d at %lld\n", h, w, tile, c, (long long)i);
+        IL_CHECK(false);
+      }
+}
+
 }  // namespace
 
 int main() {
@@ -73,8 +95,15 @@ int main() {
   const int sizes[][4] = {{1, 1, 5, 7},     {1, 2, 1, 1},     {9, 17, 9, 4},   {17, 9, 4, 9},
                           {33, 70, 8, 24},  {70, 33, 24, 8},  {8, 300, 16, 3}, {300, 8, 3, 16},
                           {64, 64, 64, 64}, {40, 1000, 40, 37}, {123, 45, 67, 89}};
-  for (const auto& s : sizes)
-    for (bool vf : {false, true}) check_case(s[0], s[1], s[2], s[3], vf);
+  const int best = static_cast<int>(interleave::anyres_cpu_simd_supported());
+  for (int level = 0; level <= best; ++level) {
+    interleave::set_anyres_cpu_simd(level);
+    for (const auto& s : sizes)
+      for (bool vf : {false, true}) check_case(s[0], s[1], s[2], s[3], vf);
+    for (int tile : {64, 100, 130}) check_lut_case(57, 211, tile);
+    std::printf("test_anyres_tiles_cpu: instruction-set level %d ok\n", level);
+  }
+  interleave::set_anyres_cpu_simd(-1);
   std::printf("test_anyres_tiles_cpu: ok\n");
   return 0;
 }
