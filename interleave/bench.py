@@ -130,6 +130,18 @@ def _with_tensor_cores(anyres_tiles, images, mode) -> torch.Tensor:
         return anyres_tiles(images, mode).tiles
 
 
+def _cpu_simd_below_best(level: str) -> bool:
+    """Whether `level` is a lower instruction-set level than the best the CPU kernels use here."""
+    from .ops.anyres_tiles import CPU_SIMD_LEVELS, cpu_simd_supported
+    return CPU_SIMD_LEVELS.index(level) < CPU_SIMD_LEVELS.index(cpu_simd_supported())
+
+
+def _with_cpu_simd(level: str, fn):
+    from .ops.anyres_tiles import cpu_simd
+    with cpu_simd(level):
+        return fn()
+
+
 def anyres_tiles_cases(device: str, quick: bool = False, compile_reference: bool = True) -> list[Case]:
     from .ops import anyres_tiles
     from .plan import plan_image
@@ -155,6 +167,8 @@ def anyres_tiles_cases(device: str, quick: bool = False, compile_reference: bool
         # so one run compares them.
         variants = {"ours_mma": lambda ims=images, m=mode: _with_tensor_cores(anyres_tiles, ims, m)} \
             if device == "cuda" and not preflight_failed("anyres_mma") else {}
+        if device == "cpu" and _cpu_simd_below_best("avx2"):  # what the AVX-512 loops gain, same run
+            variants["ours_avx2"] = lambda ims=images, m=mode: _with_cpu_simd("avx2", lambda: anyres_tiles(ims, m).tiles)
         cases.append(Case(
             op="anyres_tiles", device=device, shape=f"{name} -> {tiles} tiles", dtype="uint8",
             ours=lambda ims=images, m=mode: anyres_tiles(ims, m).tiles, variants=variants,
@@ -296,6 +310,8 @@ def image_processor_cases(device: str, quick: bool = False, compile_reference: b
             pageable = ImageProcessor.from_hf(hf_pil, device=device)
             pageable.upload = "pageable"
             variants["ours_pageable"] = lambda p=pageable, ims=images: p(ims)["pixel_values"]
+        if device == "cpu" and _cpu_simd_below_best("avx2"):
+            variants["ours_avx2"] = lambda p=ours, ims=images: _with_cpu_simd("avx2", lambda: p(ims)["pixel_values"])
         cases.append(Case(
             op="image_processor", device=device, shape=name, dtype="float32",
             ours=lambda p=ours, ims=images: p(ims)["pixel_values"], variants=variants,
