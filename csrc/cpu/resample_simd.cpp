@@ -4,6 +4,7 @@
 #include "resample_simd.h"
 
 #include <algorithm>
+#include <array>
 #include <atomic>
 #include <cstdio>
 #include <cstdlib>
@@ -188,14 +189,21 @@ __attribute__((target("avx2"))) void vertical_row_avx2(const uint8_t* rows, int6
 
 #define IL_AVX512_TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi")))
 
-// a0 + (a1 << 8) + (a2 << 16) + half (modulo 2^32: Pillow's sum), >> 22, clamped to [0, 255]
-// (clip8), as 8 bytes. (A function, not a lambda: lambdas do not inherit the target attribute.)
-IL_AVX512_TARGET inline __m128i quad_sums_to_bytes(__m256i a0, __m256i a1, __m256i a2) {
-  __m256i s = _mm256_add_epi32(_mm256_add_epi32(a0, _mm256_slli_epi32(a1, 8)),
-                               _mm256_add_epi32(_mm256_slli_epi32(a2, 16), _mm256_set1_epi32(kResampleHalf)));
-  s = _mm256_srai_epi32(s, kResamplePrecisionBits);
-  s = _mm256_min_epi32(_mm256_max_epi32(s, _mm256_setzero_si256()), _mm256_set1_epi32(255));
-  return _mm256_cvtepi32_epi8(s);
+// (a0 + half) + (a1 << 8) + (a2 << 16) (modulo 2^32: Pillow's sum; a0 starts at half) >> 22.
+// (A function, not a lambda: lambdas do not inherit the target attribute.)
+IL_AVX512_TARGET inline __m256i quad_sum(__m256i a0, __m256i a1, __m256i a2) {
+  const __m256i s = _mm256_add_epi32(_mm256_add_epi32(a0, _mm256_slli_epi32(a1, 8)), _mm256_slli_epi32(a2, 16));
+  return _mm256_srai_epi32(s, kResamplePrecisionBits);
+}
+
+// Where lane L (= row * 3 + channel) of one output pixel lands among the 32 bytes that
+// packs_epi32(s0, s1) and packs_epi32(s2, s2) followed by packus_epi16 leave (s0: lanes 0-7, s1:
+// 8-15, s2: 16-23; both packs work within 128-bit halves). The signed then unsigned saturation is
+// Pillow's clip8 on the >> 22 sums.
+constexpr int packed_lane_position(int lane) {
+  const int v = lane / 8, k = lane % 8, half = k / 4, i = k % 4;
+  // half 0 -> bytes 0-15, half 1 -> bytes 16-31; within a half: s0 at 0-3, s1 at 4-7, s2 at 8-11.
+  return half * 16 + v * 4 + i;
 }
 
 // The horizontal pass of 8 rows with vpdpbusd (QuadAxis). The transpose puts, for each group of 4
@@ -225,33 +233,54 @@ IL_AVX512_TARGET void horizontal_block_vnni(const uint8_t* const* src, uint8_t* 
       }
       _mm_storeu_si128(reinterpret_cast<__m128i*>(tr + g * 96 + r * 12), _mm_shuffle_epi8(v, shuffle));
     }
-  const __m256i zero = _mm256_setzero_si256();
-  for (int xx = 0; xx < c.out_size; ++xx) {
-    const uint8_t* p = tr + static_cast<int64_t>(q.group0[xx]) * 96;
-    const int32_t* d = q.digits.data() + static_cast<size_t>(xx) * q.max_groups * 3;
-    __m256i a00 = zero, a01 = zero, a02 = zero, a10 = zero, a11 = zero, a12 = zero, a20 = zero, a21 = zero,
-            a22 = zero;
-    const int ng = q.groups[xx];
-    for (int g = 0; g < ng; ++g, p += 96, d += 3) {
-      const __m256i w0 = _mm256_set1_epi32(d[0]), w1 = _mm256_set1_epi32(d[1]), w2 = _mm256_set1_epi32(d[2]);
-      const __m256i x0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
-      const __m256i x1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + 32));
-      const __m256i x2 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + 64));
-      a00 = _mm256_dpbusd_epi32(a00, x0, w0);
-      a01 = _mm256_dpbusd_epi32(a01, x0, w1);
-      a02 = _mm256_dpbusd_epi32(a02, x0, w2);
-      a10 = _mm256_dpbusd_epi32(a10, x1, w0);
-      a11 = _mm256_dpbusd_epi32(a11, x1, w1);
-      a12 = _mm256_dpbusd_epi32(a12, x1, w2);
-      a20 = _mm256_dpbusd_epi32(a20, x2, w0);
-      a21 = _mm256_dpbusd_epi32(a21, x2, w1);
-      a22 = _mm256_dpbusd_epi32(a22, x2, w2);
+  // Four output pixels at a time: each leaves 32 packed bytes (packed_lane_position); one byte
+  // permute over the 128 bytes then gives each row its 12 bytes (4 pixels x RGB), written with one
+  // masked store. (Per pixel and row, 3-byte copies cost about as much as the dot products.)
+  alignas(64) static const auto row_index = [] {
+    std::array<std::array<uint8_t, 64>, kResampleBlockRows> index{};
+    for (int r = 0; r < kResampleBlockRows; ++r)
+      for (int j = 0; j < 4; ++j)
+        for (int ch = 0; ch < 3; ++ch)
+          index[r][j * 3 + ch] = static_cast<uint8_t>(j * 32 + packed_lane_position(r * 3 + ch));
+    return index;
+  }();
+  const __m256i zero = _mm256_setzero_si256(), half = _mm256_set1_epi32(kResampleHalf);
+  for (int x0 = 0; x0 < c.out_size; x0 += 4) {
+    const int pixels = std::min(4, c.out_size - x0);
+    __m256i packed[4] = {zero, zero, zero, zero};
+    for (int j = 0; j < pixels; ++j) {
+      const int xx = x0 + j;
+      const uint8_t* p = tr + static_cast<int64_t>(q.group0[xx]) * 96;
+      const int32_t* d = q.digits.data() + static_cast<size_t>(xx) * q.max_groups * 3;
+      __m256i a00 = half, a01 = zero, a02 = zero, a10 = half, a11 = zero, a12 = zero, a20 = half, a21 = zero,
+              a22 = zero;
+      const int ng = q.groups[xx];
+      for (int g = 0; g < ng; ++g, p += 96, d += 3) {
+        const __m256i w0 = _mm256_set1_epi32(d[0]), w1 = _mm256_set1_epi32(d[1]), w2 = _mm256_set1_epi32(d[2]);
+        const __m256i v0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+        const __m256i v1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + 32));
+        const __m256i v2 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + 64));
+        a00 = _mm256_dpbusd_epi32(a00, v0, w0);
+        a01 = _mm256_dpbusd_epi32(a01, v0, w1);
+        a02 = _mm256_dpbusd_epi32(a02, v0, w2);
+        a10 = _mm256_dpbusd_epi32(a10, v1, w0);
+        a11 = _mm256_dpbusd_epi32(a11, v1, w1);
+        a12 = _mm256_dpbusd_epi32(a12, v1, w2);
+        a20 = _mm256_dpbusd_epi32(a20, v2, w0);
+        a21 = _mm256_dpbusd_epi32(a21, v2, w1);
+        a22 = _mm256_dpbusd_epi32(a22, v2, w2);
+      }
+      const __m256i s2 = quad_sum(a20, a21, a22);
+      packed[j] = _mm256_packus_epi16(_mm256_packs_epi32(quad_sum(a00, a01, a02), quad_sum(a10, a11, a12)),
+                                      _mm256_packs_epi32(s2, s2));
     }
-    alignas(16) uint8_t out[kLanes + 8];
-    _mm_storel_epi64(reinterpret_cast<__m128i*>(out), quad_sums_to_bytes(a00, a01, a02));
-    _mm_storel_epi64(reinterpret_cast<__m128i*>(out + 8), quad_sums_to_bytes(a10, a11, a12));
-    _mm_storel_epi64(reinterpret_cast<__m128i*>(out + 16), quad_sums_to_bytes(a20, a21, a22));
-    for (int r = 0; r < kResampleBlockRows; ++r) std::memcpy(dst[r] + xx * 3, out + r * 3, 3);
+    const __m512i lo = _mm512_inserti64x4(_mm512_castsi256_si512(packed[0]), packed[1], 1);
+    const __m512i hi = _mm512_inserti64x4(_mm512_castsi256_si512(packed[2]), packed[3], 1);
+    const __mmask16 bytes = static_cast<__mmask16>((1u << (3 * pixels)) - 1);
+    for (int r = 0; r < kResampleBlockRows; ++r) {
+      const __m512i row = _mm512_permutex2var_epi8(lo, _mm512_load_si512(row_index[r].data()), hi);
+      _mm_mask_storeu_epi8(dst[r] + x0 * 3, bytes, _mm512_castsi512_si128(row));
+    }
   }
 }
 
