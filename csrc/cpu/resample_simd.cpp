@@ -284,6 +284,49 @@ IL_AVX512_TARGET void horizontal_block_vnni(const uint8_t* const* src, uint8_t* 
   }
 }
 
+// The vertical pass with vpdpbusd, 64 bytes of a row per step: four rows' bytes are interleaved
+// on the fly (two rounds of unpacks) so that each int32 lane holds one byte position's 4 taps, then
+// three dot products per digit (QuadAxis, groups starting at the output's first row; taps past
+// `count` read the last row with zero weight). The unpacks and then packs/packus both work within
+// 128-bit lanes, and the two reorders cancel: the packed bytes come out in row order.
+IL_AVX512_TARGET void vertical_row_vnni(const uint8_t* rows, int64_t row_bytes, const int32_t* k, int count,
+                                        const int32_t* digits, uint8_t* dst) {
+  const int groups = (count + 3) / 4;
+  const __m512i zero = _mm512_setzero_si512(), half = _mm512_set1_epi32(kResampleHalf);
+  int64_t i = 0;
+  for (; i + 64 <= row_bytes; i += 64) {
+    __m512i a[4][3];
+    for (int s = 0; s < 4; ++s) {
+      a[s][0] = half;
+      a[s][1] = a[s][2] = zero;
+    }
+    const int32_t* d = digits;
+    for (int g = 0; g < groups; ++g, d += 3) {
+      __m512i x[4];
+      for (int t = 0; t < 4; ++t) {
+        const int y = std::min(4 * g + t, count - 1);
+        x[t] = _mm512_loadu_si512(rows + y * row_bytes + i);
+      }
+      const __m512i lo01 = _mm512_unpacklo_epi8(x[0], x[1]), hi01 = _mm512_unpackhi_epi8(x[0], x[1]);
+      const __m512i lo23 = _mm512_unpacklo_epi8(x[2], x[3]), hi23 = _mm512_unpackhi_epi8(x[2], x[3]);
+      const __m512i q[4] = {_mm512_unpacklo_epi16(lo01, lo23), _mm512_unpackhi_epi16(lo01, lo23),
+                            _mm512_unpacklo_epi16(hi01, hi23), _mm512_unpackhi_epi16(hi01, hi23)};
+      for (int j = 0; j < 3; ++j) {
+        const __m512i w = _mm512_set1_epi32(d[j]);
+        for (int s = 0; s < 4; ++s) a[s][j] = _mm512_dpbusd_epi32(a[s][j], q[s], w);
+      }
+    }
+    __m512i sum[4];
+    for (int s = 0; s < 4; ++s)
+      sum[s] = _mm512_srai_epi32(_mm512_add_epi32(_mm512_add_epi32(a[s][0], _mm512_slli_epi32(a[s][1], 8)),
+                                                  _mm512_slli_epi32(a[s][2], 16)),
+                                 kResamplePrecisionBits);
+    const __m512i bytes = _mm512_packus_epi16(_mm512_packs_epi32(sum[0], sum[1]), _mm512_packs_epi32(sum[2], sum[3]));
+    _mm512_storeu_si512(dst + i, bytes);
+  }
+  vertical_tail(rows, row_bytes, k, count, i, dst);
+}
+
 // Byte permutations of the table lookup (lut_row_vbmi), per element width: which element of a
 // 64-pixel chunk each lookup position holds, so that the byte-plane interleave (unpack, which works
 // within 128-bit lanes) leaves the values in order. Position P = 16 L + 4 s + m of a 4-byte lookup
@@ -373,18 +416,18 @@ CpuSimd anyres_cpu_simd() {
 
 int set_anyres_cpu_simd(int level) { return g_requested.exchange(level); }
 
-QuadAxis quad_axis(const AxisCoeffs& c) {
+QuadAxis quad_axis(const AxisCoeffs& c, bool aligned) {
   QuadAxis q;
   q.group0.resize(c.out_size);
   q.groups.resize(c.out_size);
   for (int xx = 0; xx < c.out_size; ++xx) {
-    q.group0[xx] = c.first[xx] / 4;
-    q.groups[xx] = (c.first[xx] % 4 + c.count[xx] + 3) / 4;
+    q.group0[xx] = aligned ? c.first[xx] / 4 : 0;
+    q.groups[xx] = ((aligned ? c.first[xx] % 4 : 0) + c.count[xx] + 3) / 4;
     q.max_groups = std::max(q.max_groups, q.groups[xx]);
   }
   q.digits.assign(static_cast<size_t>(c.out_size) * q.max_groups * 3, 0);
   for (int xx = 0; xx < c.out_size; ++xx) {
-    const int offset = c.first[xx] % 4;
+    const int offset = aligned ? c.first[xx] % 4 : 0;
     for (int x = 0; x < c.count[xx]; ++x) {
       int32_t w = c.weights[static_cast<size_t>(xx) * c.ksize + x];
       int32_t digit[3];
@@ -427,11 +470,13 @@ void horizontal_block(CpuSimd level, const uint8_t* const* src, uint8_t* const* 
 }
 
 void vertical_row(CpuSimd level, const uint8_t* rows, int64_t row_bytes, const int32_t* weights, int count,
-                  int32_t* acc, uint8_t* dst) {
+                  const int32_t* digits, int32_t* acc, uint8_t* dst) {
 #if IL_RESAMPLE_X86
+  if (level >= CpuSimd::kAvx512 && digits) return vertical_row_vnni(rows, row_bytes, weights, count, digits, dst);
   if (level >= CpuSimd::kAvx2) return vertical_row_avx2(rows, row_bytes, weights, count, dst);
 #endif
   (void)level;
+  (void)digits;
   vertical_row_generic(rows, row_bytes, weights, count, acc, dst);
 }
 

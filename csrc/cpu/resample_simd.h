@@ -29,20 +29,23 @@ CpuSimd anyres_cpu_simd_supported();
 // Rows per block of the blocked horizontal passes.
 constexpr int kResampleBlockRows = 8;
 
-// A horizontal axis regrouped for vpdpbusd, which sums 4 products of unsigned bytes (pixels) and
-// signed bytes per int32 lane. Each output's window is widened to start on a multiple of 4 source
-// pixels (zero weights in front and behind), and each 22-bit weight w is split into balanced
+// An axis regrouped for vpdpbusd, which sums 4 products of unsigned bytes (pixels) and signed
+// bytes per int32 lane: each output's taps in groups of 4. Horizontally (aligned) each output's
+// window is widened to start on a multiple of 4 source pixels, so that groups are fixed columns
+// of the transposed block; vertically the groups start at the output's first row. Missing taps
+// have zero weights. Each 22-bit weight w is split into balanced
 // base-256 digits, w = d0 + 256 d1 + 65536 d2 with every d in [-128, 127]: three dot products per
 // 4 taps, recombined as a0 + (a1 << 8) + (a2 << 16). All of it is exact modulo 2^32, and Pillow's
 // sum itself fits in int32, so the result is Pillow's sum.
 struct QuadAxis {
   bool ok = false;           // false where a weight does not fit three digits (never for bicubic)
   int max_groups = 0;        // the widest output's number of 4-pixel groups
-  std::vector<int32_t> group0;   // per output: first 4-pixel group
+  std::vector<int32_t> group0;   // per output: first 4-pixel group (aligned)
   std::vector<int32_t> groups;   // per output: number of groups
   std::vector<int32_t> digits;   // [out][max_groups][3]: 4 taps' digit k as 4 signed bytes
+  const int32_t* output_digits(int out) const { return digits.data() + static_cast<size_t>(out) * max_groups * 3; }
 };
-QuadAxis quad_axis(const AxisCoeffs& c);
+QuadAxis quad_axis(const AxisCoeffs& c, bool aligned);
 
 // The horizontal pass of kResampleBlockRows rows of in_width RGB pixels. scratch: at least
 // horizontal_block_scratch(in_width) bytes.
@@ -51,9 +54,10 @@ void horizontal_block(CpuSimd level, const uint8_t* const* src, uint8_t* const* 
                       const QuadAxis* quad, int64_t in_width, uint8_t* scratch);
 
 // Pillow's vertical pass, one output row of row_bytes bytes: rows[y * row_bytes] for the
-// output's taps (rows points at its first tap); acc: row_bytes int32 of scratch (generic level).
+// output's taps (rows points at its first tap); acc: row_bytes int32 of scratch (generic level);
+// digits: the output's QuadAxis digits (quad_axis(c, false)), used at the AVX-512 level, or null.
 void vertical_row(CpuSimd level, const uint8_t* rows, int64_t row_bytes, const int32_t* weights, int count,
-                  int32_t* acc, uint8_t* dst);
+                  const int32_t* digits, int32_t* acc, uint8_t* dst);
 
 // Normalized CHW values through a [3, 256] table of elem_bytes-wide values: for pixels x in
 // [0, n) of one RGB row, dst[c][x] = table[c][src[x * 3 + c]] (bytes copied as they are).
