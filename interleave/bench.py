@@ -1207,8 +1207,15 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--reps", type=int, default=None, help="timed calls per implementation")
     p.add_argument("--no-compile", action="store_true", help="skip torch.compile of the reference")
     p.add_argument("--json", default="interleave-bench.json", help="where to write the results")
+    p.add_argument("--threads", type=int, default=None,
+                   help="CPU threads (torch.set_num_threads); default: torch's (the issues' CPU bars use 2). "
+                        "One thread gives steadier CPU timings on a shared machine")
     p.add_argument("--tests-rc", type=int, default=None, help=argparse.SUPPRESS)  # gpu_check.sh
     args = p.parse_args(argv)
+    if args.threads is not None:
+        if args.threads < 1:
+            p.error(f"--threads must be >= 1, got {args.threads}")
+        torch.set_num_threads(args.threads)
     devices = ["cpu", "cuda"] if args.device == "all" else [args.device]
     if "cuda" in devices and not torch.cuda.is_available():
         if args.device == "cuda":
