@@ -270,6 +270,16 @@ def _photo(h: int, w: int) -> "np.ndarray":
         return _smooth_image(h, w, 0).numpy()
 
 
+def _skimage_photo(name: str, h: int, w: int) -> "np.ndarray":
+    """scikit-image's `name` photo (retina 1411x1411, astronaut 512x512), or a smooth synthetic
+    image of its size when scikit-image is not installed."""
+    try:
+        from skimage import data
+        return getattr(data, name)()
+    except ImportError:
+        return _smooth_image(h, w, 0).numpy()
+
+
 def image_processor_cases(device: str, quick: bool = False, compile_reference: bool = True) -> list[Case]:
     """interleave.hf.ImageProcessor against transformers' PIL processor (the reference: equal
     pixel_values) and its torchvision-backend processor (when torchvision is installed)."""
@@ -284,6 +294,9 @@ def image_processor_cases(device: str, quick: bool = False, compile_reference: b
                 "LlavaOnevisionImageProcessor", [_photo(1080, 1920)]),
                ("SigLIP 16 frames 1080x1920", sg_pil.SiglipImageProcessorPil(size={"height": 384, "width": 384}, **siglip),
                 "SiglipImageProcessor", [_photo(1080, 1920)] * 16)]
+    if device == "cpu":  # issue 3's real photos, single images (CPU only: GPU runs are budgeted)
+        configs[1:1] = [("OneVision retina 1411x1411", configs[0][1], configs[0][2], [_skimage_photo("retina", 1411, 1411)]),
+                        ("OneVision astronaut 512x512", configs[0][1], configs[0][2], [_skimage_photo("astronaut", 512, 512)])]
     if quick:
         configs = [("OneVision 300x500", configs[0][1], configs[0][2], [_photo(300, 500)])]
     cases = []
