@@ -39,6 +39,11 @@ def _both(name: str):
 _NULL = contextlib.nullcontext()
 
 
+def enabled() -> bool:
+    """Whether ranges record anything now (INTERLEAVE_NVTX=1, or torch's profiler running)."""
+    return _NVTX or _profiler_on()
+
+
 def range(name: str):  # noqa: A001 (mirrors torch.cuda.nvtx.range)
     """A context manager naming the enclosed work `interleave/<name>` in profiler traces."""
     if torch.compiler.is_compiling() or not (_NVTX or _profiler_on()):

@@ -56,3 +56,22 @@ def test_ranges_cost_nothing_without_a_profiler():
 
     from interleave import nvtx
     assert isinstance(nvtx.range("x"), contextlib.nullcontext)
+
+
+def test_op_scope_skips_autograd_and_names_the_range_under_a_profiler():
+    # The context our ops run in (interleave._extension.op_scope): below the autograd layer when
+    # nothing needs grad, through it otherwise; a profiler range only while a profiler runs.
+    import contextlib
+
+    import torch
+    from interleave import _extension
+    plain, leaf = torch.randn(2), torch.randn(2, requires_grad=True)
+    below = type(torch._C._AutoDispatchBelowAutograd())
+    assert isinstance(_extension.op_scope("x", plain, None), below)
+    assert isinstance(_extension.op_scope("x", plain, leaf), contextlib.nullcontext)
+    with torch.no_grad():
+        assert isinstance(_extension.op_scope("x", leaf), below)
+    with torch.profiler.profile() as prof:
+        with _extension.op_scope("scoped", plain):
+            torch.ones(1) + 1
+    assert any(e.name == "interleave/scoped" for e in prof.events())

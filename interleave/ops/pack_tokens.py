@@ -27,7 +27,7 @@ from typing import Optional, Sequence, Union
 import torch
 from torch._subclasses.fake_tensor import is_fake
 
-from .. import _extension, nvtx, plan as planning, reference
+from .. import _extension, plan as planning, reference
 
 _OP = "interleave::pack_tokens"
 _KERNELS = {dev: _extension.has_op_kernel(_OP, dev) for dev in ("cpu", "cuda")}
@@ -145,9 +145,9 @@ def pack_tokens(features: torch.Tensor, plans: Sequence[Plan], newline: Optional
         if newline.device != features.device:
             raise ValueError(f"pack_tokens: newline is on {newline.device} but features on {features.device}")
         newline = newline.to(features.dtype)
-    if _KERNELS.get(features.device.type, False):
-        with nvtx.range("pack_tokens"), _extension.skip_autograd_layer(features, newline):
-            return torch.ops.interleave.pack_tokens(features, newline, table, num_rows, side)
+    if _KERNELS.get("cuda" if features.is_cuda else features.device.type, False):
+        with _extension.op_scope("pack_tokens", features, newline):
+            return torch.ops.interleave.pack_tokens.default(features, newline, table, num_rows, side)
     return reference.pack_tokens(features, list(plans), newline, side)
 
 
