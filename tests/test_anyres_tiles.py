@@ -255,3 +255,22 @@ def test_cpu_simd_rejects_unknown_level():
     with pytest.raises(ValueError, match="level must be"):
         with cpu_simd("sse9"):
             pass
+
+
+@pytest.mark.skipif(not HAS_EXT, reason="needs the compiled extension")
+def test_cpu_simd_environment_variable_caps_the_level():
+    import os
+    import subprocess
+    import sys
+
+    from interleave.ops.anyres_tiles import cpu_simd_supported
+
+    code = "from interleave.ops.anyres_tiles import cpu_simd_level; print(cpu_simd_level())"
+    for value, expected in (("generic", "generic"), ("bogus", None)):
+        r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                           env={**os.environ, "INTERLEAVE_CPU_SIMD": value})
+        assert r.returncode == 0, r.stderr
+        if expected is not None:
+            assert r.stdout.strip() == expected
+        else:  # an unknown value warns and keeps the best level
+            assert r.stdout.strip() == cpu_simd_supported() and "INTERLEAVE_CPU_SIMD=bogus" in r.stderr
