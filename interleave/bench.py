@@ -295,8 +295,12 @@ def image_processor_cases(device: str, quick: bool = False, compile_reference: b
                ("SigLIP 16 frames 1080x1920", sg_pil.SiglipImageProcessorPil(size={"height": 384, "width": 384}, **siglip),
                 "SiglipImageProcessor", [_photo(1080, 1920)] * 16)]
     if device == "cpu":  # issue 3's real photos, single images (CPU only: GPU runs are budgeted)
-        configs[1:1] = [("OneVision retina 1411x1411", configs[0][1], configs[0][2], [_skimage_photo("retina", 1411, 1411)]),
-                        ("OneVision astronaut 512x512", configs[0][1], configs[0][2], [_skimage_photo("astronaut", 512, 512)])]
+        retina, astronaut = _skimage_photo("retina", 1411, 1411), _skimage_photo("astronaut", 512, 512)
+        configs[1:1] = [("OneVision retina 1411x1411", configs[0][1], configs[0][2], [retina]),
+                        ("OneVision astronaut 512x512", configs[0][1], configs[0][2], [astronaut]),
+                        # a batch of mixed sizes: pixel_values zero-padded to the most patches
+                        ("OneVision 4 images of mixed sizes", configs[0][1], configs[0][2],
+                         [_photo(1080, 1920), retina, astronaut, _photo(720, 1280)])]
     if quick:
         configs = [("OneVision 300x500", configs[0][1], configs[0][2], [_photo(300, 500)])]
     cases = []

@@ -124,8 +124,8 @@ def test_job_table_checks():
     plans = [plan.plan_image(10, 10, "anyres_max_9")]
     jobs, offsets = build_jobs(plans, 384)
     op = torch.ops.interleave.anyres_tiles
-    with pytest.raises(ValueError, match="no job writes tile"):
-        op([image], jobs, offsets[-1] + 1, 384)
+    with pytest.raises(ValueError, match=r"job 1 writes tiles \[1, 2\) outside \[0, 1\)"):
+        op([image], jobs, offsets[-1] - 1, 384)
     overlap = jobs.clone()
     overlap[1, 13] = 0
     with pytest.raises(ValueError, match="written by two jobs"):
@@ -274,3 +274,39 @@ def test_cpu_simd_environment_variable_caps_the_level():
             assert r.stdout.strip() == expected
         else:  # an unknown value warns and keeps the best level
             assert r.stdout.strip() == cpu_simd_supported() and "INTERLEAVE_CPU_SIMD=bogus" in r.stderr
+
+
+# Tiles no job writes are zero (batch padding, transformers' [images, max patches] layout): the op
+# writes that layout in place (batch=True), on poisoned memory, for every table dtype.
+@pytest.mark.parametrize("dtype", [None, torch.float32, torch.bfloat16, torch.float16])
+def test_batch_layout_zero_pads_unwritten_tiles(device, dtype):
+    from interleave.ops.anyres_tiles import normalization_table
+
+    images = [random_image(300, 500, 1), random_image(40, 41, 2), random_image(1080, 1920, 3, smooth=True)]
+    modes = ["anyres_max_9", "pad", "anyres"]
+    table = None if dtype is None else normalization_table([0.5] * 3, [0.5] * 3, dtype=dtype).to(device)
+    poison_allocator(64 << 20, device)
+    packed = anyres_tiles([im.to(device) for im in images], modes, normalize=table)
+    # Large CPU outputs come from a cache of freed mappings (csrc/cpu/output_alloc.cpp), so first
+    # leave a same-size output whose every tile is written (and not zero) for the call to reuse.
+    full = anyres_tiles([images[2].to(device)] * 3, "anyres", normalize=table, batch=True).tiles
+    assert full.shape[1] == 16 and full.flatten(1).ne(0).any(1).all()
+    del full
+    poison_allocator(64 << 20, device)
+    batched = anyres_tiles([im.to(device) for im in images], modes, normalize=table, batch=True)
+    counts = [p.num_patches for p in packed.plans]
+    assert batched.tiles.shape == (3, max(counts), *packed.tiles.shape[1:])
+    assert batched.tile_offsets == [0, max(counts), 2 * max(counts), 3 * max(counts)]
+    for i, n in enumerate(counts):
+        a, b = packed.tile_offsets[i], packed.tile_offsets[i + 1]
+        assert torch.equal(batched.tiles[i, :n].cpu(), packed.tiles[a:b].cpu())
+        assert not batched.tiles[i, n:].cpu().any()
+    # Per-image modes equal one call per mode.
+    for i, m in enumerate(modes):
+        alone = anyres_tiles([images[i].to(device)], m, normalize=table).tiles
+        assert torch.equal(alone.cpu(), batched.tiles[i, :counts[i]].cpu())
+
+
+def test_batch_layout_rejects_a_mode_count_mismatch():
+    with pytest.raises(ValueError, match="2 modes for 1 images"):
+        anyres_tiles([random_image(10, 10)], ["anyres", "pad"])

@@ -180,7 +180,8 @@ void run_job(const TileJob& j, const at::Tensor& image, int64_t tile, const Tile
 
 at::Tensor anyres_tiles_cpu(at::TensorList images, const at::Tensor& jobs, int64_t num_tiles,
                             int64_t tile, const std::optional<at::Tensor>& lut) {
-  const std::vector<TileJob> table = check_anyres_tiles_args(images, jobs, num_tiles, tile);
+  std::vector<TileRun> gaps;
+  const std::vector<TileJob> table = check_anyres_tiles_args(images, jobs, num_tiles, tile, &gaps);
   TORCH_CHECK_VALUE(images.empty() || images[0].is_cpu(), "anyres_tiles_cpu: images must be on the CPU");
   if (!images.empty()) check_anyres_lut(lut, images[0]);
   std::vector<at::Tensor> contiguous;
@@ -200,6 +201,10 @@ at::Tensor anyres_tiles_cpu(at::TensorList images, const at::Tensor& jobs, int64
     out = empty_cpu_output({num_tiles, tile, tile, 3}, at::kByte);
     sink.tiles_u8 = out.mutable_data_ptr<uint8_t>();
   }
+  // Tiles no job writes (batch padding) are zero: 0.0 in every float dtype, as transformers pads.
+  const int64_t tile_bytes = tile * tile * 3 * static_cast<int64_t>(out.element_size());
+  uint8_t* base = static_cast<uint8_t*>(out.mutable_data_ptr());
+  for (const TileRun& g : gaps) std::memset(base + g.first * tile_bytes, 0, static_cast<size_t>(g.count * tile_bytes));
   for (const TileJob& j : table) run_job(j, contiguous[j.image], tile, sink);
   return out;
 }

@@ -19,7 +19,8 @@ namespace interleave {
 
 at::Tensor anyres_tiles_cuda(at::TensorList images, const at::Tensor& jobs, int64_t num_tiles,
                              int64_t tile, const std::optional<at::Tensor>& lut) {
-  const std::vector<TileJob> table = check_anyres_tiles_args(images, jobs, num_tiles, tile);
+  std::vector<TileRun> gaps;
+  const std::vector<TileJob> table = check_anyres_tiles_args(images, jobs, num_tiles, tile, &gaps);
   TORCH_CHECK_VALUE(!images.empty() && images[0].is_cuda(), "anyres_tiles_cuda: images must be on a CUDA device");
   check_anyres_lut(lut, images[0]);
   const c10::cuda::CUDAGuard guard(images[0].device());
@@ -70,6 +71,8 @@ at::Tensor anyres_tiles_cuda(at::TensorList images, const at::Tensor& jobs, int6
                             lut.has_value() ? static_cast<int>(lut_c.element_size()) : 0, tile,
                             batch.staged_row_bytes, batch.canvas_row_bytes, batch.pass1_width, batch.pass1_mma, stream);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
+  // Tiles no job writes (batch padding) are zero, on the same stream.
+  for (const TileRun& g : gaps) out.narrow(0, g.first, g.count).zero_();
   return out;
 }
 

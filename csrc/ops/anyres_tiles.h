@@ -13,10 +13,15 @@
 namespace interleave {
 
 // Validates images (uint8 [h, w, 3], one device) and jobs (int64 CPU [J, kJobFields]): indices,
-// placements inside their canvases, tiles of all jobs disjoint and covering [0, num_tiles).
-// Raises ValueError/TypeError naming the problem; returns the unpacked jobs.
+// placements inside their canvases, tiles of all jobs disjoint and inside [0, num_tiles).
+// Raises ValueError/TypeError naming the problem; returns the unpacked jobs. Tiles no job writes
+// (a caller's batch padding: transformers' [images, max patches] pixel_values) are returned in
+// `gaps` as [first, count) runs; the kernels zero them.
+struct TileRun {
+  int64_t first, count;
+};
 std::vector<TileJob> check_anyres_tiles_args(at::TensorList images, const at::Tensor& jobs,
-                                             int64_t num_tiles, int64_t tile);
+                                             int64_t num_tiles, int64_t tile, std::vector<TileRun>* gaps);
 
 // lut: optional [3, 256] float32/bfloat16/float16 table (normalized value of each uint8 per
 // channel); with it the output is [P, 3, tile, tile] in the table's dtype (HF pixel_values layout),

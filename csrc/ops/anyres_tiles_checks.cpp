@@ -6,7 +6,7 @@
 namespace interleave {
 
 std::vector<TileJob> check_anyres_tiles_args(at::TensorList images, const at::Tensor& jobs,
-                                             int64_t num_tiles, int64_t tile) {
+                                             int64_t num_tiles, int64_t tile, std::vector<TileRun>* gaps) {
   TORCH_CHECK_VALUE(tile >= 1, "anyres_tiles: tile must be >= 1, got ", tile);
   TORCH_CHECK_VALUE(num_tiles >= 0, "anyres_tiles: num_tiles must be >= 0, got ", num_tiles);
   for (size_t i = 0; i < images.size(); ++i) {
@@ -64,8 +64,14 @@ std::vector<TileJob> check_anyres_tiles_args(at::TensorList images, const at::Te
     }
     out[j] = a;
   }
-  for (int64_t k = 0; k < num_tiles; ++k)
-    TORCH_CHECK_VALUE(covered[k], "anyres_tiles: no job writes tile ", k);
+  if (gaps) {
+    gaps->clear();
+    for (int64_t k = 0; k < num_tiles; ++k) {
+      if (covered[k]) continue;
+      if (!gaps->empty() && gaps->back().first + gaps->back().count == k) ++gaps->back().count;
+      else gaps->push_back({k, 1});
+    }
+  }
   return out;
 }
 

@@ -30,15 +30,16 @@ _OP = "interleave::anyres_tiles"
 # Which devices have a compiled kernel, looked up once (see merge_tokens.py).
 _KERNELS = {dev: _extension.has_op_kernel(_OP, dev) for dev in ("cpu", "cuda")}
 JOB_FIELDS = 15  # csrc/common/resample.h JobField
+FIRST_TILE_FIELD = 13  # kJobFirstTile
 
 ImageLike = Union[torch.Tensor, np.ndarray]
 
 
 @dataclasses.dataclass
 class Tiles:
-    tiles: torch.Tensor                 # [P, tile, tile, 3] uint8
+    tiles: torch.Tensor                 # [P, tile, tile, 3] uint8 (batch=True: [B, max P, ...])
     plans: list                         # ImagePlan per image
-    tile_offsets: list[int]             # len(images) + 1
+    tile_offsets: list[int]             # len(images) + 1: image i's first tile in the flat order
 
 
 def _as_uint8_hwc(image: ImageLike, index: int) -> torch.Tensor:
@@ -134,28 +135,36 @@ def build_jobs(plans: Sequence[planning.ImagePlan], tile: int,
     return torch.tensor(rows, dtype=torch.int64).reshape(-1, JOB_FIELDS), offsets
 
 
-def _plan_batch(sizes, mode, pinpoints, newline, tile, pad_color):
+def _plan_batch(sizes, mode, pinpoints, newline, tile, pad_color, batch=False):
     """Plans, job table and tile offsets of a batch, memoized on the sizes and settings (16 video
-    frames took ~70 us of Python per call here, more than the GPU's tiling of them)."""
+    frames took ~70 us of Python per call here, more than the GPU's tiling of them). mode: one
+    mode, or a tuple with one per image."""
     try:
-        key = (sizes, mode, tuple(map(tuple, pinpoints)), newline, tile, tuple(pad_color), _installed_pillow_order())
+        key = (sizes, mode, tuple(map(tuple, pinpoints)), newline, tile, tuple(pad_color), batch,
+               _installed_pillow_order())
         plans, jobs, offsets = _plan_batch_cached(key)
     except TypeError:  # unhashable settings: plan without the memo
-        plans, jobs, offsets = _plan_batch_uncached(sizes, mode, pinpoints, newline, tile, pad_color)
+        plans, jobs, offsets = _plan_batch_uncached(sizes, mode, pinpoints, newline, tile, pad_color, batch)
     return list(plans), jobs, list(offsets)
 
 
-def _plan_batch_uncached(sizes, mode, pinpoints, newline, tile, pad_color):
-    plans = [planning.plan_image(h, w, mode, pinpoints=pinpoints, newline=newline, tile=tile, pad_color=pad_color)
-             for h, w in sizes]
+def _plan_batch_uncached(sizes, mode, pinpoints, newline, tile, pad_color, batch=False):
+    modes = [mode] * len(sizes) if isinstance(mode, str) else list(mode)
+    plans = [planning.plan_image(h, w, m, pinpoints=pinpoints, newline=newline, tile=tile, pad_color=pad_color)
+             for (h, w), m in zip(sizes, modes)]
     jobs, offsets = build_jobs(plans, tile)
+    if batch:  # image i's tiles from i * max_patches on; the op zeroes the tiles no job writes
+        most = max((p.num_patches for p in plans), default=0)
+        shift = torch.tensor([i * most - offsets[i] for i in range(len(plans))], dtype=torch.int64)
+        jobs[:, FIRST_TILE_FIELD] += shift[jobs[:, 0]]
+        offsets = [i * most for i in range(len(plans) + 1)]
     return plans, jobs, offsets
 
 
 @functools.lru_cache(maxsize=256)
 def _plan_batch_cached(key):
-    sizes, mode, pinpoints, newline, tile, pad_color, _order = key
-    plans, jobs, offsets = _plan_batch_uncached(sizes, mode, pinpoints, newline, tile, pad_color)
+    sizes, mode, pinpoints, newline, tile, pad_color, batch, _order = key
+    plans, jobs, offsets = _plan_batch_uncached(sizes, mode, pinpoints, newline, tile, pad_color, batch)
     return tuple(plans), jobs, tuple(offsets)  # jobs: an input of the op, never written
 
 
@@ -202,20 +211,28 @@ def cpu_simd(level: str = "auto"):
         yield
 
 
-def anyres_tiles(images: Union[ImageLike, Sequence[ImageLike]], mode: str = "anyres_max_9", *,
+def anyres_tiles(images: Union[ImageLike, Sequence[ImageLike]], mode: Union[str, Sequence[str]] = "anyres_max_9", *,
                  pinpoints: planning.Pinpoints = planning.ONEVISION_PINPOINTS,
                  newline: Optional[bool] = None, tile: int = planning.TILE,
                  pad_color: Sequence[int] = planning.PAD_COLOR,
-                 normalize: Optional[torch.Tensor] = None) -> Tiles:
+                 normalize: Optional[torch.Tensor] = None, batch: bool = False) -> Tiles:
     """Tiles for every image of the batch. images: uint8 [H, W, 3] tensors (CPU or CUDA, all on
-    one device) or numpy arrays, or one such image. normalize: a [3, 256] table from
-    `normalization_table`; then tiles are [P, 3, tile, tile] normalized values in its dtype
-    (transformers' pixel_values layout) instead of [P, tile, tile, 3] uint8."""
+    one device) or numpy arrays, or one such image. mode: one plan mode for all images, or one per
+    image. normalize: a [3, 256] table from `normalization_table`; then tiles are
+    [P, 3, tile, tile] normalized values in its dtype (transformers' pixel_values layout) instead of
+    [P, tile, tile, 3] uint8. batch=True: tiles are [len(images), max patches, ...], image i's
+    tiles first in row i and zeros after them, as transformers' processors batch pixel_values,
+    written in place by the op (no second copy of the pixels); tile_offsets[i] is then i * max
+    patches and plans[i].num_patches says how many are real."""
     if isinstance(images, (torch.Tensor, np.ndarray)):
         images = [images]
     images = [_as_uint8_hwc(im, i) for i, im in enumerate(images)]
+    if not isinstance(mode, str):
+        mode = tuple(mode)
+        if len(mode) != len(images):
+            raise ValueError(f"anyres_tiles: {len(mode)} modes for {len(images)} images")
     sizes = tuple((int(im.shape[0]), int(im.shape[1])) for im in images)
-    plans, jobs, offsets = _plan_batch(sizes, mode, pinpoints, newline, tile, pad_color)
+    plans, jobs, offsets = _plan_batch(sizes, mode, pinpoints, newline, tile, pad_color, bool(batch))
     device = images[0].device if images else torch.device("cpu")
     if normalize is not None:
         normalize = normalize.to(device)
@@ -226,6 +243,14 @@ def anyres_tiles(images: Union[ImageLike, Sequence[ImageLike]], mode: str = "any
         tiles = reference.anyres_tiles([im.cpu() for im in images], plans, tile).to(device)
         if normalize is not None:  # the same table lookup, in PyTorch
             tiles = normalize[torch.arange(3, device=device).view(1, 3, 1, 1), tiles.permute(0, 3, 1, 2).long()]
+        if batch:
+            packed, start = tiles, 0
+            tiles = packed.new_zeros(offsets[-1], *packed.shape[1:])
+            for p, first in zip(plans, offsets):
+                tiles[first:first + p.num_patches] = packed[start:start + p.num_patches]
+                start += p.num_patches
+    if batch:
+        tiles = tiles.view(len(images), offsets[1] if images else 0, *tiles.shape[1:])
     return Tiles(tiles, plans, offsets)
 
 
