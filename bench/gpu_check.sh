@@ -137,7 +137,7 @@ skip_errors=0; [ "$errpath_rc" -ne 0 ] && skip_errors=1
 # The tests of paths no GPU has verified yet run first (tests/conftest.py), so a cut-short run
 # still answers for them: the wgmma kernel, anyres' tensor-core passes, merge's sync-free paths,
 # patch_embed's GEMM choices and gradients (the fp32 weight-gradient floor was widened since).
-export INTERLEAVE_TEST_FIRST="wgmma,tensor_core,sync_free,gemm_choice,test_patch_embed.py::test_gradients"
+export INTERLEAVE_TEST_FIRST="wgmma,tensor_core,sync_free,gemm_choice,test_patch_embed.py::test_gradients,batch_layout"
 INTERLEAVE_SKIP_ERROR_TESTS=$skip_errors timeout "$left" "$PY" -X faulthandler -m pytest -m cuda -q -rs \
   -p no:cacheprovider tests > "$OUT_DIR/cuda-tests.log" 2>&1
 test_rc=$?
