@@ -126,7 +126,10 @@ def visual_tokens(model, pixel_values=None, image_sizes=None, pixel_values_video
     if pixel_values is not None:
         plans = None if kind == "llava" else _image_plans(inner, kind, image_sizes, batch_num_images)
         if plans is not None and pixel_values.dim() == 5:  # [B, max_patches, 3, S, S], zero-padded per image
-            pixel_values = torch.cat([pv[:p.num_patches] for pv, p in zip(pixel_values, plans)])
+            if all(p.num_patches == pixel_values.shape[1] for p in plans):  # no padding (one image): a view
+                pixel_values = pixel_values.flatten(0, 1)
+            else:
+                pixel_values = torch.cat([pv[:p.num_patches] for pv, p in zip(pixel_values, plans)])
         images = visual_path(inner, pixel_values, plans, layer, strategy)
     if pixel_values_videos is not None:
         if kind != "onevision":
