@@ -260,9 +260,11 @@ class PixelMaker:
                 raise ValueError(f"InterleaveModel: videos of one batch need the same number of frames, got {sorted(counts)}")
             from .ops import anyres_tiles
             table = None if self.uint8 else self.image_processor._table_on(torch.device(device))
-            pixels = [anyres_tiles([f.to(device) for f in v], "llava", tile=self.tile, normalize=table).tiles
-                      for v in videos]
-            kwargs["pixel_values_videos"] = torch.stack(pixels)
+            # One call for every frame of the batch (one tile each), viewed as [videos, frames, ...]:
+            # no per-video results stacked into a second copy.
+            tiles = anyres_tiles([f.to(device) for v in videos for f in v], "llava", tile=self.tile,
+                                 normalize=table).tiles
+            kwargs["pixel_values_videos"] = tiles.view(len(videos), len(videos[0]), *tiles.shape[1:])
         return kwargs
 
 
