@@ -181,3 +181,19 @@ def test_uint8_tiles_give_the_normalized_pixels_features(model, images):
         a, _ = interleave.hf.visual_tokens(model.hf, **floats)
         b, _ = interleave.hf.visual_tokens(model.hf, **tiles)
     torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5)
+
+
+def test_pixel_maker_batches_videos_in_one_call(model, images):
+    """Several videos of a batch: one tiling call for all frames, viewed as [videos, frames, ...];
+    equal to tiling each video on its own (OneVision; the other kinds see frames as images)."""
+    if model.kind != "onevision":
+        pytest.skip("only OneVision models take pixel_values_videos")
+    from interleave.ops import anyres_tiles
+    videos = [interleave.Video([images["astronaut"], images["cat"], images["coffee"]]),
+              interleave.Video([images["cat"], images["left"], images["right"]])]
+    maker = model.pixel_maker()
+    got = maker([[videos[0]], [videos[1]]], model.device)["pixel_values_videos"]
+    table = model.image_processor._table_on(torch.device(model.device))
+    from interleave.model import _frames
+    expected = torch.stack([anyres_tiles(_frames(v), "llava", tile=maker.tile, normalize=table).tiles for v in videos])
+    assert got.shape == (2, 3, 3, maker.tile, maker.tile) and torch.equal(got, expected)
