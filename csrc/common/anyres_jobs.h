@@ -36,25 +36,33 @@ struct ResizePlan {
   int64_t row_first, mid_rows, mid_width;
 };
 
+// A process-wide memo of immutable values derived from a key, bounded (cleared past kMaxEntries);
+// a mutex because DataLoader threads may tile concurrently. Callers share the cached values (a
+// clear only drops the map's references). One memo per Make type: each call site's lambda.
+template <typename Key, typename Value, typename Make>
+std::shared_ptr<const Value> bounded_memo(const Key& key, Make make) {
+  constexpr size_t kMaxEntries = 256;
+  static std::mutex mutex;
+  static std::map<Key, std::shared_ptr<const Value>> cache;
+  {
+    const std::lock_guard<std::mutex> lock(mutex);
+    const auto it = cache.find(key);
+    if (it != cache.end()) return it->second;
+  }
+  auto computed = std::make_shared<const Value>(make());
+  const std::lock_guard<std::mutex> lock(mutex);
+  if (cache.size() >= kMaxEntries) cache.clear();
+  cache.emplace(key, computed);
+  return computed;
+}
+
 // Pillow's coefficients of one axis, memoized per (in_size, out_size): computing them costs ~20 us
 // per axis (a bicubic filter evaluation per tap, in double), which for a batch of 16 video frames
 // was ~0.7 ms of host time per call, while the sizes repeat within a batch and across calls.
-// Bounded (cleared past kMaxEntries); a mutex because DataLoader threads may tile concurrently.
-// Plans share the cached coefficients (entries are immutable; a clear only drops the map's refs).
+// Plans share the cached coefficients.
 inline std::shared_ptr<const AxisCoeffs> cached_bicubic_coeffs(int in_size, int out_size) {
-  constexpr size_t kMaxEntries = 256;
-  static std::mutex mutex;
-  static std::map<std::pair<int, int>, std::shared_ptr<const AxisCoeffs>> cache;
-  {
-    const std::lock_guard<std::mutex> lock(mutex);
-    const auto it = cache.find({in_size, out_size});
-    if (it != cache.end()) return it->second;
-  }
-  auto computed = std::make_shared<const AxisCoeffs>(pil_bicubic_coeffs(in_size, out_size));
-  const std::lock_guard<std::mutex> lock(mutex);
-  if (cache.size() >= kMaxEntries) cache.clear();
-  cache.emplace(std::make_pair(in_size, out_size), computed);
-  return computed;
+  return bounded_memo<std::pair<int, int>, AxisCoeffs>(std::make_pair(in_size, out_size),
+                                                       [&] { return pil_bicubic_coeffs(in_size, out_size); });
 }
 
 inline ResizePlan plan_resize(const TileJob& j) {

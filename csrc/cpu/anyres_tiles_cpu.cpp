@@ -89,20 +89,23 @@ void horizontal_pass(const uint8_t* src, uint8_t* dst, const AxisCoeffs& c) {
 }
 
 // Pillow ImagingResampleVertical_8bpc, one output row.
-void vertical_pass(CpuSimd simd, const uint8_t* rows, int64_t row_bytes, const AxisCoeffs& c, const QuadAxis& quad,
+// quad: the axis' vpdpbusd digits (AVX-512 level) or null.
+void vertical_pass(CpuSimd simd, const uint8_t* rows, int64_t row_bytes, const AxisCoeffs& c, const QuadAxis* quad,
                    int yy, int64_t row_first, int32_t* acc, uint8_t* dst) {
   const int32_t* k = c.weights.data() + static_cast<size_t>(yy) * c.ksize;
   vertical_row(simd, rows + (c.first[yy] - row_first) * row_bytes, row_bytes, k, c.count[yy],
-               quad.ok ? quad.output_digits(yy) : nullptr, acc, dst);
+               quad && quad->ok ? quad->output_digits(yy) : nullptr, acc, dst);
 }
 
 void run_job(const TileJob& j, const at::Tensor& image, int64_t tile, const TileSink& sink) {
   const ResizePlan c = plan_resize(j);
   const CpuSimd simd = sink.simd;
-  // The vpdpbusd form of the weights (AVX-512 level), per job: ~10 us each.
+  // The vpdpbusd form of the weights (AVX-512 level), memoized like the coefficients.
   const bool vnni = simd >= CpuSimd::kAvx512;
-  const QuadAxis quad = vnni && c.need_horizontal ? quad_axis(*c.horizontal, true) : QuadAxis{};
-  const QuadAxis quad_v = vnni && c.need_vertical ? quad_axis(*c.vertical, false) : QuadAxis{};
+  const std::shared_ptr<const QuadAxis> quad_h =
+      vnni && c.need_horizontal ? cached_quad_axis(c.horizontal->in_size, c.horizontal->out_size, true) : nullptr;
+  const std::shared_ptr<const QuadAxis> quad_v =
+      vnni && c.need_vertical ? cached_quad_axis(c.vertical->in_size, c.vertical->out_size, false) : nullptr;
   // First pass into `mid`: horizontal over the rows the vertical pass reads (or a copy when the
   // width does not change), or, in Pillow's vertical-first order, vertical over all rows.
   const int64_t mid_bytes = c.mid_width * 3;
@@ -120,7 +123,7 @@ void run_job(const TileJob& j, const at::Tensor& image, int64_t tile, const Tile
     at::parallel_for(0, mid_rows, 16, [&](int64_t r0, int64_t r1) {
       std::vector<int32_t> acc(mid_bytes);
       for (int64_t r = r0; r < r1; ++r)
-        vertical_pass(simd, img, mid_bytes, *c.vertical, quad_v, static_cast<int>(r), 0, acc.data(), mid_out + r * mid_bytes);
+        vertical_pass(simd, img, mid_bytes, *c.vertical, quad_v.get(), static_cast<int>(r), 0, acc.data(), mid_out + r * mid_bytes);
     });
   } else if (!in_place) {
     at::parallel_for(0, mid_rows, 16, [&](int64_t r0, int64_t r1) {
@@ -135,7 +138,7 @@ void run_job(const TileJob& j, const at::Tensor& image, int64_t tile, const Tile
             src[b] = source_row(j, image, c.row_first + r + b, bufs.data() + b * j.src_w * 3);
             dst[b] = mid_out + (r + b) * mid_bytes;
           }
-          horizontal_block(simd, src, dst, *c.horizontal, &quad, j.src_w, scratch.data());
+          horizontal_block(simd, src, dst, *c.horizontal, quad_h.get(), j.src_w, scratch.data());
         }
       }
       for (; r < r1; ++r) {
@@ -166,7 +169,7 @@ void run_job(const TileJob& j, const at::Tensor& image, int64_t tile, const Tile
           if (c.need_horizontal) horizontal_pass(src, px, *c.horizontal);
           else std::memcpy(px, src, mid_bytes);
         } else if (c.need_vertical) {
-          vertical_pass(simd, mid, mid_bytes, *c.vertical, quad_v, static_cast<int>(y), c.row_first, acc.data(), px);
+          vertical_pass(simd, mid, mid_bytes, *c.vertical, quad_v.get(), static_cast<int>(y), c.row_first, acc.data(), px);
         } else {
           std::memcpy(px, mid + y * mid_bytes, mid_bytes);
         }

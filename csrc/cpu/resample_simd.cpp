@@ -9,6 +9,9 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <tuple>
+
+#include "../common/anyres_jobs.h"
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #define IL_RESAMPLE_X86 1
@@ -251,7 +254,7 @@ IL_AVX512_TARGET void horizontal_block_vnni(const uint8_t* const* src, uint8_t* 
     for (int j = 0; j < pixels; ++j) {
       const int xx = x0 + j;
       const uint8_t* p = tr + static_cast<int64_t>(q.group0[xx]) * 96;
-      const int32_t* d = q.digits.data() + static_cast<size_t>(xx) * q.max_groups * 3;
+      const int32_t* d = q.output_digits(xx);
       __m256i a00 = half, a01 = zero, a02 = zero, a10 = half, a11 = zero, a12 = zero, a20 = half, a21 = zero,
               a22 = zero;
       const int ng = q.groups[xx];
@@ -359,8 +362,8 @@ LutShuffle make_lut_shuffle(int elem_bytes) {
 // indices gathered from the 192 RGB bytes with byte permutes, then each byte of the values looked
 // up in its own 256-byte plane (two 128-entry vpermi2b and a blend on the index's top bit), and the
 // planes interleaved into the values with unpacks. The generic loop is a dependent byte load and
-// value load per element. Whole chunks only: lut_row does the rest.
-IL_AVX512_TARGET void lut_row_vbmi(const uint8_t* src, int64_t n, const LutPlanes& planes, void* const* dst) {
+// value load per element. Whole chunks only: returns how many pixels it did; lut_row does the rest.
+IL_AVX512_TARGET int64_t lut_row_vbmi(const uint8_t* src, int64_t n, const LutPlanes& planes, void* const* dst) {
   static const LutShuffle shuffle4 = make_lut_shuffle(4), shuffle2 = make_lut_shuffle(2);
   const int e = planes.elem_bytes;
   const LutShuffle& sh = e == 4 ? shuffle4 : shuffle2;
@@ -398,6 +401,7 @@ IL_AVX512_TARGET void lut_row_vbmi(const uint8_t* src, int64_t n, const LutPlane
       for (int k = 0; k < e; ++k) _mm512_storeu_si512(o + 64 * k, v[k]);
     }
   }
+  return full;
 }
 #endif
 
@@ -451,6 +455,12 @@ QuadAxis quad_axis(const AxisCoeffs& c, bool aligned) {
   return q;
 }
 
+std::shared_ptr<const QuadAxis> cached_quad_axis(int in_size, int out_size, bool aligned) {
+  return bounded_memo<std::tuple<int, int, bool>, QuadAxis>(std::make_tuple(in_size, out_size, aligned), [&] {
+    return quad_axis(*cached_bicubic_coeffs(in_size, out_size), aligned);
+  });
+}
+
 size_t horizontal_block_scratch(int64_t in_width) {
   const size_t lanes = static_cast<size_t>(in_width) * kLanes + 1;
   const size_t quads = static_cast<size_t>((in_width + 3) / 4) * 96 + 16;
@@ -496,8 +506,7 @@ void lut_row(CpuSimd level, const uint8_t* src, int64_t n, const void* table, co
              void* const* dst) {
 #if IL_RESAMPLE_X86
   if (level >= CpuSimd::kAvx512 && (planes.elem_bytes == 2 || planes.elem_bytes == 4) && n >= 64) {
-    lut_row_vbmi(src, n, planes, dst);
-    const int64_t full = n / 64 * 64;
+    const int64_t full = lut_row_vbmi(src, n, planes, dst);
     if (full < n) {
       const int e = planes.elem_bytes;
       void* rest[3];
