@@ -88,6 +88,11 @@ def native_setting(setter: str, value: int):
         getattr(module, setter)(old)
 
 
+_BELOW_AUTOGRAD = torch._C._AutoDispatchBelowAutograd
+_FUNCTORCH_ACTIVE = getattr(torch._C, "_are_functorch_transforms_active", lambda: True)
+_NULL_CONTEXT = contextlib.nullcontext()
+
+
 def skip_autograd_layer(*tensors) -> contextlib.AbstractContextManager:
     """A context for calling one of our torch.library ops that enters the dispatcher below its
     autograd layer when that layer has nothing to record: grad mode off, or no input requiring grad.
@@ -95,12 +100,8 @@ def skip_autograd_layer(*tensors) -> contextlib.AbstractContextManager:
     a visible share of a CUDA op whose kernels take ~30 us. Not under torch.compile (which traces
     the op through that layer) nor under torch.func transforms (whose wrapped tensors must see it)."""
     if needs_autograd(*tensors):
-        return contextlib.nullcontext()
-    return torch._C._AutoDispatchBelowAutograd()
-
-
-_BELOW_AUTOGRAD = torch._C._AutoDispatchBelowAutograd
-_FUNCTORCH_ACTIVE = getattr(torch._C, "_are_functorch_transforms_active", lambda: True)
+        return _NULL_CONTEXT
+    return _BELOW_AUTOGRAD()
 
 
 def op_scope(name: str, *tensors) -> contextlib.AbstractContextManager:
@@ -110,13 +111,10 @@ def op_scope(name: str, *tensors) -> contextlib.AbstractContextManager:
     call times count it), and the two contexts separately cost ~2 us here."""
     if torch.compiler.is_compiling():
         return _NULL_CONTEXT  # traced through the autograd layer; the graph has its own names
-    below = not _FUNCTORCH_ACTIVE() and not _any_requires_grad(tensors)
+    below = not needs_autograd(*tensors)
     if not nvtx.enabled():
         return _BELOW_AUTOGRAD() if below else _NULL_CONTEXT
     return _profiled_scope(name, below)
-
-
-_NULL_CONTEXT = contextlib.nullcontext()
 
 
 def _any_requires_grad(tensors) -> bool:
@@ -141,6 +139,4 @@ def _profiled_scope(name: str, below: bool):
 def needs_autograd(*tensors) -> bool:
     """Whether a call on these tensors must go through autograd: grad mode on and an input requiring
     grad, or under torch.compile / torch.func transforms (see skip_autograd_layer)."""
-    functorch_active = getattr(torch._C, "_are_functorch_transforms_active", lambda: True)
-    return (torch.compiler.is_compiling() or functorch_active()
-            or (torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)))
+    return torch.compiler.is_compiling() or _FUNCTORCH_ACTIVE() or _any_requires_grad(tensors)

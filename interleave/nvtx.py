@@ -46,6 +46,6 @@ def enabled() -> bool:
 
 def range(name: str):  # noqa: A001 (mirrors torch.cuda.nvtx.range)
     """A context manager naming the enclosed work `interleave/<name>` in profiler traces."""
-    if torch.compiler.is_compiling() or not (_NVTX or _profiler_on()):
+    if torch.compiler.is_compiling() or not enabled():
         return _NULL
     return _both("interleave/" + name)

@@ -53,8 +53,9 @@ def cuda_min_chunk(positions: int):
 
 
 def _check_args(input_ids, embed_weight, visual, num_placeholders):
-    """Everything knowable without reading data (no sync). The C++ op repeats these checks for
-    callers that use torch.ops.interleave.merge_tokens directly."""
+    """Everything knowable without reading data (no sync), for the PyTorch fallback. The compiled
+    op makes the same checks, with the same messages, before any kernel (merge_tokens_checks.cpp),
+    so the kernel path does not repeat them here."""
     if input_ids.dtype != torch.int64:
         raise TypeError(f"merge_tokens: input_ids must be int64, got {input_ids.dtype}")
     if input_ids.dim() != 2:
