@@ -447,9 +447,12 @@ def merge_emu(tmp_path_factory):
 
 # (B, L, D, V, placeholders per row, min chunk): one chunk, many chunks with 1-position chunks,
 # chunks spanning several 256-position tiles, a row width that is not a multiple of 4 floats (no
-# 16-byte vectors), and the default chunk of 32.
+# 16-byte vectors), the default chunk of 32; then the flat 16-byte copy over several rounds of loads
+# per thread (chunks of 300 rows of 256 floats) and a one-launch count over more ids than one round
+# of paired loads covers (5001 positions: 2500 pairs and an odd one).
 MERGE = [(1, 9, 8, 50, [3], 32), (3, 37, 5, 200, [4, 0, 11], 1), (2, 700, 12, 300, [600, 1], 300),
-         (1, 100, 7, 90, [40], 8), (2, 300, 16, 400, [50, 77], 32)]
+         (1, 100, 7, 90, [40], 8), (2, 300, 16, 400, [50, 77], 32), (1, 600, 256, 100, [300], 300),
+         (1, 5001, 8, 300, [4000], 32)]
 
 
 @pytest.mark.parametrize("case", MERGE, ids=[f"B{c[0]}-L{c[1]}-D{c[2]}-chunk{c[5]}" for c in MERGE])

@@ -138,6 +138,40 @@ def test_cuda_cublas_path_in_chunks():
 
 @pytest.mark.cuda
 @needs_ext
+@pytest.mark.parametrize("mode", ["cublas", "mma"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_cuda_gemm_operand_cache_follows_weight_changes(mode, dtype):
+    """The cuBLAS and mma paths keep the weight in K order (and, for cuBLAS, the bias columns) per
+    weight version: the raw op called again after in-place changes of the weight and then of the
+    bias must use the new values, and a second weight of the same shape must not hit the first's
+    entry."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    from interleave.ops.patch_embed import cuda_gemm
+    tiles = random_tiles(6, 56, "cuda", seed=7)  # float tiles below are normalized pixel_values
+    pixel_values = reference.normalize_tiles(tiles)
+    weight, bias, pos = random_params(64, 14, 16, dtype=dtype, device="cuda", seed=7)
+    other_weight, _, _ = random_params(64, 14, 16, dtype=dtype, device="cuda", seed=8)
+
+    def check(w, b):
+        out = torch.ops.interleave.patch_embed(pixel_values, w, b, pos, None)
+        assert_within_2x(out, reference.patch_embed(pixel_values, w, b, pos),
+                         truth64(pixel_values.to(dtype), w, b, pos), dtype)
+
+    with cuda_gemm(mode):
+        check(weight, bias)
+        with torch.no_grad():
+            weight.mul_(-0.5)
+        check(weight, bias)
+        with torch.no_grad():
+            bias.add_(0.25)
+        check(weight, bias)
+        check(other_weight, bias)
+        check(weight, bias)
+
+
+@pytest.mark.cuda
+@needs_ext
 def test_cuda_wgmma_kernel_runs_and_follows_weight_changes():
     """On a compute-capability-9.0 GPU with an sm_90a build (bench/gpu_check.sh builds 9.0a), the
     wgmma kernel is available, is the kernel that runs under cuda_gemm("wgmma") (profiler), meets

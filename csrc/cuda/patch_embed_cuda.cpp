@@ -41,6 +41,84 @@ cuda::OutType to_out_type(at::ScalarType t) {
   }
 }
 
+// ---- operands derived from the weight, built once per weight version ------------------------
+// The op is called with the same folded tensors (interleave.ops' fold cache) until the weights
+// change, so what each GEMM path derives from them (cuBLAS and mma: the weight in K order, for
+// cuBLAS with the bias columns; wgmma: fp16 panels) is kept in a few entries, most recently used
+// last, so that several models do not evict each other. An entry holds its source tensors, so
+// their storage cannot be reused by another weight while the entry lives; it matches by identity
+// and version counter. Inference tensors (made under torch.inference_mode, as the fold is when the
+// model runs there) have no version counter: they are matched by identity, which is what the fold
+// cache needs (it replaces its folded tensor when the model's weight changes, it never modifies it
+// in place). Under torch.compile the fold is a fresh tensor per call: a miss each time, a few small
+// kernels, still no sync.
+int64_t tensor_version(const at::Tensor& t) { return t.is_inference() ? -2 : t._version(); }
+
+template <typename Entry, size_t kEntries = 4>
+class DerivedOperandCache {
+ public:
+  // The entry for which match(entry) holds, else make()'s, which is then kept.
+  template <typename Match, typename Make>
+  Entry get(Match match, Make make) {
+    const std::lock_guard<std::mutex> lock(mu_);
+    for (size_t i = 0; i < entries_.size(); ++i) {
+      if (match(entries_[i])) {
+        std::rotate(entries_.begin() + static_cast<std::ptrdiff_t>(i),
+                    entries_.begin() + static_cast<std::ptrdiff_t>(i) + 1, entries_.end());
+        return entries_.back();
+      }
+    }
+    if (entries_.size() == kEntries) entries_.erase(entries_.begin());
+    entries_.push_back(make());
+    return entries_.back();
+  }
+
+ private:
+  std::mutex mu_;
+  std::vector<Entry> entries_;
+};
+
+// A (folded) weight in the im2col's K order, [C, lda], for the cuBLAS and mma paths. Rebuilding it
+// per call was ~0.04 ms of small ATen kernels (the c0e6c19 H100 profile of the N=64 bf16 case:
+// 8 copies and 3 float64 subtractions around a 0.145 ms GEMM).
+struct OrderedWeight {
+  at::Tensor weight, bias;
+  int64_t weight_version = -1, bias_version = -1;
+  at::ScalarType operand;
+  bool unscale = false, channels_last = false;
+  int64_t lda = 0, bias_columns = 0;
+  at::Tensor w;  // [C, lda]
+};
+
+// unscale (fp16 operands): the operand is W * 255 and the caller applies 1/255 to the accumulator
+// (see patch_embed_cuda). With bias_columns > 0 (cuBLAS) columns k.. hold bias / alpha split into
+// that many parts of the operand type (see patch_embed_cublas).
+at::Tensor ordered_weight(const at::Tensor& weight, const at::Tensor& bias, bool channels_last,
+                          at::ScalarType operand, bool unscale, int64_t k, int64_t lda, int64_t bias_columns) {
+  static DerivedOperandCache<OrderedWeight> cache;
+  const int64_t wv = tensor_version(weight), bv = bias_columns > 0 ? tensor_version(bias) : -1;
+  const auto match = [&](const OrderedWeight& e) {
+    return e.weight.is_same(weight) && e.weight_version == wv && e.operand == operand && e.unscale == unscale &&
+           e.channels_last == channels_last && e.lda == lda && e.bias_columns == bias_columns &&
+           (bias_columns == 0 || (e.bias.is_same(bias) && e.bias_version == bv));
+  };
+  const auto make = [&] {
+    const at::Tensor scaled = unscale ? weight.mul(255.0) : weight;
+    at::Tensor w = patch_embed_weight_order(scaled, channels_last, operand, lda);  // zeros past K
+    if (bias_columns > 0) {
+      at::Tensor rest = bias.to(at::kDouble).div(unscale ? 1.0 / 255.0 : 1.0);  // bias / alpha
+      for (int64_t i = 0; i < bias_columns; ++i) {
+        const at::Tensor part = rest.to(operand);
+        w.select(1, k + i).copy_(part);
+        rest = rest.sub(part.to(at::kDouble));
+      }
+    }
+    return OrderedWeight{weight, bias_columns > 0 ? bias : at::Tensor(), wv, bv, operand, unscale,
+                         channels_last, lda, bias_columns, w};
+  };
+  return cache.get(match, make).w;
+}
+
 // The cuBLAS path for bf16/fp16 outputs: out = alpha * (A W^T) + pos_embed, with A the im2col of
 // the pixels written by our kernel (uint8 values are exact in bf16/fp16) and the bias carried by
 // kBiasColumns extra columns of A that are 1, against the bias split into that many bf16/fp16 parts
@@ -50,20 +128,16 @@ cuda::OutType to_out_type(at::ScalarType t) {
 // (M x lda operand elements) around 64 MiB.
 constexpr int kBiasColumns = 3;
 
-at::Tensor patch_embed_cublas(const PatchEmbedShape& s, const at::Tensor& tiles, const at::Tensor& w_in,
+at::Tensor patch_embed_cublas(const PatchEmbedShape& s, const at::Tensor& tiles, const at::Tensor& weight,
                               const at::Tensor& bias, const at::Tensor& pos_embed, at::ScalarType operand,
-                              double alpha, cuda::GemmType gemm, cudaStream_t stream) {
+                              bool unscale, cuda::GemmType gemm, cudaStream_t stream) {
+  const double alpha = unscale ? 1.0 / 255.0 : 1.0;
   const int64_t K = patch_k(s.geometry), lda = (K + kBiasColumns + 7) / 8 * 8, T = s.geometry.tokens;
   const int64_t images = std::max<int64_t>(1, (int64_t{64} << 20) / std::max<int64_t>(1, T * lda * 2));
   TORCH_CHECK_VALUE(T * (lda / 8) < (int64_t{1} << 31) / std::max<int64_t>(1, std::min(images, s.batch)),
                     "patch_embed_cuda: ", T, " tokens per image of ", lda, " columns are too many for one im2col launch");
-  at::Tensor w = patch_embed_weight_order(w_in, s.channels_last, operand, lda);  // [C, lda], zeros past K
-  at::Tensor rest = bias.to(at::kDouble).div(alpha);  // alpha scales the whole product, bias columns included
-  for (int i = 0; i < kBiasColumns; ++i) {
-    const at::Tensor part = rest.to(operand);
-    w.select(1, K + i).copy_(part);
-    rest = rest.sub(part.to(at::kDouble));
-  }
+  // alpha scales the whole product, the bias columns included.
+  const at::Tensor w = ordered_weight(weight, bias, s.channels_last, operand, unscale, K, lda, kBiasColumns);
   at::Tensor out = at::empty({s.batch, T, s.dim}, tiles.options().dtype(s.out_dtype));
   const at::Tensor pos = pos_embed.to(s.out_dtype).contiguous();
   const int64_t row_bytes = s.dim * pos.element_size();
@@ -94,11 +168,7 @@ at::Tensor patch_embed_cublas(const PatchEmbedShape& s, const at::Tensor& tiles,
 // lies in (2^14, 2^15] (fp16 cannot overflow, and every weight above 2^-29 of the largest keeps
 // fp16's 11 significant bits), alpha = 1 / s applied to the fp32 accumulator (the kernel reads it from device
 // memory: no host sync), laid out in panels of 128 channels in wgmma's core-matrix order
-// (patch_embed_kernels.h). Built once per weight version: the op is called with the same folded
-// tensor (interleave.ops' fold cache) until the weights change; a few entries, so that several
-// models do not evict each other. An entry holds its weight tensor, so that storage cannot be
-// reused by another weight while the entry lives. Under torch.compile the fold is a fresh tensor
-// per call: a miss each time, a few small kernels, still no sync.
+// (patch_embed_kernels.h). Built once per weight version (DerivedOperandCache above).
 struct WgmmaPanels {
   at::Tensor key;
   int64_t version = -1;
@@ -106,33 +176,22 @@ struct WgmmaPanels {
   at::Tensor panels;  // fp16 [panels, k_steps * 16 * 128]
   at::Tensor alpha;   // float32 [1]: 1 / s
 };
-constexpr size_t kWgmmaPanelCacheEntries = 4;
 
 WgmmaPanels wgmma_panels(const at::Tensor& weight, const PatchEmbedShape& s, int k_steps) {
-  static std::mutex mu;
-  static std::vector<WgmmaPanels> cache;  // most recently used last
-  const std::lock_guard<std::mutex> lock(mu);
-  // Inference tensors (made under torch.inference_mode, as the fold is when the model runs there)
-  // have no version counter: they are matched by identity, which is what the fold cache needs (it
-  // replaces its folded tensor when the model's weight changes, it never modifies it in place).
-  const int64_t version = weight.is_inference() ? -2 : weight._version();
-  for (size_t i = 0; i < cache.size(); ++i) {
-    const WgmmaPanels& e = cache[i];
-    if (e.key.is_same(weight) && e.version == version && e.k_steps == k_steps) {
-      std::rotate(cache.begin() + static_cast<std::ptrdiff_t>(i), cache.begin() + static_cast<std::ptrdiff_t>(i) + 1,
-                  cache.end());
-      return cache.back();
-    }
-  }
-  const at::Tensor w = weight.to(at::kFloat);
-  // s = 2^floor(log2(2^15 / max|W'|)): exact to apply, exact to undo.
-  const at::Tensor scale = w.abs().amax().clamp_min(1e-30).reciprocal().mul(32768.0).log2().floor().exp2();
-  WgmmaPanels e{weight, version, k_steps,
-                patch_embed_wgmma_layout(w.mul(scale), s.channels_last, 1.0, k_steps, cuda::kWgmmaN),
-                scale.reciprocal().reshape({1})};
-  if (cache.size() == kWgmmaPanelCacheEntries) cache.erase(cache.begin());
-  cache.push_back(e);
-  return e;
+  static DerivedOperandCache<WgmmaPanels> cache;
+  const int64_t version = tensor_version(weight);
+  const auto match = [&](const WgmmaPanels& e) {
+    return e.key.is_same(weight) && e.version == version && e.k_steps == k_steps;
+  };
+  const auto make = [&] {
+    const at::Tensor w = weight.to(at::kFloat);
+    // s = 2^floor(log2(2^15 / max|W'|)): exact to apply, exact to undo.
+    const at::Tensor scale = w.abs().amax().clamp_min(1e-30).reciprocal().mul(32768.0).log2().floor().exp2();
+    return WgmmaPanels{weight, version, k_steps,
+                       patch_embed_wgmma_layout(w.mul(scale), s.channels_last, 1.0, k_steps, cuda::kWgmmaN),
+                       scale.reciprocal().reshape({1})};
+  };
+  return cache.get(match, make);
 }
 
 // The wgmma kernel's output, or nullopt where it does not apply (the caller takes its default path).
@@ -201,7 +260,6 @@ at::Tensor patch_embed_cuda(const at::Tensor& tiles, const at::Tensor& weight, c
   // fp16's subnormal range (< 6.1e-5), where it loses bits. Keep the 1/255 out of the operand
   // (W * 255 = W / std) and apply it to the fp32 accumulator instead; exact in real arithmetic.
   const bool unscale = gemm == cuda::GemmType::kFloat16 && s.channels_last;
-  const at::Tensor scaled_weight = unscale ? weight.mul(255.0) : weight;
   const double alpha = unscale ? 1.0 / 255.0 : 1.0;
   const PatchEmbedGemm mode = patch_embed_gemm_mode();
   const bool tensor_cores = gemm == cuda::GemmType::kBFloat16 || gemm == cuda::GemmType::kFloat16;
@@ -212,9 +270,9 @@ at::Tensor patch_embed_cuda(const at::Tensor& tiles, const at::Tensor& weight, c
       (mode == PatchEmbedGemm::kCublas ||
        ((mode == PatchEmbedGemm::kAuto || mode == PatchEmbedGemm::kWgmma) && M >= kPatchEmbedCublasMinRows))) {
     TORCH_CHECK_VALUE(M < (int64_t{1} << 31), "patch_embed_cuda: at most 2^31 - 1 tokens per call, got ", M);
-    return patch_embed_cublas(s, tiles, scaled_weight, bias, pos_embed, operand, alpha, gemm, stream);
+    return patch_embed_cublas(s, tiles, weight, bias, pos_embed, operand, unscale, gemm, stream);
   }
-  const at::Tensor w = patch_embed_weight_order(scaled_weight, s.channels_last, operand, Kp);  // [C, Kp]
+  const at::Tensor w = ordered_weight(weight, bias, s.channels_last, operand, unscale, K, Kp, 0);  // [C, Kp]
   const at::Tensor b = bias.to(epilogue).contiguous();
   const at::Tensor pos = pos_embed.to(epilogue).contiguous();
   at::Tensor out = at::empty({s.batch, s.geometry.tokens, s.dim}, tiles.options().dtype(s.out_dtype));
