@@ -141,7 +141,8 @@ def anyres_decision(results, failures):
 
 def wgmma_decision(results, failures):
     cases = variant_cases(results, "patch_embed", "ours_wgmma",
-                          "patch_embed wgmma kernel (default off: kAuto in csrc/cuda/patch_embed_cuda.cpp)")
+                          "patch_embed wgmma kernel (kAuto in csrc/cuda/patch_embed_cuda.cpp: wgmma below "
+                          "4096 tokens since c0e6c19's run, cuBLAS from there)")
     if not cases:
         return
     ran = all(any("ran the wgmma kernel: True" in n for n in r.get("notes", [])) for r in cases)
@@ -159,7 +160,10 @@ def wgmma_decision(results, failures):
     t = tests_ok(failures, "wgmma")
     print(f"  ran the wgmma kernel: {ran}; variants within 2x of the reference's error: {within}; tests: {t}")
     verdict = ran and within and faster_large and t == "passed"
-    print(f"  -> {'let auto choose wgmma where it applies' if verdict else 'keep it off'}")
+    small = [r for r in cases if "N=1 " in r["shape"]]
+    small_ok = all(best_device_time(r, "ours_wgmma") <= best_device_time(r, "ours") * 1.05 for r in small)
+    print(f"  -> from 4096 tokens: {'let auto choose wgmma there too' if verdict else 'keep cuBLAS'}; "
+          f"below (N=1, auto's wgmma): {'keep it' if small_ok and within and t == 'passed' else 'go back to mma'}")
 
 
 def main(argv):

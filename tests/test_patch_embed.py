@@ -214,6 +214,29 @@ def test_cuda_wgmma_kernel_runs_and_follows_weight_changes():
     assert torch.equal(out3, out2) and torch.equal(out4, out2)
 
 
+@pytest.mark.cuda
+@needs_ext
+def test_cuda_auto_gemm_takes_wgmma_below_4096_tokens():
+    """The default ("auto") runs the wgmma kernel for a few bf16 SigLIP tiles where it is available
+    (2 tiles: 1458 tokens) and cuBLAS's GEMM from 4096 tokens on (6 tiles), with the same result as
+    forcing that GEMM."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    from interleave.ops.patch_embed import cuda_gemm, wgmma_available
+    if not wgmma_available():
+        pytest.skip("the wgmma kernel needs an sm_90a build on a compute-capability-9.0 GPU")
+    weight, bias, pos = random_params(1152, 14, 729, dtype=torch.bfloat16, device="cuda", seed=9)
+    for n, kernel, forced in [(2, "wgmma_patch_kernel", "wgmma"), (6, "im2col", "cublas")]:
+        tiles = random_tiles(n, 384, "cuda", seed=n)
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+            out = patch_embed(tiles, weight, bias, pos)
+            torch.cuda.synchronize()
+        names = [e.name for e in prof.events()]
+        assert any(kernel in name for name in names), (n, sorted(set(names))[:20])
+        with cuda_gemm(forced):
+            assert torch.equal(out, patch_embed(tiles, weight, bias, pos))
+
+
 def test_cuda_gemm_rejects_unknown_mode():
     from interleave.ops.patch_embed import cuda_gemm
     with pytest.raises(ValueError, match="mode must be one of"):

@@ -41,11 +41,13 @@ bool patch_embed_wgmma_available(int device);
 #endif
 
 // Which GEMM the CUDA path uses for bf16/fp16 outputs (float32/float64 always use the SIMT kernel):
-//   kAuto: cuBLAS (im2col + addmm) from kPatchEmbedCublasMinRows tokens on, else the mma kernel;
+//   kAuto: cuBLAS (im2col + addmm) from kPatchEmbedCublasMinRows tokens on; below, the wgmma kernel
+//     where it applies, else the mma kernel (the H100 timed wgmma fastest for one tile, cuBLAS from
+//     16 tiles on: bench/results/2026-11-27-NVIDIA-H100-80GB-HBM3-c0e6c19.json);
 //   kCublas / kMma: always that one (tests and the benchmark's variants set these);
 //   kWgmma: the Hopper wgmma kernel (patch_embed_wgmma.cu) where it applies (uint8 tiles, an sm_90a
-//     build on a compute-capability-9.0 device, even patch rows, K <= 16 * kWgmmaMaxSteps, C even),
-//     kAuto's choice elsewhere. Not part of kAuto until a GPU run has verified and timed it.
+//     build on a compute-capability-9.0 device, even patch rows, K <= 16 * kWgmmaMaxSteps, C even)
+//     at every size, kAuto's choice elsewhere.
 enum class PatchEmbedGemm : int { kAuto = 0, kCublas = 1, kMma = 2, kWgmma = 3 };
 constexpr int64_t kPatchEmbedCublasMinRows = 4096;
 PatchEmbedGemm& patch_embed_gemm_mode();
