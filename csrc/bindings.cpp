@@ -119,6 +119,15 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
     return false;
 #endif
   });
+  // Called by interleave.ops.patch_embed's fold cache for each new folded (weight, bias) on CUDA.
+  m.def("_patch_embed_register_folded", [](const at::Tensor& weight, const at::Tensor& bias) {
+#ifdef INTERLEAVE_WITH_CUDA
+    interleave::patch_embed_register_folded(weight, bias);
+#else
+    (void)weight;
+    (void)bias;
+#endif
+  });
   // More layers of the same diagnosis: a c10 error through pybind11 (no dispatcher); our CPU kernel
   // called directly (its own throw site, no dispatcher); our op through the C++ dispatcher below
   // autograd, caught here (crosses libtorch_cpu's frames, no Python, no libtorch_python).

@@ -52,14 +52,31 @@ cuda::OutType to_out_type(at::ScalarType t) {
 // cache needs (it replaces its folded tensor when the model's weight changes, it never modifies it
 // in place). Under torch.compile the fold is a fresh tensor per call: a miss each time, a few small
 // kernels, still no sync.
+// Only operands of folded tensors registered by the fold cache are kept (patch_embed.h,
+// patch_embed_register_folded): gradcheck perturbs a weight through `.data`, which keeps its version,
+// and an entry keyed on a caller's own weight went stale there (the e857c2a H100 run's float64
+// gradcheck of the pixel_values path).
 int64_t tensor_version(const at::Tensor& t) { return t.is_inference() ? -2 : t._version(); }
+
+constexpr size_t kRegisteredFolded = 16;  // the Python fold cache holds 8 (weight, bias) pairs
+std::mutex registered_mu;
+std::vector<at::Tensor> registered_folded;  // most recent last; holding them keeps their storage
+
+bool is_registered_folded(const at::Tensor& t) {
+  const std::lock_guard<std::mutex> lock(registered_mu);
+  for (const at::Tensor& r : registered_folded)
+    if (r.is_same(t)) return true;
+  return false;
+}
 
 template <typename Entry, size_t kEntries = 4>
 class DerivedOperandCache {
  public:
-  // The entry for which match(entry) holds, else make()'s, which is then kept.
+  // The entry for which match(entry) holds, else make()'s, which is then kept; with !cacheable,
+  // make()'s without looking or keeping.
   template <typename Match, typename Make>
-  Entry get(Match match, Make make) {
+  Entry get(bool cacheable, Match match, Make make) {
+    if (!cacheable) return make();
     const std::lock_guard<std::mutex> lock(mu_);
     for (size_t i = 0; i < entries_.size(); ++i) {
       if (match(entries_[i])) {
@@ -116,7 +133,8 @@ at::Tensor ordered_weight(const at::Tensor& weight, const at::Tensor& bias, bool
     return OrderedWeight{weight, bias_columns > 0 ? bias : at::Tensor(), wv, bv, operand, unscale,
                          channels_last, lda, bias_columns, w};
   };
-  return cache.get(match, make).w;
+  const bool cacheable = is_registered_folded(weight) && (bias_columns == 0 || is_registered_folded(bias));
+  return cache.get(cacheable, match, make).w;
 }
 
 // The cuBLAS path for bf16/fp16 outputs: out = alpha * (A W^T) + pos_embed, with A the im2col of
@@ -191,7 +209,7 @@ WgmmaPanels wgmma_panels(const at::Tensor& weight, const PatchEmbedShape& s, int
                        patch_embed_wgmma_layout(w.mul(scale), s.channels_last, 1.0, k_steps, cuda::kWgmmaN),
                        scale.reciprocal().reshape({1})};
   };
-  return cache.get(match, make);
+  return cache.get(is_registered_folded(weight), match, make);
 }
 
 // The wgmma kernel's output, or nullopt where it does not apply (the caller takes its default path).
@@ -234,6 +252,14 @@ std::optional<at::Tensor> patch_embed_wgmma(const PatchEmbedShape& s, const at::
 }  // namespace
 
 bool patch_embed_wgmma_available(int device) { return cuda::patch_embed_wgmma_compiled(device); }
+
+void patch_embed_register_folded(const at::Tensor& weight, const at::Tensor& bias) {
+  const std::lock_guard<std::mutex> lock(registered_mu);
+  for (const at::Tensor* t : {&weight, &bias}) {
+    if (registered_folded.size() == kRegisteredFolded) registered_folded.erase(registered_folded.begin());
+    registered_folded.push_back(*t);
+  }
+}
 
 at::Tensor patch_embed_cuda(const at::Tensor& tiles, const at::Tensor& weight, const at::Tensor& bias,
                             const at::Tensor& pos_embed, std::optional<at::ScalarType> out_dtype) {

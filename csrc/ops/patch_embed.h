@@ -38,6 +38,11 @@ at::Tensor patch_embed_cuda(const at::Tensor& tiles, const at::Tensor& weight, c
                             const at::Tensor& pos_embed, std::optional<at::ScalarType> out_dtype);
 // Whether CUDA device `device` can run the wgmma kernel with this build (PatchEmbedGemm::kWgmma).
 bool patch_embed_wgmma_available(int device);
+// Marks a folded weight and bias made by interleave.ops.patch_embed's fold cache: private tensors,
+// never changed in place (the fold cache replaces them when the model's weights change), so the
+// GEMM operands derived from them are cached. Operands of any other weight are rebuilt per call: a
+// caller's own weight may change through `.data` without a new version (gradcheck, EMA updates).
+void patch_embed_register_folded(const at::Tensor& weight, const at::Tensor& bias);
 #endif
 
 // Which GEMM the CUDA path uses for bf16/fp16 outputs (float32/float64 always use the SIMT kernel):
