@@ -29,6 +29,20 @@
 #define INTERLEAVE_CUDA_VERSION ""
 #endif
 
+namespace {
+// interleave.ops.patch_embed's fold cache calls this for each new folded (weight, bias): on CUDA the
+// op then keeps the GEMM operands derived from them (patch_embed.h); nothing to keep on the CPU.
+// An op, not a pybind11 function: this module has no pybind11 caster for tensors.
+void register_folded(const at::Tensor& weight, const at::Tensor& bias) {
+#ifdef INTERLEAVE_WITH_CUDA
+  if (weight.is_cuda() && bias.is_cuda()) interleave::patch_embed_register_folded(weight, bias);
+#else
+  (void)weight;
+  (void)bias;
+#endif
+}
+}  // namespace
+
 TORCH_LIBRARY(interleave, m) {
   m.def(
       "merge_tokens(Tensor input_ids, Tensor embed_weight, Tensor visual, int[] image_token_ids, "
@@ -47,6 +61,7 @@ TORCH_LIBRARY(interleave, m) {
   // the layout and of the emulated kernel call it on the CPU).
   m.def("_patch_embed_wgmma_layout(Tensor weight, bool channels_last, float scale, int k_steps, int panel_width) -> Tensor",
         &interleave::patch_embed_wgmma_layout);
+  m.def("_patch_embed_register_folded(Tensor weight, Tensor bias) -> ()", &register_folded);
 }
 
 TORCH_LIBRARY_IMPL(interleave, CPU, m) {
@@ -117,15 +132,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
 #else
     (void)device;
     return false;
-#endif
-  });
-  // Called by interleave.ops.patch_embed's fold cache for each new folded (weight, bias) on CUDA.
-  m.def("_patch_embed_register_folded", [](const at::Tensor& weight, const at::Tensor& bias) {
-#ifdef INTERLEAVE_WITH_CUDA
-    interleave::patch_embed_register_folded(weight, bias);
-#else
-    (void)weight;
-    (void)bias;
 #endif
   });
   // More layers of the same diagnosis: a c10 error through pybind11 (no dispatcher); our CPU kernel

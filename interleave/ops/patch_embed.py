@@ -173,10 +173,11 @@ def _cached_fold(weight, bias, mean, std):
         return entry[3], entry[4]
     with torch.no_grad():
         folded_w, folded_b = fold_normalization(weight, bias, mean, std)
-    if folded_w.is_cuda and _extension.has_kernel("cuda"):
+    if _extension.has_kernel(folded_w.device.type):
         # The CUDA op then keeps the GEMM operands it derives from these two (K order, bias
-        # columns, wgmma panels) instead of rebuilding them per call: they are never changed in place.
-        _extension.module._patch_embed_register_folded(folded_w, folded_b)
+        # columns, wgmma panels) instead of rebuilding them per call: they are never changed in
+        # place. A no-op on the CPU, called there too so that CPU tests exercise the call.
+        torch.ops.interleave._patch_embed_register_folded(folded_w, folded_b)
     _FOLD_CACHE[key] = (weakref.ref(weight), weakref.ref(bias), state, folded_w, folded_b)
     while len(_FOLD_CACHE) > _FOLD_CACHE_SIZE:
         _FOLD_CACHE.popitem(last=False)
