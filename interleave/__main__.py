@@ -28,13 +28,13 @@ def info() -> int:
         print(f"CPU anyres_tiles loops: {cpu_simd_level()} (this CPU supports up to {cpu_simd_supported()}; "
               "INTERLEAVE_CPU_SIMD=generic|avx2|avx512 to cap)")
     if ext is not None and ext.with_cuda:
-        # From the build's arch list, without initializing CUDA: whether an H100/H200 can run the
-        # paths that wait behind an off default for a GPU run to verify them.
+        # From the build's arch list, without initializing CUDA.
         sm90a = "9.0a" in ext.arch_list.replace(";", " ").split()
-        print("off by default until verified on a GPU:")
-        print("  patch_embed wgmma kernel (cuda_gemm('wgmma')): "
-              + ("in this build (sm_90a)" if sm90a else "not in this build (needs TORCH_CUDA_ARCH_LIST with 9.0a)"))
-        print("  anyres_tiles tensor-core passes (interleave.ops.anyres_tiles.cuda_tensor_cores()): in this build")
+        print("CUDA patch_embed GEMM (bf16/fp16 outputs, cuda_gemm('auto')): cuBLAS from 4096 tokens; below, "
+              + ("the wgmma kernel on an H100/H200 (this build has sm_90a), else the mma kernel" if sm90a
+                 else "the mma kernel (no sm_90a in this build: TORCH_CUDA_ARCH_LIST with 9.0a adds the wgmma kernel)"))
+        print("off by default (measured slower on an H100, c0e6c19): anyres_tiles tensor-core passes "
+              "(interleave.ops.anyres_tiles.cuda_tensor_cores())")
     return 0
 
 

@@ -392,9 +392,10 @@ def test_info_command():
     assert "torch" in r.stdout and "merge_tokens" in r.stdout
     assert "cpu kernel" in r.stdout
     from interleave import _extension
-    if _extension.has_kernel("cuda"):  # the off-by-default GPU paths, from the arch list (no CUDA init)
+    if _extension.has_kernel("cuda"):  # auto's GEMM choice, from the arch list (no CUDA init)
         sm90a = "9.0a" in _extension.module.arch_list.replace(";", " ").split()
-        assert ("patch_embed wgmma kernel (cuda_gemm('wgmma')): in this build" in r.stdout) == sm90a, r.stdout
+        assert ("the wgmma kernel on an H100/H200 (this build has sm_90a)" in r.stdout) == sm90a, r.stdout
+        assert "anyres_tiles tensor-core passes" in r.stdout
 
 
 def test_empty_sequence(device):
