@@ -135,9 +135,9 @@ left=$(( budget - 10 - SECONDS )); [ "$left" -gt 240 ] && left=240; [ "$left" -l
 # If the error paths crash (step 4), the tests that expect an error are skipped (tests/conftest.py).
 skip_errors=0; [ "$errpath_rc" -ne 0 ] && skip_errors=1
 # The tests of paths no GPU has verified yet run first (tests/conftest.py), so a cut-short run
-# still answers for them: the wgmma kernel, anyres' tensor-core passes, merge's sync-free paths,
-# patch_embed's GEMM choices and gradients (the fp32 weight-gradient floor was widened since).
-export INTERLEAVE_TEST_FIRST="wgmma,tensor_core,sync_free,gemm_choice,test_patch_embed.py::test_gradients,batch_layout"
+# still answers for them: patch_embed's operand cache of registered folds and auto's wgmma choice
+# (after the 514da7f run's TypeError), merge's sync-free settings, the gradchecks, the GEMM choices.
+export INTERLEAVE_TEST_FIRST="operand_cache,auto_gemm,sync_free,gradcheck,wgmma,gemm_choice"
 INTERLEAVE_SKIP_ERROR_TESTS=$skip_errors timeout "$left" "$PY" -X faulthandler -m pytest -m cuda -q -rs \
   -p no:cacheprovider tests > "$OUT_DIR/cuda-tests.log" 2>&1
 test_rc=$?

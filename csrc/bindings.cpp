@@ -162,6 +162,14 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
     TORCH_CHECK_VALUE(chunk >= 1 && chunk <= 4096, "_set_merge_min_chunk: chunk must be in [1, 4096], got ", chunk);
     return std::exchange(interleave::merge_cuda_min_chunk(), chunk);
   });
+  // The sync-free CUDA forward's one-launch limit in positions (0: always the count kernel) and
+  // its count rotation; each returns the previous setting (tests and the benchmark's variants).
+  m.def("_set_merge_self_count_max", [](int64_t positions) {
+    TORCH_CHECK_VALUE(positions >= 0 && positions <= (int64_t{1} << 20),
+                      "_set_merge_self_count_max: positions must be in [0, 2^20], got ", positions);
+    return std::exchange(interleave::merge_cuda_self_count_max(), positions);
+  });
+  m.def("_set_merge_count_rotation", [](bool on) { return std::exchange(interleave::merge_cuda_count_rotation(), on); });
   // Whether CUDA anyres_tiles may run pass 1 on tensor cores (exact either way); returns the old one.
   m.def("_set_anyres_mma", [](bool allowed) { return std::exchange(interleave::anyres_cuda_mma(), allowed); });
   // Instruction-set level of the CPU anyres_tiles loops: -1 the best this CPU supports, 0 portable,

@@ -456,7 +456,7 @@ MERGE = [(1, 9, 8, 50, [3], 32), (3, 37, 5, 200, [4, 0, 11], 1), (2, 700, 12, 30
 
 
 @pytest.mark.parametrize("case", MERGE, ids=[f"B{c[0]}-L{c[1]}-D{c[2]}-chunk{c[5]}" for c in MERGE])
-@pytest.mark.parametrize("self_count", [False, True], ids=["count-kernel", "one-launch"])
+@pytest.mark.parametrize("self_count", [0, 1, 2], ids=["count-kernel", "one-launch", "one-launch-rotated"])
 def test_merge_tokens_cuda_kernels_emulated_equal_reference(merge_emu, case, self_count):
     from interleave import reference
     B, L, D, V, per_row, min_chunk = case

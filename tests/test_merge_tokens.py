@@ -311,6 +311,28 @@ def test_sync_free_path_does_not_sync(L):
     assert torch.equal(out, reference.merge_tokens(input_ids, weight, visual, [IMAGE]))
 
 
+@pytest.mark.cuda
+@needs_ext
+@pytest.mark.parametrize("setting", ["two-launch", "rotated", "chunk16"])
+def test_sync_free_settings_equal_reference(setting):
+    """The benchmark's sync-free variants (count kernel first at 8192 positions; rotated count
+    walks; 16-position chunks) give the reference's bits, at the benchmark's shape on a smaller table."""
+    from interleave.ops.merge_tokens import cuda_count_rotation, cuda_min_chunk, cuda_self_count_max
+    ctx = {"two-launch": cuda_self_count_max(0), "rotated": cuda_count_rotation(True),
+           "chunk16": cuda_min_chunk(16)}[setting]
+    input_ids, weight, visual = make_inputs(1, 8192, 256, 5000, [7290], device="cuda")
+    with ctx:
+        out = merge_tokens(input_ids, weight, visual, IMAGE, num_placeholders=visual.shape[0])
+    assert torch.equal(out, reference.merge_tokens(input_ids, weight, visual, [IMAGE]))
+
+
+def test_sync_free_settings_reject_bad_values():
+    from interleave.ops.merge_tokens import cuda_self_count_max
+    with pytest.raises(ValueError, match="cuda_self_count_max: positions must be in"):
+        with cuda_self_count_max(-1):
+            pass
+
+
 _SYNC_FREE_MISMATCH = """
 import sys, torch
 from interleave.ops import merge_tokens

@@ -30,6 +30,7 @@ cuda::MergePositions count_positions(const at::Tensor& ids, const MergeShape& s,
   pos.dim = s.dim;
   pos.chunk = std::max<int64_t>((pos.n + kMaxChunks - 1) / kMaxChunks, merge_cuda_min_chunk());
   pos.num_chunks = merge_num_chunks(pos.n, pos.chunk);
+  pos.rotate_count = merge_cuda_count_rotation();
   if (self_count) return pos;
   chunk_info = at::empty({2 * std::max<int64_t>(pos.num_chunks, 1)}, ids.options());
   pos.chunk_info = chunk_info.mutable_data_ptr<int64_t>();
@@ -55,7 +56,7 @@ at::Tensor merge_tokens_cuda(const at::Tensor& input_ids_arg, const at::Tensor& 
   at::Tensor chunk_info;
   const bool sync_free = num_placeholders.has_value();
   const cuda::MergePositions pos =
-      count_positions(ids, s, chunk_info, stream, sync_free && s.batch * s.length <= cuda::kMergeSelfCountMax);
+      count_positions(ids, s, chunk_info, stream, sync_free && s.batch * s.length <= merge_cuda_self_count_max());
   int64_t total = 0, first_bad = -1;  // what the host knows: nothing to count when n == 0
   if (!sync_free && pos.num_chunks > 0) {
     // The default path's one host sync: read the per-chunk counts and bad-id slots (16 bytes per

@@ -6,7 +6,7 @@
 //   2. merge_forward_kernel: one block per chunk sums the counts of the chunks before it (at most
 //      kMaxChunks values, so no scan kernel is needed), ranks its placeholders with a ballot scan,
 //      then copies every row of the chunk once, one warp per row, 16-byte vectors where aligned.
-// The sync-free path of short inputs (kMergeSelfCountMax positions) is one launch: each block of
+// The sync-free path of short inputs (merge_cuda_self_count_max() positions) is one launch: each block of
 // merge_forward_kernel counts the positions before its chunk itself (self_counted_prefix).
 #include <assert.h>  // declares __assert_fail for device code (the sync-free trap)
 #include <cuda_bf16.h>
@@ -116,17 +116,24 @@ __device__ __forceinline__ int64_t self_counted_prefix(const MergePositions& pos
     constexpr int kSelfCountLoads = 8;
     const int64_t pairs = p1 / 2;
     const longlong2* v = reinterpret_cast<const longlong2*>(pos.ids);
+    // rotate_count: every block starts its walk at its own place (a multiple of 8 pairs, one
+    // 128-byte line), so that the blocks, which all read the first ids, do not all ask the same L2
+    // lines at the same time. The count does not depend on the order.
+    const int64_t lines = pairs / 8;
+    const int64_t rot = pos.rotate_count && lines > 0 ? (blockIdx.x * int64_t{37}) % lines * 8 : 0;
+    const auto at = [&](int64_t i) { return i + rot < pairs ? i + rot : i + rot - pairs; };
     for (int64_t base = 0; base < pairs; base += kThreads * kSelfCountLoads) {
       longlong2 x[kSelfCountLoads];
 #pragma unroll
       for (int u = 0; u < kSelfCountLoads; ++u) {
-        const int64_t j = base + u * kThreads + threadIdx.x;
-        if (j < pairs) x[u] = __ldg(v + j);
+        const int64_t i = base + u * kThreads + threadIdx.x;
+        if (i < pairs) x[u] = __ldg(v + at(i));
       }
 #pragma unroll
       for (int u = 0; u < kSelfCountLoads; ++u) {
-        const int64_t j = base + u * kThreads + threadIdx.x;
-        if (j < pairs) {
+        const int64_t i = base + u * kThreads + threadIdx.x;
+        if (i < pairs) {
+          const int64_t j = at(i);
           classify(2 * j, x[u].x);
           classify(2 * j + 1, x[u].y);
         }

@@ -22,14 +22,9 @@ struct MergePositions {
   int64_t dim;             // D
   int64_t chunk, num_chunks;
   int64_t* chunk_info;     // [2 * num_chunks]: placeholder count, then first bad text position or -1;
-                           // nullptr: the forward counts for itself (kMergeSelfCountMax)
+                           // nullptr: the forward counts for itself (merge_cuda_self_count_max)
+  bool rotate_count;       // self count: each block walks the ids from its own offset
 };
-
-// Up to this many positions the sync-free forward is one launch: every block counts the
-// placeholders before its chunk from the ids itself, instead of a count kernel and chunk_info (a
-// launch, an allocation and ~2 us of device time). The blocks' reads of ids grow as n^2 / 8 bytes
-// (8 MiB of L2 reads at 8192 positions, chunks of 32), so longer inputs keep the count kernel.
-constexpr int64_t kMergeSelfCountMax = 8192;
 
 // First pass: per chunk, count placeholders and find the first text id outside [0, V).
 void launch_merge_count(const MergePositions& pos, cudaStream_t stream);

@@ -33,6 +33,19 @@ MergeShape check_merge_tokens_args(const at::Tensor& input_ids, const at::Tensor
 // each copying fewer rows, for short sequences).
 int64_t& merge_cuda_min_chunk();
 
+// Up to this many positions the sync-free CUDA forward is one launch: every block counts the
+// placeholders before its chunk from the ids itself, instead of a count kernel and chunk_info (a
+// launch, an allocation and ~2 us of device time). The blocks' reads of ids grow as n^2 / 8 bytes
+// (8 MiB of L2 reads at 8192 positions, chunks of 32), so longer inputs keep the count kernel.
+// kMergeSelfCountMax by default; 0 always takes the count kernel (the benchmark times both: the
+// e857c2a H100 profile had the one-launch kernel at 13.0 us against 8.6 + 1.9 us for the two
+// kernels at D=1024 bf16, warm).
+constexpr int64_t kMergeSelfCountMax = 8192;
+int64_t& merge_cuda_self_count_max();
+// Whether each block of the one-launch path starts its walk over the ids at its own offset
+// (MergePositions::rotate_count); off by default until a GPU run times it.
+bool& merge_cuda_count_rotation();
+
 at::Tensor merge_tokens_cpu(const at::Tensor& input_ids, const at::Tensor& embed_weight,
                             const at::Tensor& visual, at::IntArrayRef image_token_ids,
                             std::optional<int64_t> num_placeholders, int64_t padding_idx);

@@ -114,4 +114,14 @@ int64_t& merge_cuda_min_chunk() {
   return chunk;
 }
 
+int64_t& merge_cuda_self_count_max() {
+  static int64_t positions = kMergeSelfCountMax;
+  return positions;
+}
+
+bool& merge_cuda_count_rotation() {
+  static bool rotate = false;
+  return rotate;
+}
+
 }  // namespace interleave

@@ -52,6 +52,26 @@ def cuda_min_chunk(positions: int):
         yield
 
 
+@contextlib.contextmanager
+def cuda_self_count_max(positions: int):
+    """Within the block, the sync-free CUDA forward (`num_placeholders` given) is one launch up to
+    `positions` token positions (default 8192; 0: always a count kernel first, two launches). For
+    tests and benchmarks."""
+    if not 0 <= int(positions) <= 1 << 20:
+        raise ValueError(f"cuda_self_count_max: positions must be in [0, 2**20], got {positions}")
+    with _extension.native_setting("_set_merge_self_count_max", int(positions)):
+        yield
+
+
+@contextlib.contextmanager
+def cuda_count_rotation(enabled: bool = True):
+    """Within the block, each block of the one-launch sync-free CUDA forward walks the ids before
+    its chunk from its own offset (off by default until a GPU run times it). For tests and
+    benchmarks."""
+    with _extension.native_setting("_set_merge_count_rotation", bool(enabled)):
+        yield
+
+
 def _check_args(input_ids, embed_weight, visual, num_placeholders):
     """Everything knowable without reading data (no sync), for the PyTorch fallback. The compiled
     op makes the same checks, with the same messages, before any kernel (merge_tokens_checks.cpp),

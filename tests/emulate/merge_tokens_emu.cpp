@@ -37,8 +37,9 @@ extern "C" int emu_merge_forward(const int64_t* ids, int64_t n, const int64_t* p
   if (pos.num_chunks == 0) return 0;
   const bool vec_table = rows_vectorizable(table, out, dim * sizeof(float));
   const bool vec_visual = rows_vectorizable(visual, out, dim * sizeof(float));
-  if (self_count) {  // the one-launch sync-free path: no count kernel, no chunk_info
+  if (self_count) {  // the one-launch sync-free path: no count kernel, no chunk_info (2: rotated walks)
     pos.chunk_info = nullptr;
+    pos.rotate_count = self_count == 2;
     *count = num_visual;
     *first_bad = -1;
     emu::launch(static_cast<unsigned>(pos.num_chunks), kThreads, 0, [&] {
