@@ -80,10 +80,11 @@ def _merge_variants(device, ids, weight, visual, K) -> dict:
         def sync_free_with(setting):
             with setting:
                 return merge_tokens(ids, weight, visual, IMAGE_TOKEN_ID, num_placeholders=K)
-        # Smaller chunks (more blocks, fewer rows each) than the default 32 positions per block (the
-        # e857c2a run: 16 within 2% of 32, 8 up to 20% slower, so 8 is no longer timed); the
-        # count kernel first instead of the one launch; the one launch with rotated count walks.
+        # Other chunks than the default 32 positions per block (the e857c2a run: 16 within 2% of 32,
+        # 8 up to 20% slower, so 8 is no longer timed; 64 halves the blocks' count reads); the count
+        # kernel first instead of the one launch; the one launch with rotated count walks.
         variants["ours_sync_free_chunk16"] = lambda: sync_free_with(cuda_min_chunk(16))
+        variants["ours_sync_free_chunk64"] = lambda: sync_free_with(cuda_min_chunk(64))
         variants["ours_sync_free_two_launch"] = lambda: sync_free_with(cuda_self_count_max(0))
         variants["ours_sync_free_rotated"] = lambda: sync_free_with(cuda_count_rotation(True))
     return variants
