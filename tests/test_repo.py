@@ -89,7 +89,8 @@ def test_roofline_fraction_of_the_h100_patch_embed_run():
 def test_gpu_decide_reads_a_committed_run(tmp_path):
     """bench/gpu_decide.py (run at the end of bench/gpu_check.sh) reads a committed H100 run and its
     test log and prints every bar and decision section; with a synthetic wgmma variant that passed
-    and is faster it says to let auto choose it, and with a failing wgmma test it says to keep it off."""
+    and is faster it says to let auto choose it from 4096 tokens too, and with a failing wgmma test it
+    says to keep cuBLAS and to take auto's small sizes back to the mma kernel."""
     import json
     import subprocess
     import sys
@@ -113,13 +114,14 @@ def test_gpu_decide_reads_a_committed_run(tmp_path):
     passed.write_text("..........\n10 passed in 12.00s\n")
     out = subprocess.run([sys.executable, script, str(fake), str(passed)], capture_output=True, text=True,
                          check=True).stdout
-    assert "-> let auto choose wgmma where it applies" in out, out
+    assert "-> from 4096 tokens: let auto choose wgmma there too; below (N=1, auto's wgmma): keep it" in out, out
     failed = tmp_path / "failed.log"
     failed.write_text("FAILED tests/test_patch_embed.py::test_cuda_wgmma_kernel_runs_and_follows_weight_changes\n"
                       "1 failed, 9 passed in 12.00s\n")
     out = subprocess.run([sys.executable, script, str(fake), str(failed)], capture_output=True, text=True,
                          check=True).stdout
-    assert "-> keep it off" in out.split("== patch_embed wgmma")[1], out
+    assert "-> from 4096 tokens: keep cuBLAS; below (N=1, auto's wgmma): go back to mma" in \
+        out.split("== patch_embed wgmma")[1], out
 
 
 def test_gpu_preflight_rules_out_paths_and_the_tests_follow():
