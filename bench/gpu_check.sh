@@ -77,7 +77,7 @@ INTERLEAVE_COMMIT="$commit" timeout "${BENCH_BUDGET_S:-180}" "$PY" -m interleave
 echo "== 3b. where the time goes (bench/gpu_profile.py: kernel tables of a few cases)"
 timeout 90 "$PY" bench/gpu_profile.py patch_embed:N=64:bfloat16 anyres_tiles:16.frames:uint8 \
   anyres_tiles:1411x1411:uint8 image_processor:OneVision:float32 image_processor:SigLIP.16:float32 \
-  merge_tokens:D=1024:float32 \
+  merge_tokens:D=1024:float32 merge_tokens:D=1024:bfloat16 \
   pack_tokens:video.32.frames.bilinear.27-\>14.H=1024:bfloat16 > "$OUT_DIR/profile.log" 2>&1 \
   || echo "profile: rc=$?"
 grep -E "^==|^  [a-z_]+: wall" "$OUT_DIR/profile.log" | head -30

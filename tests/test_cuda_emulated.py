@@ -479,6 +479,30 @@ def test_merge_tokens_cuda_kernels_emulated_equal_reference(merge_emu, case, sel
     assert torch.equal(out, reference.merge_tokens(ids, table, visual, [image, video]))
 
 
+@pytest.mark.parametrize("case", MERGE, ids=[f"B{c[0]}-L{c[1]}-D{c[2]}-chunk{c[5]}" for c in MERGE])
+def test_merge_tokens_cuda_backward_visual_emulated_equals_gather(merge_emu, case):
+    """The backward's visual gradient (flat 16-byte gather where rows allow it, warp rows where not):
+    grad_visual[k] is the output gradient at the k-th placeholder; nothing else is written."""
+    B, L, D, V, per_row, min_chunk = case
+    image = V + 5
+    g = torch.Generator().manual_seed(L + D)
+    ids = torch.randint(0, V, (B, L), generator=g)
+    for b, k in enumerate(per_row):
+        ids[b, torch.randperm(L, generator=g)[:k]] = image
+    mask = ids == image
+    K = int(mask.sum())
+    grad = torch.randn(B, L, D, generator=g)
+    grad_visual = torch.full((K, D), float("nan"))
+    placeholders = torch.tensor([image])
+    fn = merge_emu.emu_merge_backward_visual
+    fn.restype = ctypes.c_int
+    fn.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p, ctypes.c_int] + [ctypes.c_int64] * 4 + \
+        [ctypes.c_void_p, ctypes.c_void_p]
+    assert fn(ids.data_ptr(), B * L, placeholders.data_ptr(), 1, V, K, D, min_chunk, grad.data_ptr(),
+              grad_visual.data_ptr()) == 0
+    assert torch.equal(grad_visual, grad[mask])
+
+
 def test_merge_tokens_cuda_count_kernel_emulated_finds_the_first_bad_id(merge_emu):
     ids = torch.randint(0, 50, (2, 300), generator=torch.Generator().manual_seed(3))
     ids[0, 5] = 99   # a placeholder

@@ -217,39 +217,41 @@ __device__ __forceinline__ void warp_copy_row(To* __restrict__ dst, const From* 
 // rows * row_vectors 16-byte vectors: consecutive threads take consecutive vectors of a row, and
 // every thread has kFlatLoads loads in flight before its stores. One warp per row (warp_copy_row)
 // keeps 4 loads per lane in flight and walks its rows one after another: at D=1024 bf16 a chunk of
-// 32 rows was 4 dependent round trips per warp, and the copy ran at 62% of a same-size copy.
+// 32 rows was 4 dependent round trips per warp, and the copy ran at 58% of a same-size copy (the
+// c0e6c19 H100 run; 80% with this, e857c2a). src(r): row r's source, nullptr for zeros; dst(r):
+// its destination, nullptr to skip the row.
 constexpr int kFlatLoads = 8;
 
-template <typename T>
-__device__ __forceinline__ void block_copy_rows_flat(T* __restrict__ out, int64_t t0, int rows,
-                                                     const T* __restrict__ table,
-                                                     const T* __restrict__ visual, int64_t dim,
-                                                     const unsigned char* kind, const int64_t* row) {
-  const int row_vectors = static_cast<int>(dim * static_cast<int64_t>(sizeof(T)) / 16);
+template <typename Src, typename Dst>
+__device__ __forceinline__ void block_copy_rows_flat(int rows, int row_vectors, Src src, Dst dst) {
   const int total = rows * row_vectors;
-  uint4* dst = reinterpret_cast<uint4*>(out + t0 * dim);
-  const uint4* tbl = reinterpret_cast<const uint4*>(table);
-  const uint4* vis = reinterpret_cast<const uint4*>(visual);
   for (int base = threadIdx.x; base < total; base += kThreads * kFlatLoads) {
     uint4 x[kFlatLoads];
 #pragma unroll
     for (int u = 0; u < kFlatLoads; ++u) {
       const int i = base + u * kThreads;
-      x[u] = make_uint4(0u, 0u, 0u, 0u);  // kZero rows, and lanes past the end (never stored)
+      x[u] = make_uint4(0u, 0u, 0u, 0u);
       if (i < total) {
-        const int r = i / row_vectors, c = i - r * row_vectors;
-        if (kind[r] == kText)
-          x[u] = __ldg(tbl + row[r] * row_vectors + c);
-        else if (kind[r] == kVisual)
-          x[u] = __ldg(vis + row[r] * row_vectors + c);
+        const int r = i / row_vectors;
+        const uint4* from = src(r);
+        if (from != nullptr && dst(r) != nullptr) x[u] = __ldg(from + (i - r * row_vectors));
       }
     }
 #pragma unroll
     for (int u = 0; u < kFlatLoads; ++u) {
       const int i = base + u * kThreads;
-      if (i < total) dst[i] = x[u];
+      if (i < total) {
+        const int r = i / row_vectors;
+        uint4* to = dst(r);
+        if (to != nullptr) to[i - r * row_vectors] = x[u];
+      }
     }
   }
+}
+
+template <typename T>
+__device__ __forceinline__ int row_vectors_of(int64_t dim) {
+  return static_cast<int>(dim * static_cast<int64_t>(sizeof(T)) / 16);
 }
 
 template <typename T>
@@ -313,10 +315,18 @@ __global__ void __launch_bounds__(kThreads)
   const int warp = threadIdx.x / 32;
   if constexpr (std::is_same_v<To, From>) {
     if (vec_table && vec_visual) {
-      for_each_tile(pos, prefix, /*validate=*/true, kind, row, warp_counts,
-                    [&](int64_t t0, int rows) {
-                      block_copy_rows_flat(out, t0, rows, table, visual, dim, kind, row);
-                    });
+      const int rv = row_vectors_of<To>(dim);
+      const uint4* tbl = reinterpret_cast<const uint4*>(table);
+      const uint4* vis = reinterpret_cast<const uint4*>(visual);
+      uint4* dst = reinterpret_cast<uint4*>(out);
+      for_each_tile(pos, prefix, /*validate=*/true, kind, row, warp_counts, [&](int64_t t0, int rows) {
+        block_copy_rows_flat(
+            rows, rv,
+            [&](int r) -> const uint4* {
+              return kind[r] == kText ? tbl + row[r] * rv : kind[r] == kVisual ? vis + row[r] * rv : nullptr;
+            },
+            [&](int r) -> uint4* { return dst + (t0 + r) * rv; });
+      });
       return;
     }
   }
@@ -345,6 +355,19 @@ __global__ void __launch_bounds__(kThreads)
   const int64_t prefix = chunk_prefix(pos, scratch);
   const int64_t dim = pos.dim;
   const int warp = threadIdx.x / 32;
+  if constexpr (std::is_same_v<To, From>) {
+    if (vec) {  // the forward's flat copy, gathering the placeholder rows' gradients
+      const int rv = row_vectors_of<From>(dim);
+      const uint4* g = reinterpret_cast<const uint4*>(grad);
+      uint4* gv = reinterpret_cast<uint4*>(grad_visual);
+      for_each_tile(pos, prefix, /*validate=*/false, kind, row, warp_counts, [&](int64_t t0, int rows) {
+        block_copy_rows_flat(
+            rows, rv, [&](int r) -> const uint4* { return g + (t0 + r) * rv; },
+            [&](int r) -> uint4* { return kind[r] == kVisual ? gv + row[r] * rv : nullptr; });
+      });
+      return;
+    }
+  }
   for_each_tile(pos, prefix, /*validate=*/false, kind, row, warp_counts,
                 [&](int64_t t0, int rows) {
                   for (int r = warp; r < rows; r += kWarps)

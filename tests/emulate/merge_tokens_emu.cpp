@@ -61,3 +61,29 @@ extern "C" int emu_merge_forward(const int64_t* ids, int64_t n, const int64_t* p
   });
   return 0;
 }
+
+// The backward's visual part (merge_tokens_cuda.cpp's backward: the count pass, then
+// merge_backward_visual_kernel): grad_visual[k] = grad[position of the k-th placeholder], float32.
+extern "C" int emu_merge_backward_visual(const int64_t* ids, int64_t n, const int64_t* placeholder_ids,
+                                         int num_placeholder_ids, int64_t num_embeddings, int64_t num_visual,
+                                         int64_t dim, int64_t min_chunk, const float* grad, float* grad_visual) {
+  MergePositions pos{};
+  pos.ids = ids;
+  pos.n = n;
+  pos.placeholders.count = num_placeholder_ids;
+  for (int i = 0; i < num_placeholder_ids; ++i) pos.placeholders.ids[i] = placeholder_ids[i];
+  pos.num_embeddings = num_embeddings;
+  pos.num_visual = num_visual;
+  pos.dim = dim;
+  pos.chunk = std::max<int64_t>((n + kMaxChunks - 1) / kMaxChunks, min_chunk);
+  pos.num_chunks = merge_num_chunks(n, pos.chunk);
+  std::vector<int64_t> info(2 * std::max<int64_t>(pos.num_chunks, 1), -7);
+  pos.chunk_info = info.data();
+  if (pos.num_chunks == 0) return 0;
+  emu::launch(static_cast<unsigned>(pos.num_chunks), kThreads, 0, [&] { merge_count_kernel(pos); });
+  const bool vec = rows_vectorizable(grad, grad_visual, dim * sizeof(float));
+  emu::launch(static_cast<unsigned>(pos.num_chunks), kThreads, 0, [&] {
+    merge_backward_visual_kernel<float, float>(pos, grad, grad_visual, vec);
+  });
+  return 0;
+}
