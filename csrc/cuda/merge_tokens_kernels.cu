@@ -254,6 +254,12 @@ __device__ __forceinline__ int row_vectors_of(int64_t dim) {
   return static_cast<int>(dim * static_cast<int64_t>(sizeof(T)) / 16);
 }
 
+// The flat copy indexes a tile (at most kThreads rows) in 32 bits.
+template <typename T>
+__device__ __forceinline__ bool flat_copy_fits(int64_t dim) {
+  return dim * static_cast<int64_t>(sizeof(T)) / 16 <= (int64_t{1} << 31) / kThreads - 1;
+}
+
 template <typename T>
 __device__ __forceinline__ void warp_zero_row(T* dst, int64_t dim) {
   for (int64_t i = threadIdx.x % 32; i < dim; i += 32) dst[i] = from_float<T>(0.f);
@@ -314,7 +320,7 @@ __global__ void __launch_bounds__(kThreads)
   const int64_t dim = pos.dim;
   const int warp = threadIdx.x / 32;
   if constexpr (std::is_same_v<To, From>) {
-    if (vec_table && vec_visual) {
+    if (vec_table && vec_visual && flat_copy_fits<To>(dim)) {
       const int rv = row_vectors_of<To>(dim);
       const uint4* tbl = reinterpret_cast<const uint4*>(table);
       const uint4* vis = reinterpret_cast<const uint4*>(visual);
@@ -356,7 +362,7 @@ __global__ void __launch_bounds__(kThreads)
   const int64_t dim = pos.dim;
   const int warp = threadIdx.x / 32;
   if constexpr (std::is_same_v<To, From>) {
-    if (vec) {  // the forward's flat copy, gathering the placeholder rows' gradients
+    if (vec && flat_copy_fits<From>(dim)) {  // the forward's flat copy, gathering the placeholder rows' gradients
       const int rv = row_vectors_of<From>(dim);
       const uint4* g = reinterpret_cast<const uint4*>(grad);
       uint4* gv = reinterpret_cast<uint4*>(grad_visual);
