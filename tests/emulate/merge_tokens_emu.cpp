@@ -18,10 +18,10 @@
 using namespace interleave;
 using namespace interleave::cuda;
 
-extern "C" int emu_merge_forward(const int64_t* ids, int64_t n, const int64_t* placeholder_ids, int num_placeholder_ids,
-                                 const float* table, int64_t num_embeddings, const float* visual, int64_t num_visual,
-                                 int64_t dim, int64_t min_chunk, float* out, int64_t* count, int64_t* first_bad,
-                                 int self_count) {
+// MergePositions as count_positions (merge_tokens_cuda.cpp) fills them; chunk_info points at info.
+static MergePositions make_positions(const int64_t* ids, int64_t n, const int64_t* placeholder_ids,
+                                     int num_placeholder_ids, int64_t num_embeddings, int64_t num_visual,
+                                     int64_t dim, int64_t min_chunk, std::vector<int64_t>& info) {
   MergePositions pos{};
   pos.ids = ids;
   pos.n = n;
@@ -32,8 +32,18 @@ extern "C" int emu_merge_forward(const int64_t* ids, int64_t n, const int64_t* p
   pos.dim = dim;
   pos.chunk = std::max<int64_t>((n + kMaxChunks - 1) / kMaxChunks, min_chunk);
   pos.num_chunks = merge_num_chunks(n, pos.chunk);
-  std::vector<int64_t> info(2 * std::max<int64_t>(pos.num_chunks, 1), -7);
+  info.assign(2 * std::max<int64_t>(pos.num_chunks, 1), -7);
   pos.chunk_info = info.data();
+  return pos;
+}
+
+extern "C" int emu_merge_forward(const int64_t* ids, int64_t n, const int64_t* placeholder_ids, int num_placeholder_ids,
+                                 const float* table, int64_t num_embeddings, const float* visual, int64_t num_visual,
+                                 int64_t dim, int64_t min_chunk, float* out, int64_t* count, int64_t* first_bad,
+                                 int self_count) {
+  std::vector<int64_t> info;
+  MergePositions pos = make_positions(ids, n, placeholder_ids, num_placeholder_ids, num_embeddings, num_visual, dim,
+                                      min_chunk, info);
   if (pos.num_chunks == 0) return 0;
   const bool vec_table = rows_vectorizable(table, out, dim * sizeof(float));
   const bool vec_visual = rows_vectorizable(visual, out, dim * sizeof(float));
@@ -67,18 +77,9 @@ extern "C" int emu_merge_forward(const int64_t* ids, int64_t n, const int64_t* p
 extern "C" int emu_merge_backward_visual(const int64_t* ids, int64_t n, const int64_t* placeholder_ids,
                                          int num_placeholder_ids, int64_t num_embeddings, int64_t num_visual,
                                          int64_t dim, int64_t min_chunk, const float* grad, float* grad_visual) {
-  MergePositions pos{};
-  pos.ids = ids;
-  pos.n = n;
-  pos.placeholders.count = num_placeholder_ids;
-  for (int i = 0; i < num_placeholder_ids; ++i) pos.placeholders.ids[i] = placeholder_ids[i];
-  pos.num_embeddings = num_embeddings;
-  pos.num_visual = num_visual;
-  pos.dim = dim;
-  pos.chunk = std::max<int64_t>((n + kMaxChunks - 1) / kMaxChunks, min_chunk);
-  pos.num_chunks = merge_num_chunks(n, pos.chunk);
-  std::vector<int64_t> info(2 * std::max<int64_t>(pos.num_chunks, 1), -7);
-  pos.chunk_info = info.data();
+  std::vector<int64_t> info;
+  MergePositions pos = make_positions(ids, n, placeholder_ids, num_placeholder_ids, num_embeddings, num_visual, dim,
+                                      min_chunk, info);
   if (pos.num_chunks == 0) return 0;
   emu::launch(static_cast<unsigned>(pos.num_chunks), kThreads, 0, [&] { merge_count_kernel(pos); });
   const bool vec = rows_vectorizable(grad, grad_visual, dim * sizeof(float));
