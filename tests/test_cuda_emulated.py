@@ -442,6 +442,9 @@ def merge_emu(tmp_path_factory):
     so.emu_merge_forward.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p,
                                      ctypes.c_int64, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64,
                                      ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int]
+    so.emu_merge_backward_visual.restype = ctypes.c_int
+    so.emu_merge_backward_visual.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p, ctypes.c_int] + \
+        [ctypes.c_int64] * 4 + [ctypes.c_void_p, ctypes.c_void_p]
     return so
 
 
@@ -494,12 +497,8 @@ def test_merge_tokens_cuda_backward_visual_emulated_equals_gather(merge_emu, cas
     grad = torch.randn(B, L, D, generator=g)
     grad_visual = torch.full((K, D), float("nan"))
     placeholders = torch.tensor([image])
-    fn = merge_emu.emu_merge_backward_visual
-    fn.restype = ctypes.c_int
-    fn.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p, ctypes.c_int] + [ctypes.c_int64] * 4 + \
-        [ctypes.c_void_p, ctypes.c_void_p]
-    assert fn(ids.data_ptr(), B * L, placeholders.data_ptr(), 1, V, K, D, min_chunk, grad.data_ptr(),
-              grad_visual.data_ptr()) == 0
+    assert merge_emu.emu_merge_backward_visual(ids.data_ptr(), B * L, placeholders.data_ptr(), 1, V, K, D, min_chunk,
+                                               grad.data_ptr(), grad_visual.data_ptr()) == 0
     assert torch.equal(grad_visual, grad[mask])
 
 

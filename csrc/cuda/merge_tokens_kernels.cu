@@ -5,7 +5,8 @@
 //   1. merge_count_kernel: one block per chunk of positions counts placeholders and finds bad ids.
 //   2. merge_forward_kernel: one block per chunk sums the counts of the chunks before it (at most
 //      kMaxChunks values, so no scan kernel is needed), ranks its placeholders with a ballot scan,
-//      then copies every row of the chunk once, one warp per row, 16-byte vectors where aligned.
+//      then copies every row of the chunk once: where rows are 16-byte vectors of one dtype, the
+//      tile's rows as one flat range of vectors (block_copy_rows_flat), else one warp per row.
 // The sync-free path of short inputs (merge_cuda_self_count_max() positions) is one launch: each block of
 // merge_forward_kernel counts the positions before its chunk itself (self_counted_prefix).
 #include <assert.h>  // declares __assert_fail for device code (the sync-free trap)
