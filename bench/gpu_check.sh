@@ -5,7 +5,9 @@
 #   (one JSON into $OUT, else bench/results/); 4. check that our ops' errors reach Python
 #   (bench/errpath_diag.py; a backtrace under cuda-gdb if one crashes); 5. run the CUDA tests
 #   (pytest -m cuda; per file if one crashes); the benchmark table; 6. bench/gpu_decide.py's reading
-#   of the run (decide.log: each bar and each off-by-default path's verdict).
+#   of the run (decide.log: each bar and each off-by-default path's verdict); 7. with what time is
+#   left, Nsight Compute counters of the kernels whose bars are not met (bench/gpu_ncu.sh, appended
+#   to profile.log).
 # Before 3, bench/gpu_preflight.py runs each never-verified CUDA path once in its own process
 # (preflight.log); one that fails is left out of 3 and 5 (INTERLEAVE_SKIP_PATHS).
 # Usage (device tool): INTERLEAVE_COMMIT=$(git rev-parse --short HEAD) bash bench/gpu_check.sh
@@ -29,17 +31,7 @@ except ImportError:
 PYEOF
 
 echo "== 2. build"
-if [ -d .whl ] && ls .whl/*.whl >/dev/null 2>&1; then
-  "$PY" -m pip install --no-index --no-deps .whl/*.whl || true
-fi
-start=$(date +%s)
-if ! MAX_JOBS=16 TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:-9.0a}" \
-     "$PY" -m pip install -v --no-build-isolation --no-deps -e . > "$OUT_DIR/build.log" 2>&1; then
-  tail -50 "$OUT_DIR/build.log"
-  echo "BUILD FAILED"
-  exit 1
-fi
-echo "built in $(( $(date +%s) - start ))s"
+bash bench/gpu_build.sh "$OUT_DIR/build.log" || exit 1
 # How libstdc++ is linked (setup.py's dynamic_libstdcxx; the 404b09f run's .so had it linked in).
 so=$(ls interleave/_C*.so 2>/dev/null | head -1)
 echo "link: $(grep -oE -- "-l:libstdc\+\+[^ ]*|-static-libstdc\+\+" "$OUT_DIR/build.log" | sort -u | tr '\n' ' ')"\
@@ -168,4 +160,13 @@ print(format_table(report["results"]))
 PYEOF
 echo "== 6. what the run decides (bench/gpu_decide.py: the bars, and the off-by-default paths to flip or not)"
 [ -f "$json" ] && { "$PY" bench/gpu_decide.py "$json" "$OUT_DIR/cuda-tests.log" | tee "$OUT_DIR/decide.log"; } || echo "decide: no JSON"
+echo "== 7. why (Nsight Compute counters of the kernels whose bars are not met; appended to profile.log)"
+# Last, in what is left of the budget: diagnosis, not a verdict.
+ncu_left=$(( budget - 15 - SECONDS ))
+if [ "$ncu_left" -ge 40 ]; then
+  NCU_BUDGET_S=$ncu_left bash bench/gpu_ncu.sh >> "$OUT_DIR/profile.log" 2>&1 || echo "ncu: rc=$?"
+  grep -E "^--- |^ncu: " "$OUT_DIR/profile.log" | head -12
+else
+  echo "ncu: skipped, ${ncu_left}s left"
+fi
 exit $status

@@ -164,3 +164,24 @@ def test_gpu_check_runs_the_unverified_paths_tests_first():
     k = sum(1 for x in ids if "wgmma" in x or "sync_free" in x)
     assert k >= 5 and all("wgmma" in x or "sync_free" in x for x in ids[:k]), ids[:k + 2]
     assert not any("wgmma" in x or "sync_free" in x for x in ids[k:])
+
+
+def test_gpu_ncu_specs_name_benchmark_cases():
+    """bench/gpu_ncu.sh's default cases (read under Nsight Compute at the end of gpu_check.sh) name
+    cases of interleave.bench: each op:shape:dtype resolves on the CPU, and each @variant is one the
+    benchmark defines for CUDA (a typo would only show on the GPU, in its scarce minutes)."""
+    text = open(os.path.join(ROOT, "bench", "gpu_ncu.sh")).read()
+    specs = re.search(r'specs=\$\{NCU_SPECS:-"(.+?)"\}', text, flags=re.S).group(1).split()
+    assert len(specs) >= 4
+    sys.path.insert(0, os.path.join(ROOT, "bench"))
+    try:
+        import gpu_ncu
+        for spec in specs:
+            case_spec, _, variant = spec.partition("@")
+            label, fn = gpu_ncu.find(case_spec)  # the case exists (on this machine's device)
+            assert callable(fn) and label.endswith("@ours")
+            # interleave/bench.py's CUDA-only variants of these cases
+            cuda_variants = {"ours_mma", "ours_sync_free"} | {f"ours_{m}" for m in ("wgmma", "cublas", "mma")}
+            assert variant in cuda_variants | {"ours"}, spec
+    finally:
+        sys.path.remove(os.path.join(ROOT, "bench"))
