@@ -71,7 +71,7 @@ def im2col_emu(tmp_path_factory):
                           ["launch_patch_embed", "launch_patch_im2col", "launch_broadcast_rows"], "patch_im2col_emu.cpp")
     so.emu_patch_im2col.restype = ctypes.c_int
     so.emu_patch_im2col.argtypes = [ctypes.c_void_p, ctypes.c_int] + [ctypes.c_int64] * 7 + \
-        [ctypes.c_int64, ctypes.c_int, ctypes.c_int, ctypes.c_void_p]
+        [ctypes.c_int64, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_void_p]
     so.emu_broadcast_rows.restype = ctypes.c_int
     so.emu_broadcast_rows.argtypes = [ctypes.c_void_p] + [ctypes.c_int64] * 3 + [ctypes.c_void_p]
     so.emu_patch_embed_mma.restype = ctypes.c_int
@@ -229,15 +229,21 @@ def test_broadcast_rows_cuda_kernel_emulated(im2col_emu, period, dim, rows):
 
 # ---- patch_embed: the im2col kernel of the cuBLAS path ---------------------------------------------
 # (channels_last uint8 or float NCHW, N, S, p, Cin, first row, rows): the SigLIP shape, odd sizes,
-# a patch of 4 (K = 48, one bias column group), and a chunk that starts mid-batch (row0 > 0).
+# a patch of 4 (K = 48, one bias column group), and a chunk that starts mid-batch (row0 > 0); for the
+# staged uint8 kernel also a last block of 1 row (9 rows from row 1), K = 4 < 8 (only the tail
+# group), and Cin = 2 (a run of 12 bytes). S = 17 (odd rows) is where the staged kernel does not apply.
 IM2COL = [(True, 2, 30, 14, 3, 0, None), (True, 3, 17, 4, 3, 0, None), (True, 3, 384, 14, 3, 729, 729 * 2),
-          (False, 2, 30, 14, 3, 0, None), (False, 2, 19, 4, 2, 5, 11)]
+          (False, 2, 30, 14, 3, 0, None), (False, 2, 19, 4, 2, 5, 11), (True, 3, 30, 14, 3, 1, 9),
+          (True, 2, 10, 2, 1, 0, None), (True, 1, 44, 6, 2, 0, None)]
 
 
-@pytest.mark.parametrize("case", IM2COL, ids=[f"{'u8' if c[0] else 'f32'}-N{c[1]}-S{c[2]}-p{c[3]}-row0{c[5]}" for c in IM2COL])
+@pytest.mark.parametrize("staged", [False, True], ids=["generic", "staged"])
+@pytest.mark.parametrize("case", IM2COL, ids=[f"{'u8' if c[0] else 'f32'}-N{c[1]}-S{c[2]}-p{c[3]}-c{c[4]}-row0{c[5]}" for c in IM2COL])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-def test_patch_im2col_cuda_kernel_emulated(im2col_emu, case, dtype):
+def test_patch_im2col_cuda_kernel_emulated(im2col_emu, case, dtype, staged):
     channels_last, N, S, p, cin, row0, rows = case
+    if staged and not channels_last:
+        pytest.skip("the staged kernel reads uint8 HWC tiles only")
     g = torch.Generator().manual_seed(N * S)
     if channels_last:
         pixels = torch.randint(0, 256, (N, S, S, cin), generator=g, dtype=torch.uint8)
@@ -254,8 +260,11 @@ def test_patch_im2col_cuda_kernel_emulated(im2col_emu, case, dtype):
     expected[:, K:K + ones] = 1
     got = torch.full((rows, lda), float("nan"), dtype=dtype)
     rc = im2col_emu.emu_patch_im2col(pixels.data_ptr(), int(channels_last), N, cin, S, S, p, row0, rows, lda, ones,
-                                     int(dtype == torch.bfloat16), got.data_ptr())
-    assert rc == 0
+                                     int(dtype == torch.bfloat16), int(staged), got.data_ptr())
+    # The staged kernel applies wherever every 16-bit load is aligned: all but the odd S = 17 here.
+    assert rc == (2 if staged and S % 2 else 0)
+    if rc == 2:
+        return
     assert torch.equal(got.view(torch.int16), expected[row0:row0 + rows].view(torch.int16))
 
 

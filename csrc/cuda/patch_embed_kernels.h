@@ -42,6 +42,9 @@ void launch_patch_embed(const PatchEmbedArgs& args, GemmType gemm, cudaStream_t 
 void launch_patch_im2col(const void* pixels, PixelType pixel_type, const PatchGeometry& geometry,
                          int64_t row0, int64_t rows, int64_t k, int64_t lda, int ones, GemmType gemm,
                          void* a, cudaStream_t stream);
+// Whether launch_patch_im2col takes its shared-memory kernel for uint8 HWC pixels (im2col_u8_kernel)
+// rather than the generic one: even runs, strides and base pointer (16-bit loads), a small K.
+bool im2col_u8_applies(const void* pixels, PixelType pixel_type, const PatchGeometry& geometry, int64_t k);
 
 // dst[m] = src[m % period] for rows m in [0, rows), rows of row_bytes: a multiple of 16, both
 // pointers 16-byte aligned (the glue checks; it copies through ATen otherwise), rows / 8 < 2^31.

@@ -21,14 +21,31 @@ using namespace interleave;
 using namespace interleave::cuda;
 
 // pixels: uint8 [N, H, W, C] (channels_last) or float32 [N, C, H, W]; a: [rows, lda] 16-bit values
-// (bf16 when bf16 != 0, else fp16), written for rows [row0, row0 + rows).
+// (bf16 when bf16 != 0, else fp16), written for rows [row0, row0 + rows). staged: the uint8 kernel
+// that stages through shared memory (im2col_u8_kernel, launched as launch_patch_im2col does; returns
+// 2 where im2col_u8_applies says it does not apply), else the generic one.
 extern "C" int emu_patch_im2col(const void* pixels, int channels_last, int64_t n, int64_t channels, int64_t height,
                                 int64_t width, int64_t patch, int64_t row0, int64_t rows, int64_t lda, int ones,
-                                int bf16, void* a) {
+                                int bf16, int staged, void* a) {
   const PatchGeometry g = make_patch_geometry(channels_last != 0, channels, height, width, patch);
   const int64_t k = patch_k(g);
   if (lda % 8 != 0 || lda < k + ones || row0 + rows > n * g.tokens) return 1;
   const PixelType type = channels_last ? PixelType::kUInt8 : PixelType::kFloat32;
+  if (staged) {
+    if (!im2col_u8_applies(pixels, type, g, k)) return 2;
+    const unsigned blocks = static_cast<unsigned>((rows + kIm2colRows - 1) / kIm2colRows);
+    const size_t smem = static_cast<size_t>(kIm2colRows) * static_cast<size_t>((k + 7) / 8 * 8);
+    const auto* u8 = static_cast<const uint8_t*>(pixels);
+    emu::launch(blocks, 256, smem, [&] {
+      if (bf16)
+        im2col_u8_kernel<__nv_bfloat16>(u8, g, row0, static_cast<int32_t>(rows), static_cast<int32_t>(k),
+                                        static_cast<int32_t>(lda), ones, static_cast<__nv_bfloat16*>(a));
+      else
+        im2col_u8_kernel<__half>(u8, g, row0, static_cast<int32_t>(rows), static_cast<int32_t>(k),
+                                 static_cast<int32_t>(lda), ones, static_cast<__half*>(a));
+    });
+    return 0;
+  }
   const int64_t threads = rows * (lda / 8);
   const unsigned blocks = static_cast<unsigned>((threads + 255) / 256);
   if (bf16)
