@@ -123,6 +123,24 @@ def dynamic_libstdcxx():
     return ["-l:libstdc++.so.6"] if os.path.isabs(found) and os.path.exists(found) else []
 
 
+def find_cublaslt_include():
+    """The folder holding cublasLt.h (with cublas_api.h beside it), or None: the toolkit's include
+    folders first, then NVIDIA's cuBLAS wheel that torch's CUDA build installs (nvidia/cu13/include,
+    or nvidia/cublas/include in older layouts). csrc/cuda/cublaslt_gemm.cpp loads the library at run
+    time; without the header it is built as "unavailable" and patch_embed keeps its other path."""
+    cands = [os.path.join(CUDA_HOME, "include"), os.path.join(CUDA_HOME, "targets", "x86_64-linux", "include")]
+    try:
+        import nvidia
+        for base in nvidia.__path__:
+            cands += sorted(glob.glob(os.path.join(base, "cu*", "include"))) + [os.path.join(base, "cublas", "include")]
+    except ImportError:
+        pass
+    for cand in cands:
+        if os.path.isfile(os.path.join(cand, "cublasLt.h")) and os.path.isfile(os.path.join(cand, "cublas_api.h")):
+            return cand
+    return None
+
+
 def sources():
     found = glob.glob("csrc/**/*.cpp", recursive=True)
     if WITH_CUDA:
@@ -156,8 +174,14 @@ def extension():
     # -fopenmp: at::parallel_for is an inline OpenMP loop; without the flag it silently runs serially.
     cxx = ["-O3", "-fvisibility=hidden", "-ffp-contract=off", "-fopenmp"]
     link = ["-fopenmp"] + dynamic_libstdcxx()
+    cublaslt = find_cublaslt_include() if WITH_CUDA else None
     if WITH_CUDA:
         macros.append(("INTERLEAVE_WITH_CUDA", None))
+        if cublaslt:
+            # -idirafter: searched after the toolkit's own headers, so a wheel's copies of
+            # cuda_runtime_api.h and friends never shadow the toolkit the kernels are built with.
+            # Host-compiler flags only: the .cu files never include it (and keep their ccache entries).
+            cxx = cxx + ["-DINTERLEAVE_HAVE_CUBLASLT", "-idirafter", cublaslt]
         nvcc = ["-O3", "-lineinfo", "--expt-relaxed-constexpr", "-Xfatbin", "-compress-all"]
         ext = cpp_extension.CUDAExtension(
             "interleave._C", sources(), define_macros=macros,
@@ -173,7 +197,8 @@ def extension():
     if not WITH_CUDA:
         why = (" [INTERLEAVE_CPU_ONLY=1]" if CPU_ONLY else
                " [no CUDA toolkit found]" if not CUDA_HOME else " [torch is a CPU build]")
-    cuda = f", CUDA {cuda_version} at {CUDA_HOME}, arch {arch_list}" if WITH_CUDA else ""
+    cuda = (f", CUDA {cuda_version} at {CUDA_HOME}, arch {arch_list}, cuBLASLt header "
+            f"{cublaslt or 'not found'}") if WITH_CUDA else ""
     print(f"interleave: building {kind}{why}{cuda}, torch {torch.__version__}, "
           f"MAX_JOBS={os.environ['MAX_JOBS']}, ccache {'on' if ccache else 'off'}",
           file=sys.stderr, flush=True)

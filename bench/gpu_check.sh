@@ -46,7 +46,11 @@ timeout 200 "$PY" bench/gpu_preflight.py > "$OUT_DIR/preflight.log" 2>&1 || echo
 cat "$OUT_DIR/preflight.log" | grep -E "^[a-z_]+: |^INTERLEAVE_SKIP_PATHS"
 skip_line=$(grep -E "^INTERLEAVE_SKIP_PATHS=" "$OUT_DIR/preflight.log" | tail -1)
 export INTERLEAVE_SKIP_PATHS="${skip_line#INTERLEAVE_SKIP_PATHS=}"
-[ -n "$skip_line" ] || export INTERLEAVE_SKIP_PATHS="wgmma,anyres_mma"  # no verdict: rule both out
+[ -n "$skip_line" ] || export INTERLEAVE_SKIP_PATHS="wgmma,anyres_mma,im2col_staged,cublas_lt"  # no verdict: rule all out
+# Two of them are on auto's default path: turned off for the whole run by their own switches.
+case ",$INTERLEAVE_SKIP_PATHS," in *,im2col_staged,*) export INTERLEAVE_IM2COL_STAGED=0 ;; esac
+case ",$INTERLEAVE_SKIP_PATHS," in *,cublas_lt,*) export INTERLEAVE_CUBLASLT=0 ;; esac
+echo "INTERLEAVE_SKIP_PATHS=$INTERLEAVE_SKIP_PATHS IM2COL_STAGED=${INTERLEAVE_IM2COL_STAGED:-1} CUBLASLT=${INTERLEAVE_CUBLASLT:-1}"
 
 # Order: the benchmarks first (the numbers no other machine can give), then the error-path diagnosis
 # and the tests; the whole script must fit the device's 8 minutes (the 2026-11-27 run in the old
@@ -128,8 +132,9 @@ left=$(( budget - 10 - SECONDS )); [ "$left" -gt 240 ] && left=240; [ "$left" -l
 skip_errors=0; [ "$errpath_rc" -ne 0 ] && skip_errors=1
 # The tests of paths no GPU has verified yet run first (tests/conftest.py), so a cut-short run
 # still answers for them: patch_embed's operand cache of registered folds and auto's wgmma choice
-# (after the 514da7f run's TypeError), merge's sync-free settings, the gradchecks, the GEMM choices.
-export INTERLEAVE_TEST_FIRST="operand_cache,auto_gemm,sync_free,gradcheck,wgmma,gemm_choice"
+# (after the 514da7f run's TypeError), the cuBLAS path's cuBLASLt GEMM and staged im2col, merge's
+# sync-free settings, the gradchecks, the GEMM choices.
+export INTERLEAVE_TEST_FIRST="operand_cache,auto_gemm,cublas,sync_free,gradcheck,wgmma,gemm_choice"
 INTERLEAVE_SKIP_ERROR_TESTS=$skip_errors timeout "$left" "$PY" -X faulthandler -m pytest -m cuda -q -rs \
   -p no:cacheprovider tests > "$OUT_DIR/cuda-tests.log" 2>&1
 test_rc=$?

@@ -166,6 +166,26 @@ def wgmma_decision(results, failures):
           f"below (N=1, auto's wgmma): {'keep it' if small_ok and within and t == 'passed' else 'go back to mma'}")
 
 
+def cublaslt_decision(results, failures):
+    """cuda_gemm("cublas") (auto's path from 4096 tokens) puts the position embedding into a batched
+    cuBLASLt GEMM's C operand since the session after e857c2a; "cublas_copy" is the earlier copy +
+    addmm, and the fallback where cuBLASLt refuses."""
+    cases = variant_cases(results, "patch_embed", "ours_cublas_copy",
+                          "patch_embed cuBLAS path: position embedding in cuBLASLt's C (cublas) vs copied first (cublas_copy)")
+    if not cases:
+        return
+    faster = True
+    for r in cases:
+        lt, copy = best_device_time(r, "ours_cublas"), best_device_time(r, "ours_cublas_copy")
+        print(f"  {r['shape']}: ours_cublas {lt:.3f} ms, ours_cublas_copy {copy:.3f} ms ({copy / lt:.2f}x)")
+        if "N=1 " not in r["shape"]:
+            faster &= lt < copy
+    t = tests_ok(failures, "cublas")
+    within = all(r.get("variants_within_2x_reference_error", False) for r in cases)
+    print(f"  variants within 2x of the reference's error: {within}; tests with 'cublas' in their id: {t}")
+    print(f"  -> {'keep cuBLASLt (the default)' if faster and within and t == 'passed' else 'make cublas_copy the default (PatchEmbedGemm in csrc/ops/patch_embed.h)'}")
+
+
 def main(argv):
     if not argv:
         print(__doc__)
@@ -182,6 +202,7 @@ def main(argv):
     bars(results)
     anyres_decision(results, failures)
     wgmma_decision(results, failures)
+    cublaslt_decision(results, failures)
     return 0
 
 

@@ -118,10 +118,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
     return false;
   });
   // Selects the CUDA patch_embed GEMM for bf16/fp16 outputs: 0 auto, 1 cuBLAS, 2 the mma kernel,
-  // 3 the wgmma kernel where it applies; returns the previous setting (tests and the benchmark's
-  // variants use it).
+  // 3 the wgmma kernel where it applies, 4 cuBLAS with the position embedding copied first;
+  // returns the previous setting (tests and the benchmark's variants use it).
   m.def("_set_patch_embed_gemm", [](int mode) {
-    TORCH_CHECK_VALUE(mode >= 0 && mode <= 3, "_set_patch_embed_gemm: mode must be 0 (auto), 1 (cublas), 2 (mma) or 3 (wgmma), got ", mode);
+    TORCH_CHECK_VALUE(mode >= 0 && mode <= 4, "_set_patch_embed_gemm: mode must be 0 (auto), 1 (cublas), 2 (mma), 3 (wgmma) or 4 (cublas_copy), got ", mode);
     return static_cast<int>(std::exchange(interleave::patch_embed_gemm_mode(), static_cast<interleave::PatchEmbedGemm>(mode)));
   });
   // Whether the wgmma patch_embed kernel can run on CUDA device `device` (an sm_90a build on a
@@ -132,6 +132,20 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
 #else
     (void)device;
     return false;
+#endif
+  });
+  // Whether patch_embed's im2col of uint8 tiles uses the staged kernel (see
+  // patch_embed_im2col_staged); returns the previous setting (bench/gpu_preflight.py compares both).
+  m.def("_set_patch_embed_im2col_staged", [](bool staged) {
+    return std::exchange(interleave::patch_embed_im2col_staged(), staged);
+  });
+  // "" where patch_embed's cuBLAS path can use cuBLASLt (the position embedding in the GEMM's C
+  // operand), else why not; "" is never returned by a CPU-only build. Loads cuBLASLt, not CUDA.
+  m.def("_patch_embed_cublaslt_status", []() -> std::string {
+#ifdef INTERLEAVE_WITH_CUDA
+    return interleave::patch_embed_cublaslt_status();
+#else
+    return "a CPU-only build";
 #endif
   });
   // More layers of the same diagnosis: a c10 error through pybind11 (no dispatcher); our CPU kernel

@@ -33,6 +33,11 @@ def info() -> int:
         print("CUDA patch_embed GEMM (bf16/fp16 outputs, cuda_gemm('auto')): cuBLAS from 4096 tokens; below, "
               + ("the wgmma kernel on an H100/H200 (this build has sm_90a), else the mma kernel" if sm90a
                  else "the mma kernel (no sm_90a in this build: TORCH_CUDA_ARCH_LIST with 9.0a adds the wgmma kernel)"))
+        from .ops.patch_embed import cublaslt_status
+        lt = cublaslt_status()
+        print("CUDA patch_embed cuBLAS path: " + (
+            "position embedding as a batched cuBLASLt GEMM's shared C operand (cuBLASLt loads)" if not lt
+            else f"position embedding copied into the output first (cuBLASLt unavailable: {lt})"))
         print("off by default (measured slower on an H100, c0e6c19): anyres_tiles tensor-core passes "
               "(interleave.ops.anyres_tiles.cuda_tensor_cores())")
     return 0

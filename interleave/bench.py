@@ -242,7 +242,9 @@ def patch_embed_cases(device: str, quick: bool = False, compile_reference: bool 
             # ours is "auto" (cuBLAS from 4096 tokens on); every GEMM forced too, so one run compares
             # them. "wgmma" (the Hopper kernel) falls back to auto's path where the build or GPU
             # lacks it: a note says which one that variant timed.
-            for mode in ("wgmma", "cublas", "mma"):
+            # cublas_copy: the cuBLAS path as it was before cuBLASLt took the position embedding
+            # into the GEMM (the copy into the output, then addmm onto it): same-run comparison.
+            for mode in ("wgmma", "cublas", "cublas_copy", "mma"):
                 if mode == "wgmma":
                     if preflight_failed("wgmma"):
                         notes.append("ours_wgmma left out: bench/gpu_preflight.py failed or found it unavailable")

@@ -106,7 +106,7 @@ def test_forward_pixel_values(device, shape, dtype):
 # ---- CUDA: both GEMMs for bf16/fp16 (cuBLAS is the default from 4096 tokens on, mma below) ----------
 @pytest.mark.cuda
 @needs_ext
-@pytest.mark.parametrize("mode", ["cublas", "mma", "wgmma"])
+@pytest.mark.parametrize("mode", ["cublas", "cublas_copy", "mma", "wgmma"])
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_cuda_gemm_choice_matches_reference(mode, shape, dtype):
@@ -129,11 +129,57 @@ def test_cuda_cublas_path_in_chunks():
     from interleave.ops.patch_embed import cuda_gemm
     tiles = random_tiles(160, 384, "cuda", seed=11)
     weight, bias, pos = random_params(1152, 14, 729, dtype=torch.bfloat16, device="cuda", seed=11)
-    with cuda_gemm("cublas"):
-        out = patch_embed(tiles, weight, bias, pos)
     pick = torch.tensor([0, 76, 77, 153, 154, 159], device="cuda")
     ref = reference.patch_embed_tiles(tiles[pick], weight, bias, pos)
-    assert_within_2x(out[pick], ref, truth64(tiles[pick], weight, bias, pos), torch.bfloat16)
+    for mode in ("cublas", "cublas_copy"):  # cuBLASLt batched over a chunk's images (77, 77, 6); copy + addmm
+        with cuda_gemm(mode):
+            out = patch_embed(tiles, weight, bias, pos)
+        assert_within_2x(out[pick], ref, truth64(tiles[pick], weight, bias, pos), torch.bfloat16)
+
+
+@pytest.mark.cuda
+@needs_ext
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_cuda_cublas_path_takes_pos_embed_into_cublaslt(dtype):
+    """Where cuBLASLt loads (cublaslt_status() == ""), cuda_gemm("cublas") at the SigLIP shape runs
+    no broadcast of the position embedding (it is the GEMM's shared C operand; a silent fallback
+    would hide a cuBLASLt refusal here), and both it and the copy + addmm path meet the 2x rule, also
+    on an odd grid (S = 30: 4 tokens per image) with a pos_embed that is a view at an offset (its
+    pointer 2 bytes past an allocation's alignment: the alignment cuBLASLt is told must be right)."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    from interleave.ops.patch_embed import cublaslt_status, cuda_gemm
+    status = cublaslt_status()
+    if status:
+        pytest.skip(f"cuBLASLt unavailable: {status}")
+    for n, S, C, offset in [(8, 384, 1152, 0), (7, 30, 64, 1)]:
+        tiles = random_tiles(n, S, "cuda", seed=n)
+        weight, bias, pos = random_params(C, 14, (S // 14) ** 2, dtype=dtype, device="cuda", seed=n)
+        if offset:
+            pos = torch.cat([torch.zeros(offset, dtype=dtype, device="cuda"), pos.flatten()])[offset:].view(pos.shape)
+        with cuda_gemm("cublas"):
+            with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+                out = patch_embed(tiles, weight, bias, pos)
+                torch.cuda.synchronize()
+        names = [e.name for e in prof.events()]
+        if not offset:  # a 2-byte-aligned C may be refused by every cuBLASLt kernel: then copy + addmm
+            assert not any("broadcast_rows" in name for name in names), (n, sorted(set(names))[:20])
+        with cuda_gemm("cublas_copy"):
+            copied = patch_embed(tiles, weight, bias, pos)
+        ref = reference.patch_embed_tiles(tiles, weight, bias, pos)
+        truth = truth64(tiles, weight, bias, pos)
+        assert_within_2x(out, ref, truth, dtype)
+        assert_within_2x(copied, ref, truth, dtype)
+
+
+def test_cublaslt_status_says_why_not():
+    """cublaslt_status() is "" or a reason; a CPU-only build or a machine without CUDA kernels says so."""
+    from interleave import _extension
+    from interleave.ops.patch_embed import cublaslt_status
+    status = cublaslt_status()
+    assert isinstance(status, str)
+    if not _extension.has_kernel("cuda"):
+        assert status
 
 
 @pytest.mark.cuda

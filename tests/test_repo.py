@@ -136,7 +136,7 @@ def test_gpu_preflight_rules_out_paths_and_the_tests_follow():
     assert last.startswith("INTERLEAVE_SKIP_PATHS=")
     if torch_cuda_available():
         return  # on a GPU the verdicts depend on the kernels; gpu_check.sh records them
-    assert set(last.split("=", 1)[1].split(",")) == {"wgmma", "anyres_mma"}, out
+    assert set(last.split("=", 1)[1].split(",")) == {"wgmma", "anyres_mma", "im2col_staged", "cublas_lt"}, out
     env = dict(os.environ, INTERLEAVE_SKIP_PATHS="anyres_mma")
     r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider",
                         os.path.join(root, "tests", "test_anyres_tiles.py"), "-k", "tensor_core_pass"],

@@ -519,9 +519,9 @@ bool im2col_u8_applies(const void* pixels, PixelType pixel_type, const PatchGeom
 
 void launch_patch_im2col(const void* pixels, PixelType pixel_type, const PatchGeometry& geometry,
                          int64_t row0, int64_t rows, int64_t k, int64_t lda, int ones, GemmType gemm,
-                         void* a, cudaStream_t stream) {
+                         bool staged, void* a, cudaStream_t stream) {
   if (rows == 0) return;
-  if (im2col_u8_applies(pixels, pixel_type, geometry, k)) {
+  if (staged && im2col_u8_applies(pixels, pixel_type, geometry, k)) {
     const unsigned blocks = static_cast<unsigned>((rows + kIm2colRows - 1) / kIm2colRows);
     const size_t smem = static_cast<size_t>(kIm2colRows) * static_cast<size_t>((k + 7) / 8 * 8);
     const auto* u8 = static_cast<const uint8_t*>(pixels);

@@ -39,9 +39,11 @@ void launch_patch_embed(const PatchEmbedArgs& args, GemmType gemm, cudaStream_t 
 // The cuBLAS path's A operand: rows [row0, row0 + rows) of the im2col of the pixels, [rows, lda] in
 // bf16 (gemm kBFloat16) or fp16 (kFloat16), the K order of PatchGeometry; columns [k, k + ones) are
 // 1 (they carry the bias through the GEMM) and the rest up to lda are 0. lda: a multiple of 8.
+// staged: take the shared-memory kernel for uint8 HWC pixels where it applies (the default; off
+// only to compare with the generic kernel, patch_embed_im2col_staged()).
 void launch_patch_im2col(const void* pixels, PixelType pixel_type, const PatchGeometry& geometry,
                          int64_t row0, int64_t rows, int64_t k, int64_t lda, int ones, GemmType gemm,
-                         void* a, cudaStream_t stream);
+                         bool staged, void* a, cudaStream_t stream);
 // Whether launch_patch_im2col takes its shared-memory kernel for uint8 HWC pixels (im2col_u8_kernel)
 // rather than the generic one: even runs, strides and base pointer (16-bit loads), a small K.
 bool im2col_u8_applies(const void* pixels, PixelType pixel_type, const PatchGeometry& geometry, int64_t k);

@@ -11,6 +11,7 @@
 #include <c10/core/ScalarType.h>
 
 #include <optional>
+#include <string>
 
 #include "../common/patch_embed.h"
 
@@ -38,6 +39,9 @@ at::Tensor patch_embed_cuda(const at::Tensor& tiles, const at::Tensor& weight, c
                             const at::Tensor& pos_embed, std::optional<at::ScalarType> out_dtype);
 // Whether CUDA device `device` can run the wgmma kernel with this build (PatchEmbedGemm::kWgmma).
 bool patch_embed_wgmma_available(int device);
+// Empty where the cuBLAS path can put the position embedding into a cuBLASLt GEMM's C operand
+// (csrc/cuda/cublaslt_gemm.h), else why not (no header at build time, library not loadable).
+std::string patch_embed_cublaslt_status();
 // Marks a folded weight and bias made by interleave.ops.patch_embed's fold cache: private tensors,
 // never changed in place (the fold cache replaces them when the model's weights change), so the
 // GEMM operands derived from them are cached. Operands of any other weight are rebuilt per call: a
@@ -49,13 +53,21 @@ void patch_embed_register_folded(const at::Tensor& weight, const at::Tensor& bia
 //   kAuto: cuBLAS (im2col + addmm) from kPatchEmbedCublasMinRows tokens on; below, the wgmma kernel
 //     where it applies, else the mma kernel (the H100 timed wgmma fastest for one tile, cuBLAS from
 //     16 tiles on: bench/results/2026-11-27-NVIDIA-H100-80GB-HBM3-c0e6c19.json);
-//   kCublas / kMma: always that one (tests and the benchmark's variants set these);
+//   kCublas / kMma: always that one (tests and the benchmark's variants set these); kCublas puts the
+//     position embedding into a batched cuBLASLt GEMM's shared C operand where cuBLASLt takes it;
+//   kCublasCopy: the cuBLAS path with the position embedding copied into the output first and
+//     addmm adding onto it (what kCublas did before; its fallback; a benchmark variant);
 //   kWgmma: the Hopper wgmma kernel (patch_embed_wgmma.cu) where it applies (uint8 tiles, an sm_90a
 //     build on a compute-capability-9.0 device, even patch rows, K <= 16 * kWgmmaMaxSteps, C even)
 //     at every size, kAuto's choice elsewhere.
-enum class PatchEmbedGemm : int { kAuto = 0, kCublas = 1, kMma = 2, kWgmma = 3 };
+enum class PatchEmbedGemm : int { kAuto = 0, kCublas = 1, kMma = 2, kWgmma = 3, kCublasCopy = 4 };
 constexpr int64_t kPatchEmbedCublasMinRows = 4096;
 PatchEmbedGemm& patch_embed_gemm_mode();
+// Whether the cuBLAS path's im2col of uint8 HWC tiles stages through shared memory
+// (im2col_u8_kernel in csrc/cuda/patch_embed_kernels.cu) or runs the generic kernel: true unless
+// the environment has INTERLEAVE_IM2COL_STAGED=0 (bench/gpu_check.sh sets it when
+// bench/gpu_preflight.py finds the staged kernel failing); the preflight flips it to compare both.
+bool& patch_embed_im2col_staged();
 
 // The wgmma kernel's weight (csrc/cuda/patch_embed_kernels.h, PatchEmbedWgmmaArgs::panels): `weight`
 // (the conv weight [C, Cin, p, p], any float dtype) times `scale`, in fp16, K order of PatchGeometry,

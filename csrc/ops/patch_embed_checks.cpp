@@ -3,6 +3,8 @@
 
 #include <ATen/ops/constant_pad_nd.h>
 #include <c10/util/Exception.h>
+#include <cstdlib>
+#include <string>
 
 namespace interleave {
 namespace {
@@ -100,6 +102,14 @@ at::Tensor patch_embed_wgmma_layout(const at::Tensor& weight, bool channels_last
 PatchEmbedGemm& patch_embed_gemm_mode() {
   static PatchEmbedGemm mode = PatchEmbedGemm::kAuto;
   return mode;
+}
+
+bool& patch_embed_im2col_staged() {
+  static bool staged = [] {
+    const char* v = std::getenv("INTERLEAVE_IM2COL_STAGED");
+    return v == nullptr || std::string(v) != "0";
+  }();
+  return staged;
 }
 
 }  // namespace interleave

@@ -84,13 +84,16 @@ def _check_args(tiles, weight, bias, pos_embed, mean, std, out_dtype):
 
 
 # ---- which GEMM the CUDA kernel uses -----------------------------------------------------------------
-_GEMM_MODES = {"auto": 0, "cublas": 1, "mma": 2, "wgmma": 3}
+_GEMM_MODES = {"auto": 0, "cublas": 1, "mma": 2, "wgmma": 3, "cublas_copy": 4}
 
 
 @contextlib.contextmanager
 def cuda_gemm(mode: str):
     """Within the block, CUDA patch_embed with bf16/fp16 output uses `mode`'s GEMM: "cublas" (our
-    im2col kernel + cuBLAS, bias and position embedding in the GEMM's epilogue), "mma" (our
+    im2col kernel + one cuBLASLt GEMM batched over the images, the bias through extra K columns and
+    the position embedding as the GEMM's C operand shared by every image; see
+    `cublaslt_status`), "cublas_copy" (the same with the position embedding copied into the output
+    first and cuBLAS adding onto it: the fallback where cuBLASLt refuses), "mma" (our
     implicit-GEMM tensor-core kernel, one launch), "wgmma" (the Hopper warpgroup-MMA kernel, one
     launch, uint8 tiles on an sm_90a build and a compute-capability-9.0 GPU, see
     `wgmma_available`; "auto"'s choice where it does not apply), or "auto" (the default: cuBLAS
@@ -101,6 +104,16 @@ def cuda_gemm(mode: str):
         raise ValueError(f"cuda_gemm: mode must be one of {sorted(_GEMM_MODES)}, got {mode!r}")
     with _extension.native_setting("_set_patch_embed_gemm", _GEMM_MODES[mode]):
         yield
+
+
+def cublaslt_status() -> str:
+    """"" where the cuBLAS path ("cublas", auto's choice from 4096 tokens) can put the position
+    embedding into a batched cuBLASLt GEMM's C operand; else why not (a build without cublasLt.h, the
+    library not loadable, a CPU-only build). Where cuBLASLt refuses a problem at run time that path
+    falls back to "cublas_copy" by itself."""
+    if not _extension.has_kernel("cuda"):
+        return "no CUDA kernels in this build"
+    return str(_extension.module._patch_embed_cublaslt_status())
 
 
 def wgmma_available(device=None) -> bool:
