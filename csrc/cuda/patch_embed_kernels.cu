@@ -405,6 +405,7 @@ __global__ void __launch_bounds__(256)
 // Needs (the glue checks) HWC uint8, an even run (p * Cin), even strides and an even base pointer.
 // K = middle * run here (outer = 1); the stage row is K rounded up to 8 bytes.
 constexpr int kIm2colRows = 8;
+constexpr int kIm2colLoads = 8;  // phase 1's loads in flight per thread
 
 template <typename T>
 __global__ void __launch_bounds__(256)
@@ -433,16 +434,30 @@ __global__ void __launch_bounds__(256)
   const int32_t step_mi = step / per_mi, step_j = (step - step_mi * per_mi) / half_run,
                 step_r2 = step - step_mi * per_mi - step_j * half_run;
   int32_t mi = tid / per_mi, j = (tid - mi * per_mi) / half_run, r2 = tid - mi * per_mi - j * half_run;
+  // kIm2colLoads loads in flight per thread before their stores (one at a time, a thread would wait
+  // a whole memory latency per 2 bytes).
   while (mi < middle) {
-    const int64_t base = row_base[j];
-    if (base >= 0)
-      *reinterpret_cast<uint16_t*>(stage + j * stage_row + (mi * half_run + r2) * 2) =
-          __ldg(reinterpret_cast<const unsigned short*>(pixels + base + mi * g.middle_stride + 2 * r2));
-    r2 += step_r2;
-    if (r2 >= half_run) { r2 -= half_run; ++j; }
-    j += step_j;
-    if (j >= kIm2colRows) { j -= kIm2colRows; ++mi; }
-    mi += step_mi;
+    unsigned short v[kIm2colLoads];
+    int32_t dst[kIm2colLoads];
+#pragma unroll
+    for (int u = 0; u < kIm2colLoads; ++u) {
+      dst[u] = -1;
+      if (mi < middle) {
+        const int64_t base = row_base[j];
+        if (base >= 0) {
+          v[u] = __ldg(reinterpret_cast<const unsigned short*>(pixels + base + mi * g.middle_stride + 2 * r2));
+          dst[u] = j * stage_row + (mi * half_run + r2) * 2;
+        }
+        r2 += step_r2;
+        if (r2 >= half_run) { r2 -= half_run; ++j; }
+        j += step_j;
+        if (j >= kIm2colRows) { j -= kIm2colRows; ++mi; }
+        mi += step_mi;
+      }
+    }
+#pragma unroll
+    for (int u = 0; u < kIm2colLoads; ++u)
+      if (dst[u] >= 0) *reinterpret_cast<uint16_t*>(stage + dst[u]) = v[u];
   }
   __syncthreads();
 
