@@ -129,9 +129,10 @@ def check_cublas_lt():
     return None
 
 
-# Each name is also what gpu_check.sh turns off when it fails: wgmma and anyres_mma are variants
-# (left out of the benchmark, their tests skipped); im2col_staged and cublas_lt are on auto's path
-# (INTERLEAVE_IM2COL_STAGED=0 / INTERLEAVE_CUBLASLT=0 put the earlier code back for the whole run).
+# Each name is also what gpu_check.sh turns off when it fails: the variants are left out of the
+# benchmark and their tests skipped; the paths auto takes are switched off for the whole run
+# (INTERLEAVE_WGMMA=0: auto below 4096 tokens takes the mma kernel; INTERLEAVE_IM2COL_STAGED=0 /
+# INTERLEAVE_CUBLASLT=0 put the earlier cuBLAS path back).
 CHECKS = {"wgmma": check_wgmma, "anyres_mma": check_anyres_mma, "im2col_staged": check_im2col_staged,
           "cublas_lt": check_cublas_lt}
 

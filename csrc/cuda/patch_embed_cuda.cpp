@@ -10,8 +10,10 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstdlib>
 #include <mutex>
 #include <optional>
+#include <string>
 #include <vector>
 
 #include "../ops/patch_embed.h"
@@ -300,6 +302,16 @@ void patch_embed_register_folded(const at::Tensor& weight, const at::Tensor& bia
   }
 }
 
+// INTERLEAVE_WGMMA=0 keeps auto off the wgmma kernel (bench/gpu_check.sh sets it when
+// bench/gpu_preflight.py finds the kernel failing); cuda_gemm("wgmma") still runs it.
+static bool auto_takes_wgmma() {
+  static const bool yes = [] {
+    const char* v = std::getenv("INTERLEAVE_WGMMA");
+    return v == nullptr || std::string(v) != "0";
+  }();
+  return yes;
+}
+
 at::Tensor patch_embed_cuda(const at::Tensor& tiles, const at::Tensor& weight, const at::Tensor& bias,
                             const at::Tensor& pos_embed, std::optional<at::ScalarType> out_dtype) {
   const PatchEmbedShape s = check_patch_embed_args(tiles, weight, bias, pos_embed, out_dtype);
@@ -332,7 +344,8 @@ at::Tensor patch_embed_cuda(const at::Tensor& tiles, const at::Tensor& weight, c
   // H100 run (bf16, one SigLIP tile, 729 tokens): wgmma 0.031 ms, the mma kernel 0.084 ms; from 16
   // tiles on cuBLAS is as fast or faster (N=16 0.129 vs 0.139 ms, N=64 0.304 vs 0.494 ms).
   if (tensor_cores && M > 0 && s.dim > 0 &&
-      (mode == PatchEmbedGemm::kWgmma || (mode == PatchEmbedGemm::kAuto && M < kPatchEmbedCublasMinRows))) {
+      (mode == PatchEmbedGemm::kWgmma ||
+       (mode == PatchEmbedGemm::kAuto && M < kPatchEmbedCublasMinRows && auto_takes_wgmma()))) {
     if (std::optional<at::Tensor> out = patch_embed_wgmma(s, tiles, weight, bias, pos_embed, stream)) return *out;
   }
   if (tensor_cores && M > 0 && s.dim > 0 &&

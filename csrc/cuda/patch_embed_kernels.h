@@ -57,7 +57,7 @@ void launch_broadcast_rows(const void* src, int64_t period, int64_t row_bytes, i
 // uint8 HWC tiles only, bf16/fp16 output. One CTA = one panel of kWgmmaN channels, resident in shared
 // memory; kWgmmaGroups warpgroups take kWgmmaRows-token tiles in turn.
 constexpr int kWgmmaN = 128, kWgmmaRows = 64, kWgmmaGroups = 2, kWgmmaThreads = 128 * kWgmmaGroups;
-constexpr int kWgmmaAhead = 8;        // k-steps of raw pixel pairs in flight per thread (even)
+constexpr int kWgmmaChunk = 8;        // k-steps per group of MMAs; two chunks of pixel pairs per thread
 constexpr int kWgmmaStepBytes = 256;  // one k-step (16 k) of one 8-channel group: two 128-byte core matrices
 constexpr int kWgmmaMaxSmem = 227 * 1024;
 // The epilogue's stage: per warpgroup a 64 x 128 fp32 tile, rows padded by 8 floats so that the

@@ -25,10 +25,15 @@
 //    exact in it, and the weight W' * s (s a power of two that puts the largest |W' * s| in
 //    (2^14, 2^15]; 1 / s applied to the fp32 accumulator) keeps 11 significant bits where bf16
 //    keeps 8, with no risk of overflow.
-//  * kAhead k-steps of raw pixel pairs are in flight per thread (16-bit loads latency-bound, not
-//    bandwidth-bound); the next tile's first kAhead steps are loaded before the epilogue.
-//  * Each k-step: convert, fence, wgmma m64n128k16, commit, wait until at most one group is in
-//    flight (the A registers of step s are rewritten at step s + 2).
+//  * The k-steps go in chunks of kWgmmaChunk (8): a chunk's raw pixel pairs (8 x 4 16-bit loads per
+//    thread) are converted in place, one fence, 8 wgmma m64n128k16 in one group; then the next
+//    chunk's loads go into the other of two register buffers, once the group that last read that
+//    buffer has retired (wait until one group is in flight). Until e857c2a each k-step had its own
+//    fence with 8 k-steps of loads in flight: the H100 ran a k-step in ~900 cycles (0.49 ms at
+//    N=64, 962 k-steps per warpgroup), about one memory latency per k-step, as if the fence
+//    (WARPGROUP.ARRIVE in SASS) waited for every load in flight, not only the chunk's own. Now no
+//    load is issued between a chunk's loads and its fence. The next tile's first chunk is loaded
+//    before the epilogue, which hides its latency.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
@@ -106,16 +111,51 @@ __global__ void __launch_bounds__(kWgmmaThreads, 1) wgmma_patch_kernel(PatchEmbe
     raw[3] = (b1 >= 0 && ko.y >= 0) ? __ldg(reinterpret_cast<const unsigned short*>(pixels + b1 + ko.y)) : 0u;
   };
 
+  // Two buffers of kWgmmaChunk k-steps of raw pixel pairs: a chunk's MMAs read one (converted in
+  // place to fp16 pairs) while the next chunk's loads land in the other. The loads are issued only
+  // right after a chunk's MMAs, never between a load and the next wgmma fence of the same registers'
+  // chunk: the fence waits for the chunk's own loads, one latency per chunk (8 k-steps), not per
+  // k-step.
   int64_t b0 = row_base(tile, 0), b1 = row_base(tile, 1);
-  uint32_t raw[kWgmmaAhead][4];
+  uint32_t raw[2][kWgmmaChunk][4];
+  const auto load_chunk = [&](uint32_t (&buf)[kWgmmaChunk][4], int s0) {
 #pragma unroll
-  for (int j = 0; j < kWgmmaAhead; ++j)
-    if (j < k_steps) load_raw(raw[j], b0, b1, j);
+    for (int j = 0; j < kWgmmaChunk; ++j)
+      if (s0 + j < k_steps) load_raw(buf[j], b0, b1, s0 + j);
+  };
+  // Converts a chunk's pairs and issues its MMAs; the caller waits. A whole chunk is one fence and
+  // one group with no branch between its MMAs (a wgmma under a condition of its own made ptxas
+  // serialize them all, C7520); the last, partial chunk of a tile goes step by step, each step its
+  // own group, as every step did before.
+  const auto run_chunk = [&](float (&d)[64], uint32_t (&buf)[kWgmmaChunk][4], int s0) {
+    if (s0 + kWgmmaChunk <= k_steps) {  // uniform
+#pragma unroll
+      for (int j = 0; j < kWgmmaChunk; ++j)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) buf[j][e] = pixel_pair_half2(buf[j][e]);
+      il_wgmma_fence();
+#pragma unroll
+      for (int j = 0; j < kWgmmaChunk; ++j)
+        il_wgmma_m64n128k16_f16(d, buf[j], panel_desc(panel_addr, s0 + j, k_steps), s0 + j);
+      il_wgmma_commit();
+    } else {
+#pragma unroll
+      for (int j = 0; j < kWgmmaChunk; ++j) {
+        if (s0 + j < k_steps) {  // uniform
+#pragma unroll
+          for (int e = 0; e < 4; ++e) buf[j][e] = pixel_pair_half2(buf[j][e]);
+          il_wgmma_fence();
+          il_wgmma_m64n128k16_f16(d, buf[j], panel_desc(panel_addr, s0 + j, k_steps), s0 + j);
+          il_wgmma_commit();
+        }
+      }
+    }
+  };
+  load_chunk(raw[0], 0);
 
   float acc[64];
 #pragma unroll
   for (int i = 0; i < 64; ++i) acc[i] = 0.f;
-  uint32_t afrag[2][4];
   const OutT* pos = static_cast<const OutT*>(args.pos_embed);
   OutT* out = static_cast<OutT*>(args.out);
   const float alpha = __ldg(args.alpha);
@@ -125,34 +165,27 @@ __global__ void __launch_bounds__(kWgmmaThreads, 1) wgmma_patch_kernel(PatchEmbe
   float* stage = reinterpret_cast<float*>(koff + k_steps * 8) + wg * kWgmmaRows * kWgmmaStageStride;
 
   for (;;) {
-    for (int s0 = 0; s0 < k_steps; s0 += kWgmmaAhead) {
-#pragma unroll
-      for (int j = 0; j < kWgmmaAhead; ++j) {
-        const int s = s0 + j;
-        if (s < k_steps) {  // uniform
-          uint32_t (&a)[4] = afrag[j & 1];  // kWgmmaAhead is even: step parity = j parity
-#pragma unroll
-          for (int e = 0; e < 4; ++e) a[e] = pixel_pair_half2(raw[j][e]);
-          if (s + kWgmmaAhead < k_steps) load_raw(raw[j], b0, b1, s + kWgmmaAhead);
-          il_wgmma_fence();
-          il_wgmma_m64n128k16_f16(acc, a, panel_desc(panel_addr, s, k_steps), s);
-          il_wgmma_commit();
-          il_wgmma_wait<1>();  // step s - 1 retired: its A registers may be rewritten next step
-        }
+    // raw[0] holds chunk 0 (loaded before the previous tile's epilogue, or above).
+    for (int s0 = 0; s0 < k_steps; s0 += 2 * kWgmmaChunk) {
+      run_chunk(acc, raw[0], s0);
+      il_wgmma_wait<1>();  // the group that read raw[1] (two chunks back) retired
+      if (s0 + kWgmmaChunk < k_steps) {
+        load_chunk(raw[1], s0 + kWgmmaChunk);
+        run_chunk(acc, raw[1], s0 + kWgmmaChunk);
+        il_wgmma_wait<1>();  // the group that read raw[0] retired
+        if (s0 + 2 * kWgmmaChunk < k_steps) load_chunk(raw[0], s0 + 2 * kWgmmaChunk);
       }
     }
     il_wgmma_wait<0>();
 #pragma unroll
     for (int i = 0; i < 64; ++i) il_reg_fence(acc[i]);
 
-    // The next tile's first steps go out before the epilogue, which hides their latency.
+    // The next tile's first chunk goes out before the epilogue, which hides its latency.
     const int64_t next = tile + tile_stride;
     if (next < m_tiles) {
       b0 = row_base(next, 0);
       b1 = row_base(next, 1);
-#pragma unroll
-      for (int j = 0; j < kWgmmaAhead; ++j)
-        if (j < k_steps) load_raw(raw[j], b0, b1, j);
+      load_chunk(raw[0], 0);
     }
 
     // Epilogue: out[r, n] = alpha * acc + bias[n] + pos[r % T, n] (alpha = 1 / s). acc[4j + e] holds
