@@ -19,6 +19,18 @@ import time
 UNAVAILABLE = "unavailable: "
 
 
+def _far_apart(got, want, tolerance, what):
+    """None when got is finite and within tolerance * max|want| of want everywhere, else why not."""
+    import torch
+    if not torch.isfinite(got).all():
+        return "non-finite output"
+    diff = (got.float() - want.float()).abs().max().item()
+    scale = want.float().abs().max().item()
+    if diff > tolerance * scale:
+        return f"differs from {what} by {diff:.3g} (values up to {scale:.3g})"
+    return None
+
+
 def check_wgmma():
     """patch_embed's Hopper wgmma kernel (cuda_gemm("wgmma")) against the mma kernel, SigLIP shape."""
     import torch
@@ -38,14 +50,8 @@ def check_wgmma():
             torch.cuda.synchronize()
     if not any("wgmma_patch_kernel" in e.name for e in prof.events()):
         return "the wgmma kernel did not run"
-    if not torch.isfinite(got).all():
-        return "non-finite output"
-    diff = (got.float() - want.float()).abs().max().item()
-    scale = want.float().abs().max().item()
     # Both round to bf16 once; the operands differ (fp16 vs bf16 weights): a few bf16 steps apart.
-    if diff > 0.05 * scale:
-        return f"differs from the mma kernel by {diff:.3g} (values up to {scale:.3g})"
-    return None
+    return _far_apart(got, want, 0.05, "the mma kernel")
 
 
 def check_anyres_mma():
@@ -119,14 +125,8 @@ def check_cublas_lt():
             torch.cuda.synchronize()
     if any("broadcast_rows" in e.name for e in prof.events()):
         return UNAVAILABLE + "cuBLASLt refused the SigLIP problem (the path fell back to copy + addmm)"
-    if not torch.isfinite(got).all():
-        return "non-finite output"
-    diff = (got.float() - want.float()).abs().max().item()
-    scale = want.float().abs().max().item()
     # Same operands and one rounding to bf16 each; only the GEMMs' summation order differs.
-    if diff > 0.02 * scale:
-        return f"differs from the copy + addmm path by {diff:.3g} (values up to {scale:.3g})"
-    return None
+    return _far_apart(got, want, 0.02, "the copy + addmm path")
 
 
 # Each name is also what gpu_check.sh turns off when it fails: the variants are left out of the
