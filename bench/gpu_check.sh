@@ -40,19 +40,7 @@ echo "link: $(grep -oE -- "-l:libstdc\+\+[^ ]*|-static-libstdc\+\+" "$OUT_DIR/bu
 "$PY" -m interleave info
 
 echo "== 2b. preflight: each never-verified CUDA path once, in its own process (bench/gpu_preflight.py)"
-# A kernel fault leaves a sticky CUDA error for the rest of a process: a path that fails here is
-# left out of the benchmark and its CUDA tests are skipped (INTERLEAVE_SKIP_PATHS; preflight.log).
-timeout 200 "$PY" bench/gpu_preflight.py > "$OUT_DIR/preflight.log" 2>&1 || echo "preflight: rc=$?"
-cat "$OUT_DIR/preflight.log" | grep -E "^[a-z_]+: |^INTERLEAVE_SKIP_PATHS"
-skip_line=$(grep -E "^INTERLEAVE_SKIP_PATHS=" "$OUT_DIR/preflight.log" | tail -1)
-export INTERLEAVE_SKIP_PATHS="${skip_line#INTERLEAVE_SKIP_PATHS=}"
-[ -n "$skip_line" ] || export INTERLEAVE_SKIP_PATHS="wgmma,anyres_mma,im2col_staged,cublas_lt"  # no verdict: rule all out
-# Three of them are on auto's default path: turned off for the whole run by their own switches.
-case ",$INTERLEAVE_SKIP_PATHS," in *,im2col_staged,*) export INTERLEAVE_IM2COL_STAGED=0 ;; esac
-case ",$INTERLEAVE_SKIP_PATHS," in *,cublas_lt,*) export INTERLEAVE_CUBLASLT=0 ;; esac
-case ",$INTERLEAVE_SKIP_PATHS," in *,wgmma,*) export INTERLEAVE_WGMMA=0 ;; esac
-echo "INTERLEAVE_SKIP_PATHS=$INTERLEAVE_SKIP_PATHS IM2COL_STAGED=${INTERLEAVE_IM2COL_STAGED:-1}" \
-  "CUBLASLT=${INTERLEAVE_CUBLASLT:-1} WGMMA(auto)=${INTERLEAVE_WGMMA:-1}"
+. bench/gpu_preflight.sh "$OUT_DIR/preflight.log"
 
 # Order: the benchmarks first (the numbers no other machine can give), then the error-path diagnosis
 # and the tests; the whole script must fit the device's 8 minutes (the 2026-11-27 run in the old

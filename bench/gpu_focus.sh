@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # A focused GPU rerun, for a session whose device time cannot afford the whole bench/gpu_check.sh
-# a second time: build, benchmark only FOCUS_OPS, profile FOCUS_PROFILE (bench/gpu_profile.py case
+# a second time: build, preflight the never-verified paths (bench/gpu_preflight.sh), benchmark only FOCUS_OPS, profile FOCUS_PROFILE (bench/gpu_profile.py case
 # names), run only FOCUS_TESTS (pytest paths, -m cuda), then bench/gpu_decide.py, then Nsight Compute
 # on FOCUS_NCU (bench/gpu_ncu.py specs), if given. Files in $OUT as
 # gpu_check.sh writes them. Usage (device tool), e.g.:
@@ -12,6 +12,7 @@ OUT_DIR="${OUT:-bench/results}"
 mkdir -p "$OUT_DIR"
 PY="${PYTHON:-python3}"
 bash bench/gpu_build.sh "$OUT_DIR/build.log" || exit 1
+. bench/gpu_preflight.sh "$OUT_DIR/preflight.log"
 gpu=$("$PY" -c "import torch; print(torch.cuda.get_device_name().replace(' ', '-'))" 2>/dev/null || echo gpu)
 commit=${INTERLEAVE_COMMIT:-unknown}
 json="$OUT_DIR/$(date -u +%Y-%m-%d)-${gpu}-${commit}-focus.json"
