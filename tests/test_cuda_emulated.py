@@ -395,6 +395,11 @@ WGMMA_CASES = [  # N, S, p, C, bf16, tile slices (grid y): M = N * (S // p)^2 to
     (9, 56, 14, 128, True, 1),    # three tiles: warpgroup 0 takes two (the next tile's prefetch)
     (6, 30, 6, 136, True, 2),     # K = 108 (7 steps, fewer than the 8 in flight), pixels past the last patch
     (2, 30, 14, 64, False, 1),    # S = 30: 2 x 2 patches, 2 pixels per row ignored; C < one panel
+    # The k-loop's chunks of 8 steps in two register buffers: 12 steps (a full chunk, then a 4-step
+    # last chunk in the second buffer), 19 (two full chunks, the last back in the first buffer), 27.
+    (2, 48, 8, 128, True, 1),
+    (5, 40, 10, 136, False, 2),
+    (4, 48, 12, 128, True, 1),
 ]
 
 
