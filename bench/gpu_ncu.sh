@@ -14,7 +14,8 @@ if [ -z "$NCU" ]; then echo "ncu: not found"; exit 0; fi
 # cuBLAS path's kernels (im2col and GEMM against the device's bandwidth and tensor rate), merge's
 # sync-free copy at D=1024 bf16 (80% of a copy).
 specs=${NCU_SPECS:-"anyres_tiles:16.frames:uint8@ours anyres_tiles:16.frames:uint8@ours_mma
-patch_embed:N=64:bfloat16@ours_wgmma patch_embed:N=64:bfloat16@ours_cublas merge_tokens:D=1024:bfloat16@ours_sync_free"}
+patch_embed:N=64:bfloat16@ours_wgmma patch_embed:N=64:bfloat16@ours_wgmma_staged patch_embed:N=64:bfloat16@ours_cublas
+merge_tokens:D=1024:bfloat16@ours_sync_free"}
 sections="--section SpeedOfLight --section ComputeWorkloadAnalysis --section MemoryWorkloadAnalysis
   --section WarpStateStats --section SchedulerStats --section InstructionStats --section LaunchStats --section Occupancy"
 budget=${NCU_BUDGET_S:-100}

@@ -75,6 +75,29 @@ def check_anyres_mma():
     return None
 
 
+def check_wgmma_staged():
+    """The wgmma kernel's staged variant (cuda_gemm("wgmma_staged"): each tile's pixels copied into
+    shared memory with cp.async) against the gathered one: the same fp16 operands and MMAs in the
+    same order, so the same output bit for bit."""
+    import torch
+    from interleave.bench import patch_embed_inputs
+    from interleave.ops import patch_embed
+    from interleave.ops.patch_embed import cuda_gemm, wgmma_available
+    if not torch.cuda.is_available():
+        return UNAVAILABLE + "no CUDA GPU"
+    if not wgmma_available():
+        return UNAVAILABLE + "the build has no sm_90a target or the GPU is not compute capability 9.0"
+    tiles, weight, bias, pos = patch_embed_inputs(3, 384, 14, 1152, torch.bfloat16, "cuda")
+    with cuda_gemm("wgmma"):
+        want = patch_embed(tiles, weight, bias, pos)
+    with cuda_gemm("wgmma_staged"):
+        got = patch_embed(tiles, weight, bias, pos)
+    torch.cuda.synchronize()
+    if not torch.equal(got, want):
+        return f"{(got != want).sum().item()} of {want.numel()} outputs differ from the gathered kernel's"
+    return None
+
+
 def _patch_embed_case(n=6):
     import torch
     from interleave.bench import patch_embed_inputs
@@ -133,8 +156,8 @@ def check_cublas_lt():
 # benchmark and their tests skipped; the paths auto takes are switched off for the whole run
 # (INTERLEAVE_WGMMA=0: auto below 4096 tokens takes the mma kernel; INTERLEAVE_IM2COL_STAGED=0 /
 # INTERLEAVE_CUBLASLT=0 put the earlier cuBLAS path back).
-CHECKS = {"wgmma": check_wgmma, "anyres_mma": check_anyres_mma, "im2col_staged": check_im2col_staged,
-          "cublas_lt": check_cublas_lt}
+CHECKS = {"wgmma": check_wgmma, "wgmma_staged": check_wgmma_staged, "anyres_mma": check_anyres_mma,
+          "im2col_staged": check_im2col_staged, "cublas_lt": check_cublas_lt}
 
 
 def run_one(name):

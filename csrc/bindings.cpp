@@ -118,10 +118,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
     return false;
   });
   // Selects the CUDA patch_embed GEMM for bf16/fp16 outputs: 0 auto, 1 cuBLAS, 2 the mma kernel,
-  // 3 the wgmma kernel where it applies, 4 cuBLAS with the position embedding copied first;
-  // returns the previous setting (tests and the benchmark's variants use it).
+  // 3 the wgmma kernel where it applies, 4 cuBLAS with the position embedding copied first, 5 the
+  // wgmma kernel's staged variant; returns the previous setting (tests and the benchmark's variants).
   m.def("_set_patch_embed_gemm", [](int mode) {
-    TORCH_CHECK_VALUE(mode >= 0 && mode <= 4, "_set_patch_embed_gemm: mode must be 0 (auto), 1 (cublas), 2 (mma), 3 (wgmma) or 4 (cublas_copy), got ", mode);
+    TORCH_CHECK_VALUE(mode >= 0 && mode <= 5, "_set_patch_embed_gemm: mode must be 0 (auto), 1 (cublas), 2 (mma), 3 (wgmma), 4 (cublas_copy) or 5 (wgmma_staged), got ", mode);
     return static_cast<int>(std::exchange(interleave::patch_embed_gemm_mode(), static_cast<interleave::PatchEmbedGemm>(mode)));
   });
   // Whether the wgmma patch_embed kernel can run on CUDA device `device` (an sm_90a build on a

@@ -244,13 +244,14 @@ def patch_embed_cases(device: str, quick: bool = False, compile_reference: bool 
             # lacks it: a note says which one that variant timed.
             # cublas_copy: the cuBLAS path as it was before cuBLASLt took the position embedding
             # into the GEMM (the copy into the output, then addmm onto it): same-run comparison.
-            for mode in ("wgmma", "cublas", "cublas_copy", "mma"):
-                if mode == "wgmma":
-                    if preflight_failed("wgmma"):
-                        notes.append("ours_wgmma left out: bench/gpu_preflight.py failed or found it unavailable")
+            # wgmma_staged: the same kernel with each tile's pixels copied into shared memory first.
+            for mode in ("wgmma", "wgmma_staged", "cublas", "cublas_copy", "mma"):
+                if mode.startswith("wgmma"):
+                    if preflight_failed(mode):
+                        notes.append(f"ours_{mode} left out: bench/gpu_preflight.py failed or found it unavailable")
                         continue
                     from .ops.patch_embed import wgmma_available
-                    notes.append(f"ours_wgmma ran the wgmma kernel: {wgmma_available()}")
+                    notes.append(f"ours_{mode} ran the wgmma kernel: {wgmma_available()}")
                 variants[f"ours_{mode}"] = lambda a=(tiles, weight, bias, pos), m=mode: _with_gemm(m, a)
         cases.append(Case(
             op="patch_embed", device=device, shape=f"N={N} S={S} p={p} C={C}",

@@ -106,7 +106,7 @@ def test_forward_pixel_values(device, shape, dtype):
 # ---- CUDA: both GEMMs for bf16/fp16 (cuBLAS is the default from 4096 tokens on, mma below) ----------
 @pytest.mark.cuda
 @needs_ext
-@pytest.mark.parametrize("mode", ["cublas", "cublas_copy", "mma", "wgmma"])
+@pytest.mark.parametrize("mode", ["cublas", "cublas_copy", "mma", "wgmma", "wgmma_staged"])
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_cuda_gemm_choice_matches_reference(mode, shape, dtype):
@@ -291,6 +291,32 @@ def test_cuda_auto_gemm_takes_wgmma_below_4096_tokens():
         assert any(kernel in name for name in names), (n, sorted(set(names))[:20])
         with cuda_gemm(forced):
             assert torch.equal(out, patch_embed(tiles, weight, bias, pos))
+
+
+@pytest.mark.cuda
+@needs_ext
+def test_cuda_wgmma_staged_variant_runs_and_matches_gathered():
+    """cuda_gemm("wgmma_staged") runs the staged instantiation of the wgmma kernel (profiler: its
+    template argument `true`) at the SigLIP shape over several tiles per warpgroup, bit for bit the
+    gathered kernel's output (same operands, same MMAs in the same order); a 90-byte image row
+    (S = 30) falls back to the gathered kernel."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    from interleave.ops.patch_embed import cuda_gemm, wgmma_available
+    if not wgmma_available():
+        pytest.skip("the wgmma kernel needs an sm_90a build on a compute-capability-9.0 GPU")
+    for n, S, C in [(20, 384, 1152), (3, 30, 64)]:
+        tiles = random_tiles(n, S, "cuda", seed=n)
+        weight, bias, pos = random_params(C, 14, (S // 14) ** 2, dtype=torch.bfloat16, device="cuda", seed=n)
+        with cuda_gemm("wgmma"):
+            gathered = patch_embed(tiles, weight, bias, pos)
+        with cuda_gemm("wgmma_staged"):
+            with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+                staged = patch_embed(tiles, weight, bias, pos)
+                torch.cuda.synchronize()
+        names = [e.name for e in prof.events() if "wgmma_patch_kernel" in e.name]
+        assert names and all(("true>" in name) == (S == 384) for name in names), names
+        assert torch.equal(staged, gathered)
 
 
 def test_cuda_gemm_rejects_unknown_mode():

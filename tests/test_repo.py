@@ -136,7 +136,7 @@ def test_gpu_preflight_rules_out_paths_and_the_tests_follow():
     assert last.startswith("INTERLEAVE_SKIP_PATHS=")
     if torch_cuda_available():
         return  # on a GPU the verdicts depend on the kernels; gpu_check.sh records them
-    assert set(last.split("=", 1)[1].split(",")) == {"wgmma", "anyres_mma", "im2col_staged", "cublas_lt"}, out
+    assert set(last.split("=", 1)[1].split(",")) == {"wgmma", "wgmma_staged", "anyres_mma", "im2col_staged", "cublas_lt"}, out
     env = dict(os.environ, INTERLEAVE_SKIP_PATHS="anyres_mma")
     r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider",
                         os.path.join(root, "tests", "test_anyres_tiles.py"), "-k", "tensor_core_pass"],
@@ -181,7 +181,7 @@ def test_gpu_ncu_specs_name_benchmark_cases():
             label, fn = gpu_ncu.find(case_spec)  # the case exists (on this machine's device)
             assert callable(fn) and label.endswith("@ours")
             # interleave/bench.py's CUDA-only variants of these cases
-            cuda_variants = {"ours_mma", "ours_sync_free"} | {f"ours_{m}" for m in ("wgmma", "cublas", "mma")}
+            cuda_variants = {"ours_mma", "ours_sync_free"} | {f"ours_{m}" for m in ("wgmma", "wgmma_staged", "cublas", "mma")}
             assert variant in cuda_variants | {"ours"}, spec
     finally:
         sys.path.remove(os.path.join(ROOT, "bench"))

@@ -250,7 +250,8 @@ WgmmaPanels wgmma_panels(const at::Tensor& weight, const PatchEmbedShape& s, int
 
 // The wgmma kernel's output, or nullopt where it does not apply (the caller takes its default path).
 std::optional<at::Tensor> patch_embed_wgmma(const PatchEmbedShape& s, const at::Tensor& tiles, const at::Tensor& weight,
-                                            const at::Tensor& bias, const at::Tensor& pos_embed, cudaStream_t stream) {
+                                            const at::Tensor& bias, const at::Tensor& pos_embed, bool staged,
+                                            cudaStream_t stream) {
   const int64_t M = s.rows(), K = patch_k(s.geometry);
   const int64_t k_steps = (K + 15) / 16;
   const auto even = [](const void* p) { return reinterpret_cast<uintptr_t>(p) % 2 == 0; };
@@ -280,7 +281,7 @@ std::optional<at::Tensor> patch_embed_wgmma(const PatchEmbedShape& s, const at::
   args.pos_embed = pos.const_data_ptr();
   args.out = out.mutable_data_ptr();
   args.out_type = to_out_type(s.out_dtype);
-  cuda::launch_patch_embed_wgmma(args, stream);
+  cuda::launch_patch_embed_wgmma(args, staged, stream);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return out;
 }
@@ -344,13 +345,16 @@ at::Tensor patch_embed_cuda(const at::Tensor& tiles, const at::Tensor& weight, c
   // H100 run (bf16, one SigLIP tile, 729 tokens): wgmma 0.031 ms, the mma kernel 0.084 ms; from 16
   // tiles on cuBLAS is as fast or faster (N=16 0.129 vs 0.139 ms, N=64 0.304 vs 0.494 ms).
   if (tensor_cores && M > 0 && s.dim > 0 &&
-      (mode == PatchEmbedGemm::kWgmma ||
+      (mode == PatchEmbedGemm::kWgmma || mode == PatchEmbedGemm::kWgmmaStaged ||
        (mode == PatchEmbedGemm::kAuto && M < kPatchEmbedCublasMinRows && auto_takes_wgmma()))) {
-    if (std::optional<at::Tensor> out = patch_embed_wgmma(s, tiles, weight, bias, pos_embed, stream)) return *out;
+    if (std::optional<at::Tensor> out = patch_embed_wgmma(s, tiles, weight, bias, pos_embed,
+                                                          mode == PatchEmbedGemm::kWgmmaStaged, stream))
+      return *out;
   }
   if (tensor_cores && M > 0 && s.dim > 0 &&
       (mode == PatchEmbedGemm::kCublas || mode == PatchEmbedGemm::kCublasCopy ||
-       ((mode == PatchEmbedGemm::kAuto || mode == PatchEmbedGemm::kWgmma) && M >= kPatchEmbedCublasMinRows))) {
+       ((mode == PatchEmbedGemm::kAuto || mode == PatchEmbedGemm::kWgmma || mode == PatchEmbedGemm::kWgmmaStaged) &&
+        M >= kPatchEmbedCublasMinRows))) {
     TORCH_CHECK_VALUE(M < (int64_t{1} << 31), "patch_embed_cuda: at most 2^31 - 1 tokens per call, got ", M);
     return patch_embed_cublas(s, tiles, weight, bias, pos_embed, operand, unscale, gemm,
                               /*lt=*/mode != PatchEmbedGemm::kCublasCopy, stream);

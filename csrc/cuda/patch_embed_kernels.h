@@ -5,6 +5,7 @@
 
 #include <cuda_runtime_api.h>
 
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
 
@@ -72,6 +73,39 @@ constexpr size_t patch_embed_wgmma_smem_bytes(int k_steps) {
 constexpr int kWgmmaMaxSteps = static_cast<int>((kWgmmaMaxSmem - patch_embed_wgmma_smem_bytes(0)) /
                                                 (patch_embed_wgmma_smem_bytes(1) - patch_embed_wgmma_smem_bytes(0)));
 
+// The staged variant (cuda_gemm("wgmma_staged")): each warpgroup copies its tile's patch rows into
+// shared memory with 4-byte cp.async (a run of p * Cin bytes from its 4-byte-aligned start: `shift`
+// 0 or 2 bytes into its first word, run_words words), then reads the A fragments from there: no
+// global load in the k-loop. Per CTA: the panel, two A regions of kWgmmaRows x token_stride bytes
+// (the epilogue's fp32 stage reuses its warpgroup's), the tile's row offsets (int64) and the k-pair
+// offsets inside a token's staged bytes (int16). token_stride / 4 is 2 mod 4 words, so the 8 rows
+// of a fragment load fall in 8 different bank pairs. ok: the geometry allows it (uint8 HWC, even
+// runs, strides multiples of 4 bytes) and it fits shared memory (SigLIP: 232,016 bytes).
+struct WgmmaStagedLayout {
+  bool ok = false;
+  int32_t run_words = 0, token_stride = 0;
+  int64_t region = 0;
+  size_t smem = 0;
+};
+inline WgmmaStagedLayout patch_embed_wgmma_staged_layout(const PatchGeometry& g, int k_steps) {
+  WgmmaStagedLayout l;
+  if (g.outer != 1 || g.run % 2 != 0 || g.middle_stride % 4 != 0 || g.row_stride % 4 != 0 ||
+      g.image_stride % 4 != 0 || g.col_stride % 2 != 0 || k_steps < 1)
+    return l;
+  l.run_words = static_cast<int32_t>((g.run + 2 + 3) / 4);
+  int64_t words = g.middle * l.run_words;
+  while (words % 4 != 2) ++words;
+  l.token_stride = static_cast<int32_t>(words * 4);
+  const int64_t stage = static_cast<int64_t>(kWgmmaRows) * kWgmmaStageStride * sizeof(float);
+  l.region = std::max<int64_t>(static_cast<int64_t>(kWgmmaRows) * l.token_stride, stage);
+  const int64_t bytes = static_cast<int64_t>(k_steps) * kWgmmaStepBytes * (kWgmmaN / 8) + kWgmmaGroups * l.region +
+                        kWgmmaGroups * kWgmmaRows * static_cast<int64_t>(sizeof(int64_t)) +
+                        static_cast<int64_t>(k_steps) * 8 * static_cast<int64_t>(sizeof(int16_t));
+  l.smem = static_cast<size_t>((bytes + 15) / 16 * 16);
+  l.ok = l.smem <= static_cast<size_t>(kWgmmaMaxSmem) && l.token_stride < 32768;
+  return l;
+}
+
 struct PatchEmbedWgmmaArgs {
   const uint8_t* pixels;   // uint8 [N, H, W, Cin], contiguous; every patch row offset even (glue)
   PatchGeometry geometry;  // channels last
@@ -85,6 +119,7 @@ struct PatchEmbedWgmmaArgs {
   const void* pos_embed;   // [T, C] in the output dtype, 8-byte aligned
   void* out;               // [M, C] bf16 or fp16
   OutType out_type;        // kBFloat16 or kFloat16
+  WgmmaStagedLayout layout;  // the staged variant's (set by the launcher)
 };
 
 // Panel layout (the glue builds it with tensor ops): fp16 weight element (channel c, column k), c in
@@ -92,7 +127,8 @@ struct PatchEmbedWgmmaArgs {
 //   P * (Kp * 128) + (n / 8) * (Kp * 8) + (k / 8) * 64 + (n % 8) * 8 + (k % 8),   Kp = 16 * k_steps,
 // wgmma's no-swizzle K-major layout ((8, m), (8, 2k)) : ((8, SBO), (1, LBO)) with LBO = 64 elements
 // and SBO = Kp * 8 elements.
-void launch_patch_embed_wgmma(const PatchEmbedWgmmaArgs& args, cudaStream_t stream);
+// Launches the staged variant where its layout is ok (and `staged` asks for it), else the gathered one.
+void launch_patch_embed_wgmma(const PatchEmbedWgmmaArgs& args, bool staged, cudaStream_t stream);
 // True when `device` is compute capability 9.0 and this build carries the kernel for it (an sm_90a
 // target in TORCH_CUDA_ARCH_LIST). Reads a device flag once per device (one synchronizing copy).
 bool patch_embed_wgmma_compiled(int device);

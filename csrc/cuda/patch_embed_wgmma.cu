@@ -68,23 +68,35 @@ __device__ __forceinline__ uint64_t panel_desc(uint32_t panel_addr, int step, in
          static_cast<uint64_t>((static_cast<uint32_t>(k_steps) * kWgmmaStepBytes) >> 4) << 32;
 }
 
-template <typename OutT>
+template <typename OutT, bool kStaged>
 __global__ void __launch_bounds__(kWgmmaThreads, 1) wgmma_patch_kernel(PatchEmbedWgmmaArgs args) {
 #if defined(IL_WGMMA_BODY)
   IL_DYNAMIC_SMEM(uint4, smem);
   const int k_steps = args.k_steps;
   const int panel_vecs = k_steps * (kWgmmaStepBytes * (kWgmmaN / 8)) / 16;  // the panel in 16-byte vectors
-  int32_t* koff = reinterpret_cast<int32_t*>(smem + panel_vecs);            // [k_steps][4][2]
   const PatchGeometry& g = args.geometry;
   const int tid = threadIdx.x;
+  unsigned char* after_panel = reinterpret_cast<unsigned char*>(smem + panel_vecs);
+  // Gathered: each k pair's offset inside a patch in global memory (-1: zero padding), then the two
+  // warpgroups' epilogue stages. Staged (patch_embed_wgmma_staged_layout): the two A regions (each
+  // also its warpgroup's epilogue stage), the tile's row offsets, each k pair's offset inside a
+  // token's staged bytes (k >= K: 0, any staged byte; its weight is zero).
+  const WgmmaStagedLayout& layout = args.layout;  // region 0 unless kStaged
+  int32_t* koff = reinterpret_cast<int32_t*>(after_panel);  // gathered: [k_steps][4][2]
+  int64_t* staged_rows = reinterpret_cast<int64_t*>(after_panel + kWgmmaGroups * layout.region);  // [2][64]
+  int16_t* koff16 = reinterpret_cast<int16_t*>(staged_rows + kWgmmaGroups * kWgmmaRows);          // [k_steps][4][2]
 
-  // The panel, as the glue laid it out, and each k pair's offset inside a patch (-1: zero padding).
   const uint4* src = args.panels + static_cast<int64_t>(blockIdx.x) * panel_vecs;
   for (int i = tid; i < panel_vecs; i += kWgmmaThreads) smem[i] = __ldg(src + i);
   for (int i = tid; i < k_steps * 8; i += kWgmmaThreads) {
     const int s = i >> 3, t4 = (i >> 1) & 3, upper = i & 1;
     const int k = s * 16 + t4 * 2 + upper * 8;
-    koff[i] = k < args.k ? static_cast<int32_t>(patch_k_offset(g, k)) : -1;
+    if constexpr (kStaged) {
+      const int mi = k / static_cast<int>(g.run), r = k - mi * static_cast<int>(g.run);
+      koff16[i] = static_cast<int16_t>(k < args.k ? mi * layout.run_words * 4 + r : 0);
+    } else {
+      koff[i] = k < args.k ? static_cast<int32_t>(patch_k_offset(g, k)) : -1;
+    }
   }
   il_fence_proxy_async_smem();  // wgmma reads the panel through the async proxy
   __syncthreads();
@@ -96,19 +108,71 @@ __global__ void __launch_bounds__(kWgmmaThreads, 1) wgmma_patch_kernel(PatchEmbe
   if (tile >= m_tiles) return;  // uniform over the warpgroup; no block barrier follows
   const uint32_t panel_addr = il_smem_addr(smem);
   const uint8_t* pixels = args.pixels;
+  unsigned char* region = after_panel + wg * layout.region;  // staged: this warpgroup's A region
+  int64_t* rows_mine = staged_rows + wg * kWgmmaRows;
 
   // Top-left pixel offset of this thread's two rows of a tile (-1 past the last token).
   auto row_base = [&](int64_t tl, int upper) -> int64_t {
     const int64_t r = tl * kWgmmaRows + warp * 16 + gid + upper * 8;
     return r < args.rows ? patch_row_offset(g, r) : -1;
   };
+  // Staged: where this thread's two rows start in the region (the token's first run's shift
+  // included); gathered: their pixel offsets (row_base).
+  int64_t b0 = 0, b1 = 0;
+  // The staged variant's copy of tile `tl` into this warpgroup's region: each warp copies the 16
+  // tokens whose fragments it reads, one token at a time, word q = mi * run_words + w of the token
+  // by lane q % 32 (4-byte cp.async of every word holding a byte of run mi); then this thread's two
+  // row starts. (mi, w) of a lane's first word and the per-pass step are fixed: no division per copy.
+  const int32_t run_words = layout.run_words;
+  const int32_t lane_mi = kStaged ? lane / run_words : 0, lane_w = lane - lane_mi * run_words;
+  const int32_t pass_mi = kStaged ? 32 / run_words : 0, pass_w = 32 - pass_mi * run_words;
+  auto stage_tile = [&](int64_t tl) {
+    if (t < kWgmmaRows) {  // nobody reads rows_mine between the last staging's end and here
+      const int64_t r = tl * kWgmmaRows + t;
+      rows_mine[t] = r < args.rows ? patch_row_offset(g, r) : -1;
+    }
+    // The row offsets are in, and the region's previous use (the last epilogue's read-back) is done
+    // before any copy below is issued.
+    il_bar_sync_warpgroup(wg);
+    const int32_t middle = static_cast<int32_t>(g.middle), run = static_cast<int32_t>(g.run);
+    const int32_t per_token = middle * run_words, ms = static_cast<int32_t>(g.middle_stride);
+    for (int j = warp * 16; j < warp * 16 + 16; ++j) {
+      const int64_t base = rows_mine[j];
+      if (base < 0) continue;  // warp-uniform: a token past the last
+      const int32_t shift = static_cast<int32_t>(base & 3);
+      const uint8_t* src_token = pixels + (base - shift);
+      unsigned char* dst_token = region + j * layout.token_stride;
+      int32_t mi = lane_mi, w = lane_w;
+      for (int32_t q = lane; q < per_token; q += 32) {
+        if (4 * w < shift + run)  // a word with no byte of the run may lie past the tensor's end
+          il_cp_async4(dst_token + 4 * q, src_token + static_cast<int64_t>(mi) * ms + 4 * w);
+        w += pass_w;
+        if (w >= run_words) { w -= run_words; ++mi; }
+        mi += pass_mi;
+      }
+    }
+    il_cp_async_wait_all();
+    il_bar_sync_warpgroup(wg);  // every thread's copies are in
+    const int r0 = warp * 16 + gid, r1 = r0 + 8;
+    b0 = static_cast<int64_t>(r0) * layout.token_stride + (rows_mine[r0] >= 0 ? (rows_mine[r0] & 3) : 0);
+    b1 = static_cast<int64_t>(r1) * layout.token_stride + (rows_mine[r1] >= 0 ? (rows_mine[r1] & 3) : 0);
+  };
   // The four raw pixel pairs of k-step s: (row gid, pair 2t), (gid + 8, 2t), (gid, 2t + 8), (gid + 8, 2t + 8).
-  auto load_raw = [&](uint32_t (&raw)[4], int64_t b0, int64_t b1, int s) {
-    const int2 ko = *reinterpret_cast<const int2*>(koff + (s * 4 + tig) * 2);
-    raw[0] = (b0 >= 0 && ko.x >= 0) ? __ldg(reinterpret_cast<const unsigned short*>(pixels + b0 + ko.x)) : 0u;
-    raw[1] = (b1 >= 0 && ko.x >= 0) ? __ldg(reinterpret_cast<const unsigned short*>(pixels + b1 + ko.x)) : 0u;
-    raw[2] = (b0 >= 0 && ko.y >= 0) ? __ldg(reinterpret_cast<const unsigned short*>(pixels + b0 + ko.y)) : 0u;
-    raw[3] = (b1 >= 0 && ko.y >= 0) ? __ldg(reinterpret_cast<const unsigned short*>(pixels + b1 + ko.y)) : 0u;
+  auto load_raw = [&](uint32_t (&raw)[4], int s) {
+    if constexpr (kStaged) {
+      const uint32_t ko = *reinterpret_cast<const uint32_t*>(koff16 + (s * 4 + tig) * 2);
+      const int32_t lo = static_cast<int16_t>(ko & 0xFFFFu), hi = static_cast<int16_t>(ko >> 16);
+      raw[0] = *reinterpret_cast<const unsigned short*>(region + b0 + lo);
+      raw[1] = *reinterpret_cast<const unsigned short*>(region + b1 + lo);
+      raw[2] = *reinterpret_cast<const unsigned short*>(region + b0 + hi);
+      raw[3] = *reinterpret_cast<const unsigned short*>(region + b1 + hi);
+    } else {
+      const int2 ko = *reinterpret_cast<const int2*>(koff + (s * 4 + tig) * 2);
+      raw[0] = (b0 >= 0 && ko.x >= 0) ? __ldg(reinterpret_cast<const unsigned short*>(pixels + b0 + ko.x)) : 0u;
+      raw[1] = (b1 >= 0 && ko.x >= 0) ? __ldg(reinterpret_cast<const unsigned short*>(pixels + b1 + ko.x)) : 0u;
+      raw[2] = (b0 >= 0 && ko.y >= 0) ? __ldg(reinterpret_cast<const unsigned short*>(pixels + b0 + ko.y)) : 0u;
+      raw[3] = (b1 >= 0 && ko.y >= 0) ? __ldg(reinterpret_cast<const unsigned short*>(pixels + b1 + ko.y)) : 0u;
+    }
   };
 
   // Two buffers of kWgmmaChunk k-steps of raw pixel pairs: a chunk's MMAs read one (converted in
@@ -116,12 +180,11 @@ __global__ void __launch_bounds__(kWgmmaThreads, 1) wgmma_patch_kernel(PatchEmbe
   // right after a chunk's MMAs, never between a load and the next wgmma fence of the same registers'
   // chunk: the fence waits for the chunk's own loads, one latency per chunk (8 k-steps), not per
   // k-step.
-  int64_t b0 = row_base(tile, 0), b1 = row_base(tile, 1);
   uint32_t raw[2][kWgmmaChunk][4];
   const auto load_chunk = [&](uint32_t (&buf)[kWgmmaChunk][4], int s0) {
 #pragma unroll
     for (int j = 0; j < kWgmmaChunk; ++j)
-      if (s0 + j < k_steps) load_raw(buf[j], b0, b1, s0 + j);
+      if (s0 + j < k_steps) load_raw(buf[j], s0 + j);
   };
   // Converts a chunk's pairs and issues its MMAs; the caller waits. A whole chunk is one fence and
   // one group with no branch between its MMAs (a wgmma under a condition of its own made ptxas
@@ -151,7 +214,11 @@ __global__ void __launch_bounds__(kWgmmaThreads, 1) wgmma_patch_kernel(PatchEmbe
       }
     }
   };
-  load_chunk(raw[0], 0);
+  if constexpr (!kStaged) {
+    b0 = row_base(tile, 0);
+    b1 = row_base(tile, 1);
+    load_chunk(raw[0], 0);
+  }
 
   float acc[64];
 #pragma unroll
@@ -162,10 +229,15 @@ __global__ void __launch_bounds__(kWgmmaThreads, 1) wgmma_patch_kernel(PatchEmbe
   // The epilogue's fixed columns: lane l of every warp handles channels n_lane .. n_lane + 3.
   const int n_lane = blockIdx.x * kWgmmaN + 4 * lane;
   const float4 bias4 = *reinterpret_cast<const float4*>(args.bias + n_lane);  // padded to whole panels
-  float* stage = reinterpret_cast<float*>(koff + k_steps * 8) + wg * kWgmmaRows * kWgmmaStageStride;
+  float* stage = kStaged ? reinterpret_cast<float*>(region)
+                         : reinterpret_cast<float*>(koff + k_steps * 8) + wg * kWgmmaRows * kWgmmaStageStride;
 
   for (;;) {
-    // raw[0] holds chunk 0 (loaded before the previous tile's epilogue, or above).
+    if constexpr (kStaged) {
+      stage_tile(tile);
+      load_chunk(raw[0], 0);
+    }
+    // raw[0] holds chunk 0 (gathered: loaded before the previous tile's epilogue, or above).
     for (int s0 = 0; s0 < k_steps; s0 += 2 * kWgmmaChunk) {
       run_chunk(acc, raw[0], s0);
       il_wgmma_wait<1>();  // the group that read raw[1] (two chunks back) retired
@@ -180,12 +252,14 @@ __global__ void __launch_bounds__(kWgmmaThreads, 1) wgmma_patch_kernel(PatchEmbe
 #pragma unroll
     for (int i = 0; i < 64; ++i) il_reg_fence(acc[i]);
 
-    // The next tile's first chunk goes out before the epilogue, which hides its latency.
     const int64_t next = tile + tile_stride;
-    if (next < m_tiles) {
-      b0 = row_base(next, 0);
-      b1 = row_base(next, 1);
-      load_chunk(raw[0], 0);
+    if constexpr (!kStaged) {
+      // The next tile's first chunk goes out before the epilogue, which hides its latency.
+      if (next < m_tiles) {
+        b0 = row_base(next, 0);
+        b1 = row_base(next, 1);
+        load_chunk(raw[0], 0);
+      }
     }
 
     // Epilogue: out[r, n] = alpha * acc + bias[n] + pos[r % T, n] (alpha = 1 / s). acc[4j + e] holds
@@ -194,7 +268,7 @@ __global__ void __launch_bounds__(kWgmmaThreads, 1) wgmma_patch_kernel(PatchEmbe
     // tile, as many as the tile's tensor-core cycles). So the tile goes through this warpgroup's
     // shared-memory stage first and comes back row-contiguous: a warp reads one row per pass, four
     // channels per lane, with 8-byte position-embedding loads and output stores.
-    il_bar_sync_warpgroup(wg);  // the previous tile's read-back of the stage is done
+    il_bar_sync_warpgroup(wg);  // the stage's previous read-back (staged: every A read) is done
 #pragma unroll
     for (int j = 0; j < kWgmmaN / 8; ++j) {
 #pragma unroll
@@ -254,8 +328,15 @@ bool patch_embed_wgmma_compiled(int device) {
   return cached[device].load() == 2;
 }
 
-void launch_patch_embed_wgmma(const PatchEmbedWgmmaArgs& args, cudaStream_t stream) {
-  if (args.rows == 0 || args.dim == 0) return;
+void launch_patch_embed_wgmma(const PatchEmbedWgmmaArgs& in, bool staged, cudaStream_t stream) {
+  if (in.rows == 0 || in.dim == 0) return;
+  PatchEmbedWgmmaArgs args = in;
+  args.layout = WgmmaStagedLayout{};
+  if (staged) {
+    const WgmmaStagedLayout l = patch_embed_wgmma_staged_layout(args.geometry, args.k_steps);
+    staged = l.ok && reinterpret_cast<uintptr_t>(args.pixels) % 4 == 0;
+    if (staged) args.layout = l;
+  }
   const int panels = (args.dim + kWgmmaN - 1) / kWgmmaN;
   const int64_t m_tiles = (static_cast<int64_t>(args.rows) + kWgmmaRows - 1) / kWgmmaRows;
   int device = 0, sms = 132;
@@ -263,20 +344,27 @@ void launch_patch_embed_wgmma(const PatchEmbedWgmmaArgs& args, cudaStream_t stre
   cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
   // One CTA per SM (the panel fills shared memory): as many tile slices per panel as fit the SMs.
   const int64_t slices = std::max<int64_t>(1, std::min<int64_t>(sms / panels, (m_tiles + kWgmmaGroups - 1) / kWgmmaGroups));
-  const size_t smem = patch_embed_wgmma_smem_bytes(args.k_steps);
+  const size_t smem = staged ? args.layout.smem : patch_embed_wgmma_smem_bytes(args.k_steps);
   const dim3 grid(static_cast<unsigned>(panels), static_cast<unsigned>(std::min<int64_t>(slices, 65535)));
   // The attribute allows the most shared memory any call can ask for, set once per device (a host
   // call on every launch would add microseconds).
   static std::atomic<bool> opted_in[64] = {};
   if (device < 0 || device >= 64 || !opted_in[device].load()) {
-    cudaFuncSetAttribute(wgmma_patch_kernel<__nv_bfloat16>, cudaFuncAttributeMaxDynamicSharedMemorySize, kWgmmaMaxSmem);
-    cudaFuncSetAttribute(wgmma_patch_kernel<__half>, cudaFuncAttributeMaxDynamicSharedMemorySize, kWgmmaMaxSmem);
+    cudaFuncSetAttribute(wgmma_patch_kernel<__nv_bfloat16, false>, cudaFuncAttributeMaxDynamicSharedMemorySize, kWgmmaMaxSmem);
+    cudaFuncSetAttribute(wgmma_patch_kernel<__half, false>, cudaFuncAttributeMaxDynamicSharedMemorySize, kWgmmaMaxSmem);
+    cudaFuncSetAttribute(wgmma_patch_kernel<__nv_bfloat16, true>, cudaFuncAttributeMaxDynamicSharedMemorySize, kWgmmaMaxSmem);
+    cudaFuncSetAttribute(wgmma_patch_kernel<__half, true>, cudaFuncAttributeMaxDynamicSharedMemorySize, kWgmmaMaxSmem);
     if (device >= 0 && device < 64) opted_in[device].store(true);
   }
-  if (args.out_type == OutType::kBFloat16)
-    wgmma_patch_kernel<__nv_bfloat16><<<grid, kWgmmaThreads, smem, stream>>>(args);
+  const bool bf16 = args.out_type == OutType::kBFloat16;
+  if (staged && bf16)
+    wgmma_patch_kernel<__nv_bfloat16, true><<<grid, kWgmmaThreads, smem, stream>>>(args);
+  else if (staged)
+    wgmma_patch_kernel<__half, true><<<grid, kWgmmaThreads, smem, stream>>>(args);
+  else if (bf16)
+    wgmma_patch_kernel<__nv_bfloat16, false><<<grid, kWgmmaThreads, smem, stream>>>(args);
   else
-    wgmma_patch_kernel<__half><<<grid, kWgmmaThreads, smem, stream>>>(args);
+    wgmma_patch_kernel<__half, false><<<grid, kWgmmaThreads, smem, stream>>>(args);
 }
 #endif
 

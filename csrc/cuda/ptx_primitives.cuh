@@ -80,6 +80,20 @@ __device__ __forceinline__ void il_wgmma_wait() {
   asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(Pending) : "memory");
 #endif
 }
+// 4 bytes from global to shared memory, asynchronously (cp.async, LDGSTS in SASS): no register is
+// written, so a wgmma fence does not wait for it. Both addresses 4-byte aligned. Visible to this
+// thread after il_cp_async_wait_all(), to others after that and a barrier.
+__device__ __forceinline__ void il_cp_async4(void* smem_dst, const void* gmem_src) {
+#if defined(IL_HAS_WGMMA)
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 4;\n" ::"r"(il_smem_addr(smem_dst)), "l"(gmem_src) : "memory");
+#endif
+}
+// Waits for every cp.async this thread has issued.
+__device__ __forceinline__ void il_cp_async_wait_all() {
+#if defined(IL_HAS_WGMMA)
+  asm volatile("cp.async.commit_group;\ncp.async.wait_group 0;\n" ::: "memory");
+#endif
+}
 // A barrier of the 128 threads of warpgroup `wg` only (named barrier 1 + wg; 0 is __syncthreads).
 __device__ __forceinline__ void il_bar_sync_warpgroup(int wg) {
   asm volatile("bar.sync %0, 128;\n" ::"r"(1 + wg) : "memory");

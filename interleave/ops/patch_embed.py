@@ -84,7 +84,7 @@ def _check_args(tiles, weight, bias, pos_embed, mean, std, out_dtype):
 
 
 # ---- which GEMM the CUDA kernel uses -----------------------------------------------------------------
-_GEMM_MODES = {"auto": 0, "cublas": 1, "mma": 2, "wgmma": 3, "cublas_copy": 4}
+_GEMM_MODES = {"auto": 0, "cublas": 1, "mma": 2, "wgmma": 3, "cublas_copy": 4, "wgmma_staged": 5}
 
 
 @contextlib.contextmanager
@@ -96,7 +96,9 @@ def cuda_gemm(mode: str):
     first and cuBLAS adding onto it: the fallback where cuBLASLt refuses), "mma" (our
     implicit-GEMM tensor-core kernel, one launch), "wgmma" (the Hopper warpgroup-MMA kernel, one
     launch, uint8 tiles on an sm_90a build and a compute-capability-9.0 GPU, see
-    `wgmma_available`; "auto"'s choice where it does not apply), or "auto" (the default: cuBLAS
+    `wgmma_available`; "auto"'s choice where it does not apply), "wgmma_staged" (the same kernel
+    with each tile's pixels copied into shared memory first: no global loads among its MMAs;
+    "wgmma" where its layout does not apply), or "auto" (the default: cuBLAS
     from 4096 tokens on; below, wgmma where it applies, else mma: the H100 timed wgmma 2.7x the mma
     kernel for one SigLIP tile). float32/float64 outputs always use the SIMT kernel. For tests and
     benchmarks."""

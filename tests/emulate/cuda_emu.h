@@ -58,6 +58,14 @@ struct WgmmaOp {
   uint64_t desc;
   int scale_d;
 };
+// cp.async copies issued by each thread and not yet waited for (il_cp_async_*): they land at the
+// thread's wait, so a kernel that reads the destination before waiting reads the old bytes.
+struct CpAsync {
+  void* dst;
+  const void* src;
+  size_t bytes;
+};
+inline std::vector<std::vector<CpAsync>> cp_async_pending;
 inline std::vector<std::vector<WgmmaOp>> wgmma_open;
 inline std::vector<std::deque<std::vector<WgmmaOp>>> wgmma_committed;
 
@@ -154,6 +162,7 @@ void launch2d(unsigned grid_x, unsigned grid_y, unsigned block, size_t smem_byte
   mma_exchange.assign(block, {});
   wgmma_open.assign(block, {});
   wgmma_committed.assign(block, {});
+  cp_async_pending.assign(block, {});
   contexts.resize(block);
   states.assign(block, kReady);
   if (stacks.size() < block) stacks.resize(block, std::vector<char>(kStack));
@@ -171,6 +180,11 @@ void launch2d(unsigned grid_x, unsigned grid_y, unsigned block, size_t smem_byte
         states[t] = kReady;
       }
       run_block(block);
+      for (unsigned t = 0; t < block; ++t)
+        if (!cp_async_pending[t].empty()) {
+          std::fprintf(stderr, "cuda_emu: thread %u ended with cp.async copies never waited for\n", t);
+          std::abort();
+        }
     }
   }
 }
@@ -321,6 +335,13 @@ inline uint32_t il_smem_addr(const void* p) {
   return static_cast<uint32_t>(static_cast<const unsigned char*>(p) - emu::dynamic_smem.data());
 }
 inline void il_fence_proxy_async_smem() {}
+inline void il_cp_async4(void* smem_dst, const void* gmem_src) {
+  emu::cp_async_pending[threadIdx.x].push_back({smem_dst, gmem_src, 4});
+}
+inline void il_cp_async_wait_all() {
+  for (const emu::CpAsync& c : emu::cp_async_pending[threadIdx.x]) std::memcpy(c.dst, c.src, c.bytes);
+  emu::cp_async_pending[threadIdx.x].clear();
+}
 inline void il_wgmma_fence() {}
 inline void il_bar_sync_warpgroup(int) { emu::group_sync(); }
 inline void il_reg_fence(float&) {}
