@@ -34,6 +34,9 @@
 //    (WARPGROUP.ARRIVE in SASS) waited for every load in flight, not only the chunk's own. Now no
 //    load is issued between a chunk's loads and its fence. The next tile's first chunk is loaded
 //    before the epilogue, which hides its latency.
+//  * kStaged (cuda_gemm("wgmma_staged")): the warpgroup first copies its tile's patch rows into
+//    shared memory with 4-byte cp.async (WgmmaStagedLayout in patch_embed_kernels.h) and the chunks
+//    read their pixel pairs from there; the epilogue's stage reuses that region.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
