@@ -159,10 +159,21 @@ def wgmma_decision(results, failures):
             faster_large &= b < a
     t = tests_ok(failures, "wgmma")
     print(f"  ran the wgmma kernel: {ran}; variants within 2x of the reference's error: {within}; tests: {t}")
+    staged_faster_large = None
     for r in cases:  # the staged variant (A copied into shared memory per tile), where the run has it
         if "ours_wgmma_staged" in r["median_ms"]:
+            a = best_device_time(r, "ours")
             b, c = best_device_time(r, "ours_wgmma"), best_device_time(r, "ours_wgmma_staged")
-            print(f"  {r['shape']}: ours_wgmma_staged {c:.3f} ms vs ours_wgmma {b:.3f} ms ({b / c:.2f}x)")
+            roof = r.get("roofline", {}).get("fraction", {})
+            rs = roof.get("ours_wgmma_staged (device)", roof.get("ours_wgmma_staged"))
+            print(f"  {r['shape']}: ours_wgmma_staged {c:.3f} ms vs ours_wgmma {b:.3f} ms ({b / c:.2f}x), "
+                  f"vs ours (auto) {a:.3f} ms ({a / c:.2f}x), roofline {fmt(rs, pct=False)}")
+            if "N=1 " not in r["shape"]:
+                staged_faster_large = (staged_faster_large is not False) and c < min(a, b)
+    if staged_faster_large is not None:
+        st = tests_ok(failures, "wgmma_staged")
+        print(f"  -> staged variant (tests: {st}): "
+              f"{'make it auto from 4096 tokens (kAuto in csrc/cuda/patch_embed_cuda.cpp)' if staged_faster_large and st == 'passed' else 'keep it a variant'}")
     verdict = ran and within and faster_large and t == "passed"
     small = [r for r in cases if "N=1 " in r["shape"]]
     small_ok = all(best_device_time(r, "ours_wgmma") <= best_device_time(r, "ours") * 1.05 for r in small)
