@@ -1,11 +1,11 @@
 #include "output_alloc.h"
 
+#include "../common/env.h"
+
 #include <ATen/ops/empty.h>
 #include <c10/core/CPUAllocator.h>
 #include <c10/core/Storage.h>
 
-#include <cstdlib>
-#include <cstring>
 #include <mutex>
 #include <vector>
 
@@ -21,10 +21,7 @@ constexpr size_t kMinBytes = size_t(4) << 20;
 constexpr size_t kCacheBytes = size_t(1) << 30;
 
 bool hugepages_enabled() {
-  static const bool enabled = [] {
-    const char* v = std::getenv("INTERLEAVE_HUGEPAGES");
-    return !(v && std::strcmp(v, "0") == 0);
-  }();
+  static const bool enabled = env_switch_on("INTERLEAVE_HUGEPAGES");
   return enabled;
 }
 

@@ -1,10 +1,11 @@
 // cuBLASLt batched GEMM with a broadcast C operand (see cublaslt_gemm.h).
 #include "cublaslt_gemm.h"
 
+#include "../common/env.h"
+
 #include <dlfcn.h>
 
 #include <array>
-#include <cstdlib>
 #include <map>
 #include <mutex>
 #include <tuple>
@@ -38,8 +39,7 @@ struct LtApi {
 const LtApi& lt_api() {
   static const LtApi api = [] {
     LtApi r;
-    const char* env = std::getenv("INTERLEAVE_CUBLASLT");
-    if (env != nullptr && std::string(env) == "0") {
+    if (!env_switch_on("INTERLEAVE_CUBLASLT")) {
       r.error = "disabled by INTERLEAVE_CUBLASLT=0";
       return r;
     }

@@ -10,12 +10,12 @@
 
 #include <algorithm>
 #include <cstdint>
-#include <cstdlib>
 #include <mutex>
 #include <optional>
 #include <string>
 #include <vector>
 
+#include "../common/env.h"
 #include "../ops/patch_embed.h"
 #include "cublaslt_gemm.h"
 #include "patch_embed_kernels.h"
@@ -171,6 +171,8 @@ at::Tensor patch_embed_cublas(const PatchEmbedShape& s, const at::Tensor& tiles,
   const at::Tensor wt = w.t();  // [lda, C], a transposed view: cuBLAS reads it as is
   at::Tensor workspace;
   if (lt) workspace = at::empty({static_cast<int64_t>(cuda::kLtWorkspaceBytes)}, tiles.options().dtype(at::kByte));
+  const int64_t row_bytes = s.dim * pos.element_size();
+  const auto aligned = [](const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; };
   for (int64_t n0 = 0; n0 < s.batch; n0 += images) {
     const int64_t count = std::min(images, s.batch - n0), rows = count * T;
     at::Tensor a_rows = a.narrow(0, 0, rows);
@@ -202,8 +204,6 @@ at::Tensor patch_embed_cublas(const PatchEmbedShape& s, const at::Tensor& tiles,
                                     cuda::kLtWorkspaceBytes, stream))
         continue;
     }
-    const int64_t row_bytes = s.dim * pos.element_size();
-    const auto aligned = [](const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; };
     if (row_bytes % 16 == 0 && aligned(pos.const_data_ptr()) && aligned(out_rows.const_data_ptr()) &&
         (rows + 7) / 8 < (int64_t{1} << 31)) {
       // The chunk starts at an image border: its row r takes pos row r % T.
@@ -306,10 +306,7 @@ void patch_embed_register_folded(const at::Tensor& weight, const at::Tensor& bia
 // INTERLEAVE_WGMMA=0 keeps auto off the wgmma kernel (bench/gpu_check.sh sets it when
 // bench/gpu_preflight.py finds the kernel failing); cuda_gemm("wgmma") still runs it.
 static bool auto_takes_wgmma() {
-  static const bool yes = [] {
-    const char* v = std::getenv("INTERLEAVE_WGMMA");
-    return v == nullptr || std::string(v) != "0";
-  }();
+  static const bool yes = env_switch_on("INTERLEAVE_WGMMA");
   return yes;
 }
 

@@ -354,6 +354,14 @@ unsigned blocks_for(int64_t size, int tile) { return static_cast<unsigned>((size
 }  // namespace
 
 // ---- im2col for the cuBLAS path ----------------------------------------------------------------
+// patch_row_offset of GEMM row gm (< 2^31, checked by the glue) with 32-bit divisions (a 64-bit
+// division is a long software sequence on GPUs).
+__device__ __forceinline__ int64_t patch_row_offset32(const PatchGeometry& g, int32_t gm) {
+  const int32_t tokens = static_cast<int32_t>(g.tokens), n = gm / tokens, t = gm - n * tokens;
+  const int32_t gw = static_cast<int32_t>(g.grid_w), py = t / gw, px = t - py * gw;
+  return n * g.image_stride + py * g.row_stride + px * g.col_stride;
+}
+
 // One thread per 8 consecutive columns of one row: a 16-byte store. Index math in 32 bits (a patch
 // has < 2^31 columns, a call < 2^31 rows: checked by the glue); the decomposition of the first
 // column k0 = (o * middle + mi) * run + r is stepped, not divided again, for the other seven.
@@ -369,11 +377,7 @@ __global__ void __launch_bounds__(256)
   const int32_t i32 = static_cast<int32_t>(idx);
   const int32_t m = i32 / groups;
   const int32_t k0 = (i32 - m * groups) * 8;
-  // patch_row_offset in 32-bit arithmetic (a 64-bit division is a long software sequence on GPUs).
-  const int32_t gm = static_cast<int32_t>(row0 + m), tokens = static_cast<int32_t>(g.tokens);
-  const int32_t n = gm / tokens, t = gm - n * tokens;
-  const int32_t gw = static_cast<int32_t>(g.grid_w), py = t / gw, px = t - py * gw;
-  const int64_t base = n * g.image_stride + py * g.row_stride + px * g.col_stride;
+  const int64_t base = patch_row_offset32(g, static_cast<int32_t>(row0 + m));
   const int32_t run = static_cast<int32_t>(g.run), middle = static_cast<int32_t>(g.middle);
   const int32_t per_outer = middle * run;
   int32_t o = k0 / per_outer, rem = k0 - o * per_outer;
@@ -418,13 +422,8 @@ __global__ void __launch_bounds__(256)
   const int32_t first = static_cast<int32_t>(blockIdx.x) * kIm2colRows;  // rows of this block: first + j
   const int32_t valid = min(kIm2colRows, rows - first);
   const int tid = threadIdx.x;
-  if (tid < kIm2colRows) {
-    // patch_row_offset in 32-bit arithmetic, as in im2col_kernel.
-    const int32_t gm = static_cast<int32_t>(row0 + first + tid), tokens = static_cast<int32_t>(g.tokens);
-    const int32_t n = gm / tokens, t = gm - n * tokens;
-    const int32_t gw = static_cast<int32_t>(g.grid_w), py = t / gw, px = t - py * gw;
-    row_base[tid] = tid < valid ? n * g.image_stride + py * g.row_stride + px * g.col_stride : -1;
-  }
+  if (tid < kIm2colRows)
+    row_base[tid] = tid < valid ? patch_row_offset32(g, static_cast<int32_t>(row0 + first + tid)) : -1;
   __syncthreads();
 
   // Phase 1: halfword idx = (mi * kIm2colRows + j) * half_run + r2 is pixel pair r2 of run mi of

@@ -3,8 +3,8 @@
 
 #include <ATen/ops/constant_pad_nd.h>
 #include <c10/util/Exception.h>
-#include <cstdlib>
-#include <string>
+
+#include "../common/env.h"
 
 namespace interleave {
 namespace {
@@ -105,10 +105,7 @@ PatchEmbedGemm& patch_embed_gemm_mode() {
 }
 
 bool& patch_embed_im2col_staged() {
-  static bool staged = [] {
-    const char* v = std::getenv("INTERLEAVE_IM2COL_STAGED");
-    return v == nullptr || std::string(v) != "0";
-  }();
+  static bool staged = env_switch_on("INTERLEAVE_IM2COL_STAGED");
   return staged;
 }
 
