@@ -121,10 +121,10 @@ left=$(( budget - 10 - SECONDS )); [ "$left" -gt 240 ] && left=240; [ "$left" -l
 # If the error paths crash (step 4), the tests that expect an error are skipped (tests/conftest.py).
 skip_errors=0; [ "$errpath_rc" -ne 0 ] && skip_errors=1
 # The tests of paths no GPU has verified yet run first (tests/conftest.py), so a cut-short run
-# still answers for them: patch_embed's operand cache of registered folds and auto's wgmma choice
-# (after the 514da7f run's TypeError), the cuBLAS path's cuBLASLt GEMM and staged im2col, merge's
-# sync-free settings, the gradchecks, the GEMM choices.
-export INTERLEAVE_TEST_FIRST="operand_cache,auto_gemm,cublas,sync_free,gradcheck,wgmma,gemm_choice"
+# still answers for them: merge's look-back and sync-free settings, patch_embed's auto choice (the
+# cuBLAS path at every size), the cuBLAS path's cuBLASLt GEMM, the operand cache, the gradchecks,
+# the GEMM choices.
+export INTERLEAVE_TEST_FIRST="lookback,sync_free,auto_gemm,cublas,operand_cache,gradcheck,wgmma,gemm_choice"
 INTERLEAVE_SKIP_ERROR_TESTS=$skip_errors timeout "$left" "$PY" -X faulthandler -m pytest -m cuda -q -rs \
   -p no:cacheprovider tests > "$OUT_DIR/cuda-tests.log" 2>&1
 test_rc=$?

@@ -1,6 +1,7 @@
 """Reads one GPU run (bench/gpu_check.sh's JSON and cuda-tests.log) and prints what it decides: the
 issues' GPU bars with the measured numbers, and the off-by-default paths waiting for a GPU
-(anyres_tiles' tensor-core passes, patch_embed's wgmma kernel) with "flip the default" or not.
+(anyres_tiles' tensor-core passes, patch_embed's wgmma kernel and cuBLASLt operand, merge_tokens'
+look-back) with "flip the default" or not.
 
     python3 bench/gpu_decide.py RUN.json [cuda-tests.log]
 
@@ -141,13 +142,13 @@ def anyres_decision(results, failures):
 
 def wgmma_decision(results, failures):
     cases = variant_cases(results, "patch_embed", "ours_wgmma",
-                          "patch_embed wgmma kernel (kAuto in csrc/cuda/patch_embed_cuda.cpp: wgmma below "
-                          "4096 tokens since c0e6c19's run, cuBLAS from there)")
+                          "patch_embed wgmma kernel (a variant: kAuto in csrc/cuda/patch_embed_cuda.cpp is "
+                          "the cuBLAS path at every size since 12ae393's run)")
     if not cases:
         return
     ran = all(any("ran the wgmma kernel: True" in n for n in r.get("notes", [])) for r in cases)
     within = all(r.get("variants_within_2x_reference_error", False) for r in cases)
-    faster_large = True
+    faster = []  # the shapes where the wgmma kernel beats auto
     for r in cases:
         a, b = best_device_time(r, "ours"), best_device_time(r, "ours_wgmma")
         roof = r.get("roofline", {}).get("fraction", {})
@@ -155,50 +156,79 @@ def wgmma_decision(results, failures):
         err = r.get("variants_error_vs_float64", {}).get("ours_wgmma")
         print(f"  {r['shape']}: ours (auto) {a:.3f} ms, ours_wgmma {b:.3f} ms ({a / b:.2f}x), roofline "
               f"{fmt(rw, pct=False)}, error vs float64 {err}")
-        if "N=1 " not in r["shape"]:
-            faster_large &= b < a
+        if b < a:
+            faster.append(r["shape"].split(" ")[0])
     t = tests_ok(failures, "wgmma")
     print(f"  ran the wgmma kernel: {ran}; variants within 2x of the reference's error: {within}; tests: {t}")
-    staged_faster_large = None
+    staged_faster = []
+    has_staged = False
     for r in cases:  # the staged variant (A copied into shared memory per tile), where the run has it
         if "ours_wgmma_staged" in r["median_ms"]:
+            has_staged = True
             a = best_device_time(r, "ours")
             b, c = best_device_time(r, "ours_wgmma"), best_device_time(r, "ours_wgmma_staged")
             roof = r.get("roofline", {}).get("fraction", {})
             rs = roof.get("ours_wgmma_staged (device)", roof.get("ours_wgmma_staged"))
             print(f"  {r['shape']}: ours_wgmma_staged {c:.3f} ms vs ours_wgmma {b:.3f} ms ({b / c:.2f}x), "
                   f"vs ours (auto) {a:.3f} ms ({a / c:.2f}x), roofline {fmt(rs, pct=False)}")
-            if "N=1 " not in r["shape"]:
-                staged_faster_large = (staged_faster_large is not False) and c < min(a, b)
-    if staged_faster_large is not None:
+            if c < min(a, b):
+                staged_faster.append(r["shape"].split(" ")[0])
+    if has_staged:
         st = tests_ok(failures, "wgmma_staged")
         print(f"  -> staged variant (tests: {st}): "
-              f"{'make it auto from 4096 tokens (kAuto in csrc/cuda/patch_embed_cuda.cpp)' if staged_faster_large and st == 'passed' else 'keep it a variant'}")
-    verdict = ran and within and faster_large and t == "passed"
-    small = [r for r in cases if "N=1 " in r["shape"]]
-    small_ok = all(best_device_time(r, "ours_wgmma") <= best_device_time(r, "ours") * 1.05 for r in small)
-    print(f"  -> from 4096 tokens: {'let auto choose wgmma there too' if verdict else 'keep cuBLAS'}; "
-          f"below (N=1, auto's wgmma): {'keep it' if small_ok and within and t == 'passed' else 'go back to mma'}")
+              + (f"let auto choose it at {', '.join(staged_faster)} (kAuto in csrc/cuda/patch_embed_cuda.cpp)"
+                 if staged_faster and st == "passed" else "keep it a variant"))
+    verdict = ran and within and t == "passed" and faster
+    print("  -> wgmma kernel: " + (f"let auto choose it at {', '.join(faster)}" if verdict else "keep it a variant"))
 
 
 def cublaslt_decision(results, failures):
-    """cuda_gemm("cublas") (auto's path from 4096 tokens) puts the position embedding into a batched
-    cuBLASLt GEMM's C operand since the session after e857c2a; "cublas_copy" is the earlier copy +
-    addmm, and the fallback where cuBLASLt refuses."""
+    """cuda_gemm("cublas") puts the position embedding into a batched cuBLASLt GEMM's C operand;
+    "cublas_copy" copies it into the output first (and is the fallback where cuBLASLt refuses).
+    Auto takes the first below 4096 tokens (N=1) and the second from there since 12ae393's run."""
     cases = variant_cases(results, "patch_embed", "ours_cublas_copy",
-                          "patch_embed cuBLAS path: position embedding in cuBLASLt's C (cublas) vs copied first (cublas_copy)")
+                          "patch_embed cuBLAS path: position embedding in cuBLASLt's C (cublas) vs copied first "
+                          "(cublas_copy); auto: cublas below 4096 tokens, cublas_copy from there")
+    if not cases:
+        return
+    small_lt = large_lt = True
+    for r in cases:
+        lt, copy = best_device_time(r, "ours_cublas"), best_device_time(r, "ours_cublas_copy")
+        print(f"  {r['shape']}: ours_cublas {lt:.3f} ms, ours_cublas_copy {copy:.3f} ms ({copy / lt:.2f}x)")
+        if "N=1 " in r["shape"]:
+            small_lt &= lt <= copy
+        else:
+            large_lt &= lt < copy
+    t = tests_ok(failures, "cublas")
+    within = all(r.get("variants_within_2x_reference_error", False) for r in cases)
+    ok = within and t == "passed"
+    print(f"  variants within 2x of the reference's error: {within}; tests with 'cublas' in their id: {t}")
+    print(f"  -> below 4096 tokens: {'keep cuBLASLt' if small_lt and ok else 'take cublas_copy'}; "
+          f"from 4096 tokens: {'take cuBLASLt there too' if large_lt and ok else 'keep cublas_copy'} "
+          "(kPatchEmbedLtMaxRows in csrc/ops/patch_embed.h)")
+
+
+def lookback_decision(results, failures):
+    """merge_tokens' sync-free path (the bar's path): one launch with a decoupled look-back (the
+    default since the session after 12ae393) against the paths it replaced."""
+    cases = variant_cases(results, "merge_tokens", "ours_sync_free_self_count",
+                          "merge_tokens sync-free path: the look-back (ours_sync_free) vs the self count and the "
+                          "count kernel first")
     if not cases:
         return
     faster = True
     for r in cases:
-        lt, copy = best_device_time(r, "ours_cublas"), best_device_time(r, "ours_cublas_copy")
-        print(f"  {r['shape']}: ours_cublas {lt:.3f} ms, ours_cublas_copy {copy:.3f} ms ({copy / lt:.2f}x)")
-        if "N=1 " not in r["shape"]:
-            faster &= lt < copy
-    t = tests_ok(failures, "cublas")
-    within = all(r.get("variants_within_2x_reference_error", False) for r in cases)
-    print(f"  variants within 2x of the reference's error: {within}; tests with 'cublas' in their id: {t}")
-    print(f"  -> {'keep cuBLASLt (the default)' if faster and within and t == 'passed' else 'make cublas_copy the default (PatchEmbedGemm in csrc/ops/patch_embed.h)'}")
+        lb = best_device_time(r, "ours_sync_free")
+        others = {n: best_device_time(r, n) for n in ("ours_sync_free_self_count", "ours_sync_free_two_launch")
+                  if n in r["median_ms"]}
+        frac = fraction(r, "ours_sync_free")[0]
+        print(f"  {r['shape']} {r['dtype']}: look-back {lb:.4f} ms ({fmt(frac)} of a same-size copy; bar "
+              f"{fmt(MERGE_BAR)}: {'met' if frac is not None and frac >= MERGE_BAR else 'not met'}), "
+              + ", ".join(f"{n[len('ours_sync_free_'):]} {v:.4f} ms ({v / lb:.2f}x)" for n, v in others.items()))
+        faster &= all(lb <= v * 1.02 for v in others.values())
+    t = tests_ok(failures, "lookback")
+    print(f"  tests with 'lookback' in their id: {t}")
+    print(f"  -> {'keep the look-back (the default)' if faster and t == 'passed' else 'turn it off (merge_cuda_lookback in csrc/ops/merge_tokens_checks.cpp)'}")
 
 
 def main(argv):
@@ -216,6 +246,7 @@ def main(argv):
         print(f"preflight (bench/gpu_preflight.py, preflight.log) ruled out: {', '.join(skipped)} -> keep those off")
     bars(results)
     anyres_decision(results, failures)
+    lookback_decision(results, failures)
     wgmma_decision(results, failures)
     cublaslt_decision(results, failures)
     return 0

@@ -9,7 +9,8 @@ named in the last line, `INTERLEAVE_SKIP_PATHS=a,b`, which gpu_check.sh exports 
 benchmark leaves out its variant and the tests skip it (tests/conftest.py: skip_if_preflight_failed),
 and the reason is in preflight.log.
 
-    python3 bench/gpu_preflight.py            # all paths, one child each
+    python3 bench/gpu_preflight.py            # the never-verified paths (UNVERIFIED), one child each
+    python3 bench/gpu_preflight.py --all      # every path, verified ones included
     python3 bench/gpu_preflight.py --one NAME # one path in this process (what the children run)
 """
 import subprocess
@@ -152,12 +153,42 @@ def check_cublas_lt():
     return _far_apart(got, want, 0.02, "the copy + addmm path")
 
 
+def check_merge_lookback():
+    """merge_tokens' sync-free one launch with the decoupled look-back (the sync-free default since
+    the session after 12ae393) against the default path (count kernel, host check): the benchmark's
+    shape (256 chunks) and 1022 chunks, three launches in a row on one look-back state. A block that
+    waited forever on another would hang here, under the parent's time limit."""
+    import torch
+    from interleave.ops import merge_tokens
+    from interleave.ops.merge_tokens import cuda_lookback
+    if not torch.cuda.is_available():
+        return UNAVAILABLE + "no CUDA GPU"
+    g = torch.Generator().manual_seed(0)
+    for B, L, D in ((1, 8192, 1024), (4, 70000, 16)):
+        ids = torch.randint(0, 1000, (B, L), generator=g)
+        mask = torch.rand(B, L, generator=g) < 0.9
+        ids[mask] = 5000  # the placeholder, outside the table as real ones can be
+        K = int(mask.sum())
+        ids, weight, visual = ids.cuda(), torch.randn(1000, D, device="cuda"), torch.randn(K, D, device="cuda")
+        want = merge_tokens(ids, weight, visual, 5000)
+        with cuda_lookback(True):
+            got = [merge_tokens(ids, weight, visual, 5000, num_placeholders=K) for _ in range(3)]
+        torch.cuda.synchronize()
+        for i, out in enumerate(got):
+            if not torch.equal(out, want):
+                return f"B={B} L={L} D={D}, launch {i}: {(out != want).any(-1).sum().item()} rows differ from the default path's"
+    return None
+
+
 # Each name is also what gpu_check.sh turns off when it fails: the variants are left out of the
 # benchmark and their tests skipped; the paths auto takes are switched off for the whole run
-# (INTERLEAVE_WGMMA=0: auto below 4096 tokens takes the mma kernel; INTERLEAVE_IM2COL_STAGED=0 /
-# INTERLEAVE_CUBLASLT=0 put the earlier cuBLAS path back).
+# (INTERLEAVE_IM2COL_STAGED=0 / INTERLEAVE_CUBLASLT=0 put the earlier cuBLAS path back,
+# INTERLEAVE_MERGE_LOOKBACK=0 the self-counting sync-free merge).
 CHECKS = {"wgmma": check_wgmma, "wgmma_staged": check_wgmma_staged, "anyres_mma": check_anyres_mma,
-          "im2col_staged": check_im2col_staged, "cublas_lt": check_cublas_lt}
+          "im2col_staged": check_im2col_staged, "cublas_lt": check_cublas_lt, "merge_lookback": check_merge_lookback}
+# What a run checks by default: the paths no GPU has run yet. The others passed on an H100 at
+# 12ae393 (bench/results/2026-11-27-H100-12ae393-preflight.txt) and run with --all.
+UNVERIFIED = ["merge_lookback"]
 
 
 def run_one(name):
@@ -177,7 +208,7 @@ def main(argv):
     if len(argv) == 2 and argv[0] == "--one":
         return run_one(argv[1])
     failed = []
-    for name in CHECKS:
+    for name in (CHECKS if argv == ["--all"] else UNVERIFIED):
         t0 = time.time()
         try:
             r = subprocess.run([sys.executable, __file__, "--one", name], capture_output=True, text=True, timeout=90)

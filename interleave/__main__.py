@@ -30,14 +30,21 @@ def info() -> int:
     if ext is not None and ext.with_cuda:
         # From the build's arch list, without initializing CUDA.
         sm90a = "9.0a" in ext.arch_list.replace(";", " ").split()
-        print("CUDA patch_embed GEMM (bf16/fp16 outputs, cuda_gemm('auto')): cuBLAS from 4096 tokens; below, "
-              + ("the wgmma kernel on an H100/H200 (this build has sm_90a), else the mma kernel" if sm90a
-                 else "the mma kernel (no sm_90a in this build: TORCH_CUDA_ARCH_LIST with 9.0a adds the wgmma kernel)"))
+        print("CUDA patch_embed GEMM (bf16/fp16 outputs, cuda_gemm('auto')): our im2col + cuBLAS at every size "
+              "(position embedding as cuBLASLt's C operand below 4096 tokens, copied first from there); "
+              + ("the wgmma kernel (this build has sm_90a) and the mma kernel as variants" if sm90a
+                 else "the mma kernel as a variant (no sm_90a in this build: TORCH_CUDA_ARCH_LIST with 9.0a adds the wgmma kernel)"))
         from .ops.patch_embed import cublaslt_status
         lt = cublaslt_status()
         print("CUDA patch_embed cuBLAS path: " + (
-            "position embedding as a batched cuBLASLt GEMM's shared C operand (cuBLASLt loads)" if not lt
-            else f"position embedding copied into the output first (cuBLASLt unavailable: {lt})"))
+            "cuBLASLt loads (position embedding as a batched GEMM's shared C operand where auto asks)" if not lt
+            else f"position embedding always copied into the output first (cuBLASLt unavailable: {lt})"))
+        lookback = ext._set_merge_lookback(True)
+        ext._set_merge_lookback(lookback)
+        print("CUDA merge_tokens sync-free path: " + (
+            "one launch, decoupled look-back (INTERLEAVE_MERGE_LOOKBACK=0 to turn off)" if lookback
+            else "one launch, each block counting the ids before its chunk, up to 8192 positions; "
+                 "the count kernel first beyond (INTERLEAVE_MERGE_LOOKBACK=0)"))
         print("off by default (measured slower on an H100, c0e6c19): anyres_tiles tensor-core passes "
               "(interleave.ops.anyres_tiles.cuda_tensor_cores())")
     return 0

@@ -12,6 +12,7 @@ inputs never sit in cache.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
 import json
@@ -75,18 +76,22 @@ def _merge_variants(device, ids, weight, visual, K) -> dict:
     from .ops import merge_tokens
     variants = {"ours_sync_free": lambda: merge_tokens(ids, weight, visual, IMAGE_TOKEN_ID, num_placeholders=K)}
     if device == "cuda":
-        from .ops.merge_tokens import cuda_count_rotation, cuda_min_chunk, cuda_self_count_max
+        from .ops.merge_tokens import cuda_count_rotation, cuda_lookback, cuda_min_chunk, cuda_self_count_max
 
-        def sync_free_with(setting):
-            with setting:
+        def sync_free_with(*settings):
+            with contextlib.ExitStack() as stack:
+                for setting in settings:
+                    stack.enter_context(setting)
                 return merge_tokens(ids, weight, visual, IMAGE_TOKEN_ID, num_placeholders=K)
-        # Other chunks than the default 32 positions per block (the e857c2a run: 16 within 2% of 32,
-        # 8 up to 20% slower, so 8 is no longer timed; 64 halves the blocks' count reads); the count
-        # kernel first instead of the one launch; the one launch with rotated count walks.
+        # ours_sync_free is the one launch with the decoupled look-back; against it the paths it
+        # replaced: each block counting the ids before its chunk (plain and with rotated walks; the
+        # 12ae393 run: 16.0 us of kernel at D=1024 bf16 against 10.5 us for the copy alone), and the
+        # count kernel first. Chunks of 16 and 64 (slower than 32 at every shape of the 12ae393 run)
+        # are no longer timed; 16 with the look-back is.
         variants["ours_sync_free_chunk16"] = lambda: sync_free_with(cuda_min_chunk(16))
-        variants["ours_sync_free_chunk64"] = lambda: sync_free_with(cuda_min_chunk(64))
-        variants["ours_sync_free_two_launch"] = lambda: sync_free_with(cuda_self_count_max(0))
-        variants["ours_sync_free_rotated"] = lambda: sync_free_with(cuda_count_rotation(True))
+        variants["ours_sync_free_self_count"] = lambda: sync_free_with(cuda_lookback(False))
+        variants["ours_sync_free_rotated"] = lambda: sync_free_with(cuda_lookback(False), cuda_count_rotation(True))
+        variants["ours_sync_free_two_launch"] = lambda: sync_free_with(cuda_lookback(False), cuda_self_count_max(0))
     return variants
 
 

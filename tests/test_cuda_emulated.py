@@ -478,8 +478,11 @@ MERGE = [(1, 9, 8, 50, [3], 32), (3, 37, 5, 200, [4, 0, 11], 1), (2, 700, 12, 30
 
 
 @pytest.mark.parametrize("case", MERGE, ids=[f"B{c[0]}-L{c[1]}-D{c[2]}-chunk{c[5]}" for c in MERGE])
-@pytest.mark.parametrize("self_count", [0, 1, 2], ids=["count-kernel", "one-launch", "one-launch-rotated"])
+@pytest.mark.parametrize("self_count", [0, 1, 2, 3, 4], ids=["count-kernel", "one-launch", "one-launch-rotated",
+                                                          "lookback-twice", "lookback-aggregates-only"])
 def test_merge_tokens_cuda_kernels_emulated_equal_reference(merge_emu, case, self_count):
+    """Every forward path gives the reference's bits; the look-back leaves its state zeroed (rc 1/2
+    otherwise) and, publishing aggregates only, walks back over windows of 32 chunks correctly."""
     from interleave import reference
     B, L, D, V, per_row, min_chunk = case
     image, video = V + 5, V + 6  # placeholder ids outside the table, as real ones can be

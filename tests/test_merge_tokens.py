@@ -299,29 +299,64 @@ def test_device_mismatch():
 
 @pytest.mark.cuda
 @needs_ext
-@pytest.mark.parametrize("L", [4096, 4100], ids=["one-launch", "count-kernel"])  # 2 x L vs kMergeSelfCountMax
-def test_sync_free_path_does_not_sync(L):
+@pytest.mark.parametrize("L,lookback", [(4100, True), (4096, False), (4100, False)],
+                         ids=["lookback", "self-count", "count-kernel"])  # 2 x L vs kMergeSelfCountMax
+def test_sync_free_path_does_not_sync(L, lookback):
+    from interleave.ops.merge_tokens import cuda_lookback
     input_ids, weight, visual = make_inputs(2, L, 64, 1000, [729, 1458], device="cuda")
-    torch.cuda.synchronize()
-    torch.cuda.set_sync_debug_mode("error")
-    try:
-        out = merge_tokens(input_ids, weight, visual, IMAGE, num_placeholders=visual.shape[0])
-    finally:
-        torch.cuda.set_sync_debug_mode(0)
+    with cuda_lookback(lookback):
+        merge_tokens(input_ids, weight, visual, IMAGE, num_placeholders=visual.shape[0])  # allocates the state
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            out = merge_tokens(input_ids, weight, visual, IMAGE, num_placeholders=visual.shape[0])
+        finally:
+            torch.cuda.set_sync_debug_mode(0)
     assert torch.equal(out, reference.merge_tokens(input_ids, weight, visual, [IMAGE]))
 
 
 @pytest.mark.cuda
 @needs_ext
-@pytest.mark.parametrize("setting", ["two-launch", "rotated", "chunk16"])
+@pytest.mark.parametrize("B,L,D,chunk", [(1, 8192, 256, 32), (4, 70000, 8, 32), (1, 300, 16, 1), (3, 5, 4, 32)],
+                         ids=["bench-shape", "1024-chunks", "300-chunks-of-1", "one-chunk"])
+def test_lookback_equals_reference_repeatedly(B, L, D, chunk):
+    """The decoupled look-back (the sync-free default): the reference's bits at up to kMaxChunks
+    blocks, many times in a row on one stream (each launch must leave its state zeroed for the
+    next) and on a second stream, two placeholder ids."""
+    from interleave.ops.merge_tokens import cuda_min_chunk
+    per_row = [L * 7 // 10 + b for b in range(B)]
+    input_ids, weight, visual = make_inputs(B, L, D, 3000, per_row, ids=(IMAGE, VIDEO), device="cuda")
+    want = reference.merge_tokens(input_ids, weight, visual, [IMAGE, VIDEO])
+    side = torch.cuda.Stream()
+    with cuda_min_chunk(chunk):
+        outs = [merge_tokens(input_ids, weight, visual, [IMAGE, VIDEO], num_placeholders=visual.shape[0])
+                for _ in range(5)]
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            outs += [merge_tokens(input_ids, weight, visual, [IMAGE, VIDEO], num_placeholders=visual.shape[0])
+                     for _ in range(3)]
+        torch.cuda.current_stream().wait_stream(side)
+    for out in outs:
+        assert torch.equal(out, want)
+
+
+@pytest.mark.cuda
+@needs_ext
+@pytest.mark.parametrize("setting", ["self-count", "two-launch", "rotated", "chunk16"])
 def test_sync_free_settings_equal_reference(setting):
-    """The benchmark's sync-free variants (count kernel first at 8192 positions; rotated count
-    walks; 16-position chunks) give the reference's bits, at the benchmark's shape on a smaller table."""
-    from interleave.ops.merge_tokens import cuda_count_rotation, cuda_min_chunk, cuda_self_count_max
-    ctx = {"two-launch": cuda_self_count_max(0), "rotated": cuda_count_rotation(True),
-           "chunk16": cuda_min_chunk(16)}[setting]
+    """The benchmark's sync-free variants (the look-back off: each block counting for itself, the
+    count kernel first, rotated count walks; the look-back with 16-position chunks) give the
+    reference's bits, at the benchmark's shape on a smaller table."""
+    import contextlib
+    from interleave.ops.merge_tokens import cuda_count_rotation, cuda_lookback, cuda_min_chunk, cuda_self_count_max
+    settings = {"self-count": [cuda_lookback(False)],
+                "two-launch": [cuda_lookback(False), cuda_self_count_max(0)],
+                "rotated": [cuda_lookback(False), cuda_count_rotation(True)],
+                "chunk16": [cuda_min_chunk(16)]}[setting]
     input_ids, weight, visual = make_inputs(1, 8192, 256, 5000, [7290], device="cuda")
-    with ctx:
+    with contextlib.ExitStack() as stack:
+        for ctx in settings:
+            stack.enter_context(ctx)
         out = merge_tokens(input_ids, weight, visual, IMAGE, num_placeholders=visual.shape[0])
     assert torch.equal(out, reference.merge_tokens(input_ids, weight, visual, [IMAGE]))
 
@@ -347,12 +382,13 @@ print("no error")
 
 @pytest.mark.cuda
 @needs_ext
-@pytest.mark.parametrize("L", [100, 9000], ids=["one-launch", "count-kernel"])
-def test_sync_free_mismatch_is_a_device_assertion(L):
+@pytest.mark.parametrize("L,lookback", [(100, "1"), (9000, "1"), (100, "0"), (9000, "0")],
+                         ids=["lookback", "lookback-long", "self-count", "count-kernel"])
+def test_sync_free_mismatch_is_a_device_assertion(L, lookback):
     """The sync-free path cannot raise ValueError (that would need the count on the host): a wrong
     num_placeholders is a device-side assertion, in a subprocess because it ends the CUDA context."""
     r = subprocess.run([sys.executable, "-c", _SYNC_FREE_MISMATCH, str(L)], capture_output=True, text=True,
-                       timeout=300)
+                       timeout=300, env={**os.environ, "INTERLEAVE_MERGE_LOOKBACK": lookback})
     assert r.returncode != 0 and "no error" not in r.stdout, (r.stdout, r.stderr[-2000:])
     assert "device-side assert" in r.stderr or "placeholder count != visual rows" in r.stderr, r.stderr[-2000:]
 
@@ -416,8 +452,14 @@ def test_info_command():
     from interleave import _extension
     if _extension.has_kernel("cuda"):  # auto's GEMM choice, from the arch list (no CUDA init)
         sm90a = "9.0a" in _extension.module.arch_list.replace(";", " ").split()
-        assert ("the wgmma kernel on an H100/H200 (this build has sm_90a)" in r.stdout) == sm90a, r.stdout
+        assert "our im2col + cuBLAS at every size" in r.stdout, r.stdout
+        assert ("the wgmma kernel (this build has sm_90a)" in r.stdout) == sm90a, r.stdout
         assert "anyres_tiles tensor-core passes" in r.stdout
+        assert "CUDA merge_tokens sync-free path: one launch, decoupled look-back" in r.stdout, r.stdout
+    r = subprocess.run([sys.executable, "-m", "interleave", "info"], capture_output=True, text=True, timeout=300,
+                       env={**os.environ, "INTERLEAVE_MERGE_LOOKBACK": "0"})
+    if _extension.has_kernel("cuda"):
+        assert "CUDA merge_tokens sync-free path: one launch, each block counting" in r.stdout, r.stdout
 
 
 def test_empty_sequence(device):

@@ -89,8 +89,9 @@ def test_roofline_fraction_of_the_h100_patch_embed_run():
 def test_gpu_decide_reads_a_committed_run(tmp_path):
     """bench/gpu_decide.py (run at the end of bench/gpu_check.sh) reads a committed H100 run and its
     test log and prints every bar and decision section; with a synthetic wgmma variant that passed
-    and is faster it says to let auto choose it from 4096 tokens too, and with a failing wgmma test it
-    says to keep cuBLAS and to take auto's small sizes back to the mma kernel."""
+    and is faster it says to let auto choose it at those sizes, and with a failing wgmma test it
+    says to keep it a variant; likewise the staged variant, cuBLASLt's C operand and merge_tokens'
+    look-back."""
     import json
     import subprocess
     import sys
@@ -114,14 +115,13 @@ def test_gpu_decide_reads_a_committed_run(tmp_path):
     passed.write_text("..........\n10 passed in 12.00s\n")
     out = subprocess.run([sys.executable, script, str(fake), str(passed)], capture_output=True, text=True,
                          check=True).stdout
-    assert "-> from 4096 tokens: let auto choose wgmma there too; below (N=1, auto's wgmma): keep it" in out, out
+    assert "-> wgmma kernel: let auto choose it at N=1, N=16, N=64" in out, out
     failed = tmp_path / "failed.log"
     failed.write_text("FAILED tests/test_patch_embed.py::test_cuda_wgmma_kernel_runs_and_follows_weight_changes\n"
                       "1 failed, 9 passed in 12.00s\n")
     out = subprocess.run([sys.executable, script, str(fake), str(failed)], capture_output=True, text=True,
                          check=True).stdout
-    assert "-> from 4096 tokens: keep cuBLAS; below (N=1, auto's wgmma): go back to mma" in \
-        out.split("== patch_embed wgmma")[1], out
+    assert "-> wgmma kernel: keep it a variant" in out.split("== patch_embed wgmma")[1], out
     # The staged variant, faster again and its tests passed: make it auto's from 4096 tokens; and the
     # cuBLASLt comparison, cuBLASLt slower than copy + addmm: make cublas_copy the default.
     for r in report["results"]:
@@ -133,13 +133,29 @@ def test_gpu_decide_reads_a_committed_run(tmp_path):
     fake.write_text(json.dumps(report))
     out = subprocess.run([sys.executable, script, str(fake), str(passed)], capture_output=True, text=True,
                          check=True).stdout
-    assert "-> staged variant (tests: passed): make it auto from 4096 tokens" in out, out
-    assert "-> make cublas_copy the default" in out, out
+    assert "-> staged variant (tests: passed): let auto choose it at N=1, N=16, N=64" in out, out
+    assert "-> below 4096 tokens: take cublas_copy; from 4096 tokens: keep cublas_copy" in out, out
+    # merge_tokens' look-back: faster than the paths it replaced and its tests passed -> keep it; a
+    # failing look-back test -> turn it off.
+    for r in report["results"]:
+        if r["op"] == "merge_tokens" and r["device"] == "cuda":
+            r["median_ms"]["ours_sync_free_self_count"] = r["median_ms"]["ours_sync_free"] * 1.3
+            r["median_ms"]["ours_sync_free_two_launch"] = r["median_ms"]["ours_sync_free"] * 1.2
+    fake.write_text(json.dumps(report))
+    out = subprocess.run([sys.executable, script, str(fake), str(passed)], capture_output=True, text=True,
+                         check=True).stdout
+    assert "== merge_tokens sync-free path" in out and "self_count" in out and "(1.30x)" in out, out
+    assert "-> keep the look-back (the default)" in out, out
+    failed.write_text("FAILED tests/test_merge_tokens.py::test_lookback_equals_reference_repeatedly[bench-shape]\n"
+                      "1 failed, 9 passed in 12.00s\n")
+    out = subprocess.run([sys.executable, script, str(fake), str(failed)], capture_output=True, text=True,
+                         check=True).stdout
+    assert "-> turn it off (merge_cuda_lookback" in out, out
 
 
 def test_gpu_preflight_rules_out_paths_and_the_tests_follow():
-    """bench/gpu_preflight.py runs each never-verified CUDA path in a child process; here (no GPU)
-    both are unavailable and named in the INTERLEAVE_SKIP_PATHS line gpu_check.sh exports; with
+    """bench/gpu_preflight.py runs each never-verified CUDA path (--all: every path) in a child
+    process; here (no GPU) all are unavailable and named in the INTERLEAVE_SKIP_PATHS line gpu_check.sh exports; with
     that variable the paths' CUDA tests are skipped with the preflight's reason (tests/conftest.py)
     and only theirs: anyres' SIMT parameter of the same test is not."""
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -149,7 +165,11 @@ def test_gpu_preflight_rules_out_paths_and_the_tests_follow():
     assert last.startswith("INTERLEAVE_SKIP_PATHS=")
     if torch_cuda_available():
         return  # on a GPU the verdicts depend on the kernels; gpu_check.sh records them
-    assert set(last.split("=", 1)[1].split(",")) == {"wgmma", "wgmma_staged", "anyres_mma", "im2col_staged", "cublas_lt"}, out
+    assert set(last.split("=", 1)[1].split(",")) == {"merge_lookback"}, out  # UNVERIFIED
+    out = subprocess.run([sys.executable, os.path.join(root, "bench", "gpu_preflight.py"), "--all"],
+                         capture_output=True, text=True, timeout=300, check=True).stdout
+    assert set(out.strip().splitlines()[-1].split("=", 1)[1].split(",")) == \
+        {"wgmma", "wgmma_staged", "anyres_mma", "im2col_staged", "cublas_lt", "merge_lookback"}, out
     env = dict(os.environ, INTERLEAVE_SKIP_PATHS="anyres_mma")
     r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider",
                         os.path.join(root, "tests", "test_anyres_tiles.py"), "-k", "tensor_core_pass"],

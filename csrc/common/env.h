@@ -7,8 +7,8 @@
 namespace interleave {
 
 // True unless the environment sets `name` to "0" (INTERLEAVE_HUGEPAGES, INTERLEAVE_CUBLASLT,
-// INTERLEAVE_WGMMA, INTERLEAVE_IM2COL_STAGED: paths on by default that bench/gpu_check.sh or a
-// user can turn off for a whole process).
+// INTERLEAVE_IM2COL_STAGED, INTERLEAVE_MERGE_LOOKBACK: paths on by default that bench/gpu_check.sh
+// or a user can turn off for a whole process).
 inline bool env_switch_on(const char* name) {
   const char* v = std::getenv(name);
   return !(v != nullptr && std::strcmp(v, "0") == 0);

@@ -9,6 +9,9 @@
 #include <c10/cuda/CUDAGuard.h>
 
 #include <algorithm>
+#include <map>
+#include <mutex>
+#include <utility>
 
 #include "../ops/merge_tokens.h"
 #include "merge_tokens_kernels.h"
@@ -17,10 +20,42 @@
 namespace interleave {
 namespace {
 
+// The look-back state of (device, stream), allocated and zeroed on first use, never freed (a few
+// KiB per stream that ever ran the sync-free path). Launches on one stream run one after another and
+// each leaves the state zeroed, so a stream's launches can share it; two streams never do. nullptr
+// while the stream is being captured into a CUDA graph (no allocation then; a graph replayed
+// alongside eager launches on its capture stream would share the state): the caller takes the count
+// kernel instead.
+cuda::MergeLookback* lookback_state(int device, cudaStream_t stream) {
+  static std::mutex mu;
+  static std::map<std::pair<int, cudaStream_t>, cuda::MergeLookback*> states;
+  cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
+  if (cudaStreamIsCapturing(stream, &capture) != cudaSuccess) {
+    (void)cudaGetLastError();  // e.g. the legacy stream while another stream captures: treat as capturing
+    return nullptr;
+  }
+  if (capture != cudaStreamCaptureStatusNone) return nullptr;
+  const std::lock_guard<std::mutex> lock(mu);
+  auto [it, added] = states.try_emplace({device, stream}, nullptr);
+  if (added) {
+    void* p = nullptr;
+    const cudaError_t err = cudaMalloc(&p, sizeof(cuda::MergeLookback));
+    if (err != cudaSuccess) {
+      states.erase(it);
+      C10_CUDA_CHECK(err);
+    }
+    C10_CUDA_CHECK(cudaMemsetAsync(p, 0, sizeof(cuda::MergeLookback), stream));
+    it->second = static_cast<cuda::MergeLookback*>(p);
+  }
+  return it->second;
+}
+
 // Runs the counting pass; chunk_info stays on the device. self_count: no counting pass, the
-// forward kernel counts for itself (chunk_info stays undefined, pos.chunk_info null).
+// forward kernel counts for itself (chunk_info stays undefined, pos.chunk_info null), by the
+// look-back where `lookback` is given.
 cuda::MergePositions count_positions(const at::Tensor& ids, const MergeShape& s,
-                                     at::Tensor& chunk_info, cudaStream_t stream, bool self_count = false) {
+                                     at::Tensor& chunk_info, cudaStream_t stream, bool self_count = false,
+                                     cuda::MergeLookback* lookback = nullptr) {
   cuda::MergePositions pos{};
   pos.ids = ids.const_data_ptr<int64_t>();
   pos.n = s.batch * s.length;
@@ -31,6 +66,8 @@ cuda::MergePositions count_positions(const at::Tensor& ids, const MergeShape& s,
   pos.chunk = std::max<int64_t>((pos.n + kMaxChunks - 1) / kMaxChunks, merge_cuda_min_chunk());
   pos.num_chunks = merge_num_chunks(pos.n, pos.chunk);
   pos.rotate_count = merge_cuda_count_rotation();
+  pos.lookback = self_count ? lookback : nullptr;
+  pos.lookback_inclusive = true;
   if (self_count) return pos;
   chunk_info = at::empty({2 * std::max<int64_t>(pos.num_chunks, 1)}, ids.options());
   pos.chunk_info = chunk_info.mutable_data_ptr<int64_t>();
@@ -55,8 +92,12 @@ at::Tensor merge_tokens_cuda(const at::Tensor& input_ids_arg, const at::Tensor& 
 
   at::Tensor chunk_info;
   const bool sync_free = num_placeholders.has_value();
-  const cuda::MergePositions pos =
-      count_positions(ids, s, chunk_info, stream, sync_free && s.batch * s.length <= merge_cuda_self_count_max());
+  // The sync-free path is one launch: the look-back at any length (where a state is at hand), else
+  // the self count up to merge_cuda_self_count_max() positions; otherwise the count kernel first.
+  cuda::MergeLookback* lookback =
+      sync_free && merge_cuda_lookback() ? lookback_state(ids.get_device(), stream) : nullptr;
+  const bool one_launch = lookback != nullptr || (sync_free && s.batch * s.length <= merge_cuda_self_count_max());
+  const cuda::MergePositions pos = count_positions(ids, s, chunk_info, stream, one_launch, lookback);
   int64_t total = 0, first_bad = -1;  // what the host knows: nothing to count when n == 0
   if (!sync_free && pos.num_chunks > 0) {
     // The default path's one host sync: read the per-chunk counts and bad-id slots (16 bytes per

@@ -13,6 +13,17 @@
 namespace interleave {
 namespace cuda {
 
+// The one-launch sync-free forward's decoupled look-back state (merge_tokens_cuda.cpp keeps one per
+// device and stream): a ticket counter that hands out chunks in the order blocks start, a counter of
+// blocks past their look-back, and one status word per chunk (flag in the top two bits: 1 its own
+// placeholder count, 2 the count up to and including it). All zero between launches: the last block
+// past its look-back zeroes it for the next launch.
+struct MergeLookback {
+  unsigned long long ticket;
+  unsigned long long done;
+  unsigned long long status[kMaxChunks];
+};
+
 struct MergePositions {
   const int64_t* ids;      // [n] flattened input_ids
   int64_t n;               // B * L
@@ -24,6 +35,10 @@ struct MergePositions {
   int64_t* chunk_info;     // [2 * num_chunks]: placeholder count, then first bad text position or -1;
                            // nullptr: the forward counts for itself (merge_cuda_self_count_max)
   bool rotate_count;       // self count: each block walks the ids from its own offset
+  MergeLookback* lookback; // chunk_info == nullptr and this set: decoupled look-back instead of the
+                           // self count (blocks publish their counts and read their predecessors')
+  bool lookback_inclusive; // publish inclusive prefixes (always; false only in the emulated tests,
+                           // which make every block walk back to the first chunk)
 };
 
 // First pass: per chunk, count placeholders and find the first text id outside [0, V).

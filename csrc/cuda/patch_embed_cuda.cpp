@@ -15,7 +15,6 @@
 #include <string>
 #include <vector>
 
-#include "../common/env.h"
 #include "../ops/patch_embed.h"
 #include "cublaslt_gemm.h"
 #include "patch_embed_kernels.h"
@@ -303,13 +302,6 @@ void patch_embed_register_folded(const at::Tensor& weight, const at::Tensor& bia
   }
 }
 
-// INTERLEAVE_WGMMA=0 keeps auto off the wgmma kernel (bench/gpu_check.sh sets it when
-// bench/gpu_preflight.py finds the kernel failing); cuda_gemm("wgmma") still runs it.
-static bool auto_takes_wgmma() {
-  static const bool yes = env_switch_on("INTERLEAVE_WGMMA");
-  return yes;
-}
-
 at::Tensor patch_embed_cuda(const at::Tensor& tiles, const at::Tensor& weight, const at::Tensor& bias,
                             const at::Tensor& pos_embed, std::optional<at::ScalarType> out_dtype) {
   const PatchEmbedShape s = check_patch_embed_args(tiles, weight, bias, pos_embed, out_dtype);
@@ -338,23 +330,21 @@ at::Tensor patch_embed_cuda(const at::Tensor& tiles, const at::Tensor& weight, c
   const double alpha = unscale ? 1.0 / 255.0 : 1.0;
   const PatchEmbedGemm mode = patch_embed_gemm_mode();
   const bool tensor_cores = gemm == cuda::GemmType::kBFloat16 || gemm == cuda::GemmType::kFloat16;
-  // kAuto below kPatchEmbedCublasMinRows tokens: the wgmma kernel where it applies. The c0e6c19
-  // H100 run (bf16, one SigLIP tile, 729 tokens): wgmma 0.031 ms, the mma kernel 0.084 ms; from 16
-  // tiles on cuBLAS is as fast or faster (N=16 0.129 vs 0.139 ms, N=64 0.304 vs 0.494 ms).
+  // kAuto: the cuBLAS path at every size, the position embedding in cuBLASLt's C operand below
+  // kPatchEmbedLtMaxRows tokens and copied first from there. The 12ae393 H100 run (bf16, SigLIP
+  // tiles): N=1 cuBLASLt 0.014 ms, copy + addmm 0.019, the wgmma kernel 0.029 (auto's choice until
+  // then), the mma kernel 0.075; N=16 0.073 / 0.068 / 0.119; N=64 0.243 / 0.238 / 0.418.
   if (tensor_cores && M > 0 && s.dim > 0 &&
-      (mode == PatchEmbedGemm::kWgmma || mode == PatchEmbedGemm::kWgmmaStaged ||
-       (mode == PatchEmbedGemm::kAuto && M < kPatchEmbedCublasMinRows && auto_takes_wgmma()))) {
+      (mode == PatchEmbedGemm::kWgmma || mode == PatchEmbedGemm::kWgmmaStaged)) {
     if (std::optional<at::Tensor> out = patch_embed_wgmma(s, tiles, weight, bias, pos_embed,
                                                           mode == PatchEmbedGemm::kWgmmaStaged, stream))
       return *out;
   }
-  if (tensor_cores && M > 0 && s.dim > 0 &&
-      (mode == PatchEmbedGemm::kCublas || mode == PatchEmbedGemm::kCublasCopy ||
-       ((mode == PatchEmbedGemm::kAuto || mode == PatchEmbedGemm::kWgmma || mode == PatchEmbedGemm::kWgmmaStaged) &&
-        M >= kPatchEmbedCublasMinRows))) {
+  if (tensor_cores && M > 0 && s.dim > 0 && mode != PatchEmbedGemm::kMma) {
     TORCH_CHECK_VALUE(M < (int64_t{1} << 31), "patch_embed_cuda: at most 2^31 - 1 tokens per call, got ", M);
-    return patch_embed_cublas(s, tiles, weight, bias, pos_embed, operand, unscale, gemm,
-                              /*lt=*/mode != PatchEmbedGemm::kCublasCopy, stream);
+    const bool lt = mode == PatchEmbedGemm::kCublas ||
+                    (mode != PatchEmbedGemm::kCublasCopy && M < kPatchEmbedLtMaxRows);
+    return patch_embed_cublas(s, tiles, weight, bias, pos_embed, operand, unscale, gemm, lt, stream);
   }
   const at::Tensor w = ordered_weight(weight, bias, s.channels_last, operand, unscale, K, Kp, 0);  // [C, Kp]
   const at::Tensor b = bias.to(epilogue).contiguous();

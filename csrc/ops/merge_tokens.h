@@ -45,6 +45,12 @@ int64_t& merge_cuda_self_count_max();
 // Whether each block of the one-launch path starts its walk over the ids at its own offset
 // (MergePositions::rotate_count); off by default until a GPU run times it.
 bool& merge_cuda_count_rotation();
+// Whether the sync-free CUDA forward is one launch with a decoupled look-back at every n (the
+// default: no count kernel, no n^2 reads of the ids); false restores the self count up to
+// merge_cuda_self_count_max() positions and the count kernel beyond. INTERLEAVE_MERGE_LOOKBACK=0
+// in the environment starts it false (bench/gpu_check.sh sets that when bench/gpu_preflight.py
+// finds the look-back failing).
+bool& merge_cuda_lookback();
 
 at::Tensor merge_tokens_cpu(const at::Tensor& input_ids, const at::Tensor& embed_weight,
                             const at::Tensor& visual, at::IntArrayRef image_token_ids,

@@ -3,6 +3,8 @@
 
 #include <c10/util/Exception.h>
 
+#include "../common/env.h"
+
 namespace interleave {
 namespace {
 
@@ -122,6 +124,11 @@ int64_t& merge_cuda_self_count_max() {
 bool& merge_cuda_count_rotation() {
   static bool rotate = false;
   return rotate;
+}
+
+bool& merge_cuda_lookback() {
+  static bool on = env_switch_on("INTERLEAVE_MERGE_LOOKBACK");
+  return on;
 }
 
 }  // namespace interleave

@@ -50,21 +50,25 @@ void patch_embed_register_folded(const at::Tensor& weight, const at::Tensor& bia
 #endif
 
 // Which GEMM the CUDA path uses for bf16/fp16 outputs (float32/float64 always use the SIMT kernel):
-//   kAuto: kCublas from kPatchEmbedCublasMinRows tokens on; below, the wgmma kernel where it
-//     applies, else the mma kernel (the H100 timed wgmma fastest for one tile, cuBLAS from 16 tiles
-//     on: bench/results/2026-11-27-NVIDIA-H100-80GB-HBM3-c0e6c19.json);
-//   kCublas / kMma: always that one (tests and the benchmark's variants set these); kCublas is our
-//     im2col + a cuBLASLt GEMM batched over the images with the position embedding as its shared C
-//     operand where cuBLASLt takes it, else as kCublasCopy;
+//   kAuto: the cuBLAS path at every size: our im2col + a cuBLASLt GEMM batched over the images,
+//     the position embedding as its shared C operand below kPatchEmbedLtMaxRows tokens (as kCublas)
+//     and copied into the output first from there (as kCublasCopy). The 12ae393 H100 run timed
+//     these fastest at N=1 / 16 / 64 SigLIP tiles, ahead of the wgmma kernel (auto's choice below
+//     4096 tokens until then: 2x slower at N=1) and the mma kernel
+//     (bench/results/2026-11-27-NVIDIA-H100-80GB-HBM3-12ae393.json);
+//   kCublas: the cuBLAS path with the position embedding as cuBLASLt's C operand at every size
+//     where cuBLASLt takes it, else as kCublasCopy;
 //   kCublasCopy: the cuBLAS path with the position embedding copied into the output first and
-//     addmm adding onto it (what kCublas did before; its fallback; a benchmark variant);
+//     addmm adding onto it (kCublas's fallback);
+//   kMma: our mma.sync kernel at every size;
 //   kWgmma: the Hopper wgmma kernel (patch_embed_wgmma.cu) where it applies (uint8 tiles, an sm_90a
 //     build on a compute-capability-9.0 device, even patch rows, K <= 16 * kWgmmaMaxSteps, C even)
 //     at every size, kAuto's choice elsewhere;
 //   kWgmmaStaged: the wgmma kernel's staged variant (A copied into shared memory with cp.async per
 //     tile, fragments read from there) where it applies, else as kWgmma.
+// kCublas, kCublasCopy, kMma, kWgmma and kWgmmaStaged are set by tests and the benchmark's variants.
 enum class PatchEmbedGemm : int { kAuto = 0, kCublas = 1, kMma = 2, kWgmma = 3, kCublasCopy = 4, kWgmmaStaged = 5 };
-constexpr int64_t kPatchEmbedCublasMinRows = 4096;
+constexpr int64_t kPatchEmbedLtMaxRows = 4096;
 PatchEmbedGemm& patch_embed_gemm_mode();
 // Whether the cuBLAS path's im2col of uint8 HWC tiles stages through shared memory
 // (im2col_u8_kernel in csrc/cuda/patch_embed_kernels.cu) or runs the generic kernel: true unless

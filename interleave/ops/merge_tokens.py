@@ -53,10 +53,21 @@ def cuda_min_chunk(positions: int):
 
 
 @contextlib.contextmanager
+def cuda_lookback(enabled: bool = True):
+    """Within the block, the sync-free CUDA forward (`num_placeholders` given) is one launch whose
+    blocks find the placeholders before their chunk by a decoupled look-back (on by default;
+    `INTERLEAVE_MERGE_LOOKBACK=0` starts it off). Off: the self count of `cuda_self_count_max`.
+    For tests and benchmarks."""
+    with _extension.native_setting("_set_merge_lookback", bool(enabled)):
+        yield
+
+
+@contextlib.contextmanager
 def cuda_self_count_max(positions: int):
-    """Within the block, the sync-free CUDA forward (`num_placeholders` given) is one launch up to
-    `positions` token positions (default 8192; 0: always a count kernel first, two launches). For
-    tests and benchmarks."""
+    """Within the block and with the look-back off (`cuda_lookback(False)`), the sync-free CUDA
+    forward is one launch up to `positions` token positions, each block counting the ids before its
+    chunk itself (default 8192; 0: always a count kernel first, two launches). For tests and
+    benchmarks."""
     if not 0 <= int(positions) <= 1 << 20:
         raise ValueError(f"cuda_self_count_max: positions must be in [0, 2**20], got {positions}")
     with _extension.native_setting("_set_merge_self_count_max", int(positions)):
@@ -65,9 +76,9 @@ def cuda_self_count_max(positions: int):
 
 @contextlib.contextmanager
 def cuda_count_rotation(enabled: bool = True):
-    """Within the block, each block of the one-launch sync-free CUDA forward walks the ids before
-    its chunk from its own offset (off by default until a GPU run times it). For tests and
-    benchmarks."""
+    """Within the block, each block of the self-counting sync-free CUDA forward (look-back off)
+    walks the ids before its chunk from its own offset (off by default: the 12ae393 H100 run timed
+    it no faster). For tests and benchmarks."""
     with _extension.native_setting("_set_merge_count_rotation", bool(enabled)):
         yield
 

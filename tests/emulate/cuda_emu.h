@@ -1,5 +1,5 @@
 // A small host emulator for CUDA kernels that use threadIdx/blockIdx/blockDim/gridDim,
-// __syncthreads, shared memory and the collectives below (no atomics): compile the .cu as C++ after
+// __syncthreads, shared memory and the collectives below (64-bit atomicAdd, as a plain add): compile the .cu as C++ after
 // this header and launch kernels with emu::launch. Every CUDA thread of a block is a coroutine
 // (ucontext) with its own stack; __syncthreads waits until every unfinished thread of the block is
 // there, so a barrier really separates the phases of a kernel (a thread never reads shared memory
@@ -230,6 +230,15 @@ template <typename T>
 T __shfl_down_sync(unsigned, T v, unsigned delta) { return emu::shfl_down(v, delta); }
 inline unsigned __ballot_sync(unsigned, bool pred) { return emu::ballot(pred); }
 inline int __popc(unsigned x) { return __builtin_popcount(x); }
+inline int __ffs(int x) { return __builtin_ffs(x); }
+// Blocks run one after another and a block's threads one at a time between waits, so the atomics
+// are plain read-modify-writes and a fence orders nothing the emulation could reorder.
+inline unsigned long long atomicAdd(unsigned long long* p, unsigned long long v) {
+  const unsigned long long old = *p;
+  *p = old + v;
+  return old;
+}
+inline void __threadfence() {}
 template <typename T>
 T __ldg(const T* p) { return *p; }
 using std::min;

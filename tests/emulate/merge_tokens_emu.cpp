@@ -1,5 +1,6 @@
 // Host emulation of the merge_tokens CUDA forward (count pass, then the copy pass with its prefix,
-// ballot scan and warp row copies; or with self_count the one-launch sync-free copy pass alone) under tests/emulate/cuda_emu.h; see tests/test_cuda_emulated.py.
+// ballot scan and warp row copies; or with self_count the one-launch sync-free copy pass alone,
+// counting for itself or by the decoupled look-back) under tests/emulate/cuda_emu.h; see tests/test_cuda_emulated.py.
 // The glue mirrors csrc/cuda/merge_tokens_cuda.cpp (count_positions, launch_merge_forward) for
 // float32 tables and visual rows; min_chunk is the cuda_min_chunk setting.
 #include <cuda_runtime_api.h>
@@ -47,14 +48,25 @@ extern "C" int emu_merge_forward(const int64_t* ids, int64_t n, const int64_t* p
   if (pos.num_chunks == 0) return 0;
   const bool vec_table = rows_vectorizable(table, out, dim * sizeof(float));
   const bool vec_visual = rows_vectorizable(visual, out, dim * sizeof(float));
-  if (self_count) {  // the one-launch sync-free path: no count kernel, no chunk_info (2: rotated walks)
+  if (self_count) {  // the one-launch sync-free path: no count kernel, no chunk_info
+    // 1: each block counts the ids before its chunk; 2: the same, rotated walks; 3: the decoupled
+    // look-back, launched twice on one state (the first launch must leave it zero for the second);
+    // 4: the look-back with aggregates only, so every block walks back to the first chunk.
     pos.chunk_info = nullptr;
     pos.rotate_count = self_count == 2;
+    MergeLookback state{};
+    pos.lookback = self_count >= 3 ? &state : nullptr;
+    pos.lookback_inclusive = self_count == 3;
     *count = num_visual;
     *first_bad = -1;
-    emu::launch(static_cast<unsigned>(pos.num_chunks), kThreads, 0, [&] {
-      merge_forward_kernel<float, float>(pos, table, visual, out, vec_table, vec_visual, false);
-    });
+    for (int launch = 0; launch < (self_count == 3 ? 2 : 1); ++launch) {
+      emu::launch(static_cast<unsigned>(pos.num_chunks), kThreads, 0, [&] {
+        merge_forward_kernel<float, float>(pos, table, visual, out, vec_table, vec_visual, true);
+      });
+      if (state.ticket != 0 || state.done != 0) return 1;
+      for (int64_t c = 0; c < kMaxChunks; ++c)
+        if (state.status[c] != 0) return 2;
+    }
     return 0;
   }
   emu::launch(static_cast<unsigned>(pos.num_chunks), kThreads, 0, [&] { merge_count_kernel(pos); });
