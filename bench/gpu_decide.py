@@ -208,27 +208,41 @@ def cublaslt_decision(results, failures):
           "(kPatchEmbedLtMaxRows in csrc/ops/patch_embed.h)")
 
 
-def lookback_decision(results, failures):
-    """merge_tokens' sync-free path (the bar's path): one launch with a decoupled look-back (the
-    default since the session after 12ae393) against the paths it replaced."""
-    cases = variant_cases(results, "merge_tokens", "ours_sync_free_self_count",
-                          "merge_tokens sync-free path: the look-back (ours_sync_free) vs the self count and the "
-                          "count kernel first")
+def merge_sync_free_decision(results, failures):
+    """merge_tokens' sync-free path (the bar's path): the default (one launch, each block counting
+    the ids before its chunk) against its variants: the decoupled look-back (off by default since
+    de8175c's run), the count kernel first, 16 loads in flight per thread in the row copy."""
+    cases = variant_cases(results, "merge_tokens", "ours_sync_free_lookback",
+                          "merge_tokens sync-free path: the default (self count, 8 loads) vs the look-back, "
+                          "the count kernel first and 16 loads (device time, cold L2)")
     if not cases:
         return
-    faster = True
+    names = ("ours_sync_free_lookback", "ours_sync_free_two_launch", "ours_sync_free_loads16",
+             "ours_sync_free_lookback_loads16")
+    # Each change alone and on top of the other: (with, without) pairs of implementations.
+    pairs = {"lookback": [("ours_sync_free_lookback", "ours_sync_free"),
+                          ("ours_sync_free_lookback_loads16", "ours_sync_free_loads16")],
+             "loads16": [("ours_sync_free_loads16", "ours_sync_free"),
+                         ("ours_sync_free_lookback_loads16", "ours_sync_free_lookback")]}
+    wins = {k: [True] * len(v) for k, v in pairs.items()}
     for r in cases:
-        lb = best_device_time(r, "ours_sync_free")
-        others = {n: best_device_time(r, n) for n in ("ours_sync_free_self_count", "ours_sync_free_two_launch")
-                  if n in r["median_ms"]}
+        base = best_device_time(r, "ours_sync_free")
+        parts = [f"{n[len('ours_sync_free_'):]} {best_device_time(r, n):.4f} ms ({fmt(fraction(r, n)[0])}, "
+                 f"{base / best_device_time(r, n):.2f}x)" for n in names if n in r["median_ms"]]
+        for k, v in pairs.items():
+            for i, (a, b) in enumerate(v):
+                have = a in r["median_ms"] and b in r["median_ms"]
+                # faster by more than the runs' 1% noise at every shape
+                wins[k][i] &= have and best_device_time(r, a) < best_device_time(r, b) * 0.99
         frac = fraction(r, "ours_sync_free")[0]
-        print(f"  {r['shape']} {r['dtype']}: look-back {lb:.4f} ms ({fmt(frac)} of a same-size copy; bar "
-              f"{fmt(MERGE_BAR)}: {'met' if frac is not None and frac >= MERGE_BAR else 'not met'}), "
-              + ", ".join(f"{n[len('ours_sync_free_'):]} {v:.4f} ms ({v / lb:.2f}x)" for n, v in others.items()))
-        faster &= all(lb <= v * 1.02 for v in others.values())
-    t = tests_ok(failures, "lookback")
-    print(f"  tests with 'lookback' in their id: {t}")
-    print(f"  -> {'keep the look-back (the default)' if faster and t == 'passed' else 'turn it off (merge_cuda_lookback in csrc/ops/merge_tokens_checks.cpp)'}")
+        print(f"  {r['shape']} {r['dtype']}: default {base:.4f} ms ({fmt(frac)} of a same-size copy; bar "
+              f"{fmt(MERGE_BAR)}: {'met' if frac is not None and frac >= MERGE_BAR else 'not met'}); " + ", ".join(parts))
+    t_lb, t_sf = tests_ok(failures, "lookback"), tests_ok(failures, "sync_free")
+    print(f"  tests with 'lookback' in their id: {t_lb}; with 'sync_free': {t_sf}")
+    lb = any(wins["lookback"])
+    print(f"  -> look-back: {'make it the default (merge_cuda_lookback in csrc/ops/merge_tokens_checks.cpp)' if lb and t_lb == 'passed' else 'keep it a variant'}")
+    l16 = any(wins["loads16"])
+    print(f"  -> 16 loads: {'make it the default (merge_cuda_flat_loads in csrc/ops/merge_tokens_checks.cpp)' if l16 and t_sf == 'passed' else 'keep 8'}")
 
 
 def main(argv):
@@ -246,7 +260,7 @@ def main(argv):
         print(f"preflight (bench/gpu_preflight.py, preflight.log) ruled out: {', '.join(skipped)} -> keep those off")
     bars(results)
     anyres_decision(results, failures)
-    lookback_decision(results, failures)
+    merge_sync_free_decision(results, failures)
     wgmma_decision(results, failures)
     cublaslt_decision(results, failures)
     return 0

@@ -185,6 +185,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   });
   m.def("_set_merge_count_rotation", [](bool on) { return std::exchange(interleave::merge_cuda_count_rotation(), on); });
   m.def("_set_merge_lookback", [](bool on) { return std::exchange(interleave::merge_cuda_lookback(), on); });
+  m.def("_set_merge_flat_loads", [](int64_t loads) {
+    TORCH_CHECK_VALUE(loads == 8 || loads == 16, "_set_merge_flat_loads: loads must be 8 or 16, got ", loads);
+    return std::exchange(interleave::merge_cuda_flat_loads(), loads);
+  });
   // Whether CUDA anyres_tiles may run pass 1 on tensor cores (exact either way); returns the old one.
   m.def("_set_anyres_mma", [](bool allowed) { return std::exchange(interleave::anyres_cuda_mma(), allowed); });
   // Instruction-set level of the CPU anyres_tiles loops: -1 the best this CPU supports, 0 portable,

@@ -42,9 +42,9 @@ def info() -> int:
         lookback = ext._set_merge_lookback(True)
         ext._set_merge_lookback(lookback)
         print("CUDA merge_tokens sync-free path: " + (
-            "one launch, decoupled look-back (INTERLEAVE_MERGE_LOOKBACK=0 to turn off)" if lookback
+            "one launch, decoupled look-back (INTERLEAVE_MERGE_LOOKBACK=1)" if lookback
             else "one launch, each block counting the ids before its chunk, up to 8192 positions; "
-                 "the count kernel first beyond (INTERLEAVE_MERGE_LOOKBACK=0)"))
+                 "the count kernel first beyond (INTERLEAVE_MERGE_LOOKBACK=1: a decoupled look-back at any length)"))
         print("off by default (measured slower on an H100, c0e6c19): anyres_tiles tensor-core passes "
               "(interleave.ops.anyres_tiles.cuda_tensor_cores())")
     return 0

@@ -76,22 +76,28 @@ def _merge_variants(device, ids, weight, visual, K) -> dict:
     from .ops import merge_tokens
     variants = {"ours_sync_free": lambda: merge_tokens(ids, weight, visual, IMAGE_TOKEN_ID, num_placeholders=K)}
     if device == "cuda":
-        from .ops.merge_tokens import cuda_count_rotation, cuda_lookback, cuda_min_chunk, cuda_self_count_max
+        from .ops.merge_tokens import cuda_flat_loads, cuda_lookback, cuda_self_count_max
 
         def sync_free_with(*settings):
             with contextlib.ExitStack() as stack:
                 for setting in settings:
                     stack.enter_context(setting)
                 return merge_tokens(ids, weight, visual, IMAGE_TOKEN_ID, num_placeholders=K)
-        # ours_sync_free is the one launch with the decoupled look-back; against it the paths it
-        # replaced: each block counting the ids before its chunk (plain and with rotated walks; the
-        # 12ae393 run: 16.0 us of kernel at D=1024 bf16 against 10.5 us for the copy alone), and the
-        # count kernel first. Chunks of 16 and 64 (slower than 32 at every shape of the 12ae393 run)
-        # are no longer timed; 16 with the look-back is.
-        variants["ours_sync_free_chunk16"] = lambda: sync_free_with(cuda_min_chunk(16))
-        variants["ours_sync_free_self_count"] = lambda: sync_free_with(cuda_lookback(False))
-        variants["ours_sync_free_rotated"] = lambda: sync_free_with(cuda_lookback(False), cuda_count_rotation(True))
-        variants["ours_sync_free_two_launch"] = lambda: sync_free_with(cuda_lookback(False), cuda_self_count_max(0))
+        # ours_sync_free is the default sync-free path: one launch, each block counting the ids
+        # before its chunk. Against it: the decoupled look-back (one launch at any length; the
+        # de8175c run timed its first version 1-5% slower with a cold L2, this one looks back a
+        # whole block at a time), the count kernel first, and 16 loads in flight per thread in the
+        # row copy (one round of loads per 32-row chunk at D=1024 bf16), alone and with the
+        # look-back. Chunks of 16 and rotated count walks (slower or no faster in the 12ae393 and
+        # de8175c runs) are no longer timed.
+        lookback, loads16 = not preflight_failed("merge_lookback"), not preflight_failed("merge_loads16")
+        if lookback:
+            variants["ours_sync_free_lookback"] = lambda: sync_free_with(cuda_lookback(True))
+        variants["ours_sync_free_two_launch"] = lambda: sync_free_with(cuda_self_count_max(0))
+        if loads16:
+            variants["ours_sync_free_loads16"] = lambda: sync_free_with(cuda_flat_loads(16))
+        if lookback and loads16:
+            variants["ours_sync_free_lookback_loads16"] = lambda: sync_free_with(cuda_lookback(True), cuda_flat_loads(16))
     return variants
 
 

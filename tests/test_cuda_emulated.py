@@ -461,6 +461,8 @@ def merge_emu(tmp_path_factory):
     so.emu_merge_forward.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p,
                                      ctypes.c_int64, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64,
                                      ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int]
+    so.emu_set_flat_loads.restype = None
+    so.emu_set_flat_loads.argtypes = [ctypes.c_int]
     so.emu_merge_backward_visual.restype = ctypes.c_int
     so.emu_merge_backward_visual.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p, ctypes.c_int] + \
         [ctypes.c_int64] * 4 + [ctypes.c_void_p, ctypes.c_void_p]
@@ -471,16 +473,18 @@ def merge_emu(tmp_path_factory):
 # chunks spanning several 256-position tiles, a row width that is not a multiple of 4 floats (no
 # 16-byte vectors), the default chunk of 32; then the flat 16-byte copy over several rounds of loads
 # per thread (chunks of 300 rows of 256 floats) and a one-launch count over more ids than one round
-# of paired loads covers (5001 positions: 2500 pairs and an odd one).
+# of paired loads covers (5001 positions: 2500 pairs and an odd one); then 600 one-position chunks,
+# so that the look-back walks three windows of 256 chunks.
 MERGE = [(1, 9, 8, 50, [3], 32), (3, 37, 5, 200, [4, 0, 11], 1), (2, 700, 12, 300, [600, 1], 300),
          (1, 100, 7, 90, [40], 8), (2, 300, 16, 400, [50, 77], 32), (1, 600, 256, 100, [300], 300),
-         (1, 5001, 8, 300, [4000], 32)]
+         (1, 5001, 8, 300, [4000], 32), (1, 600, 4, 50, [300], 1)]
 
 
 @pytest.mark.parametrize("case", MERGE, ids=[f"B{c[0]}-L{c[1]}-D{c[2]}-chunk{c[5]}" for c in MERGE])
-@pytest.mark.parametrize("self_count", [0, 1, 2, 3, 4], ids=["count-kernel", "one-launch", "one-launch-rotated",
-                                                          "lookback-twice", "lookback-aggregates-only"])
-def test_merge_tokens_cuda_kernels_emulated_equal_reference(merge_emu, case, self_count):
+@pytest.mark.parametrize("self_count,loads", [(0, 8), (1, 8), (2, 8), (3, 8), (4, 8), (0, 16), (3, 16)],
+                         ids=["count-kernel", "one-launch", "one-launch-rotated", "lookback-twice",
+                              "lookback-aggregates-only", "count-kernel-loads16", "lookback-loads16"])
+def test_merge_tokens_cuda_kernels_emulated_equal_reference(merge_emu, case, self_count, loads):
     """Every forward path gives the reference's bits; the look-back leaves its state zeroed (rc 1/2
     otherwise) and, publishing aggregates only, walks back over windows of 32 chunks correctly."""
     from interleave import reference
@@ -497,6 +501,7 @@ def test_merge_tokens_cuda_kernels_emulated_equal_reference(merge_emu, case, sel
     out = torch.full((B, L, D), float("nan"))
     placeholders = torch.tensor([image, video])
     count, first_bad = ctypes.c_int64(-1), ctypes.c_int64(-1)
+    merge_emu.emu_set_flat_loads(loads)
     rc = merge_emu.emu_merge_forward(ids.data_ptr(), B * L, placeholders.data_ptr(), 2, table.data_ptr(), V,
                                      visual.data_ptr(), K, D, min_chunk, out.data_ptr(),
                                      ctypes.byref(count), ctypes.byref(first_bad), int(self_count))

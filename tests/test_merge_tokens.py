@@ -320,15 +320,15 @@ def test_sync_free_path_does_not_sync(L, lookback):
 @pytest.mark.parametrize("B,L,D,chunk", [(1, 8192, 256, 32), (4, 70000, 8, 32), (1, 300, 16, 1), (3, 5, 4, 32)],
                          ids=["bench-shape", "1024-chunks", "300-chunks-of-1", "one-chunk"])
 def test_lookback_equals_reference_repeatedly(B, L, D, chunk):
-    """The decoupled look-back (the sync-free default): the reference's bits at up to kMaxChunks
-    blocks, many times in a row on one stream (each launch must leave its state zeroed for the
-    next) and on a second stream, two placeholder ids."""
-    from interleave.ops.merge_tokens import cuda_min_chunk
+    """The decoupled look-back (cuda_lookback): the reference's bits at up to kMaxChunks blocks,
+    many times in a row on one stream (each launch must leave its state zeroed for the next) and on
+    a second stream, two placeholder ids."""
+    from interleave.ops.merge_tokens import cuda_lookback, cuda_min_chunk
     per_row = [L * 7 // 10 + b for b in range(B)]
     input_ids, weight, visual = make_inputs(B, L, D, 3000, per_row, ids=(IMAGE, VIDEO), device="cuda")
     want = reference.merge_tokens(input_ids, weight, visual, [IMAGE, VIDEO])
     side = torch.cuda.Stream()
-    with cuda_min_chunk(chunk):
+    with cuda_min_chunk(chunk), cuda_lookback(True):
         outs = [merge_tokens(input_ids, weight, visual, [IMAGE, VIDEO], num_placeholders=visual.shape[0])
                 for _ in range(5)]
         side.wait_stream(torch.cuda.current_stream())
@@ -342,29 +342,39 @@ def test_lookback_equals_reference_repeatedly(B, L, D, chunk):
 
 @pytest.mark.cuda
 @needs_ext
-@pytest.mark.parametrize("setting", ["self-count", "two-launch", "rotated", "chunk16"])
+@pytest.mark.parametrize("setting", ["lookback", "two-launch", "rotated", "chunk16", "loads16", "lookback-loads16",
+                                     "default-path-loads16"])
 def test_sync_free_settings_equal_reference(setting):
-    """The benchmark's sync-free variants (the look-back off: each block counting for itself, the
-    count kernel first, rotated count walks; the look-back with 16-position chunks) give the
-    reference's bits, at the benchmark's shape on a smaller table."""
+    """The benchmark's sync-free variants (the look-back, the count kernel first, 16 loads per
+    thread in the row copy, alone and with the look-back) and earlier ones (rotated count walks,
+    16-position chunks), and the default path with 16 loads, give the reference's bits, at the
+    benchmark's shape on a smaller table."""
     import contextlib
-    from interleave.ops.merge_tokens import cuda_count_rotation, cuda_lookback, cuda_min_chunk, cuda_self_count_max
-    settings = {"self-count": [cuda_lookback(False)],
-                "two-launch": [cuda_lookback(False), cuda_self_count_max(0)],
-                "rotated": [cuda_lookback(False), cuda_count_rotation(True)],
-                "chunk16": [cuda_min_chunk(16)]}[setting]
+    from interleave.ops.merge_tokens import (cuda_count_rotation, cuda_flat_loads, cuda_lookback, cuda_min_chunk,
+                                             cuda_self_count_max)
+    settings = {"lookback": [cuda_lookback(True)],
+                "two-launch": [cuda_self_count_max(0)],
+                "rotated": [cuda_count_rotation(True)],
+                "chunk16": [cuda_min_chunk(16)],
+                "loads16": [cuda_flat_loads(16)],
+                "lookback-loads16": [cuda_lookback(True), cuda_flat_loads(16)],
+                "default-path-loads16": [cuda_flat_loads(16)]}[setting]
     input_ids, weight, visual = make_inputs(1, 8192, 256, 5000, [7290], device="cuda")
+    known = None if setting.startswith("default-path") else visual.shape[0]
     with contextlib.ExitStack() as stack:
         for ctx in settings:
             stack.enter_context(ctx)
-        out = merge_tokens(input_ids, weight, visual, IMAGE, num_placeholders=visual.shape[0])
+        out = merge_tokens(input_ids, weight, visual, IMAGE, num_placeholders=known)
     assert torch.equal(out, reference.merge_tokens(input_ids, weight, visual, [IMAGE]))
 
 
 def test_sync_free_settings_reject_bad_values():
-    from interleave.ops.merge_tokens import cuda_self_count_max
+    from interleave.ops.merge_tokens import cuda_flat_loads, cuda_self_count_max
     with pytest.raises(ValueError, match="cuda_self_count_max: positions must be in"):
         with cuda_self_count_max(-1):
+            pass
+    with pytest.raises(ValueError, match="cuda_flat_loads: loads must be 8 or 16, got 12"):
+        with cuda_flat_loads(12):
             pass
 
 
@@ -455,11 +465,11 @@ def test_info_command():
         assert "our im2col + cuBLAS at every size" in r.stdout, r.stdout
         assert ("the wgmma kernel (this build has sm_90a)" in r.stdout) == sm90a, r.stdout
         assert "anyres_tiles tensor-core passes" in r.stdout
-        assert "CUDA merge_tokens sync-free path: one launch, decoupled look-back" in r.stdout, r.stdout
-    r = subprocess.run([sys.executable, "-m", "interleave", "info"], capture_output=True, text=True, timeout=300,
-                       env={**os.environ, "INTERLEAVE_MERGE_LOOKBACK": "0"})
-    if _extension.has_kernel("cuda"):
         assert "CUDA merge_tokens sync-free path: one launch, each block counting" in r.stdout, r.stdout
+    r = subprocess.run([sys.executable, "-m", "interleave", "info"], capture_output=True, text=True, timeout=300,
+                       env={**os.environ, "INTERLEAVE_MERGE_LOOKBACK": "1"})
+    if _extension.has_kernel("cuda"):
+        assert "CUDA merge_tokens sync-free path: one launch, decoupled look-back" in r.stdout, r.stdout
 
 
 def test_empty_sequence(device):

@@ -68,6 +68,7 @@ cuda::MergePositions count_positions(const at::Tensor& ids, const MergeShape& s,
   pos.rotate_count = merge_cuda_count_rotation();
   pos.lookback = self_count ? lookback : nullptr;
   pos.lookback_inclusive = true;
+  pos.flat_loads = static_cast<int>(merge_cuda_flat_loads());
   if (self_count) return pos;
   chunk_info = at::empty({2 * std::max<int64_t>(pos.num_chunks, 1)}, ids.options());
   pos.chunk_info = chunk_info.mutable_data_ptr<int64_t>();

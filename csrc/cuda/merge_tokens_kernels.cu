@@ -186,7 +186,7 @@ __device__ __forceinline__ int64_t take_chunk(MergeLookback* lb, int64_t* slot) 
 }
 
 // Counts the chunk's placeholders and bad text ids, publishes the count, and returns (to every
-// thread) the number of placeholders before the chunk, which warp 0 finds by the look-back.
+// thread) the number of placeholders before the chunk, which the block finds by the look-back.
 // With device_assert a bad id in the chunk, or (last chunk) a total != the visual rows, traps.
 // Then counts the block out (lb->done); the last block out zeroes the state for the next launch.
 __device__ __forceinline__ int64_t lookback_prefix(const MergePositions& pos, int64_t chunk,
@@ -203,41 +203,39 @@ __device__ __forceinline__ int64_t lookback_prefix(const MergePositions& pos, in
   }
   own = block_reduce(own, Sum{}, scratch);
   if (device_assert) bad = block_reduce(bad, Sum{}, scratch);
-  __shared__ int64_t before_shared;
   __shared__ bool last_out;
-  if (threadIdx.x < 32) {
-    const int lane = threadIdx.x;
-    const bool first = chunk == 0;
-    if (lane == 0) {
-      write_status(&lb->status[chunk], static_cast<unsigned long long>(own) |
-                                           (first && pos.lookback_inclusive ? kStatusInclusive : kStatusAggregate));
-    }
-    int64_t before = 0;
-    // Lane l reads chunk j - l; a chunk before the first reads as an inclusive prefix of 0, which
-    // ends the walk there.
-    for (int64_t j = chunk - 1; !first; j -= 32) {
-      const int64_t k = j - lane;
-      unsigned long long s;
+  const bool first = chunk == 0;
+  if (threadIdx.x == 0) {
+    write_status(&lb->status[chunk], static_cast<unsigned long long>(own) |
+                                         (first && pos.lookback_inclusive ? kStatusInclusive : kStatusAggregate));
+  }
+  // The whole block looks back kThreads chunks at a time, nearest first: thread t waits for chunk
+  // j - t's word (every earlier chunk's block is running and publishes its count without waiting
+  // on anyone), then the window's sum up to its nearest inclusive prefix is two block reductions.
+  // A chunk before the first reads as an inclusive prefix of 0, which ends the walk there. (The
+  // de8175c H100 run had warp 0 alone walk windows of 32, up to 8 dependent L2 round trips at the
+  // benchmark's 256 chunks: 14.7 us of kernel against 10.5 us for the copy given the prefixes.)
+  int64_t before = 0;
+  for (int64_t j = chunk - 1; !first; j -= kThreads) {
+    const int64_t k = j - threadIdx.x;
+    unsigned long long s = kStatusInclusive;
+    if (k >= 0) {
       do {
-        s = k >= 0 ? read_status(&lb->status[k]) : kStatusInclusive;
-      } while (__ballot_sync(0xffffffffu, (s >> 62) == 0) != 0u);
-      const unsigned inclusive = __ballot_sync(0xffffffffu, (s >> 62) == 2);
-      const int stop = inclusive != 0u ? __ffs(static_cast<int>(inclusive)) - 1 : 31;
-      int64_t v = lane <= stop ? static_cast<int64_t>(s & kStatusValue) : 0;
-      for (int o = 16; o > 0; o >>= 1) v += __shfl_down_sync(0xffffffffu, v, o);
-      before += v;  // lane 0's sum is the window's; the other lanes' partial sums are not used
-      if (inclusive != 0u) break;
+        s = read_status(&lb->status[k]);
+      } while ((s >> 62) == 0);
     }
-    if (lane == 0) {
-      if (!first && pos.lookback_inclusive)
-        write_status(&lb->status[chunk], static_cast<unsigned long long>(before + own) | kStatusInclusive);
-      if (device_assert && (bad > 0 || (chunk == pos.num_chunks - 1 && before + own != pos.num_visual)))
-        sync_free_trap();
-      before_shared = before;
-      // Every read of the status words by this block is done (the values are used above).
-      __threadfence();
-      last_out = atomicAdd(&lb->done, 1ull) == static_cast<unsigned long long>(pos.num_chunks - 1);
-    }
+    const int64_t stop = block_reduce<int64_t>((s >> 62) == 2 ? threadIdx.x : kThreads, Min{}, scratch);
+    before += block_reduce<int64_t>(threadIdx.x <= stop ? static_cast<int64_t>(s & kStatusValue) : 0, Sum{}, scratch);
+    if (stop < kThreads) break;
+  }
+  if (threadIdx.x == 0) {
+    if (!first && pos.lookback_inclusive)
+      write_status(&lb->status[chunk], static_cast<unsigned long long>(before + own) | kStatusInclusive);
+    if (device_assert && (bad > 0 || (chunk == pos.num_chunks - 1 && before + own != pos.num_visual)))
+      sync_free_trap();
+    // Every read of the status words by this block is done (the values are used above).
+    __threadfence();
+    last_out = atomicAdd(&lb->done, 1ull) == static_cast<unsigned long long>(pos.num_chunks - 1);
   }
   __syncthreads();
   if (last_out) {  // every block has taken its ticket and finished its look-back
@@ -247,7 +245,7 @@ __device__ __forceinline__ int64_t lookback_prefix(const MergePositions& pos, in
       lb->done = 0;
     }
   }
-  return before_shared;
+  return before;
 }
 
 enum RowKind : unsigned char { kText = 0, kVisual = 1, kZero = 2 };
@@ -316,9 +314,11 @@ __device__ __forceinline__ void warp_copy_row(To* __restrict__ dst, const From* 
 // 32 rows was 4 dependent round trips per warp, and the copy ran at 58% of a same-size copy (the
 // c0e6c19 H100 run; 80% with this, e857c2a). src(r): row r's source, nullptr for zeros; dst(r):
 // its destination, nullptr to skip the row.
-constexpr int kFlatLoads = 8;
-
-template <typename Src, typename Dst>
+// kFlatLoads = 16 (MergePositions::flat_loads, a benchmark variant): a block of 32 rows of 2 KiB
+// (D=1024 bf16) in one round of loads instead of two: the bench's cold-L2 timings of the de8175c H100
+// run put every sync-free variant at 21-22 us against 16 us for a same-size copy, all blocks
+// resident at once and each waiting out its rounds' DRAM latency one after another.
+template <int kFlatLoads, typename Src, typename Dst>
 __device__ __forceinline__ void block_copy_rows_flat(int rows, int row_vectors, Src src, Dst dst) {
   const int total = rows * row_vectors;
   for (int base = threadIdx.x; base < total; base += kThreads * kFlatLoads) {
@@ -397,7 +397,7 @@ __global__ void __launch_bounds__(kThreads) merge_count_kernel(MergePositions po
   }
 }
 
-template <typename To, typename From>
+template <typename To, typename From, int kFlatLoads = 8>
 __global__ void __launch_bounds__(kThreads)
     merge_forward_kernel(MergePositions pos, const To* __restrict__ table,
                          const From* __restrict__ visual, To* __restrict__ out, bool vec_table,
@@ -427,7 +427,7 @@ __global__ void __launch_bounds__(kThreads)
       const uint4* vis = reinterpret_cast<const uint4*>(visual);
       uint4* dst = reinterpret_cast<uint4*>(out);
       for_each_tile(pos, chunk, prefix, /*validate=*/true, kind, row, warp_counts, [&](int64_t t0, int rows) {
-        block_copy_rows_flat(
+        block_copy_rows_flat<kFlatLoads>(
             rows, rv,
             [&](int r) -> const uint4* {
               return kind[r] == kText ? tbl + row[r] * rv : kind[r] == kVisual ? vis + row[r] * rv : nullptr;
@@ -468,7 +468,7 @@ __global__ void __launch_bounds__(kThreads)
       const uint4* g = reinterpret_cast<const uint4*>(grad);
       uint4* gv = reinterpret_cast<uint4*>(grad_visual);
       for_each_tile(pos, blockIdx.x, prefix, /*validate=*/false, kind, row, warp_counts, [&](int64_t t0, int rows) {
-        block_copy_rows_flat(
+        block_copy_rows_flat<8>(
             rows, rv, [&](int r) -> const uint4* { return g + (t0 + r) * rv; },
             [&](int r) -> uint4* { return kind[r] == kVisual ? gv + row[r] * rv : nullptr; });
       });
@@ -532,6 +532,14 @@ void launch_merge_forward(const MergePositions& pos, const void* embed_weight, D
       const bool vec_table = rows_vectorizable(embed_weight, out, pos.dim * sizeof(To));
       const bool vec_visual = std::is_same_v<To, From> &&
                               rows_vectorizable(visual, out, pos.dim * sizeof(From));
+      if constexpr (std::is_same_v<To, From>) {  // the flat copy's 16 loads: same-dtype rows only
+        if (pos.flat_loads == 16) {
+          merge_forward_kernel<To, From, 16><<<static_cast<unsigned>(pos.num_chunks), kThreads, 0, stream>>>(
+              pos, static_cast<const To*>(embed_weight), static_cast<const From*>(visual),
+              static_cast<To*>(out), vec_table, vec_visual, device_assert);
+          return;
+        }
+      }
       merge_forward_kernel<To, From><<<static_cast<unsigned>(pos.num_chunks), kThreads, 0, stream>>>(
           pos, static_cast<const To*>(embed_weight), static_cast<const From*>(visual),
           static_cast<To*>(out), vec_table, vec_visual, device_assert);

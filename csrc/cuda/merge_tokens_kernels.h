@@ -39,6 +39,7 @@ struct MergePositions {
                            // self count (blocks publish their counts and read their predecessors')
   bool lookback_inclusive; // publish inclusive prefixes (always; false only in the emulated tests,
                            // which make every block walk back to the first chunk)
+  int flat_loads;          // the forward's flat copy: 16-byte loads in flight per thread, 8 or 16
 };
 
 // First pass: per chunk, count placeholders and find the first text id outside [0, V).

@@ -45,12 +45,15 @@ int64_t& merge_cuda_self_count_max();
 // Whether each block of the one-launch path starts its walk over the ids at its own offset
 // (MergePositions::rotate_count); off by default until a GPU run times it.
 bool& merge_cuda_count_rotation();
-// Whether the sync-free CUDA forward is one launch with a decoupled look-back at every n (the
-// default: no count kernel, no n^2 reads of the ids); false restores the self count up to
-// merge_cuda_self_count_max() positions and the count kernel beyond. INTERLEAVE_MERGE_LOOKBACK=0
-// in the environment starts it false (bench/gpu_check.sh sets that when bench/gpu_preflight.py
-// finds the look-back failing).
+// Whether the sync-free CUDA forward is one launch with a decoupled look-back at every n (no count
+// kernel, no n^2 reads of the ids) instead of the self count up to merge_cuda_self_count_max()
+// positions and the count kernel beyond. Off by default: the de8175c H100 run timed it 1-5% slower
+// than both at the benchmark's 8192 positions with a cold L2 (faster warm: 14.7 against 16.6 us of
+// kernel at D=1024 bf16); INTERLEAVE_MERGE_LOOKBACK=1 in the environment starts it on.
 bool& merge_cuda_lookback();
+// 16-byte loads in flight per thread in the CUDA forward's flat copy: 8 (default) or 16 (a
+// benchmark variant waiting for a GPU run; see block_copy_rows_flat).
+int64_t& merge_cuda_flat_loads();
 
 at::Tensor merge_tokens_cpu(const at::Tensor& input_ids, const at::Tensor& embed_weight,
                             const at::Tensor& visual, at::IntArrayRef image_token_ids,

@@ -126,8 +126,13 @@ bool& merge_cuda_count_rotation() {
   return rotate;
 }
 
+int64_t& merge_cuda_flat_loads() {
+  static int64_t loads = 8;
+  return loads;
+}
+
 bool& merge_cuda_lookback() {
-  static bool on = env_switch_on("INTERLEAVE_MERGE_LOOKBACK");
+  static bool on = env_opt_in("INTERLEAVE_MERGE_LOOKBACK");
   return on;
 }
 

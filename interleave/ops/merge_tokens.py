@@ -55,19 +55,29 @@ def cuda_min_chunk(positions: int):
 @contextlib.contextmanager
 def cuda_lookback(enabled: bool = True):
     """Within the block, the sync-free CUDA forward (`num_placeholders` given) is one launch whose
-    blocks find the placeholders before their chunk by a decoupled look-back (on by default;
-    `INTERLEAVE_MERGE_LOOKBACK=0` starts it off). Off: the self count of `cuda_self_count_max`.
+    blocks find the placeholders before their chunk by a decoupled look-back, at any length (off
+    by default: the de8175c H100 run timed it 1-5% slower than the self count at 8192 positions;
+    `INTERLEAVE_MERGE_LOOKBACK=1` starts it on). Off: the self count of `cuda_self_count_max`.
     For tests and benchmarks."""
     with _extension.native_setting("_set_merge_lookback", bool(enabled)):
         yield
 
 
 @contextlib.contextmanager
+def cuda_flat_loads(loads: int):
+    """Within the block, each thread of the CUDA forward's row copy has `loads` 16-byte loads in
+    flight (8 by default, or 16). For tests and benchmarks."""
+    if int(loads) not in (8, 16):
+        raise ValueError(f"cuda_flat_loads: loads must be 8 or 16, got {loads}")
+    with _extension.native_setting("_set_merge_flat_loads", int(loads)):
+        yield
+
+
+@contextlib.contextmanager
 def cuda_self_count_max(positions: int):
-    """Within the block and with the look-back off (`cuda_lookback(False)`), the sync-free CUDA
-    forward is one launch up to `positions` token positions, each block counting the ids before its
-    chunk itself (default 8192; 0: always a count kernel first, two launches). For tests and
-    benchmarks."""
+    """Within the block and with the look-back off (the default), the sync-free CUDA forward is one
+    launch up to `positions` token positions, each block counting the ids before its chunk itself
+    (default 8192; 0: always a count kernel first, two launches). For tests and benchmarks."""
     if not 0 <= int(positions) <= 1 << 20:
         raise ValueError(f"cuda_self_count_max: positions must be in [0, 2**20], got {positions}")
     with _extension.native_setting("_set_merge_self_count_max", int(positions)):
@@ -77,8 +87,8 @@ def cuda_self_count_max(positions: int):
 @contextlib.contextmanager
 def cuda_count_rotation(enabled: bool = True):
     """Within the block, each block of the self-counting sync-free CUDA forward (look-back off)
-    walks the ids before its chunk from its own offset (off by default: the 12ae393 H100 run timed
-    it no faster). For tests and benchmarks."""
+    walks the ids before its chunk from its own offset (off by default: the 12ae393 and de8175c
+    H100 runs timed it no faster). For tests and benchmarks."""
     with _extension.native_setting("_set_merge_count_rotation", bool(enabled)):
         yield
 

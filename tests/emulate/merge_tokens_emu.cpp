@@ -38,6 +38,18 @@ static MergePositions make_positions(const int64_t* ids, int64_t n, const int64_
   return pos;
 }
 
+// The forward's flat-copy loads per thread (MergePositions::flat_loads: 8 or 16), for the next calls.
+static int flat_loads = 8;
+extern "C" void emu_set_flat_loads(int loads) { flat_loads = loads; }
+
+static void forward(const MergePositions& pos, const float* table, const float* visual, float* out, bool vec_table,
+                    bool vec_visual, bool device_assert) {
+  if (flat_loads == 16)
+    merge_forward_kernel<float, float, 16>(pos, table, visual, out, vec_table, vec_visual, device_assert);
+  else
+    merge_forward_kernel<float, float>(pos, table, visual, out, vec_table, vec_visual, device_assert);
+}
+
 extern "C" int emu_merge_forward(const int64_t* ids, int64_t n, const int64_t* placeholder_ids, int num_placeholder_ids,
                                  const float* table, int64_t num_embeddings, const float* visual, int64_t num_visual,
                                  int64_t dim, int64_t min_chunk, float* out, int64_t* count, int64_t* first_bad,
@@ -61,7 +73,7 @@ extern "C" int emu_merge_forward(const int64_t* ids, int64_t n, const int64_t* p
     *first_bad = -1;
     for (int launch = 0; launch < (self_count == 3 ? 2 : 1); ++launch) {
       emu::launch(static_cast<unsigned>(pos.num_chunks), kThreads, 0, [&] {
-        merge_forward_kernel<float, float>(pos, table, visual, out, vec_table, vec_visual, true);
+        forward(pos, table, visual, out, vec_table, vec_visual, true);
       });
       if (state.ticket != 0 || state.done != 0) return 1;
       for (int64_t c = 0; c < kMaxChunks; ++c)
@@ -79,7 +91,7 @@ extern "C" int emu_merge_forward(const int64_t* ids, int64_t n, const int64_t* p
   }
   if (*count != num_visual || *first_bad >= 0) return 0;
   emu::launch(static_cast<unsigned>(pos.num_chunks), kThreads, 0, [&] {
-    merge_forward_kernel<float, float>(pos, table, visual, out, vec_table, vec_visual, false);
+    forward(pos, table, visual, out, vec_table, vec_visual, false);
   });
   return 0;
 }
