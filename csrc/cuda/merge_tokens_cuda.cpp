@@ -20,8 +20,9 @@
 namespace interleave {
 namespace {
 
-// The look-back state of (device, stream), allocated and zeroed on first use, never freed (a few
-// KiB per stream that ever ran the sync-free path). Launches on one stream run one after another and
+// The look-back state of (device, stream), allocated and zeroed on first use (a cudaMalloc, which
+// may synchronize the device: the first look-back call on a stream is not sync-free), never freed
+// (a few KiB per stream that ever ran the look-back). Launches on one stream run one after another and
 // each leaves the state zeroed, so a stream's launches can share it; two streams never do. nullptr
 // while the stream is being captured into a CUDA graph (no allocation then; a graph replayed
 // alongside eager launches on its capture stream would share the state): the caller takes the count
