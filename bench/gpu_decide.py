@@ -202,6 +202,17 @@ def cublaslt_decision(results, failures):
     t = tests_ok(failures, "cublas")
     within = all(r.get("variants_within_2x_reference_error", False) for r in cases)
     ok = within and t == "passed"
+    tuned_cases = [r for r in cases if "ours_cublas_tuned" in r["median_ms"]]
+    tuned_faster = bool(tuned_cases)
+    for r in tuned_cases:
+        lt, tuned = best_device_time(r, "ours_cublas"), best_device_time(r, "ours_cublas_tuned")
+        print(f"  {r['shape']}: ours_cublas_tuned {tuned:.3f} ms vs ours_cublas {lt:.3f} ms ({lt / tuned:.2f}x)")
+        tuned_faster &= tuned < lt * 0.98
+    if tuned_cases:
+        tt = tests_ok(failures, "cublaslt_tune")
+        print(f"  -> algorithm tuning (tests: {tt}): "
+              + ("make it the default (patch_embed_cublaslt_tune in csrc/ops/patch_embed_checks.cpp)"
+                 if tuned_faster and tt == "passed" and within else "keep it off"))
     print(f"  variants within 2x of the reference's error: {within}; tests with 'cublas' in their id: {t}")
     print(f"  -> below 4096 tokens: {'keep cuBLASLt' if small_lt and ok else 'take cublas_copy'}; "
           f"from 4096 tokens: {'take cuBLASLt there too' if large_lt and ok else 'keep cublas_copy'} "

@@ -153,6 +153,31 @@ def check_cublas_lt():
     return _far_apart(got, want, 0.02, "the copy + addmm path")
 
 
+def check_cublas_tune():
+    """The cuBLASLt GEMM with its algorithm tuned per shape (cublaslt_tune, a variant) against the
+    heuristic's first choice: the tuning call itself (8 candidates timed between events) and a
+    second call on the kept algorithm."""
+    import torch
+    from interleave.ops import patch_embed
+    from interleave.ops.patch_embed import cublaslt_status, cublaslt_tune, cuda_gemm
+    if not torch.cuda.is_available():
+        return UNAVAILABLE + "no CUDA GPU"
+    status = cublaslt_status()
+    if status:
+        return UNAVAILABLE + status
+    tiles, weight, bias, pos = _patch_embed_case(8)
+    with cuda_gemm("cublas"):
+        want = patch_embed(tiles, weight, bias, pos)
+        with cublaslt_tune(True):
+            got = [patch_embed(tiles, weight, bias, pos) for _ in range(2)]
+    torch.cuda.synchronize()
+    for out in got:
+        reason = _far_apart(out, want, 0.02, "the untuned cuBLASLt GEMM")
+        if reason:
+            return reason
+    return None
+
+
 def _merge_against_default(*settings):
     """merge_tokens' sync-free path under `settings` against the default path (count kernel, host
     check): the benchmark's shape (256 chunks) and 1022 chunks, three launches in a row."""
@@ -199,11 +224,11 @@ def check_merge_loads16():
 # (INTERLEAVE_IM2COL_STAGED=0 / INTERLEAVE_CUBLASLT=0 put the earlier cuBLAS path back).
 CHECKS = {"wgmma": check_wgmma, "wgmma_staged": check_wgmma_staged, "anyres_mma": check_anyres_mma,
           "im2col_staged": check_im2col_staged, "cublas_lt": check_cublas_lt, "merge_lookback": check_merge_lookback,
-          "merge_loads16": check_merge_loads16}
+          "merge_loads16": check_merge_loads16, "cublas_tune": check_cublas_tune}
 # What a run checks by default: the paths no GPU has run yet. The others passed on an H100 at
 # 12ae393 (bench/results/2026-11-27-H100-12ae393-preflight.txt) and run with --all; the look-back's
 # first version passed at de8175c, the current one (the whole block looking back) has not run.
-UNVERIFIED = ["merge_lookback", "merge_loads16"]
+UNVERIFIED = ["merge_lookback", "merge_loads16", "cublas_tune"]
 
 
 def run_one(name):

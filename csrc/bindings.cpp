@@ -139,6 +139,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("_set_patch_embed_im2col_staged", [](bool staged) {
     return std::exchange(interleave::patch_embed_im2col_staged(), staged);
   });
+  // Whether the cuBLASLt GEMM tunes its algorithm per shape (patch_embed_cublaslt_tune).
+  m.def("_set_patch_embed_cublaslt_tune", [](bool tune) {
+    return std::exchange(interleave::patch_embed_cublaslt_tune(), tune);
+  });
   // "" where patch_embed's cuBLAS path can use cuBLASLt (the position embedding in the GEMM's C
   // operand), else why not; "" is never returned by a CPU-only build. Loads cuBLASLt, not CUDA.
   m.def("_patch_embed_cublaslt_status", []() -> std::string {

@@ -217,10 +217,10 @@ def preflight_failed(path: str) -> bool:
     return path in preflight_skipped()
 
 
-def _with_gemm(mode: str, args) -> torch.Tensor:
+def _with_gemm(mode: str, args, tune: bool = False) -> torch.Tensor:
     from .ops import patch_embed
-    from .ops.patch_embed import cuda_gemm
-    with cuda_gemm(mode):
+    from .ops.patch_embed import cublaslt_tune, cuda_gemm
+    with cuda_gemm(mode), cublaslt_tune(tune):
         return patch_embed(*args)
 
 
@@ -250,9 +250,9 @@ def patch_embed_cases(device: str, quick: bool = False, compile_reference: bool 
         variants = {"ours_pixel_values": lambda a=(pixel_values, weight, bias, pos): patch_embed(*a)}
         notes = []
         if device == "cuda" and dtype == torch.bfloat16:
-            # ours is "auto" (cuBLAS from 4096 tokens on); every GEMM forced too, so one run compares
-            # them. "wgmma" (the Hopper kernel) falls back to auto's path where the build or GPU
-            # lacks it: a note says which one that variant timed.
+            # ours is "auto" (the cuBLAS path at every size); every GEMM forced too, so one run
+            # compares them. "wgmma" (the Hopper kernel) falls back to auto's path where the build
+            # or GPU lacks it: a note says which one that variant timed.
             # cublas_copy: the cuBLAS path as it was before cuBLASLt took the position embedding
             # into the GEMM (the copy into the output, then addmm onto it): same-run comparison.
             # wgmma_staged: the same kernel with each tile's pixels copied into shared memory first.
@@ -264,6 +264,10 @@ def patch_embed_cases(device: str, quick: bool = False, compile_reference: bool 
                     from .ops.patch_embed import wgmma_available
                     notes.append(f"ours_{mode} ran the wgmma kernel: {wgmma_available()}")
                 variants[f"ours_{mode}"] = lambda a=(tiles, weight, bias, pos), m=mode: _with_gemm(m, a)
+            # cublas_tuned: the cuBLASLt GEMM with its algorithm timed per shape on the first call
+            # (the warm-up), the fastest of the heuristic's first 8 kept.
+            if not preflight_failed("cublas_tune"):
+                variants["ours_cublas_tuned"] = lambda a=(tiles, weight, bias, pos): _with_gemm("cublas", a, tune=True)
         cases.append(Case(
             op="patch_embed", device=device, shape=f"N={N} S={S} p={p} C={C}",
             dtype=str(dtype).replace("torch.", ""),

@@ -297,6 +297,39 @@ def test_cuda_auto_gemm_is_cublas_lt_below_4096_tokens_and_copy_from_there():
 
 @pytest.mark.cuda
 @needs_ext
+@pytest.mark.parametrize("n", [1, 6])
+def test_cuda_cublaslt_tune_matches_reference(n):
+    """cublaslt_tune(): the shape's first call times the heuristic's candidate algorithms and keeps
+    the fastest; that call and the next (on the kept algorithm) are within 2x the reference's error
+    against float64, as the untuned GEMM is."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    from interleave.ops.patch_embed import cublaslt_status, cublaslt_tune, cuda_gemm
+    if cublaslt_status():
+        pytest.skip(f"no cuBLASLt: {cublaslt_status()}")
+    weight, bias, pos = random_params(1152, 14, 729, dtype=torch.bfloat16, device="cuda", seed=4)
+    tiles = random_tiles(n, 384, "cuda", seed=n + 20)
+    with cuda_gemm("cublas"), cublaslt_tune(True):
+        outs = [patch_embed(tiles, weight, bias, pos) for _ in range(2)]
+    truth = truth64(tiles, weight, bias, pos)
+    ref = reference.patch_embed_tiles(tiles, weight, bias, pos)
+    for out in outs:
+        assert_within_2x(out, ref, truth, torch.bfloat16)
+
+
+@needs_ext
+def test_cublaslt_tune_setting_round_trips():
+    from interleave import _extension
+    from interleave.ops.patch_embed import cublaslt_tune
+    before = _extension.module._set_patch_embed_cublaslt_tune(False)
+    _extension.module._set_patch_embed_cublaslt_tune(before)
+    with cublaslt_tune(True):
+        assert _extension.module._set_patch_embed_cublaslt_tune(True) is True
+    assert _extension.module._set_patch_embed_cublaslt_tune(before) is before
+
+
+@pytest.mark.cuda
+@needs_ext
 def test_cuda_wgmma_staged_variant_runs_and_matches_gathered():
     """cuda_gemm("wgmma_staged") runs the staged instantiation of the wgmma kernel (profiler: its
     template argument `true`) at the SigLIP shape over several tiles per warpgroup, bit for bit the

@@ -14,8 +14,8 @@ inline bool env_switch_on(const char* name) {
   return !(v != nullptr && std::strcmp(v, "0") == 0);
 }
 
-// True only where the environment sets `name` to "1" (INTERLEAVE_MERGE_LOOKBACK: a path off by
-// default that a user or a GPU run can turn on for a whole process).
+// True only where the environment sets `name` to "1" (INTERLEAVE_MERGE_LOOKBACK,
+// INTERLEAVE_CUBLASLT_TUNE: paths off by default that a user can turn on for a whole process).
 inline bool env_opt_in(const char* name) {
   const char* v = std::getenv(name);
   return v != nullptr && std::strcmp(v, "1") == 0;

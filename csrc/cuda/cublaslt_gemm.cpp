@@ -10,6 +10,7 @@
 #include <mutex>
 #include <tuple>
 #include <type_traits>
+#include <vector>
 
 #if defined(INTERLEAVE_HAVE_CUBLASLT)
 #include <cublasLt.h>
@@ -78,6 +79,10 @@ struct LtPlan {
   cublasLtMatmulDesc_t desc = nullptr;
   cublasLtMatrixLayout_t a = nullptr, b = nullptr, c = nullptr, d = nullptr;
   cublasLtMatmulAlgo_t algo{};
+  // With LtGemmBroadcastC::tune: the heuristic's first kLtTuneCandidates algorithms, timed on the
+  // shape's first call; `algo` is then the fastest and `tuned` true.
+  std::vector<cublasLtMatmulAlgo_t> candidates;
+  bool tuned = false;
 };
 
 // Largest power of two up to 256 dividing every address the GEMM will form from `ptr`
@@ -89,11 +94,13 @@ uint32_t alignment(const void* ptr, int64_t stride_bytes) {
 }
 
 using PlanKey = std::tuple<int, int, int64_t, int64_t, int64_t, int, int64_t, int64_t, int64_t, int64_t, int64_t,
-                           int64_t, uint32_t, uint32_t, uint32_t, uint32_t, size_t>;
+                           int64_t, uint32_t, uint32_t, uint32_t, uint32_t, size_t, bool>;
 
 std::string status_text(const char* what, cublasStatus_t s) {
   return std::string(what) + " returned cuBLAS status " + std::to_string(static_cast<int>(s));
 }
+
+constexpr int kLtTuneCandidates = 8;
 
 LtPlan make_plan(const LtApi& api, cublasLtHandle_t handle, const LtGemmBroadcastC& g, size_t workspace_bytes,
                  const std::array<uint32_t, 4>& align) {
@@ -133,18 +140,68 @@ LtPlan make_plan(const LtApi& api, cublasLtHandle_t handle, const LtGemmBroadcas
   api.pref_set(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &align[0], sizeof(uint32_t));
   api.pref_set(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &align[2], sizeof(uint32_t));
   api.pref_set(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &align[3], sizeof(uint32_t));
-  cublasLtMatmulHeuristicResult_t result{};
+  std::array<cublasLtMatmulHeuristicResult_t, kLtTuneCandidates> results{};
   int found = 0;
-  s = api.heuristic(handle, p.desc, p.a, p.b, p.c, p.d, pref, 1, &result, &found);
+  s = api.heuristic(handle, p.desc, p.a, p.b, p.c, p.d, pref, g.tune ? kLtTuneCandidates : 1, results.data(), &found);
   // The preference is not kept (its destroy entry point is not loaded: a few bytes per shape).
   if (s != CUBLAS_STATUS_SUCCESS || found == 0) {
     p.why = s != CUBLAS_STATUS_SUCCESS ? status_text("cublasLtMatmulAlgoGetHeuristic", s)
                                        : "cuBLASLt has no algorithm for this batched GEMM with a shared C";
     return p;
   }
-  p.algo = result.algo;
+  p.algo = results[0].algo;
+  for (int i = 0; i < found; ++i)
+    if (results[i].state == CUBLAS_STATUS_SUCCESS) p.candidates.push_back(results[i].algo);
+  p.tuned = !g.tune || p.candidates.size() < 2;
   p.ok = true;
   return p;
+}
+
+// Times each candidate algorithm of `plan` on this very call (the real operands: D is rewritten,
+// never read, C is separate, so the result does not depend on how often it runs): one warm-up and
+// three timed runs each, between CUDA events on `stream`, and returns the fastest. Costs host syncs,
+// once per shape. Returns the heuristic's choice where the stream is being captured or an event
+// call fails; a candidate the library refuses is skipped.
+cublasLtMatmulAlgo_t fastest_algo(const LtApi& api, cublasLtHandle_t handle, const LtPlan& plan,
+                                  const LtGemmBroadcastC& g, void* workspace, size_t workspace_bytes,
+                                  cudaStream_t stream) {
+  cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
+  if (cudaStreamIsCapturing(stream, &capture) != cudaSuccess || capture != cudaStreamCaptureStatusNone) {
+    (void)cudaGetLastError();
+    return plan.algo;
+  }
+  cudaEvent_t start = nullptr, stop = nullptr;
+  if (cudaEventCreate(&start) != cudaSuccess || cudaEventCreate(&stop) != cudaSuccess) {
+    (void)cudaGetLastError();
+    if (start != nullptr) cudaEventDestroy(start);
+    return plan.algo;
+  }
+  const float alpha = g.alpha, beta = g.beta;
+  const auto run = [&](const cublasLtMatmulAlgo_t& algo) {
+    return api.matmul(handle, plan.desc, &alpha, g.w, plan.a, g.a, plan.b, &beta, g.c, plan.c, g.d, plan.d, &algo,
+                      workspace, workspace_bytes, stream) == CUBLAS_STATUS_SUCCESS;
+  };
+  cublasLtMatmulAlgo_t best = plan.algo;
+  float best_ms = -1.f;
+  for (const cublasLtMatmulAlgo_t& algo : plan.candidates) {
+    if (!run(algo)) continue;
+    bool ok = cudaEventRecord(start, stream) == cudaSuccess;
+    for (int r = 0; r < 3 && ok; ++r) ok = run(algo);
+    float ms = 0.f;
+    ok = ok && cudaEventRecord(stop, stream) == cudaSuccess && cudaEventSynchronize(stop) == cudaSuccess &&
+         cudaEventElapsedTime(&ms, start, stop) == cudaSuccess;
+    if (!ok) {
+      (void)cudaGetLastError();
+      continue;
+    }
+    if (best_ms < 0.f || ms < best_ms) {
+      best_ms = ms;
+      best = algo;
+    }
+  }
+  cudaEventDestroy(start);
+  cudaEventDestroy(stop);
+  return best;
 }
 
 std::mutex lt_mu;
@@ -174,7 +231,7 @@ bool lt_gemm_broadcast_c(const LtGemmBroadcastC& g, int device, void* workspace,
   const std::array<uint32_t, 4> align = {alignment(g.a, g.stride_a * es), alignment(g.w, 0), alignment(g.c, 0),
                                          alignment(g.d, g.stride_d * es)};
   const PlanKey key{device, static_cast<int>(g.type), g.rows, g.cols, g.k, g.batch, g.lda, g.stride_a, g.ldw,
-                    g.ldc, g.ldd, g.stride_d, align[0], align[1], align[2], align[3], workspace_bytes};
+                    g.ldc, g.ldd, g.stride_d, align[0], align[1], align[2], align[3], workspace_bytes, g.tune};
   LtPlan plan;
   cublasLtHandle_t handle = nullptr;
   {
@@ -195,6 +252,13 @@ bool lt_gemm_broadcast_c(const LtGemmBroadcastC& g, int device, void* workspace,
   if (!plan.ok) {
     if (why) *why = plan.why;
     return false;
+  }
+  if (!plan.tuned) {  // the shape's first tuned call: time the candidates, keep the fastest
+    plan.algo = fastest_algo(api, handle, plan, g, workspace, workspace_bytes, stream);
+    plan.tuned = true;
+    const std::lock_guard<std::mutex> lock(lt_mu);
+    lt_plans[key].algo = plan.algo;
+    lt_plans[key].tuned = true;
   }
   const float alpha = g.alpha, beta = g.beta;
   const cublasStatus_t s = api.matmul(handle, plan.desc, &alpha, g.w, plan.a, g.a, plan.b, &beta, g.c, plan.c, g.d,

@@ -40,6 +40,9 @@ struct LtGemmBroadcastC {
   void* d = nullptr;
   int64_t ldd = 0, stride_d = 0;
   float alpha = 1.f, beta = 1.f;
+  // Time the heuristic's first 8 algorithms on the shape's first call and keep the fastest (host
+  // syncs on that call; patch_embed's cublaslt_tune setting, off by default); else the first.
+  bool tune = false;
 };
 
 // The workspace the call may use (the caller allocates it on the call's stream).

@@ -199,6 +199,7 @@ at::Tensor patch_embed_cublas(const PatchEmbedShape& s, const at::Tensor& tiles,
       g.stride_d = T * s.dim;
       g.alpha = static_cast<float>(alpha);
       g.beta = 1.f;
+      g.tune = patch_embed_cublaslt_tune();
       if (cuda::lt_gemm_broadcast_c(g, tiles.get_device(), workspace.mutable_data_ptr(),
                                     cuda::kLtWorkspaceBytes, stream))
         continue;

@@ -75,6 +75,10 @@ PatchEmbedGemm& patch_embed_gemm_mode();
 // the environment has INTERLEAVE_IM2COL_STAGED=0 (bench/gpu_check.sh sets it when
 // bench/gpu_preflight.py finds the staged kernel failing); the preflight flips it to compare both.
 bool& patch_embed_im2col_staged();
+// Whether the cuBLAS path's cuBLASLt GEMM times the heuristic's first 8 algorithms on a shape's
+// first call and keeps the fastest (host syncs on that call; csrc/cuda/cublaslt_gemm.cpp): false
+// unless the environment has INTERLEAVE_CUBLASLT_TUNE=1; a benchmark variant waiting for a GPU run.
+bool& patch_embed_cublaslt_tune();
 
 // The wgmma kernel's weight (csrc/cuda/patch_embed_kernels.h, PatchEmbedWgmmaArgs::panels): `weight`
 // (the conv weight [C, Cin, p, p], any float dtype) times `scale`, in fp16, K order of PatchGeometry,

@@ -109,4 +109,9 @@ bool& patch_embed_im2col_staged() {
   return staged;
 }
 
+bool& patch_embed_cublaslt_tune() {
+  static bool tune = env_opt_in("INTERLEAVE_CUBLASLT_TUNE");
+  return tune;
+}
+
 }  // namespace interleave

@@ -108,6 +108,18 @@ def cuda_gemm(mode: str):
         yield
 
 
+@contextlib.contextmanager
+def cublaslt_tune(enabled: bool = True):
+    """Within the block, the cuBLAS path's cuBLASLt GEMM (the position embedding as its C operand:
+    "cublas", and "auto" below 4096 tokens) times the heuristic's first 8 algorithms on each
+    shape's first call and keeps the fastest for that shape (that call syncs the host; off by
+    default, `INTERLEAVE_CUBLASLT_TUNE=1` starts it on). The chosen algorithm may sum in another
+    order: results agree with the untuned GEMM to bf16/fp16 rounding, not bit for bit. For tests and
+    benchmarks."""
+    with _extension.native_setting("_set_patch_embed_cublaslt_tune", bool(enabled)):
+        yield
+
+
 def cublaslt_status() -> str:
     """"" where the cuBLAS path ("cublas", auto's choice below 4096 tokens) can put the position
     embedding into a batched cuBLASLt GEMM's C operand; else why not (a build without cublasLt.h, the
