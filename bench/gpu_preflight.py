@@ -129,17 +129,25 @@ def check_im2col_staged():
     return None
 
 
-def check_cublas_lt():
-    """The position embedding as a batched cuBLASLt GEMM's shared C operand (cuda_gemm("cublas"),
-    auto's path from 4096 tokens) against the copy + addmm path (cuda_gemm("cublas_copy"))."""
+def _cublaslt_unavailable():
+    """UNAVAILABLE + why where the cuBLASLt path cannot run here (no GPU, no cuBLASLt), else None."""
     import torch
-    from interleave.ops import patch_embed
-    from interleave.ops.patch_embed import cublaslt_status, cuda_gemm
+    from interleave.ops.patch_embed import cublaslt_status
     if not torch.cuda.is_available():
         return UNAVAILABLE + "no CUDA GPU"
     status = cublaslt_status()
-    if status:
-        return UNAVAILABLE + status
+    return UNAVAILABLE + status if status else None
+
+
+def check_cublas_lt():
+    """The position embedding as a batched cuBLASLt GEMM's shared C operand (cuda_gemm("cublas"),
+    auto's path below 4096 tokens) against the copy + addmm path (cuda_gemm("cublas_copy"))."""
+    import torch
+    from interleave.ops import patch_embed
+    from interleave.ops.patch_embed import cuda_gemm
+    unavailable = _cublaslt_unavailable()
+    if unavailable:
+        return unavailable
     tiles, weight, bias, pos = _patch_embed_case(8)
     with cuda_gemm("cublas_copy"):
         want = patch_embed(tiles, weight, bias, pos)
@@ -159,12 +167,10 @@ def check_cublas_tune():
     second call on the kept algorithm."""
     import torch
     from interleave.ops import patch_embed
-    from interleave.ops.patch_embed import cublaslt_status, cublaslt_tune, cuda_gemm
-    if not torch.cuda.is_available():
-        return UNAVAILABLE + "no CUDA GPU"
-    status = cublaslt_status()
-    if status:
-        return UNAVAILABLE + status
+    from interleave.ops.patch_embed import cublaslt_tune, cuda_gemm
+    unavailable = _cublaslt_unavailable()
+    if unavailable:
+        return unavailable
     tiles, weight, bias, pos = _patch_embed_case(8)
     with cuda_gemm("cublas"):
         want = patch_embed(tiles, weight, bias, pos)
