@@ -140,6 +140,24 @@ def anyres_decision(results, failures):
     print(f"  -> {'FLIP the default to true' if verdict else 'keep it off'}")
 
 
+def anyres_rows4_decision(results, failures):
+    rows4 = variant_cases(results, "anyres_tiles", "ours_rows4",
+                          "anyres_tiles SIMT pass 1 with 4 rows per block (default 1: anyres_cuda_simt_rows() in "
+                          "csrc/ops/anyres_tiles_checks.cpp)")
+    if rows4:
+        faster4, equal4 = True, True
+        for r in rows4:
+            eq = r.get("variants_bitwise_equal", {}).get("ours_rows4")
+            a, b = best_device_time(r, "ours"), best_device_time(r, "ours_rows4")
+            faster4 &= b < a * 0.98
+            equal4 &= bool(eq)
+            print(f"  {r['shape']}: ours {a:.3f} ms, ours_rows4 {b:.3f} ms ({a / b:.2f}x), bitwise equal: {eq}")
+        t4 = tests_ok(failures, "rows4")
+        print(f"  -> SIMT pass 1, 4 rows per block (tests: {t4}): "
+              + ("make it the default (anyres_cuda_simt_rows in csrc/ops/anyres_tiles_checks.cpp)"
+                 if faster4 and equal4 and t4 == "passed" else "keep 1"))
+
+
 def wgmma_decision(results, failures):
     cases = variant_cases(results, "patch_embed", "ours_wgmma",
                           "patch_embed wgmma kernel (a variant: kAuto in csrc/cuda/patch_embed_cuda.cpp is "
@@ -271,6 +289,7 @@ def main(argv):
         print(f"preflight (bench/gpu_preflight.py, preflight.log) ruled out: {', '.join(skipped)} -> keep those off")
     bars(results)
     anyres_decision(results, failures)
+    anyres_rows4_decision(results, failures)
     merge_sync_free_decision(results, failures)
     wgmma_decision(results, failures)
     cublaslt_decision(results, failures)

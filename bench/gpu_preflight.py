@@ -55,11 +55,11 @@ def check_wgmma():
     return _far_apart(got, want, 0.05, "the mma kernel")
 
 
-def check_anyres_mma():
-    """anyres_tiles with pass 1 on tensor cores (and the fused passes) against the default path, bitwise."""
+def _anyres_against_default(setting):
+    """anyres_tiles under `setting` against the default path, bitwise, on a 1080p and a 1411x1411
+    image in three modes."""
     import torch
     from interleave.ops import anyres_tiles
-    from interleave.ops.anyres_tiles import cuda_tensor_cores
     if not torch.cuda.is_available():
         return UNAVAILABLE + "no CUDA GPU"
     g = torch.Generator().manual_seed(0)
@@ -67,13 +67,26 @@ def check_anyres_mma():
               torch.randint(0, 256, (1411, 1411, 3), generator=g, dtype=torch.uint8).cuda()]
     for mode in ("anyres_max_9", "llava", "pad"):
         want = anyres_tiles(images, mode).tiles
-        with cuda_tensor_cores():
+        with setting():
             got = anyres_tiles(images, mode).tiles
         torch.cuda.synchronize()
         if not torch.equal(got, want):
             bad = (got != want).sum().item()
             return f"{mode}: {bad} of {want.numel()} bytes differ from the default path"
     return None
+
+
+def check_anyres_mma():
+    """anyres_tiles with pass 1 on tensor cores (and the fused passes) against the default path, bitwise."""
+    from interleave.ops.anyres_tiles import cuda_tensor_cores
+    return _anyres_against_default(cuda_tensor_cores)
+
+
+def check_anyres_rows4():
+    """anyres_tiles' SIMT pass 1 with 4 intermediate rows per block (cuda_simt_rows(4)) against the
+    default path, bitwise."""
+    from interleave.ops.anyres_tiles import cuda_simt_rows
+    return _anyres_against_default(lambda: cuda_simt_rows(4))
 
 
 def check_wgmma_staged():
@@ -230,11 +243,11 @@ def check_merge_loads16():
 # (INTERLEAVE_IM2COL_STAGED=0 / INTERLEAVE_CUBLASLT=0 put the earlier cuBLAS path back).
 CHECKS = {"wgmma": check_wgmma, "wgmma_staged": check_wgmma_staged, "anyres_mma": check_anyres_mma,
           "im2col_staged": check_im2col_staged, "cublas_lt": check_cublas_lt, "merge_lookback": check_merge_lookback,
-          "merge_loads16": check_merge_loads16, "cublas_tune": check_cublas_tune}
+          "merge_loads16": check_merge_loads16, "cublas_tune": check_cublas_tune, "anyres_rows4": check_anyres_rows4}
 # What a run checks by default: the paths no GPU has run yet. The others passed on an H100 at
 # 12ae393 (bench/results/2026-11-27-H100-12ae393-preflight.txt) and run with --all; the look-back's
 # first version passed at de8175c, the current one (the whole block looking back) has not run.
-UNVERIFIED = ["merge_lookback", "merge_loads16", "cublas_tune"]
+UNVERIFIED = ["merge_lookback", "merge_loads16", "cublas_tune", "anyres_rows4"]
 
 
 def run_one(name):

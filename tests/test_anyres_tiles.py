@@ -77,18 +77,19 @@ def _extreme_image(h, w):
 # an 8.3x one (33-34 taps: the SIMT path), pad-to-square, upscales; noise, photo-like and
 # extreme stripes. Both paths must give Pillow's bytes on the GPU itself.
 @pytest.mark.cuda
-@pytest.mark.parametrize("tensor_cores", [True, False], ids=["mma", "simt"])
+@pytest.mark.parametrize("tensor_cores", [True, False, "rows4"], ids=["mma", "simt", "simt_rows4"])
 @pytest.mark.parametrize("sizes,mode", [
     ([(1080, 1920)] * 3, "llava"), ([(1080, 1920)], "anyres_max_9"), ([(45, 2955), (21, 3190)], "llava"),
     ([(333, 517), (517, 333)], "pad"), ([(100, 70), (70, 100), (1, 1)], "anyres"),
 ], ids=["frames", "anyres_max_9", "near-32-taps", "pad", "upscale"])
 def test_cuda_tensor_core_pass_equals_pillow(sizes, mode, tensor_cores):
-    from interleave.ops.anyres_tiles import cuda_tensor_cores
+    """rows4: the SIMT pass 1 with 4 intermediate rows per block (cuda_simt_rows(4))."""
+    from interleave.ops.anyres_tiles import cuda_simt_rows, cuda_tensor_cores
     if not _extension.has_op_kernel("interleave::anyres_tiles", "cuda"):
         pytest.skip("no CUDA kernel of anyres_tiles")
     images = [random_image(h, w, i) for i, (h, w) in enumerate(sizes)]
     images += [random_image(h, w, 9, smooth=True) for h, w in sizes[:1]] + [_extreme_image(*sizes[0])]
-    with cuda_tensor_cores(tensor_cores):
+    with cuda_tensor_cores(tensor_cores is True), cuda_simt_rows(4 if tensor_cores == "rows4" else 1):
         check(images, mode, "cuda")
 
 
@@ -96,6 +97,13 @@ def test_cuda_tensor_core_pass_equals_pillow(sizes, mode, tensor_cores):
 @given(h=st.integers(1, 700), w=st.integers(1, 700), mode=st.sampled_from(MODES), seed=st.integers(0, 9))
 def test_property_random_sizes_cpu(h, w, mode, seed):
     check([random_image(h, w, seed)], mode)
+
+
+def test_cuda_simt_rows_rejects_other_values():
+    from interleave.ops.anyres_tiles import cuda_simt_rows
+    with pytest.raises(ValueError, match="cuda_simt_rows: rows must be 1 or 4, got 2"):
+        with cuda_simt_rows(2):
+            pass
 
 
 def test_numpy_input_and_single_image():

@@ -62,6 +62,8 @@ def _build_emulation(tmp_path_factory, kernel_file, launchers, driver_file):
 def anyres_emu(tmp_path_factory):
     so = _build_emulation(tmp_path_factory, "anyres_tiles_kernels.cu", ["launch_anyres_tiles"], "anyres_tiles_emu.cpp")
     so.emu_anyres_tiles.restype = ctypes.c_int
+    so.emu_set_simt_rows.restype = None
+    so.emu_set_simt_rows.argtypes = [ctypes.c_int]
     return so
 
 
@@ -84,9 +86,12 @@ def im2col_emu(tmp_path_factory):
     return so
 
 
-def _emulate(so, images, jobs, num_tiles, tile, lut=None, force_direct=False, mma=True, fused=True, taken=None):
+def _emulate(so, images, jobs, num_tiles, tile, lut=None, force_direct=False, mma=True, fused=True, taken=None,
+             simt_rows=1):
     """Runs the emulated launch; mma: allow pass 1's tensor-core path; fused: allow both passes in
-    one (on tensor cores); taken: a list that gets (jobs on tensor cores, jobs fused)."""
+    one (on tensor cores); taken: a list that gets (jobs on tensor cores, jobs fused); simt_rows:
+    pass 1's SIMT rows per block (1 or 4)."""
+    so.emu_set_simt_rows(simt_rows)
     ims = [np.ascontiguousarray(im) for im in images]
     ptrs = (ctypes.c_void_p * len(ims))(*[im.ctypes.data for im in ims])
     hw = np.array([[im.shape[0], im.shape[1]] for im in ims], dtype=np.int64)
@@ -138,8 +143,9 @@ CASES = [
 @pytest.mark.skipif(_extension.module is None, reason="compiled extension not built (the CPU kernel is the reference)")
 @pytest.mark.parametrize("case", CASES, ids=[f"{c[1]}-{c[2]}-{len(c[0])}x{c[0][0][0]}x{c[0][0][1]}-t{c[3]}" for c in CASES])
 @pytest.mark.parametrize("lut_dtype", [None, torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("direct", [False, True], ids=["staged-out", "direct-out"])
-def test_anyres_tiles_cuda_kernels_emulated_equal_cpu_kernel(anyres_emu, case, lut_dtype, direct):
+@pytest.mark.parametrize("direct,simt_rows", [(False, 1), (True, 1), (False, 4)],
+                         ids=["staged-out", "direct-out", "staged-out-rows4"])
+def test_anyres_tiles_cuda_kernels_emulated_equal_cpu_kernel(anyres_emu, case, lut_dtype, direct, simt_rows):
     sizes, mode, order, tile = case
     images = [_photo(h, w, i) for i, (h, w) in enumerate(sizes)]
     grid = [[tile * r, tile * c] for r in range(1, 4) for c in range(1, 4)] if tile != 384 else planning.ONEVISION_PINPOINTS
@@ -149,7 +155,8 @@ def test_anyres_tiles_cuda_kernels_emulated_equal_cpu_kernel(anyres_emu, case, l
     expected = torch.ops.interleave.anyres_tiles([torch.from_numpy(im) for im in images], jobs, offsets[-1], tile, lut)
     # The SIMT kernels (the CUDA default until the tensor-core path is verified on a GPU); the
     # tensor-core and fused paths have their own test below.
-    got = _emulate(anyres_emu, images, jobs, offsets[-1], tile, lut, force_direct=direct, mma=False)
+    got = _emulate(anyres_emu, images, jobs, offsets[-1], tile, lut, force_direct=direct, mma=False,
+                   simt_rows=simt_rows)
     if lut is not None:
         expected = expected.view(torch.int32 if lut.element_size() == 4 else torch.int16)
         got = got.view(np.int32 if lut.element_size() == 4 else np.int16)

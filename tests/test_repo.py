@@ -130,6 +130,9 @@ def test_gpu_decide_reads_a_committed_run(tmp_path):
             r["median_ms"]["ours_cublas"] = r["median_ms"]["ours"]
             r["median_ms"]["ours_cublas_copy"] = r["median_ms"]["ours"] / 1.1
             r["median_ms"]["ours_cublas_tuned"] = r["median_ms"]["ours"] / 1.2
+        if r["op"] == "anyres_tiles" and r["device"] == "cuda":
+            r["median_ms"]["ours_rows4"] = r["median_ms"]["ours"] / 1.4
+            r.setdefault("variants_bitwise_equal", {})["ours_rows4"] = True
             r["variants_within_2x_reference_error"] = True
     fake.write_text(json.dumps(report))
     out = subprocess.run([sys.executable, script, str(fake), str(passed)], capture_output=True, text=True,
@@ -137,6 +140,7 @@ def test_gpu_decide_reads_a_committed_run(tmp_path):
     assert "-> staged variant (tests: passed): let auto choose it at N=1, N=16, N=64" in out, out
     assert "-> below 4096 tokens: take cublas_copy; from 4096 tokens: keep cublas_copy" in out, out
     assert "-> algorithm tuning (tests: passed): make it the default" in out, out
+    assert "-> SIMT pass 1, 4 rows per block (tests: passed): make it the default" in out, out
     # merge_tokens' sync-free variants: the look-back 1.3x faster than the default at every shape
     # and its tests passed -> make it the default; 16 loads no faster -> keep 8; a failing look-back
     # test -> keep it a variant.
@@ -170,12 +174,13 @@ def test_gpu_preflight_rules_out_paths_and_the_tests_follow():
     assert last.startswith("INTERLEAVE_SKIP_PATHS=")
     if torch_cuda_available():
         return  # on a GPU the verdicts depend on the kernels; gpu_check.sh records them
-    assert set(last.split("=", 1)[1].split(",")) == {"merge_lookback", "merge_loads16", "cublas_tune"}, out  # UNVERIFIED
+    assert set(last.split("=", 1)[1].split(",")) == {"merge_lookback", "merge_loads16", "cublas_tune",
+                                                     "anyres_rows4"}, out  # UNVERIFIED
     out = subprocess.run([sys.executable, os.path.join(root, "bench", "gpu_preflight.py"), "--all"],
                          capture_output=True, text=True, timeout=300, check=True).stdout
     assert set(out.strip().splitlines()[-1].split("=", 1)[1].split(",")) == \
         {"wgmma", "wgmma_staged", "anyres_mma", "im2col_staged", "cublas_lt", "merge_lookback", "merge_loads16",
-         "cublas_tune"}, out
+         "cublas_tune", "anyres_rows4"}, out
     env = dict(os.environ, INTERLEAVE_SKIP_PATHS="anyres_mma")
     r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider",
                         os.path.join(root, "tests", "test_anyres_tiles.py"), "-k", "tensor_core_pass"],

@@ -108,10 +108,11 @@ inline int64_t fused_smem_bytes(int64_t stride, int64_t rows, int64_t band, int6
 // allow_mma: let eligible jobs run pass 1 on tensor cores (the glue's setting; tests run both).
 // tile, out_bytes: the tile size and the bytes of an output value (1 for uint8 tiles, else the
 // lut's entries). allow_fused: let eligible tensor-core jobs with a vertical pass run both passes
-// in one (and write their canvas' padding).
+// in one (and write their canvas' padding). simt_rows: 1, or kSimtRows intermediate rows per block
+// for the SIMT horizontal pass of jobs whose staged source rows fit (the glue's setting).
 inline TileBatch plan_tile_batch(const std::vector<TileJob>& table, const std::vector<const uint8_t*>& images,
                                  const std::vector<std::array<int64_t, 2>>& hw, int64_t tile, int64_t out_bytes,
-                                 bool allow_mma = true, bool allow_fused = true) {
+                                 bool allow_mma = true, bool allow_fused = true, int simt_rows = 1) {
   TileBatch b;
   b.descs.resize(table.size());
   auto append = [&b](const std::vector<int32_t>& v) {
@@ -214,7 +215,13 @@ inline TileBatch plan_tile_batch(const std::vector<TileJob>& table, const std::v
       b.staged_row_bytes = std::max(b.staged_row_bytes, d.fused ? fused_smem_bytes(d.mma_stride, d.fused_rows, d.fused_band,
                                                                                    tile, out_bytes)
                                                                   : kMmaRows * d.mma_stride * 4);
+    } else if (staged && simt_rows == kSimtRows && d.need_horizontal && !d.vertical_first && d.mid_rows > 0 &&
+               kSimtRows * table[i].src_w * kStagedBytesPerPixel <= kMaxStagedRowBytes) {
+      d.rows_per_block = kSimtRows;  // blocks: groups of kSimtRows intermediate rows
+      b.pass1 += (d.mid_rows + kSimtRows - 1) / kSimtRows;
+      b.staged_row_bytes = std::max(b.staged_row_bytes, kSimtRows * table[i].src_w * kStagedBytesPerPixel);
     } else {
+      d.rows_per_block = 1;
       b.pass1 += d.mid_rows;
     }
     // Only unfused jobs keep an intermediate in global memory.

@@ -370,6 +370,85 @@ __device__ __forceinline__ void fused_block(const TileJobDevice& J, const int32_
   }
 }
 
+// Copies source canvas row sy (J.src_w pixels; the padding resolved) into staged as one 32-bit word
+// per pixel (r | g << 8 | b << 16, the packing of src_pad): a tap is then one shared-memory load
+// instead of three byte loads. The caller synchronizes.
+__device__ __forceinline__ void stage_source_row(const TileJobDevice& J, int64_t sy, uint32_t* staged) {
+  const int64_t y = sy - J.src_top;
+  const bool row_in = y >= 0 && y < J.img_h;
+  const uint8_t* img_row = J.image + (row_in ? y : 0) * J.img_w * 3;
+  const int32_t left = static_cast<int32_t>(J.src_left), img_w = static_cast<int32_t>(J.img_w);
+  const int32_t n = static_cast<int32_t>(J.src_w);
+  // kStageUnroll pixels per thread per round, all loads issued before any store: one pixel at a
+  // time, a block had ~1 KB of loads in flight and pass 1 read its 99.5 MB (16 1080p frames) at
+  // ~0.56 TB/s on the H100 (c6aacb5 profile), latency-bound.
+  constexpr int kStageUnroll = 8;
+  for (int32_t x0 = threadIdx.x; x0 < n; x0 += blockDim.x * kStageUnroll) {
+    uint32_t v[kStageUnroll];
+#pragma unroll
+    for (int u = 0; u < kStageUnroll; ++u) {
+      const int32_t x = x0 + u * static_cast<int32_t>(blockDim.x), xi = x - left;
+      v[u] = static_cast<uint32_t>(J.src_pad);
+      if (x < n && row_in && xi >= 0 && xi < img_w) {
+        const uint8_t* p = img_row + xi * 3;
+        v[u] = static_cast<uint32_t>(p[0]) | static_cast<uint32_t>(p[1]) << 8 | static_cast<uint32_t>(p[2]) << 16;
+      }
+    }
+#pragma unroll
+    for (int u = 0; u < kStageUnroll; ++u) {
+      const int32_t x = x0 + u * static_cast<int32_t>(blockDim.x);
+      if (x < n) staged[x] = v[u];
+    }
+  }
+}
+
+// Pass 1's SIMT horizontal pass over kSimtRows intermediate rows per block
+// (TileJobDevice::rows_per_block): the rows are staged one after another, then each thread computes
+// its output x for every row, so a tap's weight (a global load and a 64-bit pointer step) serves
+// kSimtRows rows instead of one, and the channels come out of a staged word with one byte permute
+// each. The one-row loop is 52 SASS instructions per 4 taps (12 of them multiply-adds): in the
+// 12ae393 H100 profile pass 1 was issue-bound (70% of issue slots). `block`: the job's block index.
+__device__ __forceinline__ int32_t channel_prmt(uint32_t px, uint32_t c) {
+  return static_cast<int32_t>(il_prmt(px, 0u, 0x4440u | c));  // byte c, zero-extended
+}
+
+__device__ __forceinline__ void simt_rows_block(const TileJobDevice& J, const int32_t* __restrict__ coeffs,
+                                                uint8_t* __restrict__ mid, uint32_t* staged, int64_t block) {
+  const int32_t r0 = static_cast<int32_t>(block * kSimtRows);
+  const int32_t rows = static_cast<int32_t>(min(static_cast<int64_t>(kSimtRows), J.mid_rows - r0));
+  const int32_t n = static_cast<int32_t>(J.src_w);
+  for (int i = 0; i < rows; ++i) stage_source_row(J, J.row_first + r0 + i, staged + i * n);
+  __syncthreads();
+  const int32_t mid_w = static_cast<int32_t>(J.mid_width);
+  uint32_t* dst = reinterpret_cast<uint32_t*>(mid + J.mid_offset) + static_cast<int64_t>(r0) * mid_w;
+  for (int32_t xx = threadIdx.x; xx < mid_w; xx += blockDim.x) {
+    const int32_t first = coeffs[J.h_first + xx], count = coeffs[J.h_count + xx];
+    const int32_t* k = coeffs + J.h_weights + xx;  // tap-major: tap t at k[t * h_outputs]
+    int32_t acc[kSimtRows][3];
+#pragma unroll
+    for (int i = 0; i < kSimtRows; ++i) acc[i][0] = acc[i][1] = acc[i][2] = kResampleHalf;
+    const uint32_t* p = staged + first;
+    // Rows past `rows` (the job's last block) read the staged words of earlier launches' or rows'
+    // leftovers: inside the buffer, never stored.
+#pragma unroll 2
+    for (int32_t t = 0; t < count; ++t, k += J.h_outputs) {
+      const int32_t w = *k;
+#pragma unroll
+      for (int i = 0; i < kSimtRows; ++i) {
+        const uint32_t px = p[i * n + t];
+        acc[i][0] += static_cast<int32_t>(px & 255u) * w;
+        acc[i][1] += channel_prmt(px, 1) * w;
+        acc[i][2] += channel_prmt(px, 2) * w;
+      }
+    }
+#pragma unroll
+    for (int i = 0; i < kSimtRows; ++i)
+      if (i < rows)
+        dst[static_cast<int64_t>(i) * mid_w + xx] =
+            pack_rgb(resample_clip8(acc[i][0]), resample_clip8(acc[i][1]), resample_clip8(acc[i][2]));
+  }
+}
+
 // kWithMma: some job of the launch takes the tensor-core path (J.mma_pass1); a separate
 // instantiation, so that launches without one keep the SIMT path's smaller register budget.
 template <bool kStagedRow, bool kWithMma = false>
@@ -387,6 +466,12 @@ __global__ void __launch_bounds__(kThreads, kWithMma ? 3 : 1)
     }
     if (J.mma_pass1) {
       mma_pass1_block(J, coeffs, mid, staged, row - J.pass1_begin);
+      return;
+    }
+  }
+  if constexpr (kStagedRow) {
+    if (J.rows_per_block > 1) {  // block-uniform
+      simt_rows_block(J, coeffs, mid, staged, row - J.pass1_begin);
       return;
     }
   }
@@ -419,34 +504,7 @@ __global__ void __launch_bounds__(kThreads, kWithMma ? 3 : 1)
     return;
   }
   if constexpr (kStagedRow) {
-    // One 32-bit word per pixel (r | g << 8 | b << 16, the packing of src_pad): a tap is then one
-    // shared-memory load instead of three byte loads.
-    const int64_t y = sy - J.src_top;
-    const bool row_in = y >= 0 && y < J.img_h;
-    const uint8_t* img_row = J.image + (row_in ? y : 0) * J.img_w * 3;
-    const int32_t left = static_cast<int32_t>(J.src_left), img_w = static_cast<int32_t>(J.img_w);
-    const int32_t n = static_cast<int32_t>(J.src_w);
-    // kStageUnroll pixels per thread per round, all loads issued before any store: one pixel at a
-    // time, a block had ~1 KB of loads in flight and pass 1 read its 99.5 MB (16 1080p frames) at
-    // ~0.56 TB/s on the H100 (c6aacb5 profile), latency-bound.
-    constexpr int kStageUnroll = 8;
-    for (int32_t x0 = threadIdx.x; x0 < n; x0 += blockDim.x * kStageUnroll) {
-      uint32_t v[kStageUnroll];
-#pragma unroll
-      for (int u = 0; u < kStageUnroll; ++u) {
-        const int32_t x = x0 + u * static_cast<int32_t>(blockDim.x), xi = x - left;
-        v[u] = static_cast<uint32_t>(J.src_pad);
-        if (x < n && row_in && xi >= 0 && xi < img_w) {
-          const uint8_t* p = img_row + xi * 3;
-          v[u] = static_cast<uint32_t>(p[0]) | static_cast<uint32_t>(p[1]) << 8 | static_cast<uint32_t>(p[2]) << 16;
-        }
-      }
-#pragma unroll
-      for (int u = 0; u < kStageUnroll; ++u) {
-        const int32_t x = x0 + u * static_cast<int32_t>(blockDim.x);
-        if (x < n) staged[x] = v[u];
-      }
-    }
+    stage_source_row(J, sy, staged);
     __syncthreads();
   }
   for (int32_t xx = threadIdx.x; xx < mid_w; xx += blockDim.x) {

@@ -41,7 +41,12 @@ struct TileJobDevice {
   // kMmaChunk words of intermediate in shared memory after the staged rows. Such a job has no
   // rows in pass 2 and no intermediate in global memory.
   int32_t fused, fused_rows, fused_band;
+  // Pass 1's SIMT horizontal pass: intermediate rows per block, 1 or kSimtRows (then its blocks are
+  // ceil(mid_rows / kSimtRows), each staging that many source rows; plan_tile_batch's simt_rows).
+  int32_t rows_per_block;
 };
+
+constexpr int kSimtRows = 4;
 
 // Pass 1's tensor-core path (horizontal pass first, Pillow's exact integer result): a block takes
 // kMmaRows intermediate rows and kMmaChunk outputs of them; each warp one group of 8 outputs at a

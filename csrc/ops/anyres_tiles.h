@@ -32,6 +32,9 @@ void check_anyres_lut(const std::optional<at::Tensor>& lut, const at::Tensor& fi
 // verified on a GPU; interleave.ops.anyres_tiles.cuda_tensor_cores switches it, through
 // interleave._C._set_anyres_mma).
 bool& anyres_cuda_mma();
+// Intermediate rows per block of the CUDA pass 1's SIMT horizontal pass: 1 (default) or
+// cuda::kSimtRows (4; a benchmark variant waiting for a GPU run, see simt_rows_block).
+int64_t& anyres_cuda_simt_rows();
 
 at::Tensor anyres_tiles_cpu(at::TensorList images, const at::Tensor& jobs, int64_t num_tiles,
                             int64_t tile, const std::optional<at::Tensor>& lut);

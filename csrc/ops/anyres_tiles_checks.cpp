@@ -93,4 +93,9 @@ bool& anyres_cuda_mma() {
   return allowed;
 }
 
+int64_t& anyres_cuda_simt_rows() {
+  static int64_t rows = 1;
+  return rows;
+}
+
 }  // namespace interleave

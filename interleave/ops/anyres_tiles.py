@@ -179,6 +179,17 @@ def cuda_tensor_cores(enabled: bool = True):
         yield
 
 
+@contextlib.contextmanager
+def cuda_simt_rows(rows: int):
+    """Within the block, the CUDA kernel's SIMT first (horizontal) pass computes `rows` intermediate
+    rows per block (1, the default, or 4: each tap's weight then serves four rows; a variant
+    waiting for a GPU run). Both give Pillow's bytes. For tests and benchmarks."""
+    if int(rows) not in (1, 4):
+        raise ValueError(f"cuda_simt_rows: rows must be 1 or 4, got {rows}")
+    with _extension.native_setting("_set_anyres_simt_rows", int(rows)):
+        yield
+
+
 CPU_SIMD_LEVELS = ("generic", "avx2", "avx512")
 
 

@@ -23,6 +23,10 @@
 using namespace interleave;
 using namespace interleave::cuda;
 
+// Pass 1's SIMT rows per block (plan_tile_batch's simt_rows: 1 or kSimtRows) for the next calls.
+static int simt_rows = 1;
+extern "C" void emu_set_simt_rows(int rows) { simt_rows = rows; }
+
 extern "C" int emu_anyres_tiles(int num_images, const uint8_t* const* images, const int64_t* hw, int num_jobs,
                                 const int64_t* table, int64_t tile, const void* lut, int lut_bytes, void* out,
                                 int force_direct, int allow_mma, int allow_fused, int* mma_jobs,
@@ -38,7 +42,7 @@ extern "C" int emu_anyres_tiles(int num_images, const uint8_t* const* images, co
   std::vector<std::array<int64_t, 2>> sizes;
   for (int i = 0; i < num_images; ++i) sizes.push_back({hw[2 * i], hw[2 * i + 1]});
   const TileBatch batch = plan_tile_batch(jobs_table, pixels, sizes, tile, lut == nullptr ? 1 : lut_bytes, allow_mma != 0,
-                                          allow_fused != 0);
+                                          allow_fused != 0, simt_rows);
   *mma_jobs = *fused_jobs = 0;
   for (const TileJobDevice& d : batch.descs) {
     *mma_jobs += d.mma_pass1;
