@@ -12,6 +12,7 @@ and the reason is in preflight.log.
     python3 bench/gpu_preflight.py            # the never-verified paths (UNVERIFIED), one child each
     python3 bench/gpu_preflight.py --all      # every path, verified ones included
     python3 bench/gpu_preflight.py --one NAME # one path in this process (what the children run)
+    python3 bench/gpu_preflight.py --list [--all]  # the names it would check, comma-separated (no torch)
 """
 import subprocess
 import sys
@@ -266,8 +267,12 @@ def run_one(name):
 def main(argv):
     if len(argv) == 2 and argv[0] == "--one":
         return run_one(argv[1])
+    names = list(CHECKS) if "--all" in argv else UNVERIFIED
+    if "--list" in argv:  # what gpu_preflight.sh rules out when a run gives no verdict line
+        print(",".join(names))
+        return 0
     failed = []
-    for name in (CHECKS if argv == ["--all"] else UNVERIFIED):
+    for name in names:
         t0 = time.time()
         try:
             r = subprocess.run([sys.executable, __file__, "--one", name], capture_output=True, text=True, timeout=90)

@@ -176,6 +176,9 @@ def test_gpu_preflight_rules_out_paths_and_the_tests_follow():
         return  # on a GPU the verdicts depend on the kernels; gpu_check.sh records them
     assert set(last.split("=", 1)[1].split(",")) == {"merge_lookback", "merge_loads16", "cublas_tune",
                                                      "anyres_rows4"}, out  # UNVERIFIED
+    listed = subprocess.run([sys.executable, os.path.join(root, "bench", "gpu_preflight.py"), "--list"],
+                            capture_output=True, text=True, timeout=60, check=True).stdout.strip()
+    assert listed == last.split("=", 1)[1], (listed, last)  # what gpu_preflight.sh rules out without a verdict
     out = subprocess.run([sys.executable, os.path.join(root, "bench", "gpu_preflight.py"), "--all"],
                          capture_output=True, text=True, timeout=300, check=True).stdout
     assert set(out.strip().splitlines()[-1].split("=", 1)[1].split(",")) == \

@@ -80,7 +80,8 @@ struct LtPlan {
   cublasLtMatrixLayout_t a = nullptr, b = nullptr, c = nullptr, d = nullptr;
   cublasLtMatmulAlgo_t algo{};
   // With LtGemmBroadcastC::tune: the heuristic's first kLtTuneCandidates algorithms, timed on the
-  // shape's first call; `algo` is then the fastest and `tuned` true.
+  // shape's first call; `algo` is then the fastest, `tuned` true and the list emptied (every call
+  // copies its plan out of the map: an empty list copies without allocating).
   std::vector<cublasLtMatmulAlgo_t> candidates;
   bool tuned = false;
 };
@@ -150,9 +151,10 @@ LtPlan make_plan(const LtApi& api, cublasLtHandle_t handle, const LtGemmBroadcas
     return p;
   }
   p.algo = results[0].algo;
-  for (int i = 0; i < found; ++i)
+  for (int i = 0; g.tune && i < found; ++i)
     if (results[i].state == CUBLAS_STATUS_SUCCESS) p.candidates.push_back(results[i].algo);
-  p.tuned = !g.tune || p.candidates.size() < 2;
+  p.tuned = p.candidates.size() < 2;
+  if (p.tuned) p.candidates.clear();
   p.ok = true;
   return p;
 }
@@ -257,8 +259,10 @@ bool lt_gemm_broadcast_c(const LtGemmBroadcastC& g, int device, void* workspace,
     plan.algo = fastest_algo(api, handle, plan, g, workspace, workspace_bytes, stream);
     plan.tuned = true;
     const std::lock_guard<std::mutex> lock(lt_mu);
-    lt_plans[key].algo = plan.algo;
-    lt_plans[key].tuned = true;
+    LtPlan& kept = lt_plans[key];
+    kept.algo = plan.algo;
+    kept.tuned = true;
+    kept.candidates = {};
   }
   const float alpha = g.alpha, beta = g.beta;
   const cublasStatus_t s = api.matmul(handle, plan.desc, &alpha, g.w, plan.a, g.a, plan.b, &beta, g.c, plan.c, g.d,

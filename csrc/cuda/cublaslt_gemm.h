@@ -7,8 +7,8 @@
 // no link-time dependency on it and imports where it is missing; the header comes from the CUDA
 // toolkit or NVIDIA's cuBLAS wheel (setup.py). Without the header, or where the library, a
 // heuristic or the call fails, lt_gemm_broadcast_c returns false and the caller takes its other path.
-// INTERLEAVE_CUBLASLT=0 in the environment turns it off for the process (bench/gpu_check.sh sets it
-// when bench/gpu_preflight.py finds it failing).
+// INTERLEAVE_CUBLASLT=0 in the environment turns it off for the process (bench/gpu_preflight.sh sets
+// it when, with PREFLIGHT_ALL=1, bench/gpu_preflight.py finds it failing).
 #pragma once
 
 #include <cuda_runtime_api.h>

@@ -7,10 +7,10 @@
 //      kMaxChunks values, so no scan kernel is needed), ranks its placeholders with a ballot scan,
 //      then copies every row of the chunk once: where rows are 16-byte vectors of one dtype, the
 //      tile's rows as one flat range of vectors (block_copy_rows_flat), else one warp per row.
-// The sync-free path is one launch: each block of merge_forward_kernel finds the placeholders before
-// its chunk by a decoupled look-back over the other blocks' published counts (lookback_prefix; the
-// default), or, with the look-back off and up to merge_cuda_self_count_max() positions, by counting
-// all the ids before its chunk itself (self_counted_prefix).
+// The sync-free path is one launch: each block of merge_forward_kernel counts all the ids before its
+// chunk itself, up to merge_cuda_self_count_max() positions (self_counted_prefix; the default), or,
+// with merge_cuda_lookback() on, finds the placeholders before its chunk by a decoupled look-back
+// over the other blocks' published counts at any length (lookback_prefix).
 #include <assert.h>  // declares __assert_fail for device code (the sync-free trap)
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -161,8 +161,8 @@ __device__ __forceinline__ int64_t self_counted_prefix(const MergePositions& pos
 // A single-pass prefix sum across blocks (Merrill and Garland's decoupled look-back): each block
 // takes the next chunk from a ticket counter (so every chunk before it belongs to a block that has
 // already started, and no block waits on one that is not running), counts its own placeholders,
-// publishes that count, then sums its predecessors' published words 32 at a time, nearest first,
-// until one carries an inclusive prefix; then it publishes its own inclusive prefix. Against the
+// publishes that count, then sums its predecessors' published words kThreads at a time, nearest
+// first, until one carries an inclusive prefix; then it publishes its own inclusive prefix. Against the
 // self count (every block reads all ids before its chunk: 8 MiB of L2 reads at 8192 positions,
 // growing as n^2) this reads each id once more and a few status words, at any n; the 12ae393 H100
 // profile had the self-counting kernel at 16.0 us against 10.5 us for the copy kernel that is

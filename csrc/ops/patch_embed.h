@@ -72,8 +72,8 @@ constexpr int64_t kPatchEmbedLtMaxRows = 4096;
 PatchEmbedGemm& patch_embed_gemm_mode();
 // Whether the cuBLAS path's im2col of uint8 HWC tiles stages through shared memory
 // (im2col_u8_kernel in csrc/cuda/patch_embed_kernels.cu) or runs the generic kernel: true unless
-// the environment has INTERLEAVE_IM2COL_STAGED=0 (bench/gpu_check.sh sets it when
-// bench/gpu_preflight.py finds the staged kernel failing); the preflight flips it to compare both.
+// the environment has INTERLEAVE_IM2COL_STAGED=0 (bench/gpu_preflight.sh sets it when,
+// with PREFLIGHT_ALL=1, bench/gpu_preflight.py finds the staged kernel failing); the preflight flips it to compare both.
 bool& patch_embed_im2col_staged();
 // Whether the cuBLAS path's cuBLASLt GEMM times the heuristic's first 8 algorithms on a shape's
 // first call and keeps the fastest (host syncs on that call; csrc/cuda/cublaslt_gemm.cpp): false

@@ -230,7 +230,6 @@ template <typename T>
 T __shfl_down_sync(unsigned, T v, unsigned delta) { return emu::shfl_down(v, delta); }
 inline unsigned __ballot_sync(unsigned, bool pred) { return emu::ballot(pred); }
 inline int __popc(unsigned x) { return __builtin_popcount(x); }
-inline int __ffs(int x) { return __builtin_ffs(x); }
 // Blocks run one after another and a block's threads one at a time between waits, so the atomics
 // are plain read-modify-writes and a fence orders nothing the emulation could reorder.
 inline unsigned long long atomicAdd(unsigned long long* p, unsigned long long v) {
