@@ -124,7 +124,7 @@ skip_errors=0; [ "$errpath_rc" -ne 0 ] && skip_errors=1
 # still answers for them: merge's look-back and sync-free settings, patch_embed's auto choice (the
 # cuBLAS path at every size), the cuBLAS path's cuBLASLt GEMM, the operand cache, the gradchecks,
 # the GEMM choices.
-export INTERLEAVE_TEST_FIRST="lookback,loads16,cublaslt_tune,rows4,sync_free,auto_gemm,cublas,operand_cache,gradcheck,wgmma,gemm_choice"
+export INTERLEAVE_TEST_FIRST="lookback,loads16,cublaslt_tune,rows4,integer,sync_free,auto_gemm,cublas,operand_cache,gradcheck,wgmma,gemm_choice"
 INTERLEAVE_SKIP_ERROR_TESTS=$skip_errors timeout "$left" "$PY" -X faulthandler -m pytest -m cuda -q -rs \
   -p no:cacheprovider tests > "$OUT_DIR/cuda-tests.log" 2>&1
 test_rc=$?

@@ -158,6 +158,24 @@ def anyres_rows4_decision(results, failures):
                  if faster4 and equal4 and t4 == "passed" else "keep 1"))
 
 
+def anyres_imma_decision(results, failures):
+    cases = variant_cases(results, "anyres_tiles", "ours_imma",
+                          "anyres_tiles pass 1 on integer tensor cores (default off: anyres_cuda_imma() in "
+                          "csrc/ops/anyres_tiles_checks.cpp)")
+    if cases:
+        faster, equal = True, True
+        for r in cases:
+            eq = r.get("variants_bitwise_equal", {}).get("ours_imma")
+            a, b = best_device_time(r, "ours"), best_device_time(r, "ours_imma")
+            faster &= b < a * 0.98
+            equal &= bool(eq)
+            print(f"  {r['shape']}: ours {a:.3f} ms, ours_imma {b:.3f} ms ({a / b:.2f}x), bitwise equal: {eq}")
+        t = tests_ok(failures, "tensor_core_pass_equals_pillow[integer")
+        print(f"  -> integer tensor-core pass 1 (tests: {t}): "
+              + ("make it the default (anyres_cuda_imma in csrc/ops/anyres_tiles_checks.cpp)"
+                 if faster and equal and t == "passed" else "keep it off"))
+
+
 def wgmma_decision(results, failures):
     cases = variant_cases(results, "patch_embed", "ours_wgmma",
                           "patch_embed wgmma kernel (a variant: kAuto in csrc/cuda/patch_embed_cuda.cpp is "
@@ -290,6 +308,7 @@ def main(argv):
     bars(results)
     anyres_decision(results, failures)
     anyres_rows4_decision(results, failures)
+    anyres_imma_decision(results, failures)
     merge_sync_free_decision(results, failures)
     wgmma_decision(results, failures)
     cublaslt_decision(results, failures)

@@ -90,6 +90,13 @@ def check_anyres_rows4():
     return _anyres_against_default(lambda: cuda_simt_rows(4))
 
 
+def check_anyres_imma():
+    """anyres_tiles' pass 1 on integer tensor cores (cuda_integer_tensor_cores()) against the default
+    path, bitwise."""
+    from interleave.ops.anyres_tiles import cuda_integer_tensor_cores
+    return _anyres_against_default(cuda_integer_tensor_cores)
+
+
 def check_wgmma_staged():
     """The wgmma kernel's staged variant (cuda_gemm("wgmma_staged"): each tile's pixels copied into
     shared memory with cp.async) against the gathered one: the same fp16 operands and MMAs in the
@@ -244,11 +251,12 @@ def check_merge_loads16():
 # (INTERLEAVE_IM2COL_STAGED=0 / INTERLEAVE_CUBLASLT=0 put the earlier cuBLAS path back).
 CHECKS = {"wgmma": check_wgmma, "wgmma_staged": check_wgmma_staged, "anyres_mma": check_anyres_mma,
           "im2col_staged": check_im2col_staged, "cublas_lt": check_cublas_lt, "merge_lookback": check_merge_lookback,
-          "merge_loads16": check_merge_loads16, "cublas_tune": check_cublas_tune, "anyres_rows4": check_anyres_rows4}
+          "merge_loads16": check_merge_loads16, "cublas_tune": check_cublas_tune, "anyres_rows4": check_anyres_rows4,
+          "anyres_imma": check_anyres_imma}
 # What a run checks by default: the paths no GPU has run yet. The others passed on an H100 at
 # 12ae393 (bench/results/2026-11-27-H100-12ae393-preflight.txt) and run with --all; the look-back's
 # first version passed at de8175c, the current one (the whole block looking back) has not run.
-UNVERIFIED = ["merge_lookback", "merge_loads16", "cublas_tune", "anyres_rows4"]
+UNVERIFIED = ["merge_lookback", "merge_loads16", "cublas_tune", "anyres_rows4", "anyres_imma"]
 
 
 def run_one(name):

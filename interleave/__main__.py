@@ -47,6 +47,12 @@ def info() -> int:
                  "the count kernel first beyond (INTERLEAVE_MERGE_LOOKBACK=1: a decoupled look-back at any length)"))
         print("off by default (measured slower on an H100, c0e6c19): anyres_tiles tensor-core passes "
               "(interleave.ops.anyres_tiles.cuda_tensor_cores())")
+        imma = ext._set_anyres_imma(True)
+        ext._set_anyres_imma(imma)
+        print("CUDA anyres_tiles pass 1 on integer tensor cores: " + (
+            "on (INTERLEAVE_ANYRES_IMMA=1)" if imma
+            else "off until a GPU run has timed it (interleave.ops.anyres_tiles.cuda_integer_tensor_cores(), "
+                 "INTERLEAVE_ANYRES_IMMA=1)"))
     return 0
 
 

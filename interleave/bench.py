@@ -145,6 +145,12 @@ def _with_tensor_cores(anyres_tiles, images, mode) -> torch.Tensor:
         return anyres_tiles(images, mode).tiles
 
 
+def _with_integer_tensor_cores(anyres_tiles, images, mode) -> torch.Tensor:
+    from .ops.anyres_tiles import cuda_integer_tensor_cores
+    with cuda_integer_tensor_cores(True):
+        return anyres_tiles(images, mode).tiles
+
+
 def _with_simt_rows(anyres_tiles, images, mode, rows) -> torch.Tensor:
     from .ops.anyres_tiles import cuda_simt_rows
     with cuda_simt_rows(rows):
@@ -191,6 +197,9 @@ def anyres_tiles_cases(device: str, quick: bool = False, compile_reference: bool
         # On CUDA, the SIMT pass 1 with 4 rows per block (a tap's weight serves four rows).
         if device == "cuda" and not preflight_failed("anyres_rows4"):
             variants["ours_rows4"] = lambda ims=images, m=mode: _with_simt_rows(anyres_tiles, ims, m, 4)
+        # On CUDA, pass 1 on integer tensor cores (byte planes of the weights on mma.m16n8k32).
+        if device == "cuda" and not preflight_failed("anyres_imma"):
+            variants["ours_imma"] = lambda ims=images, m=mode: _with_integer_tensor_cores(anyres_tiles, ims, m)
         if device == "cpu" and _cpu_simd_below_best("avx2"):  # what the AVX-512 loops gain, same run
             variants["ours_avx2"] = lambda ims=images, m=mode: _with_cpu_simd("avx2", lambda: anyres_tiles(ims, m).tiles)
         cases.append(Case(

@@ -64,6 +64,9 @@ def anyres_emu(tmp_path_factory):
     so.emu_anyres_tiles.restype = ctypes.c_int
     so.emu_set_simt_rows.restype = None
     so.emu_set_simt_rows.argtypes = [ctypes.c_int]
+    so.emu_set_imma.restype = None
+    so.emu_set_imma.argtypes = [ctypes.c_int]
+    so.emu_imma_jobs.restype = ctypes.c_int
     return so
 
 
@@ -87,11 +90,13 @@ def im2col_emu(tmp_path_factory):
 
 
 def _emulate(so, images, jobs, num_tiles, tile, lut=None, force_direct=False, mma=True, fused=True, taken=None,
-             simt_rows=1):
+             simt_rows=1, imma=False):
     """Runs the emulated launch; mma: allow pass 1's tensor-core path; fused: allow both passes in
     one (on tensor cores); taken: a list that gets (jobs on tensor cores, jobs fused); simt_rows:
-    pass 1's SIMT rows per block (1 or 4)."""
+    pass 1's SIMT rows per block (1 or 4); imma: allow pass 1's integer tensor-core path (then
+    `taken` also gets the number of jobs on it)."""
     so.emu_set_simt_rows(simt_rows)
+    so.emu_set_imma(int(imma))
     ims = [np.ascontiguousarray(im) for im in images]
     ptrs = (ctypes.c_void_p * len(ims))(*[im.ctypes.data for im in ims])
     hw = np.array([[im.shape[0], im.shape[1]] for im in ims], dtype=np.int64)
@@ -109,7 +114,7 @@ def _emulate(so, images, jobs, num_tiles, tile, lut=None, force_direct=False, mm
                              int(force_direct), int(mma), int(fused), ctypes.byref(mma_jobs), ctypes.byref(fused_jobs))
     assert rc == 0
     if taken is not None:
-        taken.append((mma_jobs.value, fused_jobs.value))
+        taken.append((mma_jobs.value, fused_jobs.value) + ((so.emu_imma_jobs(),) if imma else ()))
     return out
 
 
@@ -216,6 +221,41 @@ def test_anyres_tiles_pass1_tensor_cores_emulated(anyres_emu, case, path):
         assert (fused_jobs >= 1) == (path == "fused")
         if path == "fused":  # every tensor-core job with a vertical pass fuses here (padding too)
             assert fused_jobs == mma_jobs
+
+
+# Pass 1 on integer tensor cores (TileJobDevice::imma_pass1, byte planes of the weights on
+# mma.m16n8k32): equal to the CPU kernel (Pillow) on every case above. Eligible: windows of at most
+# 64 pixels per 8 outputs (video frames 1920 -> 384: 59; the anyres grid; upscales; pad-to-square,
+# windows starting left of the image and unaligned widths byte by byte); the 7.7x and 8.3x
+# downscales (30-34 taps), 400 -> 56 (7.1x: 79-pixel windows) and rows too wide to stage stay on the
+# other paths. The emulator's integer
+# MMA aborts if an accumulator leaves int32.
+IMMA_ELIGIBLE = [True, True, True, True, True, True, True, False, False, False, False, False]
+# (The 1200x2500 pair, 60 s emulated, is left out: its padding is pass 2's, which the other cases cover.)
+IMMA_CASES = [(c, e) for i, (c, e) in enumerate(zip(MMA_CASES, IMMA_ELIGIBLE)) if i != 2]
+
+
+@pytest.mark.skipif(_extension.module is None, reason="compiled extension not built (the CPU kernel is the reference)")
+@pytest.mark.parametrize("case,eligible", IMMA_CASES,
+                         ids=[f"{c[1]}-{len(c[0])}x{c[0][0][0]}x{c[0][0][1]}-t{c[3]}" for c, _ in IMMA_CASES])
+def test_anyres_tiles_pass1_integer_tensor_cores_emulated(anyres_emu, case, eligible):
+    sizes, mode, order, tile, _ = case
+    images = [_photo(h, w, 11 + i) for i, (h, w) in enumerate(sizes)]
+    grid = [[tile * r, tile * c] for r in range(1, 4) for c in range(1, 4)] if tile != 384 else planning.ONEVISION_PINPOINTS
+    plans = [planning.plan_image(h, w, mode, pinpoints=grid, tile=tile) for h, w in sizes]
+    jobs, offsets = build_jobs(plans, tile, order)
+    lut = normalization_table((0.5, 0.4, 0.3), (0.2, 0.3, 0.25), dtype=torch.float32) if mode == "pad" else None
+    expected = torch.ops.interleave.anyres_tiles([torch.from_numpy(im) for im in images], jobs, offsets[-1], tile, lut)
+    taken = []
+    got = _emulate(anyres_emu, images, jobs, offsets[-1], tile, lut, mma=True, fused=True, taken=taken, imma=True)
+    if lut is not None:
+        expected, got = expected.view(torch.int32), got.view(np.int32)
+    np.testing.assert_array_equal(got, expected.numpy())
+    (mma_jobs, fused_jobs, imma_jobs), = taken
+    if eligible:
+        assert imma_jobs >= 1
+    else:
+        assert imma_jobs == 0
 
 
 # ---- patch_embed: the position-embedding broadcast of the cuBLAS path --------------------------------

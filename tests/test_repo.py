@@ -133,6 +133,8 @@ def test_gpu_decide_reads_a_committed_run(tmp_path):
         if r["op"] == "anyres_tiles" and r["device"] == "cuda":
             r["median_ms"]["ours_rows4"] = r["median_ms"]["ours"] / 1.4
             r.setdefault("variants_bitwise_equal", {})["ours_rows4"] = True
+            r["median_ms"]["ours_imma"] = r["median_ms"]["ours"] / 2.5
+            r["variants_bitwise_equal"]["ours_imma"] = True
             r["variants_within_2x_reference_error"] = True
     fake.write_text(json.dumps(report))
     out = subprocess.run([sys.executable, script, str(fake), str(passed)], capture_output=True, text=True,
@@ -141,6 +143,7 @@ def test_gpu_decide_reads_a_committed_run(tmp_path):
     assert "-> below 4096 tokens: take cublas_copy; from 4096 tokens: keep cublas_copy" in out, out
     assert "-> algorithm tuning (tests: passed): make it the default" in out, out
     assert "-> SIMT pass 1, 4 rows per block (tests: passed): make it the default" in out, out
+    assert "-> integer tensor-core pass 1 (tests: passed): make it the default" in out, out
     # merge_tokens' sync-free variants: the look-back 1.3x faster than the default at every shape
     # and its tests passed -> make it the default; 16 loads no faster -> keep 8; a failing look-back
     # test -> keep it a variant.
@@ -175,7 +178,7 @@ def test_gpu_preflight_rules_out_paths_and_the_tests_follow():
     if torch_cuda_available():
         return  # on a GPU the verdicts depend on the kernels; gpu_check.sh records them
     assert set(last.split("=", 1)[1].split(",")) == {"merge_lookback", "merge_loads16", "cublas_tune",
-                                                     "anyres_rows4"}, out  # UNVERIFIED
+                                                     "anyres_rows4", "anyres_imma"}, out  # UNVERIFIED
     listed = subprocess.run([sys.executable, os.path.join(root, "bench", "gpu_preflight.py"), "--list"],
                             capture_output=True, text=True, timeout=60, check=True).stdout.strip()
     assert listed == last.split("=", 1)[1], (listed, last)  # what gpu_preflight.sh rules out without a verdict
@@ -183,7 +186,7 @@ def test_gpu_preflight_rules_out_paths_and_the_tests_follow():
                          capture_output=True, text=True, timeout=300, check=True).stdout
     assert set(out.strip().splitlines()[-1].split("=", 1)[1].split(",")) == \
         {"wgmma", "wgmma_staged", "anyres_mma", "im2col_staged", "cublas_lt", "merge_lookback", "merge_loads16",
-         "cublas_tune", "anyres_rows4"}, out
+         "cublas_tune", "anyres_rows4", "anyres_imma"}, out
     env = dict(os.environ, INTERLEAVE_SKIP_PATHS="anyres_mma")
     r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider",
                         os.path.join(root, "tests", "test_anyres_tiles.py"), "-k", "tensor_core_pass"],
@@ -219,6 +222,7 @@ def test_gpu_ncu_specs_name_benchmark_cases():
     benchmark defines for CUDA (a typo would only show on the GPU, in its scarce minutes)."""
     text = open(os.path.join(ROOT, "bench", "gpu_ncu.sh")).read()
     specs = re.search(r'specs=\$\{NCU_SPECS:-"(.+?)"\}', text, flags=re.S).group(1).split()
+    bench_text = open(os.path.join(ROOT, "interleave", "bench.py")).read()
     assert len(specs) >= 4
     sys.path.insert(0, os.path.join(ROOT, "bench"))
     try:
@@ -227,8 +231,10 @@ def test_gpu_ncu_specs_name_benchmark_cases():
             case_spec, _, variant = spec.partition("@")
             label, fn = gpu_ncu.find(case_spec)  # the case exists (on this machine's device)
             assert callable(fn) and label.endswith("@ours")
-            # interleave/bench.py's CUDA-only variants of these cases
-            cuda_variants = {"ours_mma", "ours_sync_free"} | {f"ours_{m}" for m in ("wgmma", "wgmma_staged", "cublas", "mma")}
-            assert variant in cuda_variants | {"ours"}, spec
+            # one of interleave/bench.py's CUDA-only variants of these cases: named there, or one of
+            # patch_embed's forced GEMMs (ours_<mode>, made in a loop)
+            gemm_modes = {f"ours_{m}" for m in ("wgmma", "wgmma_staged", "cublas", "cublas_copy", "mma")}
+            assert variant == "ours" or variant in gemm_modes or f'variants["{variant}"]' in bench_text \
+                or f'"{variant}":' in bench_text, spec
     finally:
         sys.path.remove(os.path.join(ROOT, "bench"))

@@ -24,7 +24,8 @@ struct TileBatch {
   std::vector<int32_t> arena;  // never empty (one 0 when no job resamples)
   int64_t mid_bytes = 0, pass1 = 0, pass2 = 0, staged_row_bytes = 0, canvas_row_bytes = 0;
   int64_t pass1_width = 0;  // the widest intermediate row: pass 1's block size (pass1_threads)
-  bool pass1_mma = false;   // some job's pass 1 runs on tensor cores: kMmaThreads per block
+  bool pass1_mma = false;   // some job's pass 1 runs on fp16 tensor cores: kMmaThreads per block
+  bool pass1_imma = false;  // some job's pass 1 runs on integer tensor cores (never with pass1_mma)
 };
 
 // Whether a horizontal axis can run on pass 1's tensor-core path exactly (kMmaRows). Per output:
@@ -56,6 +57,46 @@ inline bool cached_mma_axis_exact(const AxisCoeffs& c) {
   if (it != cache.end()) return it->second;
   if (cache.size() >= 256) cache.clear();
   return cache[{c.in_size, c.out_size}] = mma_axis_exact(c);
+}
+
+// Where the integer tensor-core pass 1 starts the window of the group of 8 outputs whose first
+// output's first tap is source pixel `first`: rounded down to a multiple of 4 pixels from the
+// image's left edge (at canvas x `left`), so that 4 pixels are three aligned 32-bit words.
+// imma_pass1_block computes the same (int32).
+inline int64_t imma_window_start(int64_t first, int64_t left) { return left + ((first - left) & ~int64_t{3}); }
+
+// Whether a horizontal axis can run on pass 1's integer tensor-core path (kImmaBand), its image at
+// canvas x `left`: every group of 8 outputs (x0 a multiple of 8) reads at most kImmaWindow source
+// pixels from its window start, and every weight w splits into a signed high byte (w >> 16 in
+// [-128, 127]) and two unsigned bytes ((w >> 8) & 255, w & 255). Each plane's sum then stays far
+// inside int32 (|sum| <= 64 * 255 * 255), and 2^16 hi + 2^8 mid + lo, taken modulo 2^32, is
+// Pillow's own int32 sum.
+inline bool imma_axis_ok(const AxisCoeffs& c, int64_t left) {
+  if (c.out_size <= 0) return false;
+  for (int64_t x0 = 0; x0 < c.out_size; x0 += 8) {
+    const int64_t s = imma_window_start(c.first[x0], left);
+    int64_t e = 0;
+    for (int64_t x = x0; x < std::min<int64_t>(x0 + 8, c.out_size); ++x) e = std::max<int64_t>(e, c.first[x] + c.count[x]);
+    if (e - s > kImmaWindow) return false;
+  }
+  for (int64_t x = 0; x < c.out_size; ++x)
+    for (int64_t i = 0; i < c.count[x]; ++i) {
+      const int32_t hi = c.weights[x * c.ksize + i] >> 16;  // arithmetic: floor
+      if (hi < -128 || hi > 127) return false;
+    }
+  return true;
+}
+
+// imma_axis_ok per (in_size, out_size, left mod 4), memoized like cached_mma_axis_exact.
+inline bool cached_imma_axis_ok(const AxisCoeffs& c, int64_t left) {
+  static std::mutex mutex;
+  static std::map<std::array<int64_t, 3>, bool> cache;
+  const std::lock_guard<std::mutex> lock(mutex);
+  const std::array<int64_t, 3> key{c.in_size, c.out_size, left & 3};
+  const auto it = cache.find(key);
+  if (it != cache.end()) return it->second;
+  if (cache.size() >= 256) cache.clear();
+  return cache[key] = imma_axis_ok(c, left);
 }
 
 // The shared-memory row (32-bit words) that tensor-core blocks stage, or 0 if it does not fit.
@@ -110,9 +151,12 @@ inline int64_t fused_smem_bytes(int64_t stride, int64_t rows, int64_t band, int6
 // lut's entries). allow_fused: let eligible tensor-core jobs with a vertical pass run both passes
 // in one (and write their canvas' padding). simt_rows: 1, or kSimtRows intermediate rows per block
 // for the SIMT horizontal pass of jobs whose staged source rows fit (the glue's setting).
+// allow_imma: let eligible jobs (imma_axis_ok) run pass 1 on integer tensor cores, unfused; it
+// replaces allow_mma (no job of the launch takes the fp16 tensor-core path or the fused passes).
 inline TileBatch plan_tile_batch(const std::vector<TileJob>& table, const std::vector<const uint8_t*>& images,
                                  const std::vector<std::array<int64_t, 2>>& hw, int64_t tile, int64_t out_bytes,
-                                 bool allow_mma = true, bool allow_fused = true, int simt_rows = 1) {
+                                 bool allow_mma = true, bool allow_fused = true, int simt_rows = 1,
+                                 bool allow_imma = false) {
   TileBatch b;
   b.descs.resize(table.size());
   auto append = [&b](const std::vector<int32_t>& v) {
@@ -159,8 +203,11 @@ inline TileBatch plan_tile_batch(const std::vector<TileJob>& table, const std::v
       d.h_outputs = p.horizontal->out_size;
       const auto at = append_axis(*p.horizontal, true);
       d.h_first = at[0]; d.h_count = at[1]; d.h_weights = at[2];
-      // A candidate for the tensor-core pass 1 (decided below, once the launch's staging is known).
-      if (allow_mma && at[3] && !p.vertical_first && p.mid_rows > 0)
+      // A candidate for a tensor-core pass 1 (decided below, once the launch's staging is known):
+      // the integer one first.
+      if (allow_imma && !p.vertical_first && p.mid_rows > 0 && cached_imma_axis_ok(*p.horizontal, j.src_left))
+        d.imma_pass1 = 1;
+      else if (allow_mma && !allow_imma && at[3] && !p.vertical_first && p.mid_rows > 0)
         d.mma_stride = static_cast<int32_t>(mma_stride(*p.horizontal, 0, p.horizontal->out_size));
     }
     // A fused candidate: tensor-core horizontal pass and a vertical pass; its blocks cover the
@@ -200,6 +247,7 @@ inline TileBatch plan_tile_batch(const std::vector<TileJob>& table, const std::v
   for (size_t i = 0; i < b.descs.size(); ++i) {
     TileJobDevice& d = b.descs[i];
     d.mma_pass1 = staged && d.mma_stride > 0;
+    d.imma_pass1 = staged && d.imma_pass1;
     d.fused = d.mma_pass1 && d.fused;
     if (!d.mma_pass1) d.mma_stride = 0;
     if (!d.fused) d.fused_rows = d.fused_band = 0;
@@ -215,6 +263,11 @@ inline TileBatch plan_tile_batch(const std::vector<TileJob>& table, const std::v
       b.staged_row_bytes = std::max(b.staged_row_bytes, d.fused ? fused_smem_bytes(d.mma_stride, d.fused_rows, d.fused_band,
                                                                                    tile, out_bytes)
                                                                   : kMmaRows * d.mma_stride * 4);
+    } else if (d.imma_pass1) {  // blocks: bands of kImmaBand intermediate rows x chunks of 64 outputs
+      d.mma_chunks = static_cast<int32_t>((d.mid_width + kMmaChunk - 1) / kMmaChunk);
+      b.pass1 += (d.mid_rows + kImmaBand - 1) / kImmaBand * d.mma_chunks;
+      b.pass1_imma = true;  // kMmaThreads per block, the integer tensor-core instantiation of the kernel
+      d.rows_per_block = 1;
     } else if (staged && simt_rows == kSimtRows && d.need_horizontal && !d.vertical_first && d.mid_rows > 0 &&
                kSimtRows * table[i].src_w * kStagedBytesPerPixel <= kMaxStagedRowBytes) {
       d.rows_per_block = kSimtRows;  // blocks: groups of kSimtRows intermediate rows

@@ -1,7 +1,7 @@
 // Torch glue of the anyres_tiles CUDA kernels: checks, Pillow coefficients computed on the host
 // (never on the device, see csrc/common/resample.h), one upload of the job descriptors and
 // coefficients, one intermediate arena, two launches for the whole batch (pass 1 on tensor cores
-// where that is exact: anyres_tiles_kernels.h, kMmaRows).
+// where that is exact and switched on: anyres_tiles_kernels.h, kMmaRows and kImmaBand).
 #include <ATen/ops/empty.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -36,7 +36,7 @@ at::Tensor anyres_tiles_cuda(at::TensorList images, const at::Tensor& jobs, int6
   }
   const cuda::TileBatch batch = cuda::plan_tile_batch(table, pixels, hw, tile, lut.has_value() ? lut->element_size() : 1,
                                                          anyres_cuda_mma(), /*allow_fused=*/true,
-                                                         static_cast<int>(anyres_cuda_simt_rows()));
+                                                         static_cast<int>(anyres_cuda_simt_rows()), anyres_cuda_imma());
   const auto& descs = batch.descs;
   const auto& arena = batch.arena;
   TORCH_CHECK_VALUE(batch.pass1 < (int64_t(1) << 31) && batch.pass2 < (int64_t(1) << 31),
@@ -70,7 +70,8 @@ at::Tensor anyres_tiles_cuda(at::TensorList images, const at::Tensor& jobs, int6
                             mid.mutable_data_ptr<uint8_t>(), out.mutable_data_ptr(),
                             lut.has_value() ? lut_c.const_data_ptr() : nullptr,
                             lut.has_value() ? static_cast<int>(lut_c.element_size()) : 0, tile,
-                            batch.staged_row_bytes, batch.canvas_row_bytes, batch.pass1_width, batch.pass1_mma, stream);
+                            batch.staged_row_bytes, batch.canvas_row_bytes, batch.pass1_width, batch.pass1_mma,
+                            batch.pass1_imma, stream);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   // Tiles no job writes (batch padding) are zero, on the same stream.
   for (const TileRun& g : gaps) out.narrow(0, g.first, g.count).zero_();

@@ -227,6 +227,168 @@ __device__ __forceinline__ void mma_pass1_block(const TileJobDevice& J, const in
   });
 }
 
+// ---- pass 1 on integer tensor cores (TileJobDevice::imma_pass1, kImmaBand) -----------------------
+// Pillow's horizontal sum, sum_i w_i p_i in int32 with 22-bit fixed-point weights, as three
+// byte-plane products on mma.m16n8k32 (uint8 pixels times weight bytes, int32 accumulation): with
+// w = 2^16 hi + 2^8 mid + lo (hi = w >> 16 signed, mid and lo unsigned bytes), sum w p =
+// 2^16 S_hi + 2^8 S_mid + S_lo, each plane's sum far inside int32 (imma_axis_ok) and the
+// combination taken modulo 2^32, where Pillow's own int32 sum lies. The fp16 tensor-core pass above
+// rebuilt its weight fragments from the tap table for every 16 rows (4 scattered loads and 8
+// int->fp16 conversions per 16 pixels) and staged its source rows behind block barriers; here a warp
+// owns one group of 8 outputs and keeps its weights in registers (B: 3 planes x 2 k-chunks x 2
+// registers) for a whole band of kImmaBand rows, and per 16 rows loads each row's window straight
+// from global memory as three aligned 32-bit words per 4 pixels (no shared memory, no barrier),
+// takes a channel out of them with 2 byte permutes, and runs 18 MMAs (3 channels x 3 planes x 2
+// k-chunks of 32 pixels). By our count ~180 instructions per warp per 16 rows x 8 outputs, where the
+// SIMT pass issues ~13 per row-tap (~1700 for the same 128 outputs of 21 taps).
+
+// Channel c (0 r, 1 g, 2 b) of 4 packed RGB pixels (12 bytes in w[0..2], memory order) as 4 bytes:
+// bytes c, c + 3, c + 6, c + 9.
+template <int C>
+__device__ __forceinline__ uint32_t quad_channel(const uint32_t (&w)[3]) {
+  constexpr uint32_t kFirst = C == 0 ? 0x0630u : C == 1 ? 0x0741u : 0x0052u;   // 2 or 3 bytes of w[0..1]
+  constexpr uint32_t kSecond = C == 0 ? 0x5210u : C == 1 ? 0x6210u : 0x7410u;  // the rest from w[2]
+  return il_prmt(il_prmt(w[0], w[1], kFirst), w[2], kSecond);
+}
+
+// 4 source canvas pixels from x = sx on (the padding resolved) as three words in memory order
+// (r0 g0 b0 r1 | g1 b1 r2 g2 | b2 r3 g3 b3), byte by byte: the window's groups at the image's edges,
+// in the padding, or of images whose rows are not 4-byte aligned (imma_pass1_block loads every
+// other group as three aligned 32-bit words).
+__device__ __forceinline__ void imma_load_quad_bytes(const TileJobDevice& J, const uint8_t* img_row, bool row_in,
+                                                  int32_t sx, uint32_t (&w)[3]) {
+  const int32_t xi = sx - static_cast<int32_t>(J.src_left), img_w = static_cast<int32_t>(J.img_w);
+  w[0] = w[1] = w[2] = 0;
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    uint32_t px = static_cast<uint32_t>(J.src_pad);
+    if (row_in && xi + i >= 0 && xi + i < img_w) {
+      const uint8_t* q = img_row + (xi + i) * 3;
+      px = static_cast<uint32_t>(q[0]) | static_cast<uint32_t>(q[1]) << 8 | static_cast<uint32_t>(q[2]) << 16;
+    }
+#pragma unroll
+    for (int c = 0; c < 3; ++c) {
+      const int byte = 3 * i + c;
+      w[byte >> 2] |= ((px >> (8 * c)) & 255u) << (8 * (byte & 3));
+    }
+  }
+}
+
+// One block: intermediate rows [band * kImmaBand, +kImmaBand) x outputs [chunk * 64, +64) of job J;
+// warp w takes the 8 outputs from chunk * 64 + 8w.
+__device__ __forceinline__ void imma_pass1_block(const TileJobDevice& J, const int32_t* __restrict__ coeffs,
+                                                 uint8_t* __restrict__ mid, int64_t block) {
+  const int32_t band = static_cast<int32_t>(block / J.mma_chunks);
+  const int32_t chunk = static_cast<int32_t>(block - static_cast<int64_t>(band) * J.mma_chunks);
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
+  const int32_t mid_w = static_cast<int32_t>(J.mid_width), mid_rows = static_cast<int32_t>(J.mid_rows);
+  const int32_t x0 = chunk * kMmaChunk + warp * 8;
+  if (x0 >= mid_w) return;  // warp-uniform; this path has no block barrier
+  const int32_t* first = coeffs + J.h_first;
+  const int32_t* count = coeffs + J.h_count;
+  const int32_t left = static_cast<int32_t>(J.src_left);
+  const int32_t s = left + ((first[x0] - left) & ~3);  // imma_window_start
+  // B, once per warp: weights of output x0 + g (zero past the row's end) at source pixels
+  // s + 32q + 16r + 4t + i, split into byte planes: register [q][r], byte i.
+  const int32_t xn = x0 + g;
+  const bool n_in = xn < mid_w;
+  const int32_t fn = n_in ? first[xn] : 0, cn = n_in ? count[xn] : 0;
+  const int32_t* kn = coeffs + J.h_weights + (n_in ? xn : 0);  // tap-major: tap i at kn[i * h_outputs]
+  const int32_t h_outputs = static_cast<int32_t>(J.h_outputs);
+  uint32_t b_hi[2][2], b_mid[2][2], b_lo[2][2];
+#pragma unroll
+  for (int q = 0; q < 2; ++q)
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      uint32_t hi = 0, md = 0, lo = 0;
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        const int32_t j = s + 32 * q + 16 * r + 4 * t + i - fn;
+        const uint32_t w = static_cast<uint32_t>((j >= 0 && j < cn) ? kn[j * h_outputs] : 0);
+        hi |= ((w >> 16) & 255u) << (8 * i);  // the signed high byte: bits 16-23 of w (|w| < 2^23)
+        md |= ((w >> 8) & 255u) << (8 * i);
+        lo |= (w & 255u) << (8 * i);
+      }
+      b_hi[q][r] = hi;
+      b_mid[q][r] = md;
+      b_lo[q][r] = lo;
+    }
+  // This lane's four groups of 4 pixels per row start at s + 4t + 16m (m = 2q + upper k half), image
+  // column xi0 + 16m. Where the image's rows are 4-byte aligned, a group wholly inside the image is
+  // three aligned words (xi0 is a multiple of 4), at fixed offsets from one pointer per row; which
+  // groups are is the same for every row.
+  const int32_t img_w = static_cast<int32_t>(J.img_w), xi0 = s + 4 * t - left;
+  const bool words = img_w % 4 == 0 && (reinterpret_cast<uintptr_t>(J.image) & 3) == 0;
+  bool inside[4], all_inside = true;
+#pragma unroll
+  for (int m = 0; m < 4; ++m) {
+    inside[m] = words && xi0 + 16 * m >= 0 && xi0 + 16 * m + 3 < img_w;
+    all_inside = all_inside && inside[m];
+  }
+  const int32_t img_h = static_cast<int32_t>(J.img_h), top = static_cast<int32_t>(J.src_top);
+  const int32_t r_begin = band * kImmaBand, r_end = min(r_begin + kImmaBand, mid_rows);
+  const int64_t row_bytes = J.img_w * 3;
+  uint32_t* dst = reinterpret_cast<uint32_t*>(mid + J.mid_offset);
+  for (int32_t r0 = r_begin; r0 < r_end; r0 += 16) {
+    // A: rows r0 + g (h = 0) and r0 + g + 8 (h = 1).
+    uint32_t raw[2][4][3];
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const int32_t r = r0 + g + 8 * h, y = static_cast<int32_t>(J.row_first) + r - top;
+      const bool row_in = r < mid_rows && y >= 0 && y < img_h;
+      const uint8_t* img_row = J.image + (row_in ? y : 0) * row_bytes;
+      // group m's words at p + 12m (only dereferenced where inside[m])
+      const uint32_t* p = reinterpret_cast<const uint32_t*>(img_row + static_cast<int64_t>(xi0) * 3);
+      if (row_in && all_inside) {
+#pragma unroll
+        for (int m = 0; m < 4; ++m)
+#pragma unroll
+          for (int i = 0; i < 3; ++i) raw[h][m][i] = __ldg(p + 12 * m + i);
+      } else {
+#pragma unroll
+        for (int m = 0; m < 4; ++m) {
+          if (row_in && inside[m]) {
+#pragma unroll
+            for (int i = 0; i < 3; ++i) raw[h][m][i] = __ldg(p + 12 * m + i);
+          } else {
+            imma_load_quad_bytes(J, img_row, row_in, s + 4 * t + 16 * m, raw[h][m]);
+          }
+        }
+      }
+    }
+    uint32_t px[4] = {0u, 0u, 0u, 0u};  // c0, c1: row g, outputs 2t, 2t + 1; c2, c3: row g + 8
+    const auto channel_pass = [&](auto channel_tag) {
+      constexpr int C = decltype(channel_tag)::value;
+      // Pillow's rounding term 2^21 enters as 32 * 2^16 through the high plane's accumulator.
+      constexpr int32_t kHalfHi = kResampleHalf >> 16;
+      static_assert(kHalfHi << 16 == kResampleHalf, "the rounding term is a multiple of 2^16");
+      int32_t acc_hi[4] = {kHalfHi, kHalfHi, kHalfHi, kHalfHi}, acc_mid[4] = {0, 0, 0, 0}, acc_lo[4] = {0, 0, 0, 0};
+#pragma unroll
+      for (int q = 0; q < 2; ++q) {
+        const uint32_t a[4] = {quad_channel<C>(raw[0][2 * q]), quad_channel<C>(raw[1][2 * q]),
+                               quad_channel<C>(raw[0][2 * q + 1]), quad_channel<C>(raw[1][2 * q + 1])};
+        il_imma_u8s8_16832(acc_hi, a, b_hi[q]);
+        il_imma_u8u8_16832(acc_mid, a, b_mid[q]);
+        il_imma_u8u8_16832(acc_lo, a, b_lo[q]);
+      }
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const uint32_t sum = static_cast<uint32_t>(acc_hi[e]) * 65536u + static_cast<uint32_t>(acc_mid[e]) * 256u +
+                             static_cast<uint32_t>(acc_lo[e]);
+        px[e] |= static_cast<uint32_t>(resample_clip8(static_cast<int32_t>(sum))) << (8 * C);
+      }
+    };
+    channel_pass(std::integral_constant<int, 0>{});
+    channel_pass(std::integral_constant<int, 1>{});
+    channel_pass(std::integral_constant<int, 2>{});
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      const int32_t r = r0 + g + 8 * (e >> 1), x = x0 + 2 * t + (e & 1);
+      if (r < r_end && x < mid_w) dst[static_cast<int64_t>(r) * mid_w + x] = px[e];
+    }
+  }
+}
+
 // The output element types of a launch: uint8 tiles without a lut, else its entries' bit patterns
 // (uint32 for float32, uint16 for bfloat16/float16). Calls f(Out{}).
 template <typename F>
@@ -449,23 +611,32 @@ __device__ __forceinline__ void simt_rows_block(const TileJobDevice& J, const in
   }
 }
 
-// kWithMma: some job of the launch takes the tensor-core path (J.mma_pass1); a separate
-// instantiation, so that launches without one keep the SIMT path's smaller register budget.
-template <bool kStagedRow, bool kWithMma = false>
-__global__ void __launch_bounds__(kThreads, kWithMma ? 3 : 1)
+// kTensorPath: kMmaPath when some job of the launch takes the fp16 tensor-core path (J.mma_pass1,
+// J.fused), kImmaPath when some takes the integer one (J.imma_pass1; plan_tile_batch never mixes
+// the two); separate instantiations, so that launches without them keep the SIMT path's smaller
+// register budget and each tensor-core path its own.
+constexpr int kSimtPath = 0, kMmaPath = 1, kImmaPath = 2;
+template <bool kStagedRow, int kTensorPath = kSimtPath>
+__global__ void __launch_bounds__(kThreads, kTensorPath == kMmaPath ? 3 : kTensorPath == kImmaPath ? 2 : 1)
     anyres_pass1_kernel(const TileJobDevice* __restrict__ jobs, int num_jobs,
                         const int32_t* __restrict__ coeffs, uint8_t* __restrict__ mid, void* __restrict__ out,
                         const void* __restrict__ lut, int lut_bytes, int32_t tile) {
   IL_DYNAMIC_SMEM(uint32_t, staged);  // kStagedRow: the source row, one word per pixel
   const int64_t row = blockIdx.x;
   const TileJobDevice& J = jobs[find_job(jobs, num_jobs, row, false)];
-  if constexpr (kStagedRow && kWithMma) {
+  if constexpr (kStagedRow && kTensorPath == kMmaPath) {
     if (J.fused) {  // block-uniform: the whole block takes one path
       fused_block(J, coeffs, staged, row - J.pass1_begin, out, lut, lut_bytes, tile);
       return;
     }
     if (J.mma_pass1) {
       mma_pass1_block(J, coeffs, mid, staged, row - J.pass1_begin);
+      return;
+    }
+  }
+  if constexpr (kStagedRow && kTensorPath == kImmaPath) {
+    if (J.imma_pass1) {  // block-uniform
+      imma_pass1_block(J, coeffs, mid, row - J.pass1_begin);
       return;
     }
   }
@@ -643,13 +814,17 @@ void with_pass2_kernel(const void* lut, int lut_bytes, bool staged, F&& f) {
 void launch_anyres_tiles(const TileJobDevice* jobs, int num_jobs, int64_t pass1_rows,
                          int64_t pass2_rows, const int32_t* coeffs, uint8_t* mid, void* out,
                          const void* lut, int lut_bytes, int64_t tile, int64_t staged_row_bytes,
-                         int64_t canvas_row_bytes, int64_t pass1_width, bool pass1_mma, cudaStream_t stream) {
+                         int64_t canvas_row_bytes, int64_t pass1_width, bool pass1_mma, bool pass1_imma,
+                         cudaStream_t stream) {
   if (num_jobs == 0) return;
   if (pass1_rows > 0) {
     const unsigned blocks = static_cast<unsigned>(pass1_rows);
-    const int threads = pass1_mma ? kMmaThreads : pass1_threads(pass1_width);
-    if (pass1_mma)
-      anyres_pass1_kernel<true, true><<<blocks, threads, static_cast<size_t>(staged_row_bytes), stream>>>(
+    const int threads = pass1_mma || pass1_imma ? kMmaThreads : pass1_threads(pass1_width);
+    if (pass1_imma)
+      anyres_pass1_kernel<true, kImmaPath><<<blocks, threads, static_cast<size_t>(staged_row_bytes), stream>>>(
+          jobs, num_jobs, coeffs, mid, out, lut, lut_bytes, static_cast<int32_t>(tile));
+    else if (pass1_mma)
+      anyres_pass1_kernel<true, kMmaPath><<<blocks, threads, static_cast<size_t>(staged_row_bytes), stream>>>(
           jobs, num_jobs, coeffs, mid, out, lut, lut_bytes, static_cast<int32_t>(tile));
     else if (pass1_staged_row(staged_row_bytes))
       anyres_pass1_kernel<true><<<blocks, threads, static_cast<size_t>(staged_row_bytes), stream>>>(

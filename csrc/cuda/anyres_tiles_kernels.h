@@ -44,6 +44,10 @@ struct TileJobDevice {
   // Pass 1's SIMT horizontal pass: intermediate rows per block, 1 or kSimtRows (then its blocks are
   // ceil(mid_rows / kSimtRows), each staging that many source rows; plan_tile_batch's simt_rows).
   int32_t rows_per_block;
+  // Pass 1 on integer tensor cores (imma_pass1_block in anyres_tiles_kernels.cu): 1 when this job's
+  // horizontal pass runs there; its blocks are bands of kImmaBand intermediate rows times
+  // mma_chunks chunks of kMmaChunk outputs, with no shared memory (plan_tile_batch's allow_imma).
+  int32_t imma_pass1;
 };
 
 constexpr int kSimtRows = 4;
@@ -59,6 +63,13 @@ constexpr int kMmaChunk = 64;
 constexpr int kMmaThreads = 256;  // 8 warps: one group of 8 outputs each per chunk
 constexpr int kMmaMaxTaps = 32;   // 32 * 255 * 2047 < 2^24
 constexpr int kFusedRows = 32;    // resized rows per block of a fused job, at most
+
+// Pass 1 on integer tensor cores (TileJobDevice::imma_pass1): Pillow's int32 sums exactly, as three
+// byte planes of the weights on mma.m16n8k32 (uint8 pixels). A block takes kImmaBand intermediate
+// rows and kMmaChunk outputs (kMmaThreads: a warp per group of 8 outputs, 16 rows per step); a
+// group's taps must lie within kImmaWindow source pixels of its window start (imma_axis_ok).
+constexpr int kImmaBand = 64;
+constexpr int kImmaWindow = 64;  // two k-chunks of 32 pixels
 
 // Pass 1 (one block per intermediate row of every job; its block size follows pass1_width, the
 // widest intermediate row), then pass 2 (one block per canvas row of
@@ -79,7 +90,8 @@ inline bool pass1_staged_row(int64_t staged_row_bytes) {
 void launch_anyres_tiles(const TileJobDevice* jobs, int num_jobs, int64_t pass1_rows,
                          int64_t pass2_rows, const int32_t* coeffs, uint8_t* mid, void* out,
                          const void* lut, int lut_bytes, int64_t tile, int64_t staged_row_bytes,
-                         int64_t canvas_row_bytes, int64_t pass1_width, bool pass1_mma, cudaStream_t stream);
+                         int64_t canvas_row_bytes, int64_t pass1_width, bool pass1_mma, bool pass1_imma,
+                         cudaStream_t stream);
 
 }  // namespace cuda
 }  // namespace interleave

@@ -42,6 +42,23 @@ __device__ __forceinline__ void il_mma_bf16_16816(float (&c)[4], const uint32_t 
       : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
 }
+// c += A (16 x 32, row, uint8) * B (32 x 8, col, int8 or uint8), int32 accumulate: the fragments of
+// mma.sync.m16n8k32 (PTX ISA "Matrix Fragments for mma.m16n8k32": groupID g = lane / 4, t = lane % 4;
+// A: a[0] row g, k 4t..4t+3 (byte i = k 4t + i), a[1] row g + 8, a[2] / a[3] the same at k + 16; B:
+// b[0] k 4t..4t+3 of column g, b[1] at k + 16; C: c[0..1] row g, columns 2t..2t+1, c[2..3] row
+// g + 8). anyres' integer pass 1 (imma_pass1_block) keeps every sum inside int32.
+__device__ __forceinline__ void il_imma_u8s8_16832(int32_t (&c)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k32.row.col.s32.u8.s8.s32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+      : "+r"(c[0]), "+r"(c[1]), "+r"(c[2]), "+r"(c[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+}
+__device__ __forceinline__ void il_imma_u8u8_16832(int32_t (&c)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k32.row.col.s32.u8.u8.s32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+      : "+r"(c[0]), "+r"(c[1]), "+r"(c[2]), "+r"(c[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+}
 #endif
 
 // ---- Hopper warpgroup MMA (sm_90a only: the `a` target features) ---------------------------------

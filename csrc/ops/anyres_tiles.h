@@ -35,6 +35,11 @@ bool& anyres_cuda_mma();
 // Intermediate rows per block of the CUDA pass 1's SIMT horizontal pass: 1 (default) or
 // cuda::kSimtRows (4; a benchmark variant waiting for a GPU run, see simt_rows_block).
 int64_t& anyres_cuda_simt_rows();
+// Whether the CUDA kernels may run pass 1 on integer tensor cores (byte planes of the weights on
+// mma.m16n8k32, see imma_pass1_block) where a group of 8 outputs reads at most 64 source pixels;
+// it replaces anyres_cuda_mma's path for the call. Default false (INTERLEAVE_ANYRES_IMMA=1: true)
+// until a GPU run has timed it; interleave.ops.anyres_tiles.cuda_integer_tensor_cores switches it.
+bool& anyres_cuda_imma();
 
 at::Tensor anyres_tiles_cpu(at::TensorList images, const at::Tensor& jobs, int64_t num_tiles,
                             int64_t tile, const std::optional<at::Tensor>& lut);

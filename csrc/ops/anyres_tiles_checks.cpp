@@ -3,6 +3,8 @@
 
 #include <c10/util/Exception.h>
 
+#include "../common/env.h"
+
 namespace interleave {
 
 std::vector<TileJob> check_anyres_tiles_args(at::TensorList images, const at::Tensor& jobs,
@@ -96,6 +98,13 @@ bool& anyres_cuda_mma() {
 int64_t& anyres_cuda_simt_rows() {
   static int64_t rows = 1;
   return rows;
+}
+
+bool& anyres_cuda_imma() {
+  // Off until a GPU run has timed it against the SIMT pass (exact either way, checked bitwise in
+  // emulation); INTERLEAVE_ANYRES_IMMA=1 starts a process with it on.
+  static bool allowed = env_opt_in("INTERLEAVE_ANYRES_IMMA");
+  return allowed;
 }
 
 }  // namespace interleave

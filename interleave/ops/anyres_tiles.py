@@ -180,6 +180,19 @@ def cuda_tensor_cores(enabled: bool = True):
 
 
 @contextlib.contextmanager
+def cuda_integer_tensor_cores(enabled: bool = True):
+    """Within the block (a process-wide setting, restored on exit), whether the CUDA kernel may run
+    its first (horizontal) resize pass on integer tensor cores: Pillow's int32 sums as three byte
+    planes of the weights on `mma.m16n8k32` (uint8 pixels), exact by construction, wherever a group
+    of 8 outputs reads at most 64 source pixels (rows shrunk by up to ~5.5x, and every upscale).
+    It replaces `cuda_tensor_cores`' path while on. Off by default until a GPU run has timed it
+    (`INTERLEAVE_ANYRES_IMMA=1` starts a process with it on); `pytest -m cuda` checks it against
+    Pillow."""
+    with _extension.native_setting("_set_anyres_imma", bool(enabled)):
+        yield
+
+
+@contextlib.contextmanager
 def cuda_simt_rows(rows: int):
     """Within the block, the CUDA kernel's SIMT first (horizontal) pass computes `rows` intermediate
     rows per block (1, the default, or 4: each tap's weight then serves four rows; a variant

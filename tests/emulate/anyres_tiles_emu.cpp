@@ -26,6 +26,11 @@ using namespace interleave::cuda;
 // Pass 1's SIMT rows per block (plan_tile_batch's simt_rows: 1 or kSimtRows) for the next calls.
 static int simt_rows = 1;
 extern "C" void emu_set_simt_rows(int rows) { simt_rows = rows; }
+// Whether the next calls let eligible jobs take the integer tensor-core pass 1 (plan_tile_batch's
+// allow_imma), and how many jobs of the last call took it.
+static int allow_imma = 0, imma_jobs = 0;
+extern "C" void emu_set_imma(int allow) { allow_imma = allow; }
+extern "C" int emu_imma_jobs() { return imma_jobs; }
 
 extern "C" int emu_anyres_tiles(int num_images, const uint8_t* const* images, const int64_t* hw, int num_jobs,
                                 const int64_t* table, int64_t tile, const void* lut, int lut_bytes, void* out,
@@ -42,11 +47,12 @@ extern "C" int emu_anyres_tiles(int num_images, const uint8_t* const* images, co
   std::vector<std::array<int64_t, 2>> sizes;
   for (int i = 0; i < num_images; ++i) sizes.push_back({hw[2 * i], hw[2 * i + 1]});
   const TileBatch batch = plan_tile_batch(jobs_table, pixels, sizes, tile, lut == nullptr ? 1 : lut_bytes, allow_mma != 0,
-                                          allow_fused != 0, simt_rows);
-  *mma_jobs = *fused_jobs = 0;
+                                          allow_fused != 0, simt_rows, allow_imma != 0);
+  *mma_jobs = *fused_jobs = imma_jobs = 0;
   for (const TileJobDevice& d : batch.descs) {
     *mma_jobs += d.mma_pass1;
     *fused_jobs += d.fused;
+    imma_jobs += d.imma_pass1;
   }
   const int64_t pass1 = batch.pass1, pass2 = batch.pass2, staged_row_bytes = batch.staged_row_bytes;
   std::vector<uint8_t> mid(static_cast<size_t>(std::max<int64_t>(batch.mid_bytes, 1)), 0xAB);
@@ -56,10 +62,13 @@ extern "C" int emu_anyres_tiles(int num_images, const uint8_t* const* images, co
   uint8_t* m = mid.data();
   const int32_t t = static_cast<int32_t>(tile);
   if (pass1 > 0) {
-    const int threads = batch.pass1_mma ? kMmaThreads : pass1_threads(batch.pass1_width);  // the launcher's
-    if (batch.pass1_mma)  // the launcher's choice of instantiation
+    const int threads = batch.pass1_mma || batch.pass1_imma ? kMmaThreads : pass1_threads(batch.pass1_width);  // the launcher's
+    if (batch.pass1_imma)  // the launcher's choice of instantiation
       emu::launch(static_cast<unsigned>(pass1), threads, static_cast<size_t>(staged_row_bytes),
-                  [&] { anyres_pass1_kernel<true, true>(jobs, num_jobs, coeffs, m, out, lut, lut_bytes, t); });
+                  [&] { anyres_pass1_kernel<true, kImmaPath>(jobs, num_jobs, coeffs, m, out, lut, lut_bytes, t); });
+    else if (batch.pass1_mma)
+      emu::launch(static_cast<unsigned>(pass1), threads, static_cast<size_t>(staged_row_bytes),
+                  [&] { anyres_pass1_kernel<true, kMmaPath>(jobs, num_jobs, coeffs, m, out, lut, lut_bytes, t); });
     else if (use_staged)
       emu::launch(static_cast<unsigned>(pass1), threads, static_cast<size_t>(staged_row_bytes),
                   [&] { anyres_pass1_kernel<true>(jobs, num_jobs, coeffs, m, out, lut, lut_bytes, t); });

@@ -329,6 +329,48 @@ inline void il_mma_bf16_16816(float (&c)[4], const uint32_t (&a)[4], const uint3
   il_mma_16816<emu::bf16_value>(c, a, b);
 }
 
+// mma.sync.aligned.m16n8k32.row.col.s32.u8.{s8,u8}.s32 (csrc/cuda/ptx_primitives.cuh), a warp
+// collective with the PTX ISA's fragment layout: A a[0] (row g, k 4t..4t+3, byte i = k 4t + i),
+// a[1] (row g + 8), a[2] / a[3] at k + 16; B b[0] (k 4t..4t+3, column g), b[1] at k + 16; C as in
+// m16n8k16. The sums are exact; one outside int32 aborts the emulation, since the kernels that use
+// it promise every accumulator stays inside (no reliance on wrap-around in the tensor cores).
+template <bool kSignedB>
+inline void il_imma_16832(int32_t (&c)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
+  auto& mine = emu::mma_exchange[threadIdx.x];
+  for (int i = 0; i < 4; ++i) mine[i] = a[i];
+  for (int i = 0; i < 2; ++i) mine[4 + i] = b[i];
+  emu::warp_sync();
+  const unsigned lane = threadIdx.x % 32, base = threadIdx.x - lane;
+  const auto a_at = [&](int row, int k) -> int64_t {
+    const auto& src = emu::mma_exchange[base + (row % 8) * 4 + (k % 16) / 4];
+    return (src[(row >= 8 ? 1 : 0) + (k >= 16 ? 2 : 0)] >> (8 * (k % 4))) & 0xFF;
+  };
+  const auto b_at = [&](int k, int col) -> int64_t {
+    const auto& src = emu::mma_exchange[base + col * 4 + (k % 16) / 4];
+    const uint32_t byte = (src[4 + (k >= 16 ? 1 : 0)] >> (8 * (k % 4))) & 0xFF;
+    return kSignedB ? static_cast<int64_t>(static_cast<int8_t>(byte)) : static_cast<int64_t>(byte);
+  };
+  int32_t d[4];
+  for (int e = 0; e < 4; ++e) {
+    const int row = static_cast<int>(lane / 4) + (e >> 1) * 8, col = static_cast<int>(lane % 4) * 2 + (e & 1);
+    int64_t sum = c[e];
+    for (int k = 0; k < 32; ++k) sum += a_at(row, k) * b_at(k, col);
+    if (sum < INT32_MIN || sum > INT32_MAX) {
+      std::fprintf(stderr, "cuda_emu: an integer mma accumulator left int32 (%lld)\n", static_cast<long long>(sum));
+      std::abort();
+    }
+    d[e] = static_cast<int32_t>(sum);
+  }
+  emu::warp_sync();
+  for (int e = 0; e < 4; ++e) c[e] = d[e];
+}
+inline void il_imma_u8s8_16832(int32_t (&c)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
+  il_imma_16832<true>(c, a, b);
+}
+inline void il_imma_u8u8_16832(int32_t (&c)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
+  il_imma_16832<false>(c, a, b);
+}
+
 // ---- Hopper warpgroup MMA (csrc/cuda/ptx_primitives.cuh) ------------------------------------------
 // wgmma.mma_async.m64n128k16.f32.f16.f16 with A in registers and B in shared memory, emulated from
 // the PTX ISA: the instruction is recorded when issued and computed when an il_wgmma_wait retires
