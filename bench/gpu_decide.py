@@ -140,40 +140,38 @@ def anyres_decision(results, failures):
     print(f"  -> {'FLIP the default to true' if verdict else 'keep it off'}")
 
 
+def anyres_variant_decision(results, failures, variant, title, test_needle, verdict, yes, no):
+    """A bitwise-equal anyres_tiles variant behind an off default: make it the default where it was
+    faster (2% or more) in every case, equal in every case, and its CUDA tests (ids containing
+    test_needle) passed."""
+    cases = variant_cases(results, "anyres_tiles", variant, title)
+    if not cases:
+        return
+    faster, equal = True, True
+    for r in cases:
+        eq = r.get("variants_bitwise_equal", {}).get(variant)
+        a, b = best_device_time(r, "ours"), best_device_time(r, variant)
+        faster &= b < a * 0.98
+        equal &= bool(eq)
+        print(f"  {r['shape']}: ours {a:.3f} ms, {variant} {b:.3f} ms ({a / b:.2f}x), bitwise equal: {eq}")
+    t = tests_ok(failures, test_needle)
+    print(f"  -> {verdict} (tests: {t}): " + (yes if faster and equal and t == "passed" else no))
+
+
 def anyres_rows4_decision(results, failures):
-    rows4 = variant_cases(results, "anyres_tiles", "ours_rows4",
-                          "anyres_tiles SIMT pass 1 with 4 rows per block (default 1: anyres_cuda_simt_rows() in "
-                          "csrc/ops/anyres_tiles_checks.cpp)")
-    if rows4:
-        faster4, equal4 = True, True
-        for r in rows4:
-            eq = r.get("variants_bitwise_equal", {}).get("ours_rows4")
-            a, b = best_device_time(r, "ours"), best_device_time(r, "ours_rows4")
-            faster4 &= b < a * 0.98
-            equal4 &= bool(eq)
-            print(f"  {r['shape']}: ours {a:.3f} ms, ours_rows4 {b:.3f} ms ({a / b:.2f}x), bitwise equal: {eq}")
-        t4 = tests_ok(failures, "rows4")
-        print(f"  -> SIMT pass 1, 4 rows per block (tests: {t4}): "
-              + ("make it the default (anyres_cuda_simt_rows in csrc/ops/anyres_tiles_checks.cpp)"
-                 if faster4 and equal4 and t4 == "passed" else "keep 1"))
+    anyres_variant_decision(
+        results, failures, "ours_rows4",
+        "anyres_tiles SIMT pass 1 with 4 rows per block (default 1: anyres_cuda_simt_rows() in "
+        "csrc/ops/anyres_tiles_checks.cpp)", "rows4", "SIMT pass 1, 4 rows per block",
+        "make it the default (anyres_cuda_simt_rows in csrc/ops/anyres_tiles_checks.cpp)", "keep 1")
 
 
 def anyres_imma_decision(results, failures):
-    cases = variant_cases(results, "anyres_tiles", "ours_imma",
-                          "anyres_tiles pass 1 on integer tensor cores (default off: anyres_cuda_imma() in "
-                          "csrc/ops/anyres_tiles_checks.cpp)")
-    if cases:
-        faster, equal = True, True
-        for r in cases:
-            eq = r.get("variants_bitwise_equal", {}).get("ours_imma")
-            a, b = best_device_time(r, "ours"), best_device_time(r, "ours_imma")
-            faster &= b < a * 0.98
-            equal &= bool(eq)
-            print(f"  {r['shape']}: ours {a:.3f} ms, ours_imma {b:.3f} ms ({a / b:.2f}x), bitwise equal: {eq}")
-        t = tests_ok(failures, "tensor_core_pass_equals_pillow[integer")
-        print(f"  -> integer tensor-core pass 1 (tests: {t}): "
-              + ("make it the default (anyres_cuda_imma in csrc/ops/anyres_tiles_checks.cpp)"
-                 if faster and equal and t == "passed" else "keep it off"))
+    anyres_variant_decision(
+        results, failures, "ours_imma",
+        "anyres_tiles pass 1 on integer tensor cores (default off: anyres_cuda_imma() in "
+        "csrc/ops/anyres_tiles_checks.cpp)", "tensor_core_pass_equals_pillow[integer", "integer tensor-core pass 1",
+        "make it the default (anyres_cuda_imma in csrc/ops/anyres_tiles_checks.cpp)", "keep it off")
 
 
 def wgmma_decision(results, failures):

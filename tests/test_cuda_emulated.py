@@ -127,6 +127,16 @@ def _photo(h, w, seed):
     return np.clip(base + g.integers(-40, 41, (h, w, 3)), 0, 255).astype(np.uint8)
 
 
+def _case_jobs(sizes, mode, order, tile, seed):
+    """Photo-like images of `sizes` and their anyres_tiles jobs (the OneVision grid at tile 384, a
+    3x3 grid of tiles otherwise): (images, jobs, offsets)."""
+    images = [_photo(h, w, seed + i) for i, (h, w) in enumerate(sizes)]
+    grid = [[tile * r, tile * c] for r in range(1, 4) for c in range(1, 4)] if tile != 384 else planning.ONEVISION_PINPOINTS
+    plans = [planning.plan_image(h, w, mode, pinpoints=grid, tile=tile) for h, w in sizes]
+    jobs, offsets = build_jobs(plans, tile, order)
+    return images, jobs, offsets
+
+
 # (sizes, mode, Pillow pass order, tile): landscape/portrait anyres, odd sizes, padding to square,
 # a video-like batch, extreme aspect ratios (vertical-first under Pillow 12.2/12.3 and 13), an
 # image wider than the 48 KiB staging row (the direct path), and a small tile.
@@ -152,10 +162,7 @@ CASES = [
                          ids=["staged-out", "direct-out", "staged-out-rows4"])
 def test_anyres_tiles_cuda_kernels_emulated_equal_cpu_kernel(anyres_emu, case, lut_dtype, direct, simt_rows):
     sizes, mode, order, tile = case
-    images = [_photo(h, w, i) for i, (h, w) in enumerate(sizes)]
-    grid = [[tile * r, tile * c] for r in range(1, 4) for c in range(1, 4)] if tile != 384 else planning.ONEVISION_PINPOINTS
-    plans = [planning.plan_image(h, w, mode, pinpoints=grid, tile=tile) for h, w in sizes]
-    jobs, offsets = build_jobs(plans, tile, order)
+    images, jobs, offsets = _case_jobs(sizes, mode, order, tile, seed=0)
     lut = None if lut_dtype is None else normalization_table((0.5, 0.4, 0.3), (0.2, 0.3, 0.25), dtype=lut_dtype)
     expected = torch.ops.interleave.anyres_tiles([torch.from_numpy(im) for im in images], jobs, offsets[-1], tile, lut)
     # The SIMT kernels (the CUDA default until the tensor-core path is verified on a GPU); the
@@ -197,10 +204,7 @@ MMA_CASES = [
 @pytest.mark.parametrize("path", ["fused", "mma", "simt"])
 def test_anyres_tiles_pass1_tensor_cores_emulated(anyres_emu, case, path):
     sizes, mode, order, tile, eligible = case
-    images = [_photo(h, w, 7 + i) for i, (h, w) in enumerate(sizes)]
-    grid = [[tile * r, tile * c] for r in range(1, 4) for c in range(1, 4)] if tile != 384 else planning.ONEVISION_PINPOINTS
-    plans = [planning.plan_image(h, w, mode, pinpoints=grid, tile=tile) for h, w in sizes]
-    jobs, offsets = build_jobs(plans, tile, order)
+    images, jobs, offsets = _case_jobs(sizes, mode, order, tile, seed=7)
     # Normalized outputs too: bf16 planes for pad-to-square, float32 for the first frames case and
     # for anyres_max_9 (a grid with padding around the resized image).
     lut_dtype = torch.bfloat16 if mode == "pad" else torch.float32 if case is MMA_CASES[0] or mode == "anyres_max_9" else None
@@ -228,8 +232,7 @@ def test_anyres_tiles_pass1_tensor_cores_emulated(anyres_emu, case, path):
 # 64 pixels per 8 outputs (video frames 1920 -> 384: 59; the anyres grid; upscales; pad-to-square,
 # windows starting left of the image and unaligned widths byte by byte); the 7.7x and 8.3x
 # downscales (30-34 taps), 400 -> 56 (7.1x: 79-pixel windows) and rows too wide to stage stay on the
-# other paths. The emulator's integer
-# MMA aborts if an accumulator leaves int32.
+# other paths. The emulator's integer MMA aborts if an accumulator leaves int32.
 IMMA_ELIGIBLE = [True, True, True, True, True, True, True, False, False, False, False, False]
 # (The 1200x2500 pair, 60 s emulated, is left out: its padding is pass 2's, which the other cases cover.)
 IMMA_CASES = [(c, e) for i, (c, e) in enumerate(zip(MMA_CASES, IMMA_ELIGIBLE)) if i != 2]
@@ -240,10 +243,7 @@ IMMA_CASES = [(c, e) for i, (c, e) in enumerate(zip(MMA_CASES, IMMA_ELIGIBLE)) i
                          ids=[f"{c[1]}-{len(c[0])}x{c[0][0][0]}x{c[0][0][1]}-t{c[3]}" for c, _ in IMMA_CASES])
 def test_anyres_tiles_pass1_integer_tensor_cores_emulated(anyres_emu, case, eligible):
     sizes, mode, order, tile, _ = case
-    images = [_photo(h, w, 11 + i) for i, (h, w) in enumerate(sizes)]
-    grid = [[tile * r, tile * c] for r in range(1, 4) for c in range(1, 4)] if tile != 384 else planning.ONEVISION_PINPOINTS
-    plans = [planning.plan_image(h, w, mode, pinpoints=grid, tile=tile) for h, w in sizes]
-    jobs, offsets = build_jobs(plans, tile, order)
+    images, jobs, offsets = _case_jobs(sizes, mode, order, tile, seed=11)
     lut = normalization_table((0.5, 0.4, 0.3), (0.2, 0.3, 0.25), dtype=torch.float32) if mode == "pad" else None
     expected = torch.ops.interleave.anyres_tiles([torch.from_numpy(im) for im in images], jobs, offsets[-1], tile, lut)
     taken = []
