@@ -39,27 +39,19 @@ def info() -> int:
         print("CUDA patch_embed cuBLAS path: " + (
             "cuBLASLt loads (position embedding as a batched GEMM's shared C operand where auto asks)" if not lt
             else f"position embedding always copied into the output first (cuBLASLt unavailable: {lt})"))
-        lookback = _read_setting(ext._set_merge_lookback)
+        lookback = _extension.native_setting_value("_set_merge_lookback")
         print("CUDA merge_tokens sync-free path: " + (
             "one launch, decoupled look-back (INTERLEAVE_MERGE_LOOKBACK=1)" if lookback
             else "one launch, each block counting the ids before its chunk, up to 8192 positions; "
                  "the count kernel first beyond (INTERLEAVE_MERGE_LOOKBACK=1: a decoupled look-back at any length)"))
         print("off by default (measured slower on an H100, c0e6c19): anyres_tiles tensor-core passes "
               "(interleave.ops.anyres_tiles.cuda_tensor_cores())")
-        imma = _read_setting(ext._set_anyres_imma)
+        imma = _extension.native_setting_value("_set_anyres_imma")
         print("CUDA anyres_tiles pass 1 on integer tensor cores: " + (
             "on (INTERLEAVE_ANYRES_IMMA=1)" if imma
             else "off until a GPU run has timed it (interleave.ops.anyres_tiles.cuda_integer_tensor_cores(), "
                  "INTERLEAVE_ANYRES_IMMA=1)"))
     return 0
-
-
-def _read_setting(exchange):
-    """The current value of a boolean native setting whose binding only exchanges it (sets and
-    returns the old value): set and put back."""
-    value = exchange(True)
-    exchange(value)
-    return value
 
 
 def main(argv=None) -> int:

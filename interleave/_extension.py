@@ -88,6 +88,16 @@ def native_setting(setter: str, value: int):
         getattr(module, setter)(old)
 
 
+def native_setting_value(setter: str):
+    """The current value of a boolean knob whose setter (as for native_setting) only exchanges it:
+    set and put back."""
+    if module is None:
+        raise RuntimeError(f"{setter}: the compiled extension is not loaded")
+    value = getattr(module, setter)(True)
+    getattr(module, setter)(value)
+    return value
+
+
 _BELOW_AUTOGRAD = torch._C._AutoDispatchBelowAutograd
 _FUNCTORCH_ACTIVE = getattr(torch._C, "_are_functorch_transforms_active", lambda: True)
 _NULL_CONTEXT = contextlib.nullcontext()

@@ -107,14 +107,11 @@ def test_cuda_integer_tensor_cores_is_a_scoped_switch():
     """The integer tensor-core pass 1 is off by default (until a GPU run has timed it) and
     cuda_integer_tensor_cores() turns it on for its block only."""
     from interleave.ops.anyres_tiles import cuda_integer_tensor_cores
-    ext = _extension.module
-    if ext is None:
+    if _extension.module is None:
         pytest.skip("compiled extension not built")
 
     def current():
-        value = ext._set_anyres_imma(True)
-        ext._set_anyres_imma(value)
-        return value
+        return _extension.native_setting_value("_set_anyres_imma")
 
     before = current()
     assert before is (os.environ.get("INTERLEAVE_ANYRES_IMMA") == "1")

@@ -47,23 +47,23 @@ inline bool mma_axis_exact(const AxisCoeffs& c) {
   return true;
 }
 
-// mma_axis_exact per (in_size, out_size), memoized like the coefficients it reads
-// (cached_bicubic_coeffs): a scan of every weight, ~10 us for 1920 -> 384, per call otherwise.
+// A per-axis check memoized like the coefficients it reads (cached_bicubic_coeffs): each scans every
+// weight, ~10 us for 1920 -> 384, per call otherwise. At most 256 keys (then it starts over).
+template <typename Key, typename Check>
+inline bool memoized_axis_check(std::mutex& mutex, std::map<Key, bool>& cache, const Key& key, Check&& check) {
+  const std::lock_guard<std::mutex> lock(mutex);
+  const auto it = cache.find(key);
+  if (it != cache.end()) return it->second;
+  if (cache.size() >= 256) cache.clear();
+  return cache[key] = check();
+}
+
+// mma_axis_exact per (in_size, out_size).
 inline bool cached_mma_axis_exact(const AxisCoeffs& c) {
   static std::mutex mutex;
   static std::map<std::pair<int, int>, bool> cache;
-  const std::lock_guard<std::mutex> lock(mutex);
-  const auto it = cache.find({c.in_size, c.out_size});
-  if (it != cache.end()) return it->second;
-  if (cache.size() >= 256) cache.clear();
-  return cache[{c.in_size, c.out_size}] = mma_axis_exact(c);
+  return memoized_axis_check(mutex, cache, std::pair<int, int>{c.in_size, c.out_size}, [&] { return mma_axis_exact(c); });
 }
-
-// Where the integer tensor-core pass 1 starts the window of the group of 8 outputs whose first
-// output's first tap is source pixel `first`: rounded down to a multiple of 4 pixels from the
-// image's left edge (at canvas x `left`), so that 4 pixels are three aligned 32-bit words.
-// imma_pass1_block computes the same (int32).
-inline int64_t imma_window_start(int64_t first, int64_t left) { return left + ((first - left) & ~int64_t{3}); }
 
 // Whether a horizontal axis can run on pass 1's integer tensor-core path (kImmaBand), its image at
 // canvas x `left`: every group of 8 outputs (x0 a multiple of 8) reads at most kImmaWindow source
@@ -87,16 +87,12 @@ inline bool imma_axis_ok(const AxisCoeffs& c, int64_t left) {
   return true;
 }
 
-// imma_axis_ok per (in_size, out_size, left mod 4), memoized like cached_mma_axis_exact.
+// imma_axis_ok per (in_size, out_size, left mod 4) (the window starts depend on left only mod 4).
 inline bool cached_imma_axis_ok(const AxisCoeffs& c, int64_t left) {
   static std::mutex mutex;
   static std::map<std::array<int64_t, 3>, bool> cache;
-  const std::lock_guard<std::mutex> lock(mutex);
-  const std::array<int64_t, 3> key{c.in_size, c.out_size, left & 3};
-  const auto it = cache.find(key);
-  if (it != cache.end()) return it->second;
-  if (cache.size() >= 256) cache.clear();
-  return cache[key] = imma_axis_ok(c, left);
+  return memoized_axis_check(mutex, cache, std::array<int64_t, 3>{c.in_size, c.out_size, left & 3},
+                             [&] { return imma_axis_ok(c, left); });
 }
 
 // The shared-memory row (32-bit words) that tensor-core blocks stage, or 0 if it does not fit.

@@ -5,6 +5,8 @@
 
 #include <cstdint>
 
+#include "../common/macros.h"
+
 namespace interleave {
 namespace cuda {
 
@@ -70,6 +72,12 @@ constexpr int kFusedRows = 32;    // resized rows per block of a fused job, at m
 // group's taps must lie within kImmaWindow source pixels of its window start (imma_axis_ok).
 constexpr int kImmaBand = 64;
 constexpr int kImmaWindow = 64;  // two k-chunks of 32 pixels
+
+// Where the integer pass 1 starts the window of the group of 8 outputs whose first output's first
+// tap is source pixel `first`: rounded down to a multiple of 4 pixels from the image's left edge
+// (at canvas x `left`), so that 4 pixels are three aligned 32-bit words. The host's eligibility
+// check (imma_axis_ok) and the kernel (imma_pass1_block) both use it.
+IL_HD int64_t imma_window_start(int64_t first, int64_t left) { return left + ((first - left) & ~int64_t{3}); }
 
 // Pass 1 (one block per intermediate row of every job; its block size follows pass1_width, the
 // widest intermediate row), then pass 2 (one block per canvas row of
