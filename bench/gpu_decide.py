@@ -169,9 +169,24 @@ def anyres_rows4_decision(results, failures):
 def anyres_imma_decision(results, failures):
     anyres_variant_decision(
         results, failures, "ours_imma",
-        "anyres_tiles pass 1 on integer tensor cores (default off: anyres_cuda_imma() in "
-        "csrc/ops/anyres_tiles_checks.cpp)", "tensor_core_pass_equals_pillow[integer", "integer tensor-core pass 1",
+        "anyres_tiles pass 1 on integer tensor cores, the vertical pass fused into its blocks (default off: "
+        "anyres_cuda_imma() in csrc/ops/anyres_tiles_checks.cpp)", "tensor_core_pass_equals_pillow[integer-",
+        "integer tensor-core pass 1, fused",
         "make it the default (anyres_cuda_imma in csrc/ops/anyres_tiles_checks.cpp)", "keep it off")
+    anyres_variant_decision(
+        results, failures, "ours_imma_unfused",
+        "anyres_tiles pass 1 on integer tensor cores, the intermediate in global memory (cuda_fused_passes(False))",
+        "tensor_core_pass_equals_pillow[integer_unfused", "integer tensor-core pass 1, unfused",
+        "make it the default unfused (anyres_cuda_imma on, anyres_cuda_fused off, in "
+        "csrc/ops/anyres_tiles_checks.cpp) if the fused line above does not say so too", "keep it off")
+    both = [r for r in by_op(results, "anyres_tiles") if {"ours_imma", "ours_imma_unfused"} <= set(r["median_ms"])]
+    if both:
+        fused = sum(best_device_time(r, "ours_imma") for r in both)
+        unfused = sum(best_device_time(r, "ours_imma_unfused") for r in both)
+        print(f"  integer pass 1 over the {len(both)} cases: fused {fused:.3f} ms, unfused {unfused:.3f} ms -> "
+              + ("fused is faster: where both lines above say make it the default, take the fused one"
+                 if fused <= unfused else "unfused is faster: where both say make it the default, "
+                 "also turn anyres_cuda_fused off (it governs the fp16 tensor-core path's fusion too)"))
 
 
 def wgmma_decision(results, failures):

@@ -92,9 +92,19 @@ def check_anyres_rows4():
 
 def check_anyres_imma():
     """anyres_tiles' pass 1 on integer tensor cores (cuda_integer_tensor_cores()) against the default
-    path, bitwise."""
-    from interleave.ops.anyres_tiles import cuda_integer_tensor_cores
-    return _anyres_against_default(cuda_integer_tensor_cores)
+    path, bitwise: with the vertical pass fused into its blocks, and without."""
+    import contextlib
+    from interleave.ops.anyres_tiles import cuda_fused_passes, cuda_integer_tensor_cores
+    failed = _anyres_against_default(cuda_integer_tensor_cores)
+    if failed:
+        return "fused: " + failed
+
+    @contextlib.contextmanager
+    def unfused():
+        with cuda_integer_tensor_cores(), cuda_fused_passes(False):
+            yield
+    failed = _anyres_against_default(unfused)
+    return "unfused: " + failed if failed else None
 
 
 def check_wgmma_staged():

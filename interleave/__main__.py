@@ -47,10 +47,13 @@ def info() -> int:
         print("off by default (measured slower on an H100, c0e6c19): anyres_tiles tensor-core passes "
               "(interleave.ops.anyres_tiles.cuda_tensor_cores())")
         imma = _extension.native_setting_value("_set_anyres_imma")
+        fused = _extension.native_setting_value("_set_anyres_fused")
         print("CUDA anyres_tiles pass 1 on integer tensor cores: " + (
             "on (INTERLEAVE_ANYRES_IMMA=1)" if imma
             else "off until a GPU run has timed it (interleave.ops.anyres_tiles.cuda_integer_tensor_cores(), "
-                 "INTERLEAVE_ANYRES_IMMA=1)"))
+                 "INTERLEAVE_ANYRES_IMMA=1)")
+            + ("; the vertical pass fused into its blocks" if fused
+               else "; the intermediate in global memory (cuda_fused_passes(False))"))
     return 0
 
 

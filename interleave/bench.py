@@ -145,9 +145,9 @@ def _with_tensor_cores(anyres_tiles, images, mode) -> torch.Tensor:
         return anyres_tiles(images, mode).tiles
 
 
-def _with_integer_tensor_cores(anyres_tiles, images, mode) -> torch.Tensor:
-    from .ops.anyres_tiles import cuda_integer_tensor_cores
-    with cuda_integer_tensor_cores(True):
+def _with_integer_tensor_cores(anyres_tiles, images, mode, fused=True) -> torch.Tensor:
+    from .ops.anyres_tiles import cuda_fused_passes, cuda_integer_tensor_cores
+    with cuda_integer_tensor_cores(True), cuda_fused_passes(fused):
         return anyres_tiles(images, mode).tiles
 
 
@@ -197,9 +197,12 @@ def anyres_tiles_cases(device: str, quick: bool = False, compile_reference: bool
         # On CUDA, the SIMT pass 1 with 4 rows per block (a tap's weight serves four rows).
         if device == "cuda" and not preflight_failed("anyres_rows4"):
             variants["ours_rows4"] = lambda ims=images, m=mode: _with_simt_rows(anyres_tiles, ims, m, 4)
-        # On CUDA, pass 1 on integer tensor cores (byte planes of the weights on mma.m16n8k32).
+        # On CUDA, pass 1 on integer tensor cores (byte planes of the weights on mma.m16n8k32), with
+        # the vertical pass in the same blocks, and with the intermediate in global memory.
         if device == "cuda" and not preflight_failed("anyres_imma"):
             variants["ours_imma"] = lambda ims=images, m=mode: _with_integer_tensor_cores(anyres_tiles, ims, m)
+            variants["ours_imma_unfused"] = lambda ims=images, m=mode: _with_integer_tensor_cores(anyres_tiles, ims, m,
+                                                                                                  fused=False)
         if device == "cpu" and _cpu_simd_below_best("avx2"):  # what the AVX-512 loops gain, same run
             variants["ours_avx2"] = lambda ims=images, m=mode: _with_cpu_simd("avx2", lambda: anyres_tiles(ims, m).tiles)
         cases.append(Case(

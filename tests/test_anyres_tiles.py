@@ -79,21 +79,24 @@ def _extreme_image(h, w):
 # an 8.3x one (33-34 taps: the SIMT path), pad-to-square, upscales; noise, photo-like and
 # extreme stripes. Both paths must give Pillow's bytes on the GPU itself.
 @pytest.mark.cuda
-@pytest.mark.parametrize("tensor_cores", [True, False, "rows4", "imma"], ids=["mma", "simt", "simt_rows4", "integer"])
+@pytest.mark.parametrize("tensor_cores", [True, False, "rows4", "imma", "imma_unfused"],
+                         ids=["mma", "simt", "simt_rows4", "integer", "integer_unfused"])
 @pytest.mark.parametrize("sizes,mode", [
     ([(1080, 1920)] * 3, "llava"), ([(1080, 1920)], "anyres_max_9"), ([(45, 2955), (21, 3190)], "llava"),
     ([(333, 517), (517, 333)], "pad"), ([(100, 70), (70, 100), (1, 1)], "anyres"),
 ], ids=["frames", "anyres_max_9", "near-32-taps", "pad", "upscale"])
 def test_cuda_tensor_core_pass_equals_pillow(sizes, mode, tensor_cores):
     """rows4: the SIMT pass 1 with 4 intermediate rows per block (cuda_simt_rows(4)); integer: pass 1
-    on integer tensor cores (cuda_integer_tensor_cores())."""
-    from interleave.ops.anyres_tiles import cuda_integer_tensor_cores, cuda_simt_rows, cuda_tensor_cores
+    on integer tensor cores (cuda_integer_tensor_cores()), the vertical pass in the same blocks;
+    integer_unfused: the same with the intermediate in global memory (cuda_fused_passes(False))."""
+    from interleave.ops.anyres_tiles import cuda_fused_passes, cuda_integer_tensor_cores, cuda_simt_rows, cuda_tensor_cores
     if not _extension.has_op_kernel("interleave::anyres_tiles", "cuda"):
         pytest.skip("no CUDA kernel of anyres_tiles")
     images = [random_image(h, w, i) for i, (h, w) in enumerate(sizes)]
     images += [random_image(h, w, 9, smooth=True) for h, w in sizes[:1]] + [_extreme_image(*sizes[0])]
     with cuda_tensor_cores(tensor_cores is True), cuda_simt_rows(4 if tensor_cores == "rows4" else 1), \
-            cuda_integer_tensor_cores(tensor_cores == "imma"):
+            cuda_integer_tensor_cores(str(tensor_cores).startswith("imma")), \
+            cuda_fused_passes(tensor_cores != "imma_unfused"):
         check(images, mode, "cuda")
 
 
@@ -101,6 +104,21 @@ def test_cuda_tensor_core_pass_equals_pillow(sizes, mode, tensor_cores):
 @given(h=st.integers(1, 700), w=st.integers(1, 700), mode=st.sampled_from(MODES), seed=st.integers(0, 9))
 def test_property_random_sizes_cpu(h, w, mode, seed):
     check([random_image(h, w, seed)], mode)
+
+
+def test_cuda_fused_passes_is_a_scoped_switch():
+    """Fusing the vertical pass into tensor-core pass-1 blocks is on by default (plan_tile_batch's
+    allow_fused in the glue) and cuda_fused_passes(False) turns it off for its block only."""
+    from interleave.ops.anyres_tiles import cuda_fused_passes
+    if _extension.module is None:
+        pytest.skip("compiled extension not built")
+    assert _extension.native_setting_value("_set_anyres_fused") is True
+    with cuda_fused_passes(False):
+        assert _extension.native_setting_value("_set_anyres_fused") is False
+        with cuda_fused_passes():
+            assert _extension.native_setting_value("_set_anyres_fused") is True
+        assert _extension.native_setting_value("_set_anyres_fused") is False
+    assert _extension.native_setting_value("_set_anyres_fused") is True
 
 
 def test_cuda_integer_tensor_cores_is_a_scoped_switch():

@@ -236,26 +236,47 @@ def test_anyres_tiles_pass1_tensor_cores_emulated(anyres_emu, case, path):
 IMMA_ELIGIBLE = [True, True, True, True, True, True, True, False, False, False, False, False]
 # (The 1200x2500 pair, 60 s emulated, is left out: its padding is pass 2's, which the other cases cover.)
 IMMA_CASES = [(c, e) for i, (c, e) in enumerate(zip(MMA_CASES, IMMA_ELIGIBLE)) if i != 2]
+# A grid whose resized image sits 21 pixels right of the canvas' edge (346 -> 341 wide, 2343 -> 2304
+# tall): the fused blocks' groups of 8 then start at resized columns 43, 107, ... (imma_axis_ok's
+# chunks), and their uint8 rows go out with 16-byte stores.
+IMMA_CASES.append((([(2343, 346)], "anyres_max_9", "horizontal", 384, True), True))
 
 
 @pytest.mark.skipif(_extension.module is None, reason="compiled extension not built (the CPU kernel is the reference)")
 @pytest.mark.parametrize("case,eligible", IMMA_CASES,
                          ids=[f"{c[1]}-{len(c[0])}x{c[0][0][0]}x{c[0][0][1]}-t{c[3]}" for c, _ in IMMA_CASES])
-def test_anyres_tiles_pass1_integer_tensor_cores_emulated(anyres_emu, case, eligible):
+@pytest.mark.parametrize("path", ["fused", "unfused"])
+def test_anyres_tiles_pass1_integer_tensor_cores_emulated(anyres_emu, case, eligible, path):
+    """fused: jobs with a vertical pass run it in the same blocks (imma_fused_block), from the
+    intermediate rows in shared memory; unfused: the intermediate goes through global memory."""
     sizes, mode, order, tile, _ = case
+    if path == "unfused" and mode == "llava" and len(sizes) == 2 and sizes[0][0] >= 1080:
+        pytest.skip("the two-frame batches' unfused pass 1 is the anyres_max_9 case's (15 s of emulation saved)")
     images, jobs, offsets = _case_jobs(sizes, mode, order, tile, seed=11)
     lut = normalization_table((0.5, 0.4, 0.3), (0.2, 0.3, 0.25), dtype=torch.float32) if mode == "pad" else None
+    if sizes == [(1080, 1920)] and mode == "anyres_max_9" and path == "fused":  # the fused blocks' bf16 planes
+        lut = normalization_table((0.5, 0.4, 0.3), (0.2, 0.3, 0.25), dtype=torch.bfloat16)
     expected = torch.ops.interleave.anyres_tiles([torch.from_numpy(im) for im in images], jobs, offsets[-1], tile, lut)
     taken = []
-    got = _emulate(anyres_emu, images, jobs, offsets[-1], tile, lut, mma=True, fused=True, taken=taken, imma=True)
+    got = _emulate(anyres_emu, images, jobs, offsets[-1], tile, lut, mma=True, fused=path == "fused", taken=taken,
+                   imma=True)
     if lut is not None:
-        expected, got = expected.view(torch.int32), got.view(np.int32)
+        bits = (torch.int32, np.int32) if lut.element_size() == 4 else (torch.int16, np.int16)
+        expected, got = expected.view(bits[0]), got.view(bits[1])
     np.testing.assert_array_equal(got, expected.numpy())
     (mma_jobs, fused_jobs, imma_jobs), = taken
+    assert mma_jobs == 0  # the integer path replaces the fp16 one
     if eligible:
         assert imma_jobs >= 1
     else:
         assert imma_jobs == 0
+    assert fused_jobs <= imma_jobs
+    if path == "unfused" or not eligible:
+        assert fused_jobs == 0
+    else:  # every eligible case here has a job with a vertical pass whose canvas groups pass too
+        assert fused_jobs >= 1
+        if sizes == [(2343, 346)]:  # the base tile and the grid shifted by 21 pixels both
+            assert fused_jobs == 2, taken
 
 
 # ---- patch_embed: the position-embedding broadcast of the cuBLAS path --------------------------------

@@ -135,6 +135,8 @@ def test_gpu_decide_reads_a_committed_run(tmp_path):
             r.setdefault("variants_bitwise_equal", {})["ours_rows4"] = True
             r["median_ms"]["ours_imma"] = r["median_ms"]["ours"] / 2.5
             r["variants_bitwise_equal"]["ours_imma"] = True
+            r["median_ms"]["ours_imma_unfused"] = r["median_ms"]["ours"] / 2
+            r["variants_bitwise_equal"]["ours_imma_unfused"] = True
             r["variants_within_2x_reference_error"] = True
     fake.write_text(json.dumps(report))
     out = subprocess.run([sys.executable, script, str(fake), str(passed)], capture_output=True, text=True,
@@ -143,7 +145,9 @@ def test_gpu_decide_reads_a_committed_run(tmp_path):
     assert "-> below 4096 tokens: take cublas_copy; from 4096 tokens: keep cublas_copy" in out, out
     assert "-> algorithm tuning (tests: passed): make it the default" in out, out
     assert "-> SIMT pass 1, 4 rows per block (tests: passed): make it the default" in out, out
-    assert "-> integer tensor-core pass 1 (tests: passed): make it the default" in out, out
+    assert "-> integer tensor-core pass 1, fused (tests: passed): make it the default" in out, out
+    assert "-> integer tensor-core pass 1, unfused (tests: passed): make it the default unfused" in out, out
+    assert "fused is faster: where both lines above say make it the default, take the fused one" in out, out
     # merge_tokens' sync-free variants: the look-back 1.3x faster than the default at every shape
     # and its tests passed -> make it the default; 16 loads no faster -> keep 8; a failing look-back
     # test -> keep it a variant.

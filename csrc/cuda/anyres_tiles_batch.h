@@ -66,20 +66,27 @@ inline bool cached_mma_axis_exact(const AxisCoeffs& c) {
 }
 
 // Whether a horizontal axis can run on pass 1's integer tensor-core path (kImmaBand), its image at
-// canvas x `left`: every group of 8 outputs (x0 a multiple of 8) reads at most kImmaWindow source
-// pixels from its window start, and every weight w splits into a signed high byte (w >> 16 in
-// [-128, 127]) and two unsigned bytes ((w >> 8) & 255, w & 255). Each plane's sum then stays far
-// inside int32 (|sum| <= 64 * 255 * 255), and 2^16 hi + 2^8 mid + lo, taken modulo 2^32, is
-// Pillow's own int32 sum.
-inline bool imma_axis_ok(const AxisCoeffs& c, int64_t left) {
-  if (c.out_size <= 0) return false;
-  for (int64_t x0 = 0; x0 < c.out_size; x0 += 8) {
-    const int64_t s = imma_window_start(c.first[x0], left);
-    int64_t e = 0;
-    for (int64_t x = x0; x < std::min<int64_t>(x0 + 8, c.out_size); ++x) e = std::max<int64_t>(e, c.first[x] + c.count[x]);
-    if (e - s > kImmaWindow) return false;
+// source canvas x `src_left`: every group of 8 outputs reads at most kImmaWindow source pixels from
+// its window start, and every weight w splits into a signed high byte (w >> 16 in [-128, 127]) and
+// two unsigned bytes ((w >> 8) & 255, w & 255). Each plane's sum then stays far inside int32
+// (|sum| <= 64 * 255 * 255), and 2^16 hi + 2^8 mid + lo, taken modulo 2^32, is Pillow's own int32
+// sum. The groups are the kernel's: chunks of kMmaChunk columns of a row `width` wide whose outputs
+// start at `dst_left` (unfused: the intermediate row itself, dst_left 0, groups at multiples of 8;
+// fused: the canvas row) cover outputs [max(c0 - dst_left, 0), min(c0 + 64 - dst_left, n)), in
+// groups of 8 from the chunk's first output, the last one cut at the chunk's end.
+inline bool imma_axis_ok(const AxisCoeffs& c, int64_t src_left, int64_t dst_left, int64_t width) {
+  const int64_t n = c.out_size;
+  if (n <= 0) return false;
+  for (int64_t c0 = 0; c0 < width; c0 += kMmaChunk) {
+    const int64_t xa = std::max<int64_t>(c0 - dst_left, 0), xb = std::min<int64_t>(c0 + kMmaChunk - dst_left, n);
+    for (int64_t x0 = xa; x0 < xb; x0 += 8) {
+      const int64_t s = imma_window_start(c.first[x0], src_left);
+      int64_t e = 0;
+      for (int64_t x = x0; x < std::min<int64_t>(x0 + 8, xb); ++x) e = std::max<int64_t>(e, c.first[x] + c.count[x]);
+      if (e - s > kImmaWindow) return false;
+    }
   }
-  for (int64_t x = 0; x < c.out_size; ++x)
+  for (int64_t x = 0; x < n; ++x)
     for (int64_t i = 0; i < c.count[x]; ++i) {
       const int32_t hi = c.weights[x * c.ksize + i] >> 16;  // arithmetic: floor
       if (hi < -128 || hi > 127) return false;
@@ -87,12 +94,13 @@ inline bool imma_axis_ok(const AxisCoeffs& c, int64_t left) {
   return true;
 }
 
-// imma_axis_ok per (in_size, out_size, left mod 4) (the window starts depend on left only mod 4).
-inline bool cached_imma_axis_ok(const AxisCoeffs& c, int64_t left) {
+// imma_axis_ok per (in_size, out_size, src_left mod 4, dst_left, width) (the window starts depend on
+// src_left only mod 4).
+inline bool cached_imma_axis_ok(const AxisCoeffs& c, int64_t src_left, int64_t dst_left, int64_t width) {
   static std::mutex mutex;
-  static std::map<std::array<int64_t, 3>, bool> cache;
-  return memoized_axis_check(mutex, cache, std::array<int64_t, 3>{c.in_size, c.out_size, left & 3},
-                             [&] { return imma_axis_ok(c, left); });
+  static std::map<std::array<int64_t, 5>, bool> cache;
+  return memoized_axis_check(mutex, cache, std::array<int64_t, 5>{c.in_size, c.out_size, src_left & 3, dst_left, width},
+                             [&] { return imma_axis_ok(c, src_left, dst_left, width); });
 }
 
 // The shared-memory row (32-bit words) that tensor-core blocks stage, or 0 if it does not fit.
@@ -132,12 +140,25 @@ inline int64_t fused_rows(const AxisCoeffs& v, int64_t band, int64_t top, int64_
   return rows;
 }
 
-// Pass 1's dynamic shared memory for a fused job: the staged source rows and the intermediate,
+// Pass 1's dynamic shared memory for a fused job: the staged source rows (none for the integer
+// path: stride 0) and the intermediate,
 // or (tiles a multiple of kMmaChunk wide, 16-byte stores) the output rows laid out in the same
 // memory, out_bytes per value (1 for uint8, or the lut's), whichever is larger.
 inline int64_t fused_smem_bytes(int64_t stride, int64_t rows, int64_t band, int64_t tile, int64_t out_bytes) {
   const int64_t outs = tile % kMmaChunk == 0 ? band * kMmaChunk * 3 * out_bytes : 0;
   return std::max((kMmaRows * stride + rows * kMmaChunk) * 4, outs);
+}
+
+// The tallest band (kFusedRows, halved down to 8) whose fused buffers fit kMaxStagedRowBytes for a
+// job whose vertical axis is v (the resized image at canvas row top), staging `stride` words per
+// source row (0: the integer path, which stages none): {band, intermediate rows}, or {0, 0}.
+inline std::array<int64_t, 2> fused_band_that_fits(const AxisCoeffs& v, int64_t stride, int64_t top, int64_t canvas_h,
+                                                   int64_t tile, int64_t out_bytes) {
+  for (int64_t band = kFusedRows; band >= 8; band /= 2) {
+    const int64_t rows = fused_rows(v, band, top, canvas_h);
+    if (fused_smem_bytes(stride, rows, band, tile, out_bytes) <= kMaxStagedRowBytes) return {band, rows};
+  }
+  return {0, 0};
 }
 
 // images[i] / hw[i]: the contiguous uint8 [h, w, 3] pixels (device pointers for a launch) and size
@@ -147,8 +168,9 @@ inline int64_t fused_smem_bytes(int64_t stride, int64_t rows, int64_t band, int6
 // lut's entries). allow_fused: let eligible tensor-core jobs with a vertical pass run both passes
 // in one (and write their canvas' padding). simt_rows: 1, or kSimtRows intermediate rows per block
 // for the SIMT horizontal pass of jobs whose staged source rows fit (the glue's setting).
-// allow_imma: let eligible jobs (imma_axis_ok) run pass 1 on integer tensor cores, unfused; it
-// replaces allow_mma (no job of the launch takes the fp16 tensor-core path or the fused passes).
+// allow_imma: let eligible jobs (imma_axis_ok) run pass 1 on integer tensor cores, with a vertical
+// pass fused into the same blocks where allow_fused; it replaces allow_mma (no job of the launch
+// takes the fp16 tensor-core path or its fused passes).
 inline TileBatch plan_tile_batch(const std::vector<TileJob>& table, const std::vector<const uint8_t*>& images,
                                  const std::vector<std::array<int64_t, 2>>& hw, int64_t tile, int64_t out_bytes,
                                  bool allow_mma = true, bool allow_fused = true, int simt_rows = 1,
@@ -201,9 +223,16 @@ inline TileBatch plan_tile_batch(const std::vector<TileJob>& table, const std::v
       d.h_first = at[0]; d.h_count = at[1]; d.h_weights = at[2];
       // A candidate for a tensor-core pass 1 (decided below, once the launch's staging is known):
       // the integer one first.
-      if (allow_imma && !p.vertical_first && p.mid_rows > 0 && cached_imma_axis_ok(*p.horizontal, j.src_left))
-        d.imma_pass1 = 1;
-      else if (allow_mma && !allow_imma && at[3] && !p.vertical_first && p.mid_rows > 0)
+      if (allow_imma && !p.vertical_first && p.mid_rows > 0) {
+        // Fused where its groups (chunks of the canvas row) pass and its buffers fit, else unfused.
+        if (allow_fused && p.need_vertical && cached_imma_axis_ok(*p.horizontal, j.src_left, j.dst_left, j.canvas_w)) {
+          const auto fit = fused_band_that_fits(*p.vertical, 0, j.dst_top, j.canvas_h, tile, out_bytes);
+          d.fused_band = static_cast<int32_t>(fit[0]);
+          d.fused_rows = static_cast<int32_t>(fit[1]);
+          d.fused = d.imma_pass1 = fit[0] > 0;
+        }
+        if (!d.fused) d.imma_pass1 = cached_imma_axis_ok(*p.horizontal, j.src_left, 0, p.horizontal->out_size);
+      } else if (allow_mma && !allow_imma && at[3] && !p.vertical_first && p.mid_rows > 0)
         d.mma_stride = static_cast<int32_t>(mma_stride(*p.horizontal, 0, p.horizontal->out_size));
     }
     // A fused candidate: tensor-core horizontal pass and a vertical pass; its blocks cover the
@@ -213,14 +242,12 @@ inline TileBatch plan_tile_batch(const std::vector<TileJob>& table, const std::v
     if (fused_stride > 0) {
       // The tallest band whose buffers fit (a shorter band re-makes more of the rows that
       // neighbouring bands share).
-      for (int64_t band = kFusedRows; band >= 8 && !d.fused; band /= 2) {
-        const int64_t rows = fused_rows(*p.vertical, band, j.dst_top, j.canvas_h);
-        if (fused_smem_bytes(fused_stride, rows, band, tile, out_bytes) <= kMaxStagedRowBytes) {
-          d.fused = 1;
-          d.fused_rows = static_cast<int32_t>(rows);
-          d.fused_band = static_cast<int32_t>(band);
-          d.mma_stride = static_cast<int32_t>(fused_stride);
-        }
+      const auto fit = fused_band_that_fits(*p.vertical, fused_stride, j.dst_top, j.canvas_h, tile, out_bytes);
+      if (fit[0] > 0) {
+        d.fused = 1;
+        d.fused_band = static_cast<int32_t>(fit[0]);
+        d.fused_rows = static_cast<int32_t>(fit[1]);
+        d.mma_stride = static_cast<int32_t>(fused_stride);
       }
     }
     if (p.need_vertical) {
@@ -244,7 +271,7 @@ inline TileBatch plan_tile_batch(const std::vector<TileJob>& table, const std::v
     TileJobDevice& d = b.descs[i];
     d.mma_pass1 = staged && d.mma_stride > 0;
     d.imma_pass1 = staged && d.imma_pass1;
-    d.fused = d.mma_pass1 && d.fused;
+    d.fused = (d.mma_pass1 || d.imma_pass1) && d.fused;
     if (!d.mma_pass1) d.mma_stride = 0;
     if (!d.fused) d.fused_rows = d.fused_band = 0;
     d.pass1_begin = b.pass1;
@@ -259,10 +286,15 @@ inline TileBatch plan_tile_batch(const std::vector<TileJob>& table, const std::v
       b.staged_row_bytes = std::max(b.staged_row_bytes, d.fused ? fused_smem_bytes(d.mma_stride, d.fused_rows, d.fused_band,
                                                                                    tile, out_bytes)
                                                                   : kMmaRows * d.mma_stride * 4);
-    } else if (d.imma_pass1) {  // blocks: bands of kImmaBand intermediate rows x chunks of 64 outputs
-      d.mma_chunks = static_cast<int32_t>((d.mid_width + kMmaChunk - 1) / kMmaChunk);
-      b.pass1 += (d.mid_rows + kImmaBand - 1) / kImmaBand * d.mma_chunks;
+    } else if (d.imma_pass1) {  // blocks: bands of kImmaBand intermediate rows (fused: fused_band canvas
+                                // rows) x chunks of 64 outputs (fused: canvas columns)
+      const int64_t width = d.fused ? table[i].canvas_w : d.mid_width;
+      d.mma_chunks = static_cast<int32_t>((width + kMmaChunk - 1) / kMmaChunk);
+      const int64_t rows = d.fused ? table[i].canvas_h : d.mid_rows, per = d.fused ? d.fused_band : kImmaBand;
+      b.pass1 += (rows + per - 1) / per * d.mma_chunks;
       b.pass1_imma = true;  // kMmaThreads per block, the integer tensor-core instantiation of the kernel
+      if (d.fused)  // the intermediate rows in shared memory (no staged source)
+        b.staged_row_bytes = std::max(b.staged_row_bytes, fused_smem_bytes(0, d.fused_rows, d.fused_band, tile, out_bytes));
       d.rows_per_block = 1;
     } else if (staged && simt_rows == kSimtRows && d.need_horizontal && !d.vertical_first && d.mid_rows > 0 &&
                kSimtRows * table[i].src_w * kStagedBytesPerPixel <= kMaxStagedRowBytes) {

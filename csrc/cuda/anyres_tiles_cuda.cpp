@@ -35,7 +35,7 @@ at::Tensor anyres_tiles_cuda(at::TensorList images, const at::Tensor& jobs, int6
     hw.push_back({im.size(0), im.size(1)});
   }
   const cuda::TileBatch batch = cuda::plan_tile_batch(table, pixels, hw, tile, lut.has_value() ? lut->element_size() : 1,
-                                                         anyres_cuda_mma(), /*allow_fused=*/true,
+                                                         anyres_cuda_mma(), anyres_cuda_fused(),
                                                          static_cast<int>(anyres_cuda_simt_rows()), anyres_cuda_imma());
   const auto& descs = batch.descs;
   const auto& arena = batch.arena;

@@ -276,24 +276,21 @@ __device__ __forceinline__ void imma_load_quad_bytes(const TileJobDevice& J, con
   }
 }
 
-// One block: intermediate rows [band * kImmaBand, +kImmaBand) x outputs [chunk * 64, +64) of job J;
-// warp w takes the 8 outputs from chunk * 64 + 8w.
-__device__ __forceinline__ void imma_pass1_block(const TileJobDevice& J, const int32_t* __restrict__ coeffs,
-                                                 uint8_t* __restrict__ mid, int64_t block) {
-  const int32_t band = static_cast<int32_t>(block / J.mma_chunks);
-  const int32_t chunk = static_cast<int32_t>(block - static_cast<int64_t>(band) * J.mma_chunks);
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
-  const int32_t mid_w = static_cast<int32_t>(J.mid_width), mid_rows = static_cast<int32_t>(J.mid_rows);
-  const int32_t x0 = chunk * kMmaChunk + warp * 8;
-  if (x0 >= mid_w) return;  // warp-uniform; this path has no block barrier
+// The integer horizontal pass of intermediate rows [r_begin, r_end) for this warp's group of outputs
+// [x0, x_end) (at most 8; imma_axis_ok checked that their taps lie in the kImmaWindow pixels from
+// the group's window start), 16 rows per step: sink(r, x, packed pixel) for each of them.
+template <typename Sink>
+__device__ __forceinline__ void imma_group_rows(const TileJobDevice& J, const int32_t* __restrict__ coeffs, int32_t x0,
+                                                int32_t x_end, int32_t r_begin, int32_t r_end, Sink&& sink) {
+  const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
   const int32_t* first = coeffs + J.h_first;
   const int32_t* count = coeffs + J.h_count;
   const int32_t left = static_cast<int32_t>(J.src_left);
   const int32_t s = static_cast<int32_t>(imma_window_start(first[x0], left));
-  // B, once per warp: weights of output x0 + g (zero past the row's end) at source pixels
+  // B, once per warp: weights of output x0 + g (zero past the group's end) at source pixels
   // s + 32q + 16r + 4t + i, split into byte planes: register [q][r], byte i.
   const int32_t xn = x0 + g;
-  const bool n_in = xn < mid_w;
+  const bool n_in = xn < x_end;
   const int32_t fn = n_in ? first[xn] : 0, cn = n_in ? count[xn] : 0;
   const int32_t* kn = coeffs + J.h_weights + (n_in ? xn : 0);  // tap-major: tap i at kn[i * h_outputs]
   const int32_t h_outputs = static_cast<int32_t>(J.h_outputs);
@@ -328,16 +325,14 @@ __device__ __forceinline__ void imma_pass1_block(const TileJobDevice& J, const i
     all_inside = all_inside && inside[m];
   }
   const int32_t img_h = static_cast<int32_t>(J.img_h), top = static_cast<int32_t>(J.src_top);
-  const int32_t r_begin = band * kImmaBand, r_end = min(r_begin + kImmaBand, mid_rows);
   const int64_t row_bytes = J.img_w * 3;
-  uint32_t* dst = reinterpret_cast<uint32_t*>(mid + J.mid_offset);
   for (int32_t r0 = r_begin; r0 < r_end; r0 += 16) {
-    // A: rows r0 + g (h = 0) and r0 + g + 8 (h = 1).
+    // A: rows r0 + g (h = 0) and r0 + g + 8 (h = 1); rows past r_end are not loaded (zero).
     uint32_t raw[2][4][3];
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
       const int32_t r = r0 + g + 8 * h, y = static_cast<int32_t>(J.row_first) + r - top;
-      const bool row_in = r < mid_rows && y >= 0 && y < img_h;
+      const bool row_in = r < r_end && y >= 0 && y < img_h;
       const uint8_t* img_row = J.image + (row_in ? y : 0) * row_bytes;
       // group m's words at p + 12m (only dereferenced where inside[m])
       const uint32_t* p = reinterpret_cast<const uint32_t*>(img_row + static_cast<int64_t>(xi0) * 3);
@@ -386,9 +381,24 @@ __device__ __forceinline__ void imma_pass1_block(const TileJobDevice& J, const i
 #pragma unroll
     for (int e = 0; e < 4; ++e) {
       const int32_t r = r0 + g + 8 * (e >> 1), x = x0 + 2 * t + (e & 1);
-      if (r < r_end && x < mid_w) dst[static_cast<int64_t>(r) * mid_w + x] = px[e];
+      if (r < r_end && x < x_end) sink(r, x, px[e]);
     }
   }
+}
+
+// One block: intermediate rows [band * kImmaBand, +kImmaBand) x outputs [chunk * 64, +64) of job J,
+// into the global intermediate; warp w takes the 8 outputs from chunk * 64 + 8w.
+__device__ __forceinline__ void imma_pass1_block(const TileJobDevice& J, const int32_t* __restrict__ coeffs,
+                                                 uint8_t* __restrict__ mid, int64_t block) {
+  const int32_t band = static_cast<int32_t>(block / J.mma_chunks);
+  const int32_t chunk = static_cast<int32_t>(block - static_cast<int64_t>(band) * J.mma_chunks);
+  const int32_t mid_w = static_cast<int32_t>(J.mid_width), mid_rows = static_cast<int32_t>(J.mid_rows);
+  const int32_t x0 = chunk * kMmaChunk + (threadIdx.x >> 5) * 8;
+  if (x0 >= mid_w) return;  // warp-uniform; this path has no block barrier
+  const int32_t r_begin = band * kImmaBand, r_end = min(r_begin + kImmaBand, mid_rows);
+  uint32_t* dst = reinterpret_cast<uint32_t*>(mid + J.mid_offset);
+  imma_group_rows(J, coeffs, x0, min(x0 + 8, mid_w), r_begin, r_end,
+                  [&](int32_t r, int32_t x, uint32_t px) { dst[static_cast<int64_t>(r) * mid_w + x] = px; });
 }
 
 // The output element types of a launch: uint8 tiles without a lut, else its entries' bit patterns
@@ -427,44 +437,51 @@ __device__ __forceinline__ void store_canvas_px(const TileJobDevice& J, Out* out
   }
 }
 
-// One block of a fused job (TileJobDevice::fused: both passes in one block, no intermediate in
-// global memory): canvas rows [band * fused_band, +fused_band) x canvas columns [chunk * 64, +64).
-// The intermediate rows that the resized pixels among them read are made 16 at a time on tensor
-// cores into shared memory (after the staged source: fused_rows x kMmaChunk words, column = canvas
-// column - chunk * 64), then each thread takes canvas pixels (the vertical pass over that buffer,
-// or the pad colour outside the resized image), and the block stores them into the tiles.
-__device__ __forceinline__ void fused_block(const TileJobDevice& J, const int32_t* __restrict__ coeffs,
-                                            uint32_t* staged, int64_t block, void* out, const void* lut,
-                                            int lut_bytes, int32_t tile) {
+// The part of a job's canvas that one block of a fused job (TileJobDevice::fused: both passes in
+// one block, no intermediate in global memory) covers: canvas rows [cy0, cy1) x columns
+// [cx0, cx0 + 64), of which resized rows [ya, yb) x columns [xa, xb) (block-uniform; maybe none),
+// which read intermediate rows [m_lo, m_hi).
+struct FusedBlock {
+  int32_t cy0, cy1, cx0, ya, yb, xa, xb, m_lo, m_hi;
+  bool resized;
+};
+
+__device__ __forceinline__ FusedBlock fused_block_extent(const TileJobDevice& J, const int32_t* __restrict__ coeffs,
+                                                         int64_t block) {
+  FusedBlock f;
   const int32_t band = static_cast<int32_t>(block / J.mma_chunks);
   const int32_t chunk = static_cast<int32_t>(block - static_cast<int64_t>(band) * J.mma_chunks);
-  const int32_t cy0 = band * J.fused_band, cx0 = chunk * kMmaChunk;
-  const int32_t cy1 = min(cy0 + J.fused_band, static_cast<int32_t>(J.canvas_h));
+  f.cy0 = band * J.fused_band;
+  f.cx0 = chunk * kMmaChunk;
+  f.cy1 = min(f.cy0 + J.fused_band, static_cast<int32_t>(J.canvas_h));
   const int32_t top = static_cast<int32_t>(J.dst_top), left = static_cast<int32_t>(J.dst_left);
-  const int32_t resize_h = static_cast<int32_t>(J.resize_h), resize_w = static_cast<int32_t>(J.resize_w);
+  const int32_t* v_first = coeffs + J.v_first;
+  const int32_t* v_count = coeffs + J.v_count;
+  f.ya = max(f.cy0 - top, 0);
+  f.yb = min(f.cy1 - top, static_cast<int32_t>(J.resize_h));
+  f.xa = max(f.cx0 - left, 0);
+  f.xb = min(f.cx0 + kMmaChunk - left, static_cast<int32_t>(J.resize_w));
+  f.resized = f.ya < f.yb && f.xa < f.xb;
+  // Both ends of a resized row's vertical taps are monotone in y.
+  const int32_t row_first = static_cast<int32_t>(J.row_first);
+  f.m_lo = f.resized ? v_first[f.ya] - row_first : 0;
+  f.m_hi = f.resized ? v_first[f.yb - 1] + v_count[f.yb - 1] - row_first : 0;
+  return f;
+}
+
+// The rest of a fused block, once buf holds intermediate rows [f.m_lo, f.m_hi) x the block's 64
+// canvas columns (word (m - m_lo) * 64 + canvas column - cx0) and the block has synchronized: each
+// thread takes canvas pixels (the vertical pass over buf, or the pad colour outside the resized
+// image), and the block stores them into the tiles, through obuf (shared memory that may overlap
+// buf: it is written only after a barrier).
+__device__ __forceinline__ void fused_block_store(const TileJobDevice& J, const int32_t* __restrict__ coeffs,
+                                                  const FusedBlock& f, const uint32_t* buf, uint8_t* obuf,
+                                                  void* out, const void* lut, int lut_bytes, int32_t tile) {
+  const int32_t cy0 = f.cy0, cy1 = f.cy1, cx0 = f.cx0, ya = f.ya, yb = f.yb, xa = f.xa, xb = f.xb, m_lo = f.m_lo;
+  const int32_t top = static_cast<int32_t>(J.dst_top), left = static_cast<int32_t>(J.dst_left);
   const int32_t row_first = static_cast<int32_t>(J.row_first);
   const int32_t* v_first = coeffs + J.v_first;
   const int32_t* v_count = coeffs + J.v_count;
-  // Resized rows [ya, yb) and columns [xa, xb) inside the block (block-uniform; maybe none).
-  const int32_t ya = max(cy0 - top, 0), yb = min(cy1 - top, resize_h);
-  const int32_t xa = max(cx0 - left, 0), xb = min(cx0 + kMmaChunk - left, resize_w);
-  const bool resized = ya < yb && xa < xb;
-  // Intermediate rows [m_lo, m_hi) feed resized rows [ya, yb) (both ends monotone in y).
-  const int32_t m_lo = resized ? v_first[ya] - row_first : 0;
-  const int32_t m_hi = resized ? v_first[yb - 1] + v_count[yb - 1] - row_first : 0;
-  const int32_t stride = J.mma_stride;
-  uint32_t* buf = staged + kMmaRows * stride;  // [m_hi - m_lo <= fused_rows][kMmaChunk]
-  if (resized) {
-    const int32_t cs = coeffs[J.h_first + xa] & ~3;
-    for (int32_t sub = 0; sub < m_hi - m_lo; sub += kMmaRows) {
-      mma_stage_rows(J, staged, cs, stride, m_lo + sub, m_hi);
-      __syncthreads();
-      mma_resample_rows(J, coeffs, staged, cs, stride, xa, xb, [&](int32_t row, int32_t x, uint32_t px) {
-        if (sub + row < m_hi - m_lo) buf[(sub + row) * kMmaChunk + (x + left - cx0)] = px;
-      });
-      __syncthreads();  // the next round restages the source rows; the last one publishes buf
-    }
-  }
   const uint32_t pad = static_cast<uint32_t>(J.dst_pad);
   // Canvas pixel (cy, cx0 + xx): resized, from buf, or the pad colour.
   auto canvas_px = [&](int32_t cy, int32_t xx) -> uint32_t {
@@ -499,7 +516,6 @@ __device__ __forceinline__ void fused_block(const TileJobDevice& J, const int32_
   // The canvas is whole tiles, so a chunk is 64 columns of one tile.
   const int32_t rows = cy1 - cy0, cols = canvas_w / tile;
   const int32_t tx = cx0 / tile, ix0 = cx0 - tx * tile;
-  uint8_t* obuf = reinterpret_cast<uint8_t*>(staged);
   with_out_type(lut, lut_bytes, [&](auto tag) {  // uint8: [row][64 pixels x 3]; lut: [channel][row][64]
     using Out = decltype(tag);
     constexpr bool kBytes = std::is_same_v<Out, uint8_t>;
@@ -532,6 +548,47 @@ __device__ __forceinline__ void fused_block(const TileJobDevice& J, const int32_
           reinterpret_cast<const uint4*>(obuf + (c * rows + row) * kMmaChunk * lut_bytes)[v];
     }
   }
+}
+
+// One block of a fused fp16 tensor-core job: the intermediate rows that the resized pixels of
+// the block read are made 16 at a time on tensor cores into shared memory (after the staged
+// source: fused_rows x kMmaChunk words, column = canvas column - chunk * 64), then
+// fused_block_store.
+__device__ __forceinline__ void fused_block(const TileJobDevice& J, const int32_t* __restrict__ coeffs,
+                                            uint32_t* staged, int64_t block, void* out, const void* lut,
+                                            int lut_bytes, int32_t tile) {
+  const FusedBlock f = fused_block_extent(J, coeffs, block);
+  const int32_t left = static_cast<int32_t>(J.dst_left), m_lo = f.m_lo, m_hi = f.m_hi, cx0 = f.cx0;
+  const int32_t stride = J.mma_stride;
+  uint32_t* buf = staged + kMmaRows * stride;  // [m_hi - m_lo <= fused_rows][kMmaChunk]
+  if (f.resized) {
+    const int32_t cs = coeffs[J.h_first + f.xa] & ~3;
+    for (int32_t sub = 0; sub < m_hi - m_lo; sub += kMmaRows) {
+      mma_stage_rows(J, staged, cs, stride, m_lo + sub, m_hi);
+      __syncthreads();
+      mma_resample_rows(J, coeffs, staged, cs, stride, f.xa, f.xb, [&](int32_t row, int32_t x, uint32_t px) {
+        if (sub + row < m_hi - m_lo) buf[(sub + row) * kMmaChunk + (x + left - cx0)] = px;
+      });
+      __syncthreads();  // the next round restages the source rows; the last one publishes buf
+    }
+  }
+  fused_block_store(J, coeffs, f, buf, reinterpret_cast<uint8_t*>(staged), out, lut, lut_bytes, tile);
+}
+
+// One block of a fused integer tensor-core job: warp w makes the block's intermediate rows for the
+// resized columns [xa + 8w, +8) (imma_group_rows, straight from global memory) into shared memory
+// (fused_rows x kMmaChunk words, column = canvas column - chunk * 64), then fused_block_store.
+// imma_axis_ok(.., dst_left, canvas_w) checked the windows of exactly these groups.
+__device__ __forceinline__ void imma_fused_block(const TileJobDevice& J, const int32_t* __restrict__ coeffs,
+                                                 uint32_t* smem, int64_t block, void* out, const void* lut,
+                                                 int lut_bytes, int32_t tile) {
+  const FusedBlock f = fused_block_extent(J, coeffs, block);
+  const int32_t x0 = f.xa + (threadIdx.x >> 5) * 8, col = static_cast<int32_t>(J.dst_left) - f.cx0, m_lo = f.m_lo;
+  if (f.resized && x0 < f.xb)  // warp-uniform
+    imma_group_rows(J, coeffs, x0, min(x0 + 8, f.xb), m_lo, f.m_hi,
+                    [&](int32_t r, int32_t x, uint32_t px) { smem[(r - m_lo) * kMmaChunk + x + col] = px; });
+  __syncthreads();  // publishes the intermediate rows
+  fused_block_store(J, coeffs, f, smem, reinterpret_cast<uint8_t*>(smem), out, lut, lut_bytes, tile);
 }
 
 // Copies source canvas row sy (J.src_w pixels; the padding resolved) into staged as one 32-bit word
@@ -637,6 +694,10 @@ __global__ void __launch_bounds__(kThreads, kTensorPath == kMmaPath ? 3 : kTenso
     }
   }
   if constexpr (kStagedRow && kTensorPath == kImmaPath) {
+    if (J.fused) {  // block-uniform: the whole block takes one path
+      imma_fused_block(J, coeffs, staged, row - J.pass1_begin, out, lut, lut_bytes, tile);
+      return;
+    }
     if (J.imma_pass1) {  // block-uniform
       imma_pass1_block(J, coeffs, mid, row - J.pass1_begin);
       return;

@@ -37,18 +37,19 @@ struct TileJobDevice {
   // are bands of kMmaRows intermediate rows times chunks of kMmaChunk outputs (mma_chunks per
   // band), each staging its source window as kMmaRows rows of mma_stride words.
   int32_t mma_pass1, mma_chunks, mma_stride;
-  // Both passes in pass 1's launch: 1 for a tensor-core job with a vertical pass; its blocks
-  // cover its whole canvas (padding too) in bands of fused_band canvas rows (kFusedRows or less,
-  // so that the buffers fit) times mma_chunks chunks of 64 columns, each with fused_rows x
-  // kMmaChunk words of intermediate in shared memory after the staged rows. Such a job has no
-  // rows in pass 2 and no intermediate in global memory.
+  // Both passes in pass 1's launch: 1 for a tensor-core job (fp16 or integer) with a vertical pass;
+  // its blocks cover its whole canvas (padding too) in bands of fused_band canvas rows (kFusedRows
+  // or less, so that the buffers fit) times mma_chunks chunks of 64 columns, each with fused_rows x
+  // kMmaChunk words of intermediate in shared memory (after the staged rows on the fp16 path).
+  // Such a job has no rows in pass 2 and no intermediate in global memory.
   int32_t fused, fused_rows, fused_band;
   // Pass 1's SIMT horizontal pass: intermediate rows per block, 1 or kSimtRows (then its blocks are
   // ceil(mid_rows / kSimtRows), each staging that many source rows; plan_tile_batch's simt_rows).
   int32_t rows_per_block;
   // Pass 1 on integer tensor cores (imma_pass1_block in anyres_tiles_kernels.cu): 1 when this job's
-  // horizontal pass runs there; its blocks are bands of kImmaBand intermediate rows times
-  // mma_chunks chunks of kMmaChunk outputs, with no shared memory (plan_tile_batch's allow_imma).
+  // horizontal pass runs there; unfused, its blocks are bands of kImmaBand intermediate rows times
+  // mma_chunks chunks of kMmaChunk outputs, with no shared memory; fused, see above
+  // (imma_fused_block; plan_tile_batch's allow_imma and allow_fused).
   int32_t imma_pass1;
 };
 

@@ -40,6 +40,10 @@ int64_t& anyres_cuda_simt_rows();
 // it replaces anyres_cuda_mma's path for the call. Default false (INTERLEAVE_ANYRES_IMMA=1: true)
 // until a GPU run has timed it; interleave.ops.anyres_tiles.cuda_integer_tensor_cores switches it.
 bool& anyres_cuda_imma();
+// Whether a job that runs pass 1 on tensor cores (either path) and has a vertical pass runs both
+// passes in one block (plan_tile_batch's allow_fused). Default true;
+// interleave.ops.anyres_tiles.cuda_fused_passes switches it (benchmarks time both).
+bool& anyres_cuda_fused();
 
 at::Tensor anyres_tiles_cpu(at::TensorList images, const at::Tensor& jobs, int64_t num_tiles,
                             int64_t tile, const std::optional<at::Tensor>& lut);

@@ -100,6 +100,13 @@ int64_t& anyres_cuda_simt_rows() {
   return rows;
 }
 
+bool& anyres_cuda_fused() {
+  // On: where a tensor-core pass 1 runs, jobs with a vertical pass run it in the same blocks (no
+  // intermediate in global memory); off for the benchmark variants that time them apart.
+  static bool fused = true;
+  return fused;
+}
+
 bool& anyres_cuda_imma() {
   // Off until a GPU run has timed it against the SIMT pass (exact either way, checked bitwise in
   // emulation); INTERLEAVE_ANYRES_IMMA=1 starts a process with it on.

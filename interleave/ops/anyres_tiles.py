@@ -184,11 +184,23 @@ def cuda_integer_tensor_cores(enabled: bool = True):
     """Within the block (a process-wide setting, restored on exit), whether the CUDA kernel may run
     its first (horizontal) resize pass on integer tensor cores: Pillow's int32 sums as three byte
     planes of the weights on `mma.m16n8k32` (uint8 pixels), exact by construction, wherever a group
-    of 8 outputs reads at most 64 source pixels (rows shrunk by up to ~5.5x, and every upscale).
-    It replaces `cuda_tensor_cores`' path while on. Off by default until a GPU run has timed it
+    of 8 outputs reads at most 64 source pixels (rows shrunk by up to ~5.5x, and every upscale);
+    jobs that need a vertical pass too run it in the same blocks (`cuda_fused_passes`). It replaces
+    `cuda_tensor_cores`' path while on. Off by default until a GPU run has timed it
     (`INTERLEAVE_ANYRES_IMMA=1` starts a process with it on); `pytest -m cuda` checks it against
     Pillow."""
     with _extension.native_setting("_set_anyres_imma", bool(enabled)):
+        yield
+
+
+@contextlib.contextmanager
+def cuda_fused_passes(enabled: bool = True):
+    """Within the block (a process-wide setting, restored on exit), whether a job whose first pass
+    runs on tensor cores (`cuda_tensor_cores` or `cuda_integer_tensor_cores`) and that needs a
+    vertical pass too runs both in one kernel, its intermediate rows in shared memory (on by
+    default; off keeps the intermediate in global memory, for benchmarks that time the two apart).
+    The bytes are the same either way."""
+    with _extension.native_setting("_set_anyres_fused", bool(enabled)):
         yield
 
 
