@@ -67,6 +67,8 @@ def anyres_emu(tmp_path_factory):
     so.emu_set_imma.restype = None
     so.emu_set_imma.argtypes = [ctypes.c_int]
     so.emu_imma_jobs.restype = ctypes.c_int
+    so.emu_fused_band.restype = ctypes.c_int
+    so.emu_fused_band.argtypes = [ctypes.c_int]
     return so
 
 
@@ -277,6 +279,10 @@ def test_anyres_tiles_pass1_integer_tensor_cores_emulated(anyres_emu, case, elig
         assert fused_jobs >= 1
         if sizes == [(2343, 346)]:  # the base tile and the grid shifted by 21 pixels both
             assert fused_jobs == 2, taken
+        if sizes[0] == (1080, 1920) and mode == "llava":
+            # imma_fused_band: 48 canvas rows per block for 1080 -> 384 (143 intermediate rows, 9 steps
+            # of 16), not 32 (98 rows in 7 steps) or 64 (188 in 12, as few steps but a longer tail)
+            assert [anyres_emu.emu_fused_band(j) for j in range(len(jobs))] == [48, 48]
 
 
 # ---- patch_embed: the position-embedding broadcast of the cuBLAS path --------------------------------

@@ -474,6 +474,8 @@ __device__ __forceinline__ FusedBlock fused_block_extent(const TileJobDevice& J,
 // thread takes canvas pixels (the vertical pass over buf, or the pad colour outside the resized
 // image), and the block stores them into the tiles, through obuf (shared memory that may overlap
 // buf: it is written only after a barrier).
+// kMaxBand: the most canvas rows a block of this path takes (kFusedRows, kImmaFusedRows).
+template <int kMaxBand>
 __device__ __forceinline__ void fused_block_store(const TileJobDevice& J, const int32_t* __restrict__ coeffs,
                                                   const FusedBlock& f, const uint32_t* buf, uint8_t* obuf,
                                                   void* out, const void* lut, int lut_bytes, int32_t tile) {
@@ -505,7 +507,7 @@ __device__ __forceinline__ void fused_block_store(const TileJobDevice& J, const 
   // The chunk lies inside one tile column and every row of it is a 16-byte aligned run of the
   // output (T a multiple of 64): the pixels (kFusedPx per thread, in registers) go to shared
   // memory in the output's layout, then the block writes them with 16-byte stores.
-  constexpr int kFusedPx = kFusedRows * kMmaChunk / kMmaThreads;
+  constexpr int kFusedPx = kMaxBand * kMmaChunk / kMmaThreads;
   uint32_t px[kFusedPx];
 #pragma unroll
   for (int k = 0; k < kFusedPx; ++k) {
@@ -572,7 +574,7 @@ __device__ __forceinline__ void fused_block(const TileJobDevice& J, const int32_
       __syncthreads();  // the next round restages the source rows; the last one publishes buf
     }
   }
-  fused_block_store(J, coeffs, f, buf, reinterpret_cast<uint8_t*>(staged), out, lut, lut_bytes, tile);
+  fused_block_store<kFusedRows>(J, coeffs, f, buf, reinterpret_cast<uint8_t*>(staged), out, lut, lut_bytes, tile);
 }
 
 // One block of a fused integer tensor-core job: warp w makes the block's intermediate rows for the
@@ -588,7 +590,7 @@ __device__ __forceinline__ void imma_fused_block(const TileJobDevice& J, const i
     imma_group_rows(J, coeffs, x0, min(x0 + 8, f.xb), m_lo, f.m_hi,
                     [&](int32_t r, int32_t x, uint32_t px) { smem[(r - m_lo) * kMmaChunk + x + col] = px; });
   __syncthreads();  // publishes the intermediate rows
-  fused_block_store(J, coeffs, f, smem, reinterpret_cast<uint8_t*>(smem), out, lut, lut_bytes, tile);
+  fused_block_store<kImmaFusedRows>(J, coeffs, f, smem, reinterpret_cast<uint8_t*>(smem), out, lut, lut_bytes, tile);
 }
 
 // Copies source canvas row sy (J.src_w pixels; the padding resolved) into staged as one 32-bit word

@@ -38,8 +38,8 @@ struct TileJobDevice {
   // band), each staging its source window as kMmaRows rows of mma_stride words.
   int32_t mma_pass1, mma_chunks, mma_stride;
   // Both passes in pass 1's launch: 1 for a tensor-core job (fp16 or integer) with a vertical pass;
-  // its blocks cover its whole canvas (padding too) in bands of fused_band canvas rows (kFusedRows
-  // or less, so that the buffers fit) times mma_chunks chunks of 64 columns, each with fused_rows x
+  // its blocks cover its whole canvas (padding too) in bands of fused_band canvas rows (at most
+  // kFusedRows or kImmaFusedRows, so that the buffers fit) times mma_chunks chunks of 64 columns, each with fused_rows x
   // kMmaChunk words of intermediate in shared memory (after the staged rows on the fp16 path).
   // Such a job has no rows in pass 2 and no intermediate in global memory.
   int32_t fused, fused_rows, fused_band;
@@ -65,7 +65,10 @@ constexpr int kMmaRows = 16;
 constexpr int kMmaChunk = 64;
 constexpr int kMmaThreads = 256;  // 8 warps: one group of 8 outputs each per chunk
 constexpr int kMmaMaxTaps = 32;   // 32 * 255 * 2047 < 2^24
-constexpr int kFusedRows = 32;    // resized rows per block of a fused job, at most
+constexpr int kFusedRows = 32;    // canvas rows per block of a fused fp16 tensor-core job, at most
+// Canvas rows per block of a fused integer tensor-core job, at most: its bands are multiples of 8
+// up to this, chosen per job (imma_fused_band in anyres_tiles_batch.h).
+constexpr int kImmaFusedRows = 64;
 
 // Pass 1 on integer tensor cores (TileJobDevice::imma_pass1): Pillow's int32 sums exactly, as three
 // byte planes of the weights on mma.m16n8k32 (uint8 pixels). A block takes kImmaBand intermediate

@@ -31,6 +31,9 @@ extern "C" void emu_set_simt_rows(int rows) { simt_rows = rows; }
 static int allow_imma = 0, imma_jobs = 0;
 extern "C" void emu_set_imma(int allow) { allow_imma = allow; }
 extern "C" int emu_imma_jobs() { return imma_jobs; }
+// The fused band (canvas rows per block; 0: not fused) of each job of the last call.
+static std::vector<int> fused_bands;
+extern "C" int emu_fused_band(int job) { return job >= 0 && job < static_cast<int>(fused_bands.size()) ? fused_bands[job] : -1; }
 
 extern "C" int emu_anyres_tiles(int num_images, const uint8_t* const* images, const int64_t* hw, int num_jobs,
                                 const int64_t* table, int64_t tile, const void* lut, int lut_bytes, void* out,
@@ -49,7 +52,9 @@ extern "C" int emu_anyres_tiles(int num_images, const uint8_t* const* images, co
   const TileBatch batch = plan_tile_batch(jobs_table, pixels, sizes, tile, lut == nullptr ? 1 : lut_bytes, allow_mma != 0,
                                           allow_fused != 0, simt_rows, allow_imma != 0);
   *mma_jobs = *fused_jobs = imma_jobs = 0;
+  fused_bands.clear();
   for (const TileJobDevice& d : batch.descs) {
+    fused_bands.push_back(d.fused_band);
     *mma_jobs += d.mma_pass1;
     *fused_jobs += d.fused;
     imma_jobs += d.imma_pass1;
