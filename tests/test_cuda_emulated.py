@@ -68,6 +68,9 @@ def anyres_emu(tmp_path_factory):
     so.emu_set_imma.argtypes = [ctypes.c_int]
     so.emu_imma_jobs.restype = ctypes.c_int
     so.emu_fused_band.restype = ctypes.c_int
+    so.emu_set_imma_vertical.restype = None
+    so.emu_set_imma_vertical.argtypes = [ctypes.c_int]
+    so.emu_imma_vertical_jobs.restype = ctypes.c_int
     so.emu_fused_band.argtypes = [ctypes.c_int]
     return so
 
@@ -242,26 +245,45 @@ IMMA_CASES = [(c, e) for i, (c, e) in enumerate(zip(MMA_CASES, IMMA_ELIGIBLE)) i
 # tall): the fused blocks' groups of 8 then start at resized columns 43, 107, ... (imma_axis_ok's
 # chunks), and their uint8 rows go out with 16-byte stores.
 IMMA_CASES.append((([(2343, 346)], "anyres_max_9", "horizontal", 384, True), True))
+# A grid whose resized image (upscaled to 226 x 384) sits 79 rows down its 384 x 384 canvas (rows
+# 79-304: the vertical pass's row tiles 72-79 and 304-311 straddle its edges).
+IMMA_CASES.append((([(176, 300)], "anyres_max_9", "horizontal", 384, True), True))
 
 
 @pytest.mark.skipif(_extension.module is None, reason="compiled extension not built (the CPU kernel is the reference)")
 @pytest.mark.parametrize("case,eligible", IMMA_CASES,
                          ids=[f"{c[1]}-{len(c[0])}x{c[0][0][0]}x{c[0][0][1]}-t{c[3]}" for c, _ in IMMA_CASES])
-@pytest.mark.parametrize("path", ["fused", "unfused"])
+@pytest.mark.parametrize("path", ["fused", "fused_simt_vertical", "unfused"])
 def test_anyres_tiles_pass1_integer_tensor_cores_emulated(anyres_emu, case, eligible, path):
-    """fused: jobs with a vertical pass run it in the same blocks (imma_fused_block), from the
-    intermediate rows in shared memory; unfused: the intermediate goes through global memory."""
+    """fused: jobs with a vertical pass run it in the same blocks (imma_fused_block), on integer
+    tensor cores too (imma_vertical_pixels, a column-major intermediate in shared memory);
+    fused_simt_vertical: the same blocks with the SIMT vertical pass over a row-major one (what
+    axes imma_vertical_stride rejects take); unfused: the intermediate goes through global memory."""
     sizes, mode, order, tile, _ = case
-    if path == "unfused" and mode == "llava" and len(sizes) == 2 and sizes[0][0] >= 1080:
-        pytest.skip("the two-frame batches' unfused pass 1 is the anyres_max_9 case's (15 s of emulation saved)")
+    if path != "fused" and mode == "llava" and len(sizes) == 2 and sizes[0][0] >= 1080:
+        pytest.skip("the two-frame batches' other paths are the anyres_max_9 case's (30 s of emulation saved)")
+    if path == "fused_simt_vertical" and mode != "pad" and sizes != [(176, 300)]:
+        # (the 2343 x 346 image's base tile takes it on the fused path itself)
+        pytest.skip("the SIMT vertical pass of fused integer blocks: the pad-to-square and padded-grid cases")
     images, jobs, offsets = _case_jobs(sizes, mode, order, tile, seed=11)
     lut = normalization_table((0.5, 0.4, 0.3), (0.2, 0.3, 0.25), dtype=torch.float32) if mode == "pad" else None
+    if mode == "anyres_max_9":
+        # A pad colour other than the grids' black (a caller's own jobs may ask for one): the rows
+        # above and below the resized image, also where a row tile of the vertical pass straddles
+        # its edge (176 x 300: canvas rows 72-79 and 304-311), and the columns left of it must take it.
+        jobs = jobs.clone()
+        jobs[:, 12] = 0x2A5F93  # kJobDstPad, packed RGB
     if sizes == [(1080, 1920)] and mode == "anyres_max_9" and path == "fused":  # the fused blocks' bf16 planes
         lut = normalization_table((0.5, 0.4, 0.3), (0.2, 0.3, 0.25), dtype=torch.bfloat16)
     expected = torch.ops.interleave.anyres_tiles([torch.from_numpy(im) for im in images], jobs, offsets[-1], tile, lut)
     taken = []
-    got = _emulate(anyres_emu, images, jobs, offsets[-1], tile, lut, mma=True, fused=path == "fused", taken=taken,
-                   imma=True)
+    anyres_emu.emu_set_imma_vertical(int(path == "fused"))
+    try:
+        got = _emulate(anyres_emu, images, jobs, offsets[-1], tile, lut, mma=True, fused=path != "unfused", taken=taken,
+                       imma=True)
+    finally:
+        anyres_emu.emu_set_imma_vertical(1)
+    vertical_jobs = anyres_emu.emu_imma_vertical_jobs()
     if lut is not None:
         bits = (torch.int32, np.int32) if lut.element_size() == 4 else (torch.int16, np.int16)
         expected, got = expected.view(bits[0]), got.view(bits[1])
@@ -279,6 +301,13 @@ def test_anyres_tiles_pass1_integer_tensor_cores_emulated(anyres_emu, case, elig
         assert fused_jobs >= 1
         if sizes == [(2343, 346)]:  # the base tile and the grid shifted by 21 pixels both
             assert fused_jobs == 2, taken
+    # Every fused job here runs its vertical pass on tensor cores where allowed (8 rows' taps within
+    # 64 rows: shrinks up to ~5.5x), but for the 2343 x 346 image's base tile: its 6.1x vertical
+    # shrink takes the SIMT vertical pass in the same launch, beside its grid's tensor-core one.
+    simt_vertical = 1 if sizes == [(2343, 346)] else 0
+    assert vertical_jobs == (fused_jobs - simt_vertical if path == "fused" else 0), (vertical_jobs, taken)
+    if path != "fused":
+        return
         if sizes[0] == (1080, 1920) and mode == "llava":
             # imma_fused_band: 48 canvas rows per block for 1080 -> 384 (143 intermediate rows, 9 steps
             # of 16), not 32 (98 rows in 7 steps) or 64 (188 in 12, as few steps but a longer tail)

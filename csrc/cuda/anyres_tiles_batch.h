@@ -186,6 +186,48 @@ inline std::array<int64_t, 2> imma_fused_band(const AxisCoeffs& v, int64_t top, 
   return best;
 }
 
+// The column-major intermediate of a fused integer job whose vertical pass runs on integer tensor
+// cores (TileJobDevice::imma_vstride, imma_vertical_pixels): its bytes per column, or 0 where that
+// pass cannot run there. Mirrors the kernel's tiling: bands of `band` canvas rows (the resized image
+// at canvas row top), row tiles of 8 canvas rows in each, a tile's window from its first resized
+// row's first tap rounded down to 4 (counted from the band's first intermediate row); every tile's
+// taps must end within kImmaWindow rows of that, and every weight must split into a signed high
+// byte. The stride covers the `rows` intermediate rows and every tile's 64-row window, in words
+// that are 4 mod 8 (the 8 columns of a fragment load then fall in different banks).
+inline int64_t imma_vertical_stride(const AxisCoeffs& v, int64_t band, int64_t top, int64_t canvas_h, int64_t rows) {
+  int64_t need = rows;
+  for (int64_t cy0 = 0; cy0 < canvas_h; cy0 += band) {
+    const int64_t cy1 = std::min(cy0 + band, canvas_h);
+    const int64_t ya = std::max<int64_t>(cy0 - top, 0), yb = std::min<int64_t>(cy1 - top, v.out_size);
+    if (ya >= yb) continue;
+    for (int64_t cy = cy0; cy < cy1; cy += 8) {
+      const int64_t y_lo = std::max(cy - top, ya), y_hi = std::min(cy + 8 - top, yb);
+      if (y_lo >= y_hi) continue;
+      const int64_t kbase = (v.first[y_lo] - v.first[ya]) & ~int64_t{3};
+      int64_t kend = 0;
+      for (int64_t y = y_lo; y < y_hi; ++y) kend = std::max<int64_t>(kend, v.first[y] + v.count[y] - v.first[ya]);
+      if (kend - kbase > kImmaWindow) return 0;
+      need = std::max(need, kbase + kImmaWindow);
+    }
+  }
+  for (int64_t y = 0; y < v.out_size; ++y)
+    for (int64_t i = 0; i < v.count[y]; ++i) {
+      const int32_t hi = v.weights[y * v.ksize + i] >> 16;  // arithmetic: floor
+      if (hi < -128 || hi > 127) return 0;
+    }
+  int64_t words = (need + 3) / 4;
+  words += (12 - words % 8) % 8;  // 4 mod 8
+  return words * 4;
+}
+
+// Pass 1's dynamic shared memory for a fused integer job: the intermediate (column-major when its
+// vertical pass runs on tensor cores, vstride > 0; else row-major words) or the output rows laid out
+// in the same memory, whichever is larger.
+inline int64_t imma_fused_smem_bytes(int64_t vstride, int64_t rows, int64_t band, int64_t tile, int64_t out_bytes) {
+  return vstride > 0 ? std::max<int64_t>(3 * kMmaChunk * vstride, fused_smem_bytes(0, 0, band, tile, out_bytes))
+                     : fused_smem_bytes(0, rows, band, tile, out_bytes);
+}
+
 // images[i] / hw[i]: the contiguous uint8 [h, w, 3] pixels (device pointers for a launch) and size
 // of the image that jobs name by index.
 // allow_mma: let eligible jobs run pass 1 on tensor cores (the glue's setting; tests run both).
@@ -195,11 +237,13 @@ inline std::array<int64_t, 2> imma_fused_band(const AxisCoeffs& v, int64_t top, 
 // for the SIMT horizontal pass of jobs whose staged source rows fit (the glue's setting).
 // allow_imma: let eligible jobs (imma_axis_ok) run pass 1 on integer tensor cores, with a vertical
 // pass fused into the same blocks where allow_fused; it replaces allow_mma (no job of the launch
-// takes the fp16 tensor-core path or its fused passes).
+// takes the fp16 tensor-core path or its fused passes). allow_imma_vertical: let such fused jobs
+// run the vertical pass on integer tensor cores too where imma_vertical_stride allows (the glue:
+// always; the emulated tests run both).
 inline TileBatch plan_tile_batch(const std::vector<TileJob>& table, const std::vector<const uint8_t*>& images,
                                  const std::vector<std::array<int64_t, 2>>& hw, int64_t tile, int64_t out_bytes,
                                  bool allow_mma = true, bool allow_fused = true, int simt_rows = 1,
-                                 bool allow_imma = false) {
+                                 bool allow_imma = false, bool allow_imma_vertical = true) {
   TileBatch b;
   b.descs.resize(table.size());
   auto append = [&b](const std::vector<int32_t>& v) {
@@ -255,6 +299,12 @@ inline TileBatch plan_tile_batch(const std::vector<TileJob>& table, const std::v
           d.fused_band = static_cast<int32_t>(fit[0]);
           d.fused_rows = static_cast<int32_t>(fit[1]);
           d.fused = d.imma_pass1 = fit[0] > 0;
+          // The vertical pass on integer tensor cores too, where its windows pass and its
+          // column-major buffer fits (else SIMT, over the row-major buffer the band was sized for).
+          const int64_t vstride = d.fused && allow_imma_vertical
+                                      ? imma_vertical_stride(*p.vertical, fit[0], j.dst_top, j.canvas_h, fit[1]) : 0;
+          if (vstride > 0 && imma_fused_smem_bytes(vstride, fit[1], fit[0], tile, out_bytes) <= kMaxStagedRowBytes)
+            d.imma_vstride = static_cast<int32_t>(vstride);
         }
         if (!d.fused) d.imma_pass1 = cached_imma_axis_ok(*p.horizontal, j.src_left, 0, p.horizontal->out_size);
       } else if (allow_mma && !allow_imma && at[3] && !p.vertical_first && p.mid_rows > 0)
@@ -298,7 +348,7 @@ inline TileBatch plan_tile_batch(const std::vector<TileJob>& table, const std::v
     d.imma_pass1 = staged && d.imma_pass1;
     d.fused = (d.mma_pass1 || d.imma_pass1) && d.fused;
     if (!d.mma_pass1) d.mma_stride = 0;
-    if (!d.fused) d.fused_rows = d.fused_band = 0;
+    if (!d.fused) d.fused_rows = d.fused_band = d.imma_vstride = 0;
     d.pass1_begin = b.pass1;
     d.pass2_begin = pass2;  // fused jobs have no pass-2 rows
     if (!d.fused) pass2 += table[i].canvas_h;
@@ -319,7 +369,8 @@ inline TileBatch plan_tile_batch(const std::vector<TileJob>& table, const std::v
       b.pass1 += (rows + per - 1) / per * d.mma_chunks;
       b.pass1_imma = true;  // kMmaThreads per block, the integer tensor-core instantiation of the kernel
       if (d.fused)  // the intermediate rows in shared memory (no staged source)
-        b.staged_row_bytes = std::max(b.staged_row_bytes, fused_smem_bytes(0, d.fused_rows, d.fused_band, tile, out_bytes));
+        b.staged_row_bytes = std::max(b.staged_row_bytes,
+                                      imma_fused_smem_bytes(d.imma_vstride, d.fused_rows, d.fused_band, tile, out_bytes));
       d.rows_per_block = 1;
     } else if (staged && simt_rows == kSimtRows && d.need_horizontal && !d.vertical_first && d.mid_rows > 0 &&
                kSimtRows * table[i].src_w * kStagedBytesPerPixel <= kMaxStagedRowBytes) {

@@ -469,6 +469,51 @@ __device__ __forceinline__ FusedBlock fused_block_extent(const TileJobDevice& J,
   return f;
 }
 
+// A fused block's pixels into its tiles, where the tile is a multiple of 64 wide (the block's 64
+// columns are then 16-byte aligned runs of one tile's rows): pixels(put) calls put(canvas row - cy0,
+// canvas column - cx0, packed pixel) for each pixel this thread holds in registers (rows past the
+// band's end are skipped). After a barrier (obuf may overlap the shared memory the pixels were
+// computed from) they go to obuf in the output's layout (uint8: [row][64 pixels x 3]; lut:
+// [channel][row][64]), then the block writes obuf with 16-byte stores.
+template <typename Pixels>
+__device__ __forceinline__ void fused_block_write_rows(const TileJobDevice& J, const FusedBlock& f, uint8_t* obuf,
+                                                       void* out, const void* lut, int lut_bytes, int32_t tile,
+                                                       Pixels&& pixels) {
+  __syncthreads();
+  const int32_t cy0 = f.cy0, cx0 = f.cx0, rows = f.cy1 - f.cy0, cols = static_cast<int32_t>(J.canvas_w) / tile;
+  const int32_t tx = cx0 / tile, ix0 = cx0 - tx * tile;
+  with_out_type(lut, lut_bytes, [&](auto tag) {
+    using Out = decltype(tag);
+    constexpr bool kBytes = std::is_same_v<Out, uint8_t>;
+    pixels([&](int32_t row, int32_t xx, uint32_t px) {
+      if (row < rows)
+        put_px(reinterpret_cast<Out*>(obuf) + (row * kMmaChunk + xx) * (kBytes ? 3 : 1), kBytes ? 1 : rows * kMmaChunk,
+               static_cast<const Out*>(lut), px);
+    });
+  });
+  __syncthreads();
+  const int64_t plane = static_cast<int64_t>(tile) * tile;
+  if (lut == nullptr) {
+    const int32_t per_row = kMmaChunk * 3 / 16;  // 16-byte vectors of one output row's run
+    for (int32_t i = threadIdx.x; i < rows * per_row; i += blockDim.x) {
+      const int32_t row = i / per_row, v = i - row * per_row, y = cy0 + row, ty = y / tile, iy = y - ty * tile;
+      const int64_t t = J.first_tile + static_cast<int64_t>(ty) * cols + tx;
+      reinterpret_cast<uint4*>(static_cast<uint8_t*>(out) + ((t * tile + iy) * tile + ix0) * 3)[v] =
+          reinterpret_cast<const uint4*>(obuf + row * kMmaChunk * 3)[v];
+    }
+  } else {
+    const int32_t per_row = kMmaChunk * lut_bytes / 16;
+    for (int32_t i = threadIdx.x; i < 3 * rows * per_row; i += blockDim.x) {
+      const int32_t cr = i / per_row, v = i - cr * per_row, c = cr / rows, row = cr - c * rows;
+      const int32_t y = cy0 + row, ty = y / tile, iy = y - ty * tile;
+      const int64_t t = J.first_tile + static_cast<int64_t>(ty) * cols + tx;
+      const int64_t at = (t * 3 + c) * plane + static_cast<int64_t>(iy) * tile + ix0;  // in entries
+      reinterpret_cast<uint4*>(static_cast<uint8_t*>(out) + at * lut_bytes)[v] =
+          reinterpret_cast<const uint4*>(obuf + (c * rows + row) * kMmaChunk * lut_bytes)[v];
+    }
+  }
+}
+
 // The rest of a fused block, once buf holds intermediate rows [f.m_lo, f.m_hi) x the block's 64
 // canvas columns (word (m - m_lo) * 64 + canvas column - cx0) and the block has synchronized: each
 // thread takes canvas pixels (the vertical pass over buf, or the pad colour outside the resized
@@ -514,42 +559,13 @@ __device__ __forceinline__ void fused_block_store(const TileJobDevice& J, const 
     const int32_t i = threadIdx.x + k * kMmaThreads, cy = cy0 + i / kMmaChunk;
     px[k] = cy < cy1 ? canvas_px(cy, i % kMmaChunk) : 0u;
   }
-  __syncthreads();  // buf and the staged rows are free: the output rows reuse that memory
-  // The canvas is whole tiles, so a chunk is 64 columns of one tile.
-  const int32_t rows = cy1 - cy0, cols = canvas_w / tile;
-  const int32_t tx = cx0 / tile, ix0 = cx0 - tx * tile;
-  with_out_type(lut, lut_bytes, [&](auto tag) {  // uint8: [row][64 pixels x 3]; lut: [channel][row][64]
-    using Out = decltype(tag);
-    constexpr bool kBytes = std::is_same_v<Out, uint8_t>;
+  fused_block_write_rows(J, f, obuf, out, lut, lut_bytes, tile, [&](auto&& put) {
 #pragma unroll
     for (int k = 0; k < kFusedPx; ++k) {
-      const int32_t i = threadIdx.x + k * kMmaThreads, row = i / kMmaChunk, xx = i % kMmaChunk;
-      if (row < rows)
-        put_px(reinterpret_cast<Out*>(obuf) + (row * kMmaChunk + xx) * (kBytes ? 3 : 1), kBytes ? 1 : rows * kMmaChunk,
-               static_cast<const Out*>(lut), px[k]);
+      const int32_t i = threadIdx.x + k * kMmaThreads;
+      put(i / kMmaChunk, i % kMmaChunk, px[k]);
     }
   });
-  __syncthreads();
-  const int64_t plane = static_cast<int64_t>(tile) * tile;
-  if (lut == nullptr) {
-    const int32_t per_row = kMmaChunk * 3 / 16;  // 16-byte vectors of one output row's run
-    for (int32_t i = threadIdx.x; i < rows * per_row; i += blockDim.x) {
-      const int32_t row = i / per_row, v = i - row * per_row, y = cy0 + row, ty = y / tile, iy = y - ty * tile;
-      const int64_t t = J.first_tile + static_cast<int64_t>(ty) * cols + tx;
-      reinterpret_cast<uint4*>(static_cast<uint8_t*>(out) + ((t * tile + iy) * tile + ix0) * 3)[v] =
-          reinterpret_cast<const uint4*>(obuf + row * kMmaChunk * 3)[v];
-    }
-  } else {
-    const int32_t per_row = kMmaChunk * lut_bytes / 16;
-    for (int32_t i = threadIdx.x; i < 3 * rows * per_row; i += blockDim.x) {
-      const int32_t cr = i / per_row, v = i - cr * per_row, c = cr / rows, row = cr - c * rows;
-      const int32_t y = cy0 + row, ty = y / tile, iy = y - ty * tile;
-      const int64_t t = J.first_tile + static_cast<int64_t>(ty) * cols + tx;
-      const int64_t at = (t * 3 + c) * plane + static_cast<int64_t>(iy) * tile + ix0;  // in entries
-      reinterpret_cast<uint4*>(static_cast<uint8_t*>(out) + at * lut_bytes)[v] =
-          reinterpret_cast<const uint4*>(obuf + (c * rows + row) * kMmaChunk * lut_bytes)[v];
-    }
-  }
 }
 
 // One block of a fused fp16 tensor-core job: the intermediate rows that the resized pixels of
@@ -577,20 +593,154 @@ __device__ __forceinline__ void fused_block(const TileJobDevice& J, const int32_
   fused_block_store<kFusedRows>(J, coeffs, f, buf, reinterpret_cast<uint8_t*>(staged), out, lut, lut_bytes, tile);
 }
 
+// The vertical pass of a fused integer block on integer tensor cores, as the transposed product
+// out^T = I^T W^T per channel: A = the intermediate, 16 canvas columns x 32 intermediate rows
+// (column-major bytes in shared memory: a fragment register is one word, 4 consecutive rows of one
+// column), B = the vertical weights' byte planes for 8 output rows (the same split as pass 1's:
+// signed high byte, two unsigned ones), two k-chunks of 32 rows from the row tile's window start
+// (its first resized row's first tap, rounded down to 4; imma_vertical_stride checked that the
+// tile's taps lie within 64 rows of it). Warp w takes the column tile [16 (w & 3), +16) and the
+// row tiles (w >> 2) + 2u of 8 canvas rows; px[u][e] gets the canvas pixel at row 8 rt + 2t + (e & 1)
+// (from cy0) and column 16 ct + g + 8 (e >> 1): resized, or the pad colour. Per row tile: 16 weight
+// loads, 24 shared-memory loads, 18 MMAs, where the SIMT pass takes ~130 instructions per pixel.
+constexpr int kImmaRowTiles = kImmaFusedRows / 8 / 2;  // row tiles per warp, at most
+
+__device__ __forceinline__ void imma_vertical_pixels(const TileJobDevice& J, const int32_t* __restrict__ coeffs,
+                                                     const FusedBlock& f, const uint8_t* cm,
+                                                     uint32_t (&px)[kImmaRowTiles][4]) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
+  const int32_t vstride = J.imma_vstride, ct = warp & 3;
+  const int32_t top = static_cast<int32_t>(J.dst_top), left = static_cast<int32_t>(J.dst_left);
+  const int32_t row_first = static_cast<int32_t>(J.row_first), m_lo = f.m_lo;
+  const int32_t* v_first = coeffs + J.v_first;
+  const int32_t* v_count = coeffs + J.v_count;
+  const uint32_t pad = static_cast<uint32_t>(J.dst_pad);
+  // This lane's two A columns (g and g + 8 of the column tile) and whether they are resized.
+  const int32_t xx0 = 16 * ct + g;
+  const bool x_in[2] = {f.cx0 + xx0 - left >= f.xa && f.cx0 + xx0 - left < f.xb,
+                        f.cx0 + xx0 + 8 - left >= f.xa && f.cx0 + xx0 + 8 - left < f.xb};
+#pragma unroll
+  for (int u = 0; u < kImmaRowTiles; ++u) {
+#pragma unroll
+    for (int e = 0; e < 4; ++e) px[u][e] = pad;
+    const int32_t rt = (warp >> 2) + 2 * u, cy = f.cy0 + 8 * rt;  // the row tile's first canvas row
+    const int32_t y_lo = max(cy - top, f.ya), y_hi = min(cy + 8 - top, f.yb);  // its resized rows
+    if (!f.resized || y_lo >= y_hi) continue;  // warp-uniform
+    const int32_t kbase = (v_first[y_lo] - row_first - m_lo) & ~3;
+    // B: the weights of output row yn = cy - top + g (none outside [y_lo, y_hi)) at intermediate row
+    // kbase + 32q + 16r + 4t + i (from m_lo), byte planes: register [q][r], byte i.
+    const int32_t yn = cy - top + g;
+    const bool n_in = yn >= y_lo && yn < y_hi;
+    const int32_t fn = n_in ? v_first[yn] - row_first - m_lo : 0, cn = n_in ? v_count[yn] : 0;
+    const int32_t* kn = coeffs + J.v_weights + static_cast<int64_t>(n_in ? yn : 0) * J.v_ksize;  // tap j at kn[j]
+    uint32_t b_hi[2][2], b_mid[2][2], b_lo[2][2];
+#pragma unroll
+    for (int q = 0; q < 2; ++q)
+#pragma unroll
+      for (int r = 0; r < 2; ++r) {
+        uint32_t hi = 0, md = 0, lo = 0;
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+          const int32_t j = kbase + 32 * q + 16 * r + 4 * t + i - fn;
+          const uint32_t w = static_cast<uint32_t>((j >= 0 && j < cn) ? kn[j] : 0);
+          hi |= ((w >> 16) & 255u) << (8 * i);
+          md |= ((w >> 8) & 255u) << (8 * i);
+          lo |= (w & 255u) << (8 * i);
+        }
+        b_hi[q][r] = hi;
+        b_mid[q][r] = md;
+        b_lo[q][r] = lo;
+      }
+    // A: words of columns xx0 (rows g of the fragment) and xx0 + 8 (rows g + 8) at k = kbase + 4t
+    // (+16, +32, +48), channel c's plane at c * 64 * vstride.
+    const uint8_t* col_g = cm + xx0 * vstride + kbase + 4 * t;
+    const int32_t col8 = 8 * vstride;
+    uint32_t out[4] = {0u, 0u, 0u, 0u};
+#pragma unroll
+    for (int c = 0; c < 3; ++c) {
+      constexpr int32_t kHalfHi = kResampleHalf >> 16;
+      int32_t acc_hi[4] = {kHalfHi, kHalfHi, kHalfHi, kHalfHi}, acc_mid[4] = {0, 0, 0, 0}, acc_lo[4] = {0, 0, 0, 0};
+      const uint8_t* p = col_g + c * kMmaChunk * vstride;
+#pragma unroll
+      for (int q = 0; q < 2; ++q) {
+        const uint32_t a[4] = {*reinterpret_cast<const uint32_t*>(p + 32 * q),
+                               *reinterpret_cast<const uint32_t*>(p + col8 + 32 * q),
+                               *reinterpret_cast<const uint32_t*>(p + 32 * q + 16),
+                               *reinterpret_cast<const uint32_t*>(p + col8 + 32 * q + 16)};
+        il_imma_u8s8_16832(acc_hi, a, b_hi[q]);
+        il_imma_u8u8_16832(acc_mid, a, b_mid[q]);
+        il_imma_u8u8_16832(acc_lo, a, b_lo[q]);
+      }
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const uint32_t sum = static_cast<uint32_t>(acc_hi[e]) * 65536u + static_cast<uint32_t>(acc_mid[e]) * 256u +
+                             static_cast<uint32_t>(acc_lo[e]);
+        out[e] |= static_cast<uint32_t>(resample_clip8(static_cast<int32_t>(sum))) << (8 * c);
+      }
+    }
+    // Element e: column xx0 + 8 (e >> 1), output row cy - top + 2t + (e & 1).
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      const int32_t y = cy - top + 2 * t + (e & 1);
+      if (x_in[e >> 1] && y >= y_lo && y < y_hi) px[u][e] = out[e];
+    }
+  }
+}
+
 // One block of a fused integer tensor-core job: warp w makes the block's intermediate rows for the
-// resized columns [xa + 8w, +8) (imma_group_rows, straight from global memory) into shared memory
-// (fused_rows x kMmaChunk words, column = canvas column - chunk * 64), then fused_block_store.
-// imma_axis_ok(.., dst_left, canvas_w) checked the windows of exactly these groups.
+// resized columns [xa + 8w, +8) (imma_group_rows, straight from global memory) into shared memory,
+// then the vertical pass: on integer tensor cores from a column-major copy (J.imma_vstride > 0:
+// imma_vertical_pixels), else SIMT from a row-major one (fused_rows x kMmaChunk words, column =
+// canvas column - chunk * 64; fused_block_store). imma_axis_ok(.., dst_left, canvas_w) checked the
+// windows of exactly these groups.
 __device__ __forceinline__ void imma_fused_block(const TileJobDevice& J, const int32_t* __restrict__ coeffs,
                                                  uint32_t* smem, int64_t block, void* out, const void* lut,
                                                  int lut_bytes, int32_t tile) {
   const FusedBlock f = fused_block_extent(J, coeffs, block);
   const int32_t x0 = f.xa + (threadIdx.x >> 5) * 8, col = static_cast<int32_t>(J.dst_left) - f.cx0, m_lo = f.m_lo;
-  if (f.resized && x0 < f.xb)  // warp-uniform
-    imma_group_rows(J, coeffs, x0, min(x0 + 8, f.xb), m_lo, f.m_hi,
-                    [&](int32_t r, int32_t x, uint32_t px) { smem[(r - m_lo) * kMmaChunk + x + col] = px; });
+  const int32_t vstride = J.imma_vstride;  // job-uniform
+  uint8_t* cm = reinterpret_cast<uint8_t*>(smem);
+  if (f.resized && x0 < f.xb) {  // warp-uniform
+    if (vstride > 0) {
+      const int32_t plane = kMmaChunk * vstride;
+      imma_group_rows(J, coeffs, x0, min(x0 + 8, f.xb), m_lo, f.m_hi, [&](int32_t r, int32_t x, uint32_t px) {
+        uint8_t* p = cm + (x + col) * vstride + (r - m_lo);
+        p[0] = static_cast<uint8_t>(px);
+        p[plane] = static_cast<uint8_t>(px >> 8);
+        p[2 * plane] = static_cast<uint8_t>(px >> 16);
+      });
+    } else {
+      imma_group_rows(J, coeffs, x0, min(x0 + 8, f.xb), m_lo, f.m_hi,
+                      [&](int32_t r, int32_t x, uint32_t px) { smem[(r - m_lo) * kMmaChunk + x + col] = px; });
+    }
+  }
   __syncthreads();  // publishes the intermediate rows
-  fused_block_store<kImmaFusedRows>(J, coeffs, f, smem, reinterpret_cast<uint8_t*>(smem), out, lut, lut_bytes, tile);
+  if (vstride == 0) {
+    fused_block_store<kImmaFusedRows>(J, coeffs, f, smem, cm, out, lut, lut_bytes, tile);
+    return;
+  }
+  uint32_t px[kImmaRowTiles][4];
+  imma_vertical_pixels(J, coeffs, f, cm, px);
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int32_t xx0 = 16 * (warp & 3) + (lane >> 2), r0 = 8 * (warp >> 2) + 2 * (lane & 3);
+  auto each_px = [&](auto&& put) {  // (canvas row - cy0, canvas column - cx0, pixel) of px
+#pragma unroll
+    for (int u = 0; u < kImmaRowTiles; ++u)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) put(r0 + 16 * u + (e & 1), xx0 + 8 * (e >> 1), px[u][e]);
+  };
+  if (tile % kMmaChunk != 0) {  // a chunk may cross tiles: each thread stores its pixels
+    const int32_t canvas_w = static_cast<int32_t>(J.canvas_w);
+    with_out_type(lut, lut_bytes, [&](auto tag) {
+      using Out = decltype(tag);
+      each_px([&](int32_t row, int32_t xx, uint32_t p) {
+        if (f.cy0 + row < f.cy1 && f.cx0 + xx < canvas_w)
+          store_canvas_px(J, static_cast<Out*>(out), static_cast<const Out*>(lut), tile, f.cy0 + row, f.cx0 + xx, p);
+      });
+    });
+    return;
+  }
+  fused_block_write_rows(J, f, cm, out, lut, lut_bytes, tile, each_px);
 }
 
 // Copies source canvas row sy (J.src_w pixels; the padding resolved) into staged as one 32-bit word

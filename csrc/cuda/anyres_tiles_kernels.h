@@ -51,6 +51,11 @@ struct TileJobDevice {
   // mma_chunks chunks of kMmaChunk outputs, with no shared memory; fused, see above
   // (imma_fused_block; plan_tile_batch's allow_imma and allow_fused).
   int32_t imma_pass1;
+  // A fused integer job's vertical pass on integer tensor cores too (imma_vertical_pixels): the
+  // bytes per column of its column-major intermediate in shared memory ([3 channels][64 columns]
+  // [imma_vstride], 4 consecutive rows a word), or 0 for the SIMT vertical pass over a row-major
+  // one (imma_vertical_stride in anyres_tiles_batch.h decides).
+  int32_t imma_vstride;
 };
 
 constexpr int kSimtRows = 4;

@@ -31,6 +31,11 @@ extern "C" void emu_set_simt_rows(int rows) { simt_rows = rows; }
 static int allow_imma = 0, imma_jobs = 0;
 extern "C" void emu_set_imma(int allow) { allow_imma = allow; }
 extern "C" int emu_imma_jobs() { return imma_jobs; }
+// Whether the next calls let fused integer jobs run the vertical pass on tensor cores too
+// (plan_tile_batch's allow_imma_vertical), and how many jobs of the last call did.
+static int allow_imma_vertical = 1, imma_vertical_jobs = 0;
+extern "C" void emu_set_imma_vertical(int allow) { allow_imma_vertical = allow; }
+extern "C" int emu_imma_vertical_jobs() { return imma_vertical_jobs; }
 // The fused band (canvas rows per block; 0: not fused) of each job of the last call.
 static std::vector<int> fused_bands;
 extern "C" int emu_fused_band(int job) { return job >= 0 && job < static_cast<int>(fused_bands.size()) ? fused_bands[job] : -1; }
@@ -50,11 +55,12 @@ extern "C" int emu_anyres_tiles(int num_images, const uint8_t* const* images, co
   std::vector<std::array<int64_t, 2>> sizes;
   for (int i = 0; i < num_images; ++i) sizes.push_back({hw[2 * i], hw[2 * i + 1]});
   const TileBatch batch = plan_tile_batch(jobs_table, pixels, sizes, tile, lut == nullptr ? 1 : lut_bytes, allow_mma != 0,
-                                          allow_fused != 0, simt_rows, allow_imma != 0);
-  *mma_jobs = *fused_jobs = imma_jobs = 0;
+                                          allow_fused != 0, simt_rows, allow_imma != 0, allow_imma_vertical != 0);
+  *mma_jobs = *fused_jobs = imma_jobs = imma_vertical_jobs = 0;
   fused_bands.clear();
   for (const TileJobDevice& d : batch.descs) {
     fused_bands.push_back(d.fused_band);
+    imma_vertical_jobs += d.imma_vstride > 0;
     *mma_jobs += d.mma_pass1;
     *fused_jobs += d.fused;
     imma_jobs += d.imma_pass1;
