@@ -273,7 +273,8 @@ def test_anyres_tiles_pass1_integer_tensor_cores_emulated(anyres_emu, case, elig
         # its edge (176 x 300: canvas rows 72-79 and 304-311), and the columns left of it must take it.
         jobs = jobs.clone()
         jobs[:, 12] = 0x2A5F93  # kJobDstPad, packed RGB
-    if sizes == [(1080, 1920)] and mode == "anyres_max_9" and path == "fused":  # the fused blocks' bf16 planes
+    if (sizes == [(1080, 1920)] and mode == "anyres_max_9" and path == "fused") or mode == "anyres":
+        # bf16 planes: through the fused blocks' 16-byte stores, and per pixel (28-pixel tiles)
         lut = normalization_table((0.5, 0.4, 0.3), (0.2, 0.3, 0.25), dtype=torch.bfloat16)
     expected = torch.ops.interleave.anyres_tiles([torch.from_numpy(im) for im in images], jobs, offsets[-1], tile, lut)
     taken = []

@@ -276,6 +276,58 @@ __device__ __forceinline__ void imma_load_quad_bytes(const TileJobDevice& J, con
   }
 }
 
+// One output's weights as the byte planes of an m16n8k32 B fragment (this lane's column): the weight
+// of tap j = j0 + 32q + 16r + 4t + i (zero outside [0, count)) is kn[j * kstep], split into its signed
+// high byte (bits 16-23; |w| < 2^23) and two unsigned bytes: register [q][r], byte i.
+struct WeightPlanes {
+  uint32_t hi[2][2], mid[2][2], lo[2][2];
+};
+
+__device__ __forceinline__ WeightPlanes weight_planes(const int32_t* kn, int32_t kstep, int32_t j0, int32_t count,
+                                                      int t) {
+  WeightPlanes b;
+#pragma unroll
+  for (int q = 0; q < 2; ++q)
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      uint32_t hi = 0, md = 0, lo = 0;
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        const int32_t j = j0 + 32 * q + 16 * r + 4 * t + i;
+        const uint32_t w = static_cast<uint32_t>((j >= 0 && j < count) ? kn[j * kstep] : 0);
+        hi |= ((w >> 16) & 255u) << (8 * i);
+        md |= ((w >> 8) & 255u) << (8 * i);
+        lo |= (w & 255u) << (8 * i);
+      }
+      b.hi[q][r] = hi;
+      b.mid[q][r] = md;
+      b.lo[q][r] = lo;
+    }
+  return b;
+}
+
+// The three planes' products for k-chunk q (3 MMAs), and Pillow's clipped byte from their sums:
+// 2^16 hi + 2^8 mid + lo modulo 2^32, Pillow's rounding term 2^21 entering as kHalfHi * 2^16
+// through the high plane's accumulator (PlaneSums' initial values).
+constexpr int32_t kHalfHi = kResampleHalf >> 16;
+static_assert(kHalfHi << 16 == kResampleHalf, "the rounding term is a multiple of 2^16");
+
+struct PlaneSums {
+  int32_t hi[4] = {kHalfHi, kHalfHi, kHalfHi, kHalfHi}, mid[4] = {0, 0, 0, 0}, lo[4] = {0, 0, 0, 0};
+};
+
+__device__ __forceinline__ void imma_planes(PlaneSums& acc, const uint32_t (&a)[4], const WeightPlanes& b, int q) {
+  il_imma_u8s8_16832(acc.hi, a, b.hi[q]);
+  il_imma_u8u8_16832(acc.mid, a, b.mid[q]);
+  il_imma_u8u8_16832(acc.lo, a, b.lo[q]);
+}
+
+__device__ __forceinline__ uint32_t plane_sums_byte(const PlaneSums& acc, int e) {
+  const uint32_t sum = static_cast<uint32_t>(acc.hi[e]) * 65536u + static_cast<uint32_t>(acc.mid[e]) * 256u +
+                       static_cast<uint32_t>(acc.lo[e]);
+  return static_cast<uint32_t>(resample_clip8(static_cast<int32_t>(sum)));
+}
+
 // The integer horizontal pass of intermediate rows [r_begin, r_end) for this warp's group of outputs
 // [x0, x_end) (at most 8; imma_axis_ok checked that their taps lie in the kImmaWindow pixels from
 // the group's window start), 16 rows per step: sink(r, x, packed pixel) for each of them.
@@ -293,25 +345,7 @@ __device__ __forceinline__ void imma_group_rows(const TileJobDevice& J, const in
   const bool n_in = xn < x_end;
   const int32_t fn = n_in ? first[xn] : 0, cn = n_in ? count[xn] : 0;
   const int32_t* kn = coeffs + J.h_weights + (n_in ? xn : 0);  // tap-major: tap i at kn[i * h_outputs]
-  const int32_t h_outputs = static_cast<int32_t>(J.h_outputs);
-  uint32_t b_hi[2][2], b_mid[2][2], b_lo[2][2];
-#pragma unroll
-  for (int q = 0; q < 2; ++q)
-#pragma unroll
-    for (int r = 0; r < 2; ++r) {
-      uint32_t hi = 0, md = 0, lo = 0;
-#pragma unroll
-      for (int i = 0; i < 4; ++i) {
-        const int32_t j = s + 32 * q + 16 * r + 4 * t + i - fn;
-        const uint32_t w = static_cast<uint32_t>((j >= 0 && j < cn) ? kn[j * h_outputs] : 0);
-        hi |= ((w >> 16) & 255u) << (8 * i);  // the signed high byte: bits 16-23 of w (|w| < 2^23)
-        md |= ((w >> 8) & 255u) << (8 * i);
-        lo |= (w & 255u) << (8 * i);
-      }
-      b_hi[q][r] = hi;
-      b_mid[q][r] = md;
-      b_lo[q][r] = lo;
-    }
+  const WeightPlanes b = weight_planes(kn, static_cast<int32_t>(J.h_outputs), s - fn, cn, t);
   // This lane's four groups of 4 pixels per row start at s + 4t + 16m (m = 2q + upper k half), image
   // column xi0 + 16m. Where the image's rows are 4-byte aligned, a group wholly inside the image is
   // three aligned words (xi0 is a multiple of 4), at fixed offsets from one pointer per row; which
@@ -356,24 +390,15 @@ __device__ __forceinline__ void imma_group_rows(const TileJobDevice& J, const in
     uint32_t px[4] = {0u, 0u, 0u, 0u};  // c0, c1: row g, outputs 2t, 2t + 1; c2, c3: row g + 8
     const auto channel_pass = [&](auto channel_tag) {
       constexpr int C = decltype(channel_tag)::value;
-      // Pillow's rounding term 2^21 enters as 32 * 2^16 through the high plane's accumulator.
-      constexpr int32_t kHalfHi = kResampleHalf >> 16;
-      static_assert(kHalfHi << 16 == kResampleHalf, "the rounding term is a multiple of 2^16");
-      int32_t acc_hi[4] = {kHalfHi, kHalfHi, kHalfHi, kHalfHi}, acc_mid[4] = {0, 0, 0, 0}, acc_lo[4] = {0, 0, 0, 0};
+      PlaneSums acc;
 #pragma unroll
       for (int q = 0; q < 2; ++q) {
         const uint32_t a[4] = {quad_channel<C>(raw[0][2 * q]), quad_channel<C>(raw[1][2 * q]),
                                quad_channel<C>(raw[0][2 * q + 1]), quad_channel<C>(raw[1][2 * q + 1])};
-        il_imma_u8s8_16832(acc_hi, a, b_hi[q]);
-        il_imma_u8u8_16832(acc_mid, a, b_mid[q]);
-        il_imma_u8u8_16832(acc_lo, a, b_lo[q]);
+        imma_planes(acc, a, b, q);
       }
 #pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const uint32_t sum = static_cast<uint32_t>(acc_hi[e]) * 65536u + static_cast<uint32_t>(acc_mid[e]) * 256u +
-                             static_cast<uint32_t>(acc_lo[e]);
-        px[e] |= static_cast<uint32_t>(resample_clip8(static_cast<int32_t>(sum))) << (8 * C);
-      }
+      for (int e = 0; e < 4; ++e) px[e] |= plane_sums_byte(acc, e) << (8 * C);
     };
     channel_pass(std::integral_constant<int, 0>{});
     channel_pass(std::integral_constant<int, 1>{});
@@ -633,24 +658,7 @@ __device__ __forceinline__ void imma_vertical_pixels(const TileJobDevice& J, con
     const bool n_in = yn >= y_lo && yn < y_hi;
     const int32_t fn = n_in ? v_first[yn] - row_first - m_lo : 0, cn = n_in ? v_count[yn] : 0;
     const int32_t* kn = coeffs + J.v_weights + static_cast<int64_t>(n_in ? yn : 0) * J.v_ksize;  // tap j at kn[j]
-    uint32_t b_hi[2][2], b_mid[2][2], b_lo[2][2];
-#pragma unroll
-    for (int q = 0; q < 2; ++q)
-#pragma unroll
-      for (int r = 0; r < 2; ++r) {
-        uint32_t hi = 0, md = 0, lo = 0;
-#pragma unroll
-        for (int i = 0; i < 4; ++i) {
-          const int32_t j = kbase + 32 * q + 16 * r + 4 * t + i - fn;
-          const uint32_t w = static_cast<uint32_t>((j >= 0 && j < cn) ? kn[j] : 0);
-          hi |= ((w >> 16) & 255u) << (8 * i);
-          md |= ((w >> 8) & 255u) << (8 * i);
-          lo |= (w & 255u) << (8 * i);
-        }
-        b_hi[q][r] = hi;
-        b_mid[q][r] = md;
-        b_lo[q][r] = lo;
-      }
+    const WeightPlanes b = weight_planes(kn, 1, kbase - fn, cn, t);
     // A: words of columns xx0 (rows g of the fragment) and xx0 + 8 (rows g + 8) at k = kbase + 4t
     // (+16, +32, +48), channel c's plane at c * 64 * vstride.
     const uint8_t* col_g = cm + xx0 * vstride + kbase + 4 * t;
@@ -658,8 +666,7 @@ __device__ __forceinline__ void imma_vertical_pixels(const TileJobDevice& J, con
     uint32_t out[4] = {0u, 0u, 0u, 0u};
 #pragma unroll
     for (int c = 0; c < 3; ++c) {
-      constexpr int32_t kHalfHi = kResampleHalf >> 16;
-      int32_t acc_hi[4] = {kHalfHi, kHalfHi, kHalfHi, kHalfHi}, acc_mid[4] = {0, 0, 0, 0}, acc_lo[4] = {0, 0, 0, 0};
+      PlaneSums acc;
       const uint8_t* p = col_g + c * kMmaChunk * vstride;
 #pragma unroll
       for (int q = 0; q < 2; ++q) {
@@ -667,16 +674,10 @@ __device__ __forceinline__ void imma_vertical_pixels(const TileJobDevice& J, con
                                *reinterpret_cast<const uint32_t*>(p + col8 + 32 * q),
                                *reinterpret_cast<const uint32_t*>(p + 32 * q + 16),
                                *reinterpret_cast<const uint32_t*>(p + col8 + 32 * q + 16)};
-        il_imma_u8s8_16832(acc_hi, a, b_hi[q]);
-        il_imma_u8u8_16832(acc_mid, a, b_mid[q]);
-        il_imma_u8u8_16832(acc_lo, a, b_lo[q]);
+        imma_planes(acc, a, b, q);
       }
 #pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const uint32_t sum = static_cast<uint32_t>(acc_hi[e]) * 65536u + static_cast<uint32_t>(acc_mid[e]) * 256u +
-                             static_cast<uint32_t>(acc_lo[e]);
-        out[e] |= static_cast<uint32_t>(resample_clip8(static_cast<int32_t>(sum))) << (8 * c);
-      }
+      for (int e = 0; e < 4; ++e) out[e] |= plane_sums_byte(acc, e) << (8 * c);
     }
     // Element e: column xx0 + 8 (e >> 1), output row cy - top + 2t + (e & 1).
 #pragma unroll
