@@ -209,6 +209,10 @@ MMA_CASES = [
 @pytest.mark.parametrize("path", ["fused", "mma", "simt"])
 def test_anyres_tiles_pass1_tensor_cores_emulated(anyres_emu, case, path):
     sizes, mode, order, tile, eligible = case
+    if path == "mma" and sizes[0] == (1200, 2500):
+        # (33 s of emulation: the unfused path's groups start at multiples of 8 whatever the padding,
+        # as in every other case; the fused path of this pair is the one its padding tests)
+        pytest.skip("the padded grids' unfused tensor-core pass is the other cases'")
     images, jobs, offsets = _case_jobs(sizes, mode, order, tile, seed=7)
     # Normalized outputs too: bf16 planes for pad-to-square, float32 for the first frames case and
     # for anyres_max_9 (a grid with padding around the resized image).
@@ -262,6 +266,8 @@ def test_anyres_tiles_pass1_integer_tensor_cores_emulated(anyres_emu, case, elig
     sizes, mode, order, tile, _ = case
     if path != "fused" and mode == "llava" and len(sizes) == 2 and sizes[0][0] >= 1080:
         pytest.skip("the two-frame batches' other paths are the anyres_max_9 case's (30 s of emulation saved)")
+    if path == "unfused" and sizes == [(2343, 346)]:
+        pytest.skip("unfused groups start at multiples of 8 whatever the canvas shift (12 s of emulation saved)")
     if path == "fused_simt_vertical" and mode != "pad" and sizes != [(176, 300)]:
         # (the 2343 x 346 image's base tile takes it on the fused path itself)
         pytest.skip("the SIMT vertical pass of fused integer blocks: the pad-to-square and padded-grid cases")
