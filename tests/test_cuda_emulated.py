@@ -6,6 +6,7 @@ coalescing and speed still need a GPU (bench/gpu_check.sh)."""
 import ctypes
 import hashlib
 import os
+import random
 import shutil
 import subprocess
 
@@ -319,6 +320,45 @@ def test_anyres_tiles_pass1_integer_tensor_cores_emulated(anyres_emu, case, elig
             # imma_fused_band: 48 canvas rows per block for 1080 -> 384 (143 intermediate rows, 9 steps
             # of 16), not 32 (98 rows in 7 steps) or 64 (188 in 12, as few steps but a longer tail)
             assert [anyres_emu.emu_fused_band(j) for j in range(len(jobs))] == [48, 48]
+
+
+# Random batches through the integer tensor-core passes (fused, vertical on tensor cores where it
+# fits; SIMT or unfused where not): sizes from 1 pixel up, every mode, tiles that are and are not
+# multiples of 64, uint8 / float32 / bf16 outputs, a random pad colour; a fixed seed, so a failure
+# reproduces. (A 60-case run of the same generator passed while the path was written.)
+def _random_imma_cases(count, seed=1234):
+    rng = random.Random(seed)
+    cases = []
+    for _ in range(count):
+        tile = rng.choice([28, 56, 64, 128, 384])
+        lim = 3 * tile + 100 if tile != 384 else 500
+        sizes = [(rng.randint(1, lim), rng.randint(1, lim)) for _ in range(rng.choice([1, 2]))]
+        mode = rng.choice(["anyres", "pad", "llava"] + (["anyres_max_9"] if tile == 384 else []))
+        cases.append((sizes, mode, tile, rng.choice([None, torch.float32, torch.bfloat16]), rng.randrange(1 << 24)))
+    return cases
+
+
+RANDOM_IMMA_CASES = _random_imma_cases(12)
+
+
+@pytest.mark.skipif(_extension.module is None, reason="compiled extension not built (the CPU kernel is the reference)")
+@pytest.mark.parametrize("case", RANDOM_IMMA_CASES, ids=[f"random{i}" for i in range(len(RANDOM_IMMA_CASES))])
+def test_anyres_tiles_integer_tensor_cores_random_emulated(anyres_emu, case):
+    sizes, mode, tile, lut_dtype, pad = case
+    images, jobs, offsets = _case_jobs(sizes, mode, "horizontal", tile, seed=3)
+    jobs = jobs.clone()
+    jobs[:, 12] = pad  # kJobDstPad, packed RGB
+    lut = None if lut_dtype is None else normalization_table((0.5, 0.4, 0.3), (0.2, 0.3, 0.25), dtype=lut_dtype)
+    expected = torch.ops.interleave.anyres_tiles([torch.from_numpy(im) for im in images], jobs, offsets[-1], tile, lut)
+    taken = []
+    got = _emulate(anyres_emu, images, jobs, offsets[-1], tile, lut, mma=True, fused=True, taken=taken, imma=True)
+    if lut is not None:
+        bits = (torch.int32, np.int32) if lut.element_size() == 4 else (torch.int16, np.int16)
+        expected, got = expected.view(bits[0]), got.view(bits[1])
+    np.testing.assert_array_equal(got, expected.numpy())
+    (mma_jobs, fused_jobs, imma_jobs), = taken
+    assert mma_jobs == 0 and fused_jobs <= imma_jobs
+    assert anyres_emu.emu_imma_vertical_jobs() <= fused_jobs
 
 
 # ---- patch_embed: the position-embedding broadcast of the cuBLAS path --------------------------------
