@@ -47,15 +47,16 @@ inline bool mma_axis_exact(const AxisCoeffs& c) {
   return true;
 }
 
-// A per-axis check memoized like the coefficients it reads (cached_bicubic_coeffs): each scans every
-// weight, ~10 us for 1920 -> 384, per call otherwise. At most 256 keys (then it starts over).
-template <typename Key, typename Check>
-inline bool memoized_axis_check(std::mutex& mutex, std::map<Key, bool>& cache, const Key& key, Check&& check) {
+// A per-axis decision memoized like the coefficients it reads (cached_bicubic_coeffs): each scans
+// every weight, ~10 us for 1920 -> 384, per job and call otherwise (16 times for 16 frames). At
+// most 256 keys (then it starts over).
+template <typename Key, typename Value, typename Compute>
+inline Value memoized_axis_check(std::mutex& mutex, std::map<Key, Value>& cache, const Key& key, Compute&& compute) {
   const std::lock_guard<std::mutex> lock(mutex);
   const auto it = cache.find(key);
   if (it != cache.end()) return it->second;
   if (cache.size() >= 256) cache.clear();
-  return cache[key] = check();
+  return cache[key] = compute();
 }
 
 // mma_axis_exact per (in_size, out_size).
@@ -74,6 +75,17 @@ inline bool cached_mma_axis_exact(const AxisCoeffs& c) {
 // start at `dst_left` (unfused: the intermediate row itself, dst_left 0, groups at multiples of 8;
 // fused: the canvas row) cover outputs [max(c0 - dst_left, 0), min(c0 + 64 - dst_left, n)), in
 // groups of 8 from the chunk's first output, the last one cut at the chunk's end.
+// Whether every weight of an axis splits into the integer paths' byte planes: a signed high byte
+// (w >> 16 in [-128, 127]) and two unsigned ones.
+inline bool weights_fit_byte_planes(const AxisCoeffs& c) {
+  for (int64_t x = 0; x < c.out_size; ++x)
+    for (int64_t i = 0; i < c.count[x]; ++i) {
+      const int32_t hi = c.weights[x * c.ksize + i] >> 16;  // arithmetic: floor
+      if (hi < -128 || hi > 127) return false;
+    }
+  return true;
+}
+
 inline bool imma_axis_ok(const AxisCoeffs& c, int64_t src_left, int64_t dst_left, int64_t width) {
   const int64_t n = c.out_size;
   if (n <= 0) return false;
@@ -86,12 +98,7 @@ inline bool imma_axis_ok(const AxisCoeffs& c, int64_t src_left, int64_t dst_left
       if (e - s > kImmaWindow) return false;
     }
   }
-  for (int64_t x = 0; x < n; ++x)
-    for (int64_t i = 0; i < c.count[x]; ++i) {
-      const int32_t hi = c.weights[x * c.ksize + i] >> 16;  // arithmetic: floor
-      if (hi < -128 || hi > 127) return false;
-    }
-  return true;
+  return weights_fit_byte_planes(c);
 }
 
 // imma_axis_ok per (in_size, out_size, src_left mod 4, dst_left, width) (the window starts depend on
@@ -210,11 +217,7 @@ inline int64_t imma_vertical_stride(const AxisCoeffs& v, int64_t band, int64_t t
       need = std::max(need, kbase + kImmaWindow);
     }
   }
-  for (int64_t y = 0; y < v.out_size; ++y)
-    for (int64_t i = 0; i < v.count[y]; ++i) {
-      const int32_t hi = v.weights[y * v.ksize + i] >> 16;  // arithmetic: floor
-      if (hi < -128 || hi > 127) return 0;
-    }
+  if (!weights_fit_byte_planes(v)) return 0;
   int64_t words = (need + 3) / 4;
   words += (12 - words % 8) % 8;  // 4 mod 8
   return words * 4;
@@ -226,6 +229,23 @@ inline int64_t imma_vertical_stride(const AxisCoeffs& v, int64_t band, int64_t t
 inline int64_t imma_fused_smem_bytes(int64_t vstride, int64_t rows, int64_t band, int64_t tile, int64_t out_bytes) {
   return vstride > 0 ? std::max<int64_t>(3 * kMmaChunk * vstride, fused_smem_bytes(0, 0, band, tile, out_bytes))
                      : fused_smem_bytes(0, rows, band, tile, out_bytes);
+}
+
+// A fused integer job's blocks, per vertical axis and placement (memoized: the 16 frames of a video
+// share one): {band, intermediate rows, imma_vstride} (imma_fused_band, then imma_vertical_stride
+// where allow_vertical and its column-major buffer fits, else 0: the SIMT vertical pass over the
+// row-major buffer the band was sized for), or {0, 0, 0} where no band fits.
+inline std::array<int64_t, 3> cached_imma_fused_plan(const AxisCoeffs& v, int64_t top, int64_t canvas_h, int64_t tile,
+                                                     int64_t out_bytes, bool allow_vertical) {
+  static std::mutex mutex;
+  static std::map<std::array<int64_t, 7>, std::array<int64_t, 3>> cache;
+  const std::array<int64_t, 7> key{v.in_size, v.out_size, top, canvas_h, tile, out_bytes, allow_vertical};
+  return memoized_axis_check(mutex, cache, key, [&] {
+    const auto fit = imma_fused_band(v, top, canvas_h, tile, out_bytes);
+    int64_t vstride = fit[0] > 0 && allow_vertical ? imma_vertical_stride(v, fit[0], top, canvas_h, fit[1]) : 0;
+    if (vstride > 0 && imma_fused_smem_bytes(vstride, fit[1], fit[0], tile, out_bytes) > kMaxStagedRowBytes) vstride = 0;
+    return std::array<int64_t, 3>{fit[0], fit[1], vstride};
+  });
 }
 
 // images[i] / hw[i]: the contiguous uint8 [h, w, 3] pixels (device pointers for a launch) and size
@@ -295,16 +315,11 @@ inline TileBatch plan_tile_batch(const std::vector<TileJob>& table, const std::v
       if (allow_imma && !p.vertical_first && p.mid_rows > 0) {
         // Fused where its groups (chunks of the canvas row) pass and its buffers fit, else unfused.
         if (allow_fused && p.need_vertical && cached_imma_axis_ok(*p.horizontal, j.src_left, j.dst_left, j.canvas_w)) {
-          const auto fit = imma_fused_band(*p.vertical, j.dst_top, j.canvas_h, tile, out_bytes);
+          const auto fit = cached_imma_fused_plan(*p.vertical, j.dst_top, j.canvas_h, tile, out_bytes, allow_imma_vertical);
           d.fused_band = static_cast<int32_t>(fit[0]);
           d.fused_rows = static_cast<int32_t>(fit[1]);
+          d.imma_vstride = static_cast<int32_t>(fit[2]);
           d.fused = d.imma_pass1 = fit[0] > 0;
-          // The vertical pass on integer tensor cores too, where its windows pass and its
-          // column-major buffer fits (else SIMT, over the row-major buffer the band was sized for).
-          const int64_t vstride = d.fused && allow_imma_vertical
-                                      ? imma_vertical_stride(*p.vertical, fit[0], j.dst_top, j.canvas_h, fit[1]) : 0;
-          if (vstride > 0 && imma_fused_smem_bytes(vstride, fit[1], fit[0], tile, out_bytes) <= kMaxStagedRowBytes)
-            d.imma_vstride = static_cast<int32_t>(vstride);
         }
         if (!d.fused) d.imma_pass1 = cached_imma_axis_ok(*p.horizontal, j.src_left, 0, p.horizontal->out_size);
       } else if (allow_mma && !allow_imma && at[3] && !p.vertical_first && p.mid_rows > 0)

@@ -494,19 +494,30 @@ __device__ __forceinline__ FusedBlock fused_block_extent(const TileJobDevice& J,
   return f;
 }
 
-// A fused block's pixels into its tiles, where the tile is a multiple of 64 wide (the block's 64
-// columns are then 16-byte aligned runs of one tile's rows): pixels(put) calls put(canvas row - cy0,
-// canvas column - cx0, packed pixel) for each pixel this thread holds in registers (rows past the
-// band's end are skipped). After a barrier (obuf may overlap the shared memory the pixels were
-// computed from) they go to obuf in the output's layout (uint8: [row][64 pixels x 3]; lut:
-// [channel][row][64]), then the block writes obuf with 16-byte stores.
+// A fused block's pixels into its tiles: pixels(put) calls put(canvas row - cy0, canvas column - cx0,
+// packed pixel) for each pixel this thread holds in registers (rows past the band's end and columns
+// past the canvas' are skipped). Tiles that are not a multiple of 64 wide (a chunk may cross tiles):
+// each thread stores its pixels. Otherwise the block's 64 columns are 16-byte aligned runs of one
+// tile's rows: after a barrier (obuf may overlap the shared memory the pixels were computed from)
+// they go to obuf in the output's layout (uint8: [row][64 pixels x 3]; lut: [channel][row][64]),
+// then the block writes obuf with 16-byte stores.
 template <typename Pixels>
-__device__ __forceinline__ void fused_block_write_rows(const TileJobDevice& J, const FusedBlock& f, uint8_t* obuf,
-                                                       void* out, const void* lut, int lut_bytes, int32_t tile,
-                                                       Pixels&& pixels) {
+__device__ __forceinline__ void fused_block_write(const TileJobDevice& J, const FusedBlock& f, uint8_t* obuf,
+                                                  void* out, const void* lut, int lut_bytes, int32_t tile,
+                                                  Pixels&& pixels) {
+  const int32_t cy0 = f.cy0, cx0 = f.cx0, rows = f.cy1 - f.cy0, canvas_w = static_cast<int32_t>(J.canvas_w);
+  if (tile % kMmaChunk != 0) {
+    with_out_type(lut, lut_bytes, [&](auto tag) {
+      using Out = decltype(tag);
+      pixels([&](int32_t row, int32_t xx, uint32_t px) {
+        if (row < rows && cx0 + xx < canvas_w)
+          store_canvas_px(J, static_cast<Out*>(out), static_cast<const Out*>(lut), tile, cy0 + row, cx0 + xx, px);
+      });
+    });
+    return;
+  }
   __syncthreads();
-  const int32_t cy0 = f.cy0, cx0 = f.cx0, rows = f.cy1 - f.cy0, cols = static_cast<int32_t>(J.canvas_w) / tile;
-  const int32_t tx = cx0 / tile, ix0 = cx0 - tx * tile;
+  const int32_t cols = canvas_w / tile, tx = cx0 / tile, ix0 = cx0 - tx * tile;
   with_out_type(lut, lut_bytes, [&](auto tag) {
     using Out = decltype(tag);
     constexpr bool kBytes = std::is_same_v<Out, uint8_t>;
@@ -562,21 +573,7 @@ __device__ __forceinline__ void fused_block_store(const TileJobDevice& J, const 
     return resample_px(buf + (v_first[y] - row_first - m_lo) * kMmaChunk + xx, kMmaChunk,
                        coeffs + J.v_weights + static_cast<int64_t>(y) * J.v_ksize, 1, v_count[y]);
   };
-  const int32_t canvas_w = static_cast<int32_t>(J.canvas_w);
-  if (tile % kMmaChunk != 0) {  // a chunk may cross tiles: each thread stores its pixels
-    with_out_type(lut, lut_bytes, [&](auto tag) {
-      using Out = decltype(tag);
-      for (int32_t i = threadIdx.x; i < (cy1 - cy0) * kMmaChunk; i += blockDim.x) {
-        const int32_t cy = cy0 + i / kMmaChunk, xx = i % kMmaChunk;
-        if (cx0 + xx < canvas_w)
-          store_canvas_px(J, static_cast<Out*>(out), static_cast<const Out*>(lut), tile, cy, cx0 + xx, canvas_px(cy, xx));
-      }
-    });
-    return;
-  }
-  // The chunk lies inside one tile column and every row of it is a 16-byte aligned run of the
-  // output (T a multiple of 64): the pixels (kFusedPx per thread, in registers) go to shared
-  // memory in the output's layout, then the block writes them with 16-byte stores.
+  // Each thread's pixels (kFusedPx, in registers), then fused_block_write.
   constexpr int kFusedPx = kMaxBand * kMmaChunk / kMmaThreads;
   uint32_t px[kFusedPx];
 #pragma unroll
@@ -584,7 +581,7 @@ __device__ __forceinline__ void fused_block_store(const TileJobDevice& J, const 
     const int32_t i = threadIdx.x + k * kMmaThreads, cy = cy0 + i / kMmaChunk;
     px[k] = cy < cy1 ? canvas_px(cy, i % kMmaChunk) : 0u;
   }
-  fused_block_write_rows(J, f, obuf, out, lut, lut_bytes, tile, [&](auto&& put) {
+  fused_block_write(J, f, obuf, out, lut, lut_bytes, tile, [&](auto&& put) {
 #pragma unroll
     for (int k = 0; k < kFusedPx; ++k) {
       const int32_t i = threadIdx.x + k * kMmaThreads;
@@ -730,18 +727,7 @@ __device__ __forceinline__ void imma_fused_block(const TileJobDevice& J, const i
 #pragma unroll
       for (int e = 0; e < 4; ++e) put(r0 + 16 * u + (e & 1), xx0 + 8 * (e >> 1), px[u][e]);
   };
-  if (tile % kMmaChunk != 0) {  // a chunk may cross tiles: each thread stores its pixels
-    const int32_t canvas_w = static_cast<int32_t>(J.canvas_w);
-    with_out_type(lut, lut_bytes, [&](auto tag) {
-      using Out = decltype(tag);
-      each_px([&](int32_t row, int32_t xx, uint32_t p) {
-        if (f.cy0 + row < f.cy1 && f.cx0 + xx < canvas_w)
-          store_canvas_px(J, static_cast<Out*>(out), static_cast<const Out*>(lut), tile, f.cy0 + row, f.cx0 + xx, p);
-      });
-    });
-    return;
-  }
-  fused_block_write_rows(J, f, cm, out, lut, lut_bytes, tile, each_px);
+  fused_block_write(J, f, cm, out, lut, lut_bytes, tile, each_px);
 }
 
 // Copies source canvas row sy (J.src_w pixels; the padding resolved) into staged as one 32-bit word
