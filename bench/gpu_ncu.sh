@@ -9,11 +9,12 @@ PY="${PYTHON:-python3}"
 NCU=$(command -v ncu || ls /usr/local/cuda/bin/ncu /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
 if [ -z "$NCU" ]; then echo "ncu: not found"; exit 0; fi
 # What each answers: anyres pass 1 (SIMT, issue-bound at 12ae393; then the integer tensor-core
-# pass 1: memory-bound now, or stalled on its loads / the MMA chain?), the wgmma patch_embed kernel (0.49 ms at
+# pass 1: memory-bound now, or stalled on its loads (L1 wavefronts of its 8-row 32-bit loads) or
+# the MMA chain? and with its rows staged by cp.async), the wgmma patch_embed kernel (0.49 ms at
 # N=64 against ~0.13 ms of tensor-core work: pixel-gather LSU wavefronts or MMA waits?), the
 # cuBLAS path's kernels (im2col and GEMM against the device's bandwidth and tensor rate), merge's
 # sync-free copy at D=1024 bf16 (80% of a copy).
-specs=${NCU_SPECS:-"anyres_tiles:16.frames:uint8@ours anyres_tiles:16.frames:uint8@ours_imma
+specs=${NCU_SPECS:-"anyres_tiles:16.frames:uint8@ours anyres_tiles:16.frames:uint8@ours_imma anyres_tiles:16.frames:uint8@ours_imma_staged
 patch_embed:N=64:bfloat16@ours_wgmma patch_embed:N=64:bfloat16@ours_wgmma_staged patch_embed:N=64:bfloat16@ours_cublas
 merge_tokens:D=1024:bfloat16@ours_sync_free"}
 sections="--section SpeedOfLight --section ComputeWorkloadAnalysis --section MemoryWorkloadAnalysis

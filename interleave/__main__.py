@@ -53,7 +53,10 @@ def info() -> int:
             else "off until a GPU run has timed it (interleave.ops.anyres_tiles.cuda_integer_tensor_cores(), "
                  "INTERLEAVE_ANYRES_IMMA=1)")
             + ("; the vertical pass fused into its blocks" if fused
-               else "; the intermediate in global memory (cuda_fused_passes(False))"))
+               else "; the intermediate in global memory (cuda_fused_passes(False))")
+            + ("; source rows staged with cp.async (INTERLEAVE_ANYRES_IMMA_STAGED=1)"
+               if _extension.native_setting_value("_set_anyres_imma_staged")
+               else "; source rows read straight from global memory (cuda_integer_staged_rows() stages them)"))
     return 0
 
 

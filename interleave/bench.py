@@ -145,9 +145,9 @@ def _with_tensor_cores(anyres_tiles, images, mode) -> torch.Tensor:
         return anyres_tiles(images, mode).tiles
 
 
-def _with_integer_tensor_cores(anyres_tiles, images, mode, fused=True) -> torch.Tensor:
-    from .ops.anyres_tiles import cuda_fused_passes, cuda_integer_tensor_cores
-    with cuda_integer_tensor_cores(True), cuda_fused_passes(fused):
+def _with_integer_tensor_cores(anyres_tiles, images, mode, fused=True, staged=False) -> torch.Tensor:
+    from .ops.anyres_tiles import cuda_fused_passes, cuda_integer_staged_rows, cuda_integer_tensor_cores
+    with cuda_integer_tensor_cores(True), cuda_fused_passes(fused), cuda_integer_staged_rows(staged):
         return anyres_tiles(images, mode).tiles
 
 
@@ -203,6 +203,11 @@ def anyres_tiles_cases(device: str, quick: bool = False, compile_reference: bool
             variants["ours_imma"] = lambda ims=images, m=mode: _with_integer_tensor_cores(anyres_tiles, ims, m)
             variants["ours_imma_unfused"] = lambda ims=images, m=mode: _with_integer_tensor_cores(anyres_tiles, ims, m,
                                                                                                   fused=False)
+            # ... and fused with each warp's source rows staged in shared memory by 16-byte cp.async
+            # (images with 16-byte aligned rows: the 1920-wide frames; the others load as in ours_imma).
+            if not preflight_failed("anyres_imma_staged"):
+                variants["ours_imma_staged"] = lambda ims=images, m=mode: _with_integer_tensor_cores(
+                    anyres_tiles, ims, m, staged=True)
         if device == "cpu" and _cpu_simd_below_best("avx2"):  # what the AVX-512 loops gain, same run
             variants["ours_avx2"] = lambda ims=images, m=mode: _with_cpu_simd("avx2", lambda: anyres_tiles(ims, m).tiles)
         cases.append(Case(

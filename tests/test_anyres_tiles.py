@@ -79,8 +79,8 @@ def _extreme_image(h, w):
 # an 8.3x one (33-34 taps: the SIMT path), pad-to-square, upscales; noise, photo-like and
 # extreme stripes. Both paths must give Pillow's bytes on the GPU itself.
 @pytest.mark.cuda
-@pytest.mark.parametrize("tensor_cores", [True, False, "rows4", "imma", "imma_unfused"],
-                         ids=["mma", "simt", "simt_rows4", "integer", "integer_unfused"])
+@pytest.mark.parametrize("tensor_cores", [True, False, "rows4", "imma", "imma_unfused", "imma_staged"],
+                         ids=["mma", "simt", "simt_rows4", "integer", "integer_unfused", "integer_staged"])
 @pytest.mark.parametrize("sizes,mode", [
     ([(1080, 1920)] * 3, "llava"), ([(1080, 1920)], "anyres_max_9"), ([(45, 2955), (21, 3190)], "llava"),
     ([(333, 517), (517, 333)], "pad"), ([(100, 70), (70, 100), (1, 1)], "anyres"),
@@ -88,15 +88,18 @@ def _extreme_image(h, w):
 def test_cuda_tensor_core_pass_equals_pillow(sizes, mode, tensor_cores):
     """rows4: the SIMT pass 1 with 4 intermediate rows per block (cuda_simt_rows(4)); integer: pass 1
     on integer tensor cores (cuda_integer_tensor_cores()), the vertical pass in the same blocks;
-    integer_unfused: the same with the intermediate in global memory (cuda_fused_passes(False))."""
-    from interleave.ops.anyres_tiles import cuda_fused_passes, cuda_integer_tensor_cores, cuda_simt_rows, cuda_tensor_cores
+    integer_unfused: the same with the intermediate in global memory (cuda_fused_passes(False));
+    integer_staged: fused, each warp's source rows staged by cp.async (cuda_integer_staged_rows(): the
+    1920-wide frames; the other widths load directly beside them)."""
+    from interleave.ops.anyres_tiles import (cuda_fused_passes, cuda_integer_staged_rows, cuda_integer_tensor_cores,
+                                             cuda_simt_rows, cuda_tensor_cores)
     if not _extension.has_op_kernel("interleave::anyres_tiles", "cuda"):
         pytest.skip("no CUDA kernel of anyres_tiles")
     images = [random_image(h, w, i) for i, (h, w) in enumerate(sizes)]
     images += [random_image(h, w, 9, smooth=True) for h, w in sizes[:1]] + [_extreme_image(*sizes[0])]
     with cuda_tensor_cores(tensor_cores is True), cuda_simt_rows(4 if tensor_cores == "rows4" else 1), \
             cuda_integer_tensor_cores(str(tensor_cores).startswith("imma")), \
-            cuda_fused_passes(tensor_cores != "imma_unfused"):
+            cuda_fused_passes(tensor_cores != "imma_unfused"), cuda_integer_staged_rows(tensor_cores == "imma_staged"):
         check(images, mode, "cuda")
 
 
@@ -136,6 +139,26 @@ def test_cuda_integer_tensor_cores_is_a_scoped_switch():
     with cuda_integer_tensor_cores():
         assert current() is True
         with cuda_integer_tensor_cores(False):
+            assert current() is False
+        assert current() is True
+    assert current() is before
+
+
+def test_cuda_integer_staged_rows_is_a_scoped_switch():
+    """Staging the integer pass 1's source rows is off by default (until a GPU run has timed it) and
+    cuda_integer_staged_rows() turns it on for its block only."""
+    from interleave.ops.anyres_tiles import cuda_integer_staged_rows
+    if _extension.module is None:
+        pytest.skip("compiled extension not built")
+
+    def current():
+        return _extension.native_setting_value("_set_anyres_imma_staged")
+
+    before = current()
+    assert before is (os.environ.get("INTERLEAVE_ANYRES_IMMA_STAGED") == "1")
+    with cuda_integer_staged_rows():
+        assert current() is True
+        with cuda_integer_staged_rows(False):
             assert current() is False
         assert current() is True
     assert current() is before

@@ -73,6 +73,9 @@ def anyres_emu(tmp_path_factory):
     so.emu_set_imma_vertical.argtypes = [ctypes.c_int]
     so.emu_imma_vertical_jobs.restype = ctypes.c_int
     so.emu_fused_band.argtypes = [ctypes.c_int]
+    so.emu_set_imma_stage.restype = None
+    so.emu_set_imma_stage.argtypes = [ctypes.c_int]
+    so.emu_imma_stage_jobs.restype = ctypes.c_int
     return so
 
 
@@ -320,6 +323,55 @@ def test_anyres_tiles_pass1_integer_tensor_cores_emulated(anyres_emu, case, elig
             # imma_fused_band: 48 canvas rows per block for 1080 -> 384 (143 intermediate rows, 9 steps
             # of 16), not 32 (98 rows in 7 steps) or 64 (188 in 12, as few steps but a longer tail)
             assert [anyres_emu.emu_fused_band(j) for j in range(len(jobs))] == [48, 48]
+
+
+# The integer pass 1 with its source rows staged in shared memory (TileJobDevice::imma_stage: 16-byte
+# cp.async, two steps of 16 rows in flight per warp): images whose rows are 16-byte aligned (widths
+# that are multiples of 16). A video frame fused and unfused (the benchmark's case); pad-to-square
+# of a tall image, whose windows over the padding load as without staging beside staged ones in the
+# same job, and of a wide one, whose steps start above the image (only the rows inside are copied);
+# the 512 x 512 astronaut's size under anyres_max_9 (upscaled grid
+# and base tile, bf16 planes); and an image 4 bytes off 16-byte alignment, which must not stage.
+STAGED_IMMA_CASES = [
+    ([(1080, 1920)], "llava", "fused", None, 1),
+    ([(1080, 1920)], "llava", "unfused", None, 1),
+    ([(400, 208)], "pad", "fused", torch.float32, 1),
+    ([(208, 400)], "pad", "fused", None, 1),
+    ([(512, 512)], "anyres_max_9", "fused", torch.bfloat16, 2),
+    ([(240, 320)], "llava", "misaligned", None, 0),
+]
+
+
+@pytest.mark.skipif(_extension.module is None, reason="compiled extension not built (the CPU kernel is the reference)")
+@pytest.mark.parametrize("case", STAGED_IMMA_CASES,
+                         ids=[f"{c[1]}-{c[0][0][0]}x{c[0][0][1]}-{c[2]}" for c in STAGED_IMMA_CASES])
+def test_anyres_tiles_integer_staged_rows_emulated(anyres_emu, case):
+    sizes, mode, path, lut_dtype, staged_jobs = case
+    images, jobs, offsets = _case_jobs(sizes, mode, "horizontal", 384, seed=5)
+    if path == "misaligned":  # the same pixels 4 bytes past a 16-byte boundary
+        h, w = sizes[0]
+        buf = np.empty(h * w * 3 + 64, dtype=np.uint8)
+        at = (-buf.ctypes.data) % 16 + 4
+        images = [np.frombuffer(buf[at:at + h * w * 3], dtype=np.uint8).reshape(h, w, 3)]
+        images[0][...] = _photo(h, w, 5)
+        assert images[0].ctypes.data % 16 == 4
+    lut = None if lut_dtype is None else normalization_table((0.5, 0.4, 0.3), (0.2, 0.3, 0.25), dtype=lut_dtype)
+    expected = torch.ops.interleave.anyres_tiles([torch.from_numpy(np.array(im)) for im in images], jobs, offsets[-1],
+                                                 384, lut)
+    taken = []
+    anyres_emu.emu_set_imma_stage(1)
+    try:
+        got = _emulate(anyres_emu, images, jobs, offsets[-1], 384, lut, mma=True, fused=path != "unfused", taken=taken,
+                       imma=True)
+    finally:
+        anyres_emu.emu_set_imma_stage(0)
+    if lut is not None:
+        bits = (torch.int32, np.int32) if lut.element_size() == 4 else (torch.int16, np.int16)
+        expected, got = expected.view(bits[0]), got.view(bits[1])
+    np.testing.assert_array_equal(got, expected.numpy())
+    (mma_jobs, fused_jobs, imma_jobs), = taken
+    assert imma_jobs >= 1 and anyres_emu.emu_imma_stage_jobs() == staged_jobs, (taken, anyres_emu.emu_imma_stage_jobs())
+    assert (fused_jobs >= 1) == (path != "unfused")
 
 
 # Random batches through the integer tensor-core passes (fused, vertical on tensor cores where it

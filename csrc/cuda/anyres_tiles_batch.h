@@ -26,6 +26,9 @@ struct TileBatch {
   int64_t pass1_width = 0;  // the widest intermediate row: pass 1's block size (pass1_threads)
   bool pass1_mma = false;   // some job's pass 1 runs on fp16 tensor cores: kMmaThreads per block
   bool pass1_imma = false;  // some job's pass 1 runs on integer tensor cores (never with pass1_mma)
+  // Pass 1's shared memory before the jobs' buffers (staged_row_bytes): kImmaStageBlockBytes of
+  // stage buffers when some job stages its source rows (TileJobDevice::imma_stage), else 0.
+  int64_t imma_stage_bytes = 0;
 };
 
 // Whether a horizontal axis can run on pass 1's tensor-core path exactly (kMmaRows). Per output:
@@ -259,11 +262,14 @@ inline std::array<int64_t, 3> cached_imma_fused_plan(const AxisCoeffs& v, int64_
 // pass fused into the same blocks where allow_fused; it replaces allow_mma (no job of the launch
 // takes the fp16 tensor-core path or its fused passes). allow_imma_vertical: let such fused jobs
 // run the vertical pass on integer tensor cores too where imma_vertical_stride allows (the glue:
-// always; the emulated tests run both).
+// always; the emulated tests run both). allow_imma_stage: let integer pass-1 jobs whose image rows
+// are 16-byte aligned copy their source windows into shared memory with cp.async
+// (TileJobDevice::imma_stage).
 inline TileBatch plan_tile_batch(const std::vector<TileJob>& table, const std::vector<const uint8_t*>& images,
                                  const std::vector<std::array<int64_t, 2>>& hw, int64_t tile, int64_t out_bytes,
                                  bool allow_mma = true, bool allow_fused = true, int simt_rows = 1,
-                                 bool allow_imma = false, bool allow_imma_vertical = true) {
+                                 bool allow_imma = false, bool allow_imma_vertical = true,
+                                 bool allow_imma_stage = false) {
   TileBatch b;
   b.descs.resize(table.size());
   auto append = [&b](const std::vector<int32_t>& v) {
@@ -383,6 +389,8 @@ inline TileBatch plan_tile_batch(const std::vector<TileJob>& table, const std::v
       const int64_t rows = d.fused ? table[i].canvas_h : d.mid_rows, per = d.fused ? d.fused_band : kImmaBand;
       b.pass1 += (rows + per - 1) / per * d.mma_chunks;
       b.pass1_imma = true;  // kMmaThreads per block, the integer tensor-core instantiation of the kernel
+      d.imma_stage = allow_imma_stage && d.img_w * 3 % 16 == 0 && reinterpret_cast<uintptr_t>(d.image) % 16 == 0;
+      if (d.imma_stage) b.imma_stage_bytes = kImmaStageBlockBytes;
       if (d.fused)  // the intermediate rows in shared memory (no staged source)
         b.staged_row_bytes = std::max(b.staged_row_bytes,
                                       imma_fused_smem_bytes(d.imma_vstride, d.fused_rows, d.fused_band, tile, out_bytes));

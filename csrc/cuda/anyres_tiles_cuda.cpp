@@ -36,7 +36,8 @@ at::Tensor anyres_tiles_cuda(at::TensorList images, const at::Tensor& jobs, int6
   }
   const cuda::TileBatch batch = cuda::plan_tile_batch(table, pixels, hw, tile, lut.has_value() ? lut->element_size() : 1,
                                                          anyres_cuda_mma(), anyres_cuda_fused(),
-                                                         static_cast<int>(anyres_cuda_simt_rows()), anyres_cuda_imma());
+                                                         static_cast<int>(anyres_cuda_simt_rows()), anyres_cuda_imma(),
+                                                         /*allow_imma_vertical=*/true, anyres_cuda_imma_staged());
   const auto& descs = batch.descs;
   const auto& arena = batch.arena;
   TORCH_CHECK_VALUE(batch.pass1 < (int64_t(1) << 31) && batch.pass2 < (int64_t(1) << 31),
@@ -71,7 +72,7 @@ at::Tensor anyres_tiles_cuda(at::TensorList images, const at::Tensor& jobs, int6
                             lut.has_value() ? lut_c.const_data_ptr() : nullptr,
                             lut.has_value() ? static_cast<int>(lut_c.element_size()) : 0, tile,
                             batch.staged_row_bytes, batch.canvas_row_bytes, batch.pass1_width, batch.pass1_mma,
-                            batch.pass1_imma, stream);
+                            batch.pass1_imma, batch.imma_stage_bytes, stream);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   // Tiles no job writes (batch padding) are zero, on the same stream.
   for (const TileRun& g : gaps) out.narrow(0, g.first, g.count).zero_();

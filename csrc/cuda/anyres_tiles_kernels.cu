@@ -3,6 +3,7 @@
 //   pass 1: the first resize pass of every job into a uint8 intermediate (only the rows the second
 //           pass reads), one block per intermediate row, the source row staged in shared memory;
 //   pass 2: the second pass, padding and tiling, one block per canvas row, one thread per pixel.
+#include <atomic>
 #include <cstdint>
 #include <type_traits>
 
@@ -328,12 +329,42 @@ __device__ __forceinline__ uint32_t plane_sums_byte(const PlaneSums& acc, int e)
   return static_cast<uint32_t>(resample_clip8(static_cast<int32_t>(sum)));
 }
 
+// The staged source of imma_group_rows (TileJobDevice::imma_stage): rows [lo, hi) of 16 source rows
+// into buf (row i at i * kImmaStageRowBytes) as 16-byte cp.async copies, then one commit (a group
+// per call, empty where no row is copied). Lane (half, chunk) copies chunk `chunk` (16 bytes of the
+// window from its 16-byte-aligned start; `copies`: that chunk is below kImmaStageChunks and inside
+// the image row) of rows half, half + 2, ...; `src` is that chunk in row `half` (never dereferenced
+// for rows outside [lo, hi)). Rows outside the image or past the pass' end are not copied; their
+// lanes take the pad colour instead.
+__device__ __forceinline__ void imma_stage_rows(const uint8_t* src, uint32_t row_bytes, int32_t lo, int32_t hi,
+                                                bool copies, int half, int chunk, uint8_t* buf) {
+  uint8_t* dst = buf + half * kImmaStageRowBytes + 16 * chunk;
+  const uint32_t two_rows = 2 * row_bytes;  // a 32-bit offset per copy: one 64-bit add, no multiply
+  if (copies && lo == 0 && hi == 16) {  // every row (all but a pass' first and last steps)
+#pragma unroll
+    for (int k = 0; k < 8; ++k) il_cp_async16(dst + 2 * k * kImmaStageRowBytes, src + k * two_rows);
+  } else if (copies) {
+#pragma unroll
+    for (int k = 0; k < 8; ++k) {
+      const int row = 2 * k + half;
+      if (row >= lo && row < hi) il_cp_async16(dst + 2 * k * kImmaStageRowBytes, src + k * two_rows);
+    }
+  }
+  il_cp_async_commit();
+}
+
 // The integer horizontal pass of intermediate rows [r_begin, r_end) for this warp's group of outputs
 // [x0, x_end) (at most 8; imma_axis_ok checked that their taps lie in the kImmaWindow pixels from
 // the group's window start), 16 rows per step: sink(r, x, packed pixel) for each of them.
+// stage: this warp's kImmaStageWarpBytes of shared memory (16-byte aligned) for the staged source
+// (J.imma_stage), or nullptr: A then comes straight from global memory, where each 32-bit load of
+// the warp touches 8 rows' cache lines (8-16 L1 wavefronts for 128 bytes). Staged, the warp's rows
+// arrive as coalesced 16-byte copies, the next step's in flight while this one computes, and the
+// fragments come from shared memory (one wavefront per load: kImmaStageRowBytes).
 template <typename Sink>
 __device__ __forceinline__ void imma_group_rows(const TileJobDevice& J, const int32_t* __restrict__ coeffs, int32_t x0,
-                                                int32_t x_end, int32_t r_begin, int32_t r_end, Sink&& sink) {
+                                                int32_t x_end, int32_t r_begin, int32_t r_end, uint8_t* stage,
+                                                Sink&& sink) {
   const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
   const int32_t* first = coeffs + J.h_first;
   const int32_t* count = coeffs + J.h_count;
@@ -360,61 +391,127 @@ __device__ __forceinline__ void imma_group_rows(const TileJobDevice& J, const in
   }
   const int32_t img_h = static_cast<int32_t>(J.img_h), top = static_cast<int32_t>(J.src_top);
   const int64_t row_bytes = J.img_w * 3;
-  for (int32_t r0 = r_begin; r0 < r_end; r0 += 16) {
-    // A: rows r0 + g (h = 0) and r0 + g + 8 (h = 1); rows past r_end are not loaded (zero).
-    uint32_t raw[2][4][3];
+  // Staged where the whole window lies inside the image (warp-uniform): lane t's groups m then sit
+  // at bytes delta + 12 t + 48 m of a staged row.
+  const int32_t xw = s - left;  // the window's first pixel in the image (a multiple of 4)
+  const bool staged = stage != nullptr && xw >= 0 && xw + kImmaWindow <= img_w;
+  const int64_t a0 = (static_cast<int64_t>(xw) * 3) & ~int64_t{15};
+  const int32_t delta = static_cast<int32_t>(static_cast<int64_t>(xw) * 3 - a0);
+  // Source row of intermediate row r: y = r + dy. Staged copies (imma_stage_rows): this lane's chunk
+  // and row parity, and whether its chunk is one to copy (the window lies inside the image, so the
+  // chunks past the row's end hold none of its bytes).
+  const int32_t dy = static_cast<int32_t>(J.row_first) - top;
+  const int half = lane >> 4, chunk = lane & 15;
+  const bool copies = chunk < kImmaStageChunks && a0 + 16 * chunk + 16 <= row_bytes;
+  const uint8_t* image = J.image;
+  // The copies of the 16 rows from r0: rows [lo, hi) of them are in the image and before r_end.
+  const auto stage_step = [&](int32_t r0, uint8_t* buf) {
+    const int32_t y0 = r0 + dy;
+    imma_stage_rows(image + (static_cast<int64_t>(y0) + half) * row_bytes + a0 + 16 * chunk,
+                    static_cast<uint32_t>(row_bytes), max(0, -y0), min(min(16, img_h - y0), r_end - r0), copies, half,
+                    chunk, buf);
+  };
+  // The loop twice (staged or not: a warp-uniform choice), so that neither carries the other's
+  // registers (one loop with both: 128 registers and a spill at the 2-blocks-per-SM bound).
+  const auto rows_loop = [&](auto staged_tag) {
+    constexpr bool kStaged = decltype(staged_tag)::value;
+    if constexpr (kStaged) stage_step(r_begin, stage);
+    for (int32_t r0 = r_begin, step = 0; r0 < r_end; r0 += 16, ++step) {
+      // A: rows r0 + g (h = 0) and r0 + g + 8 (h = 1); rows outside the image or past r_end take
+      // the pad colour (the latter are never stored).
+      uint32_t raw[2][4][3];
+      if constexpr (kStaged) {
+        // The next step's rows into the other buffer once every lane has read it (the step
+        // before); then this step's (the older group) have landed, for every lane after the warp
+        // barrier.
+        const uint8_t* cur = stage + (step & 1) * 16 * kImmaStageRowBytes;
+        __syncwarp();
+        if (r0 + 16 < r_end)
+          stage_step(r0 + 16, stage + ((step + 1) & 1) * 16 * kImmaStageRowBytes);
+        else
+          il_cp_async_commit();  // an empty group: wait_group<1> below still means this step's
+        il_cp_async_wait_group<1>();
+        __syncwarp();
 #pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      const int32_t r = r0 + g + 8 * h, y = static_cast<int32_t>(J.row_first) + r - top;
-      const bool row_in = r < r_end && y >= 0 && y < img_h;
-      const uint8_t* img_row = J.image + (row_in ? y : 0) * row_bytes;
-      // group m's words at p + 12m (only dereferenced where inside[m])
-      const uint32_t* p = reinterpret_cast<const uint32_t*>(img_row + static_cast<int64_t>(xi0) * 3);
-      if (row_in && all_inside) {
+        for (int h = 0; h < 2; ++h) {
+          const int32_t r = r0 + g + 8 * h, y = r + dy;
+          if (r < r_end && y >= 0 && y < img_h) {
+            const uint32_t* p =
+                reinterpret_cast<const uint32_t*>(cur + (g + 8 * h) * kImmaStageRowBytes + delta + 12 * t);
 #pragma unroll
-        for (int m = 0; m < 4; ++m)
+            for (int m = 0; m < 4; ++m)
 #pragma unroll
-          for (int i = 0; i < 3; ++i) raw[h][m][i] = __ldg(p + 12 * m + i);
+              for (int i = 0; i < 3; ++i) raw[h][m][i] = p[12 * m + i];
+          } else {
+#pragma unroll
+            for (int m = 0; m < 4; ++m) imma_load_quad_bytes(J, image, false, s + 4 * t + 16 * m, raw[h][m]);
+          }
+        }
       } else {
 #pragma unroll
-        for (int m = 0; m < 4; ++m) {
-          if (row_in && inside[m]) {
+        for (int h = 0; h < 2; ++h) {
+          const int32_t r = r0 + g + 8 * h, y = static_cast<int32_t>(J.row_first) + r - top;
+          const bool row_in = r < r_end && y >= 0 && y < img_h;
+          const uint8_t* img_row = J.image + (row_in ? y : 0) * row_bytes;
+          // group m's words at p + 12m (only dereferenced where inside[m])
+          const uint32_t* p = reinterpret_cast<const uint32_t*>(img_row + static_cast<int64_t>(xi0) * 3);
+          if (row_in && all_inside) {
 #pragma unroll
-            for (int i = 0; i < 3; ++i) raw[h][m][i] = __ldg(p + 12 * m + i);
+            for (int m = 0; m < 4; ++m)
+#pragma unroll
+              for (int i = 0; i < 3; ++i) raw[h][m][i] = __ldg(p + 12 * m + i);
           } else {
-            imma_load_quad_bytes(J, img_row, row_in, s + 4 * t + 16 * m, raw[h][m]);
+#pragma unroll
+            for (int m = 0; m < 4; ++m) {
+              if (row_in && inside[m]) {
+#pragma unroll
+                for (int i = 0; i < 3; ++i) raw[h][m][i] = __ldg(p + 12 * m + i);
+              } else {
+                imma_load_quad_bytes(J, img_row, row_in, s + 4 * t + 16 * m, raw[h][m]);
+              }
+            }
           }
         }
       }
-    }
-    uint32_t px[4] = {0u, 0u, 0u, 0u};  // c0, c1: row g, outputs 2t, 2t + 1; c2, c3: row g + 8
-    const auto channel_pass = [&](auto channel_tag) {
-      constexpr int C = decltype(channel_tag)::value;
-      PlaneSums acc;
+      uint32_t px[4] = {0u, 0u, 0u, 0u};  // c0, c1: row g, outputs 2t, 2t + 1; c2, c3: row g + 8
+      const auto channel_pass = [&](auto channel_tag) {
+        constexpr int C = decltype(channel_tag)::value;
+        PlaneSums acc;
 #pragma unroll
-      for (int q = 0; q < 2; ++q) {
-        const uint32_t a[4] = {quad_channel<C>(raw[0][2 * q]), quad_channel<C>(raw[1][2 * q]),
-                               quad_channel<C>(raw[0][2 * q + 1]), quad_channel<C>(raw[1][2 * q + 1])};
-        imma_planes(acc, a, b, q);
+        for (int q = 0; q < 2; ++q) {
+          const uint32_t a[4] = {quad_channel<C>(raw[0][2 * q]), quad_channel<C>(raw[1][2 * q]),
+                                 quad_channel<C>(raw[0][2 * q + 1]), quad_channel<C>(raw[1][2 * q + 1])};
+          imma_planes(acc, a, b, q);
+        }
+#pragma unroll
+        for (int e = 0; e < 4; ++e) px[e] |= plane_sums_byte(acc, e) << (8 * C);
+      };
+      channel_pass(std::integral_constant<int, 0>{});
+      channel_pass(std::integral_constant<int, 1>{});
+      channel_pass(std::integral_constant<int, 2>{});
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int32_t r = r0 + g + 8 * (e >> 1), x = x0 + 2 * t + (e & 1);
+        if (r < r_end && x < x_end) sink(r, x, px[e]);
       }
-#pragma unroll
-      for (int e = 0; e < 4; ++e) px[e] |= plane_sums_byte(acc, e) << (8 * C);
-    };
-    channel_pass(std::integral_constant<int, 0>{});
-    channel_pass(std::integral_constant<int, 1>{});
-    channel_pass(std::integral_constant<int, 2>{});
-#pragma unroll
-    for (int e = 0; e < 4; ++e) {
-      const int32_t r = r0 + g + 8 * (e >> 1), x = x0 + 2 * t + (e & 1);
-      if (r < r_end && x < x_end) sink(r, x, px[e]);
     }
-  }
+  };
+  if (staged)
+    rows_loop(std::true_type{});
+  else
+    rows_loop(std::false_type{});
+}
+
+// This warp's stage buffers (the first kImmaStageBlockBytes of the launch's shared memory) where
+// job J stages its source rows, else nullptr.
+__device__ __forceinline__ uint8_t* imma_warp_stage(const TileJobDevice& J, uint8_t* smem) {
+  return J.imma_stage ? smem + (threadIdx.x >> 5) * kImmaStageWarpBytes : nullptr;
 }
 
 // One block: intermediate rows [band * kImmaBand, +kImmaBand) x outputs [chunk * 64, +64) of job J,
 // into the global intermediate; warp w takes the 8 outputs from chunk * 64 + 8w.
 __device__ __forceinline__ void imma_pass1_block(const TileJobDevice& J, const int32_t* __restrict__ coeffs,
-                                                 uint8_t* __restrict__ mid, int64_t block) {
+                                                 uint8_t* __restrict__ mid, uint8_t* smem, int64_t block) {
   const int32_t band = static_cast<int32_t>(block / J.mma_chunks);
   const int32_t chunk = static_cast<int32_t>(block - static_cast<int64_t>(band) * J.mma_chunks);
   const int32_t mid_w = static_cast<int32_t>(J.mid_width), mid_rows = static_cast<int32_t>(J.mid_rows);
@@ -422,7 +519,7 @@ __device__ __forceinline__ void imma_pass1_block(const TileJobDevice& J, const i
   if (x0 >= mid_w) return;  // warp-uniform; this path has no block barrier
   const int32_t r_begin = band * kImmaBand, r_end = min(r_begin + kImmaBand, mid_rows);
   uint32_t* dst = reinterpret_cast<uint32_t*>(mid + J.mid_offset);
-  imma_group_rows(J, coeffs, x0, min(x0 + 8, mid_w), r_begin, r_end,
+  imma_group_rows(J, coeffs, x0, min(x0 + 8, mid_w), r_begin, r_end, imma_warp_stage(J, smem),
                   [&](int32_t r, int32_t x, uint32_t px) { dst[static_cast<int64_t>(r) * mid_w + x] = px; });
 }
 
@@ -692,23 +789,26 @@ __device__ __forceinline__ void imma_vertical_pixels(const TileJobDevice& J, con
 // canvas column - chunk * 64; fused_block_store). imma_axis_ok(.., dst_left, canvas_w) checked the
 // windows of exactly these groups.
 __device__ __forceinline__ void imma_fused_block(const TileJobDevice& J, const int32_t* __restrict__ coeffs,
-                                                 uint32_t* smem, int64_t block, void* out, const void* lut,
+                                                 uint8_t* shared, int64_t block, void* out, const void* lut,
                                                  int lut_bytes, int32_t tile) {
   const FusedBlock f = fused_block_extent(J, coeffs, block);
   const int32_t x0 = f.xa + (threadIdx.x >> 5) * 8, col = static_cast<int32_t>(J.dst_left) - f.cx0, m_lo = f.m_lo;
   const int32_t vstride = J.imma_vstride;  // job-uniform
-  uint8_t* cm = reinterpret_cast<uint8_t*>(smem);
+  uint8_t* stage = imma_warp_stage(J, shared);
+  // The intermediate (and later the output staging) after the stage buffers, where there are any.
+  uint8_t* cm = shared + (J.imma_stage ? kImmaStageBlockBytes : 0);
+  uint32_t* smem = reinterpret_cast<uint32_t*>(cm);
   if (f.resized && x0 < f.xb) {  // warp-uniform
     if (vstride > 0) {
       const int32_t plane = kMmaChunk * vstride;
-      imma_group_rows(J, coeffs, x0, min(x0 + 8, f.xb), m_lo, f.m_hi, [&](int32_t r, int32_t x, uint32_t px) {
+      imma_group_rows(J, coeffs, x0, min(x0 + 8, f.xb), m_lo, f.m_hi, stage, [&](int32_t r, int32_t x, uint32_t px) {
         uint8_t* p = cm + (x + col) * vstride + (r - m_lo);
         p[0] = static_cast<uint8_t>(px);
         p[plane] = static_cast<uint8_t>(px >> 8);
         p[2 * plane] = static_cast<uint8_t>(px >> 16);
       });
     } else {
-      imma_group_rows(J, coeffs, x0, min(x0 + 8, f.xb), m_lo, f.m_hi,
+      imma_group_rows(J, coeffs, x0, min(x0 + 8, f.xb), m_lo, f.m_hi, stage,
                       [&](int32_t r, int32_t x, uint32_t px) { smem[(r - m_lo) * kMmaChunk + x + col] = px; });
     }
   }
@@ -834,11 +934,11 @@ __global__ void __launch_bounds__(kThreads, kTensorPath == kMmaPath ? 3 : kTenso
   }
   if constexpr (kStagedRow && kTensorPath == kImmaPath) {
     if (J.fused) {  // block-uniform: the whole block takes one path
-      imma_fused_block(J, coeffs, staged, row - J.pass1_begin, out, lut, lut_bytes, tile);
+      imma_fused_block(J, coeffs, reinterpret_cast<uint8_t*>(staged), row - J.pass1_begin, out, lut, lut_bytes, tile);
       return;
     }
     if (J.imma_pass1) {  // block-uniform
-      imma_pass1_block(J, coeffs, mid, row - J.pass1_begin);
+      imma_pass1_block(J, coeffs, mid, reinterpret_cast<uint8_t*>(staged), row - J.pass1_begin);
       return;
     }
   }
@@ -1017,15 +1117,29 @@ void launch_anyres_tiles(const TileJobDevice* jobs, int num_jobs, int64_t pass1_
                          int64_t pass2_rows, const int32_t* coeffs, uint8_t* mid, void* out,
                          const void* lut, int lut_bytes, int64_t tile, int64_t staged_row_bytes,
                          int64_t canvas_row_bytes, int64_t pass1_width, bool pass1_mma, bool pass1_imma,
-                         cudaStream_t stream) {
+                         int64_t imma_stage_bytes, cudaStream_t stream) {
   if (num_jobs == 0) return;
   if (pass1_rows > 0) {
     const unsigned blocks = static_cast<unsigned>(pass1_rows);
     const int threads = pass1_mma || pass1_imma ? kMmaThreads : pass1_threads(pass1_width);
-    if (pass1_imma)
-      anyres_pass1_kernel<true, kImmaPath><<<blocks, threads, static_cast<size_t>(staged_row_bytes), stream>>>(
-          jobs, num_jobs, coeffs, mid, out, lut, lut_bytes, static_cast<int32_t>(tile));
-    else if (pass1_mma)
+    if (pass1_imma) {
+      // The stage buffers (imma_stage jobs) come first. Beyond the default 48 KiB the kernel must opt
+      // in: once per device, for the most any launch asks (a host call per launch would add
+      // microseconds).
+      const size_t smem = static_cast<size_t>(staged_row_bytes + imma_stage_bytes);
+      if (smem > static_cast<size_t>(kMaxStagedRowBytes)) {
+        static std::atomic<bool> opted_in[64] = {};
+        int device = 0;
+        cudaGetDevice(&device);
+        if (device < 0 || device >= 64 || !opted_in[device].load()) {
+          cudaFuncSetAttribute(anyres_pass1_kernel<true, kImmaPath>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                               static_cast<int>(kMaxStagedRowBytes + kImmaStageBlockBytes));
+          if (device >= 0 && device < 64) opted_in[device].store(true);
+        }
+      }
+      anyres_pass1_kernel<true, kImmaPath><<<blocks, threads, smem, stream>>>(jobs, num_jobs, coeffs, mid, out, lut,
+                                                                               lut_bytes, static_cast<int32_t>(tile));
+    } else if (pass1_mma)
       anyres_pass1_kernel<true, kMmaPath><<<blocks, threads, static_cast<size_t>(staged_row_bytes), stream>>>(
           jobs, num_jobs, coeffs, mid, out, lut, lut_bytes, static_cast<int32_t>(tile));
     else if (pass1_staged_row(staged_row_bytes))

@@ -56,6 +56,12 @@ struct TileJobDevice {
   // [imma_vstride], 4 consecutive rows a word), or 0 for the SIMT vertical pass over a row-major
   // one (imma_vertical_stride in anyres_tiles_batch.h decides).
   int32_t imma_vstride;
+  // An integer pass-1 job whose warps copy their source windows into shared memory with 16-byte
+  // cp.async, two steps of 16 rows in flight (imma_group_rows' staged source; plan_tile_batch's
+  // allow_imma_stage): 1 where its image rows are 16-byte aligned (img_w * 3 a multiple of 16 and
+  // the image's address too). Then the launch's first kImmaStageBlockBytes of dynamic shared memory
+  // are the warps' stage buffers and the job's other buffers follow them.
+  int32_t imma_stage;
 };
 
 constexpr int kSimtRows = 4;
@@ -81,6 +87,14 @@ constexpr int kImmaFusedRows = 64;
 // group's taps must lie within kImmaWindow source pixels of its window start (imma_axis_ok).
 constexpr int kImmaBand = 64;
 constexpr int kImmaWindow = 64;  // two k-chunks of 32 pixels
+// The staged source of the integer pass 1 (TileJobDevice::imma_stage): per warp two buffers of 16
+// rows, each row the group's 64-pixel window (192 bytes) from its 16-byte-aligned start (0, 4, 8 or
+// 12 bytes before it): 13 chunks of 16 bytes, 208 bytes = 52 words apart. 52 = 20 mod 32, so a
+// fragment load (8 rows g x 4 lanes t, words 52 g + 3 t + const) touches 32 distinct banks.
+constexpr int kImmaStageChunks = 13;
+constexpr int kImmaStageRowBytes = 16 * kImmaStageChunks;
+constexpr int kImmaStageWarpBytes = 2 * 16 * kImmaStageRowBytes;
+constexpr int64_t kImmaStageBlockBytes = int64_t{kImmaStageWarpBytes} * (kMmaThreads / 32);
 
 // Where the integer pass 1 starts the window of the group of 8 outputs whose first output's first
 // tap is source pixel `first`: rounded down to a multiple of 4 pixels from the image's left edge
@@ -108,7 +122,7 @@ void launch_anyres_tiles(const TileJobDevice* jobs, int num_jobs, int64_t pass1_
                          int64_t pass2_rows, const int32_t* coeffs, uint8_t* mid, void* out,
                          const void* lut, int lut_bytes, int64_t tile, int64_t staged_row_bytes,
                          int64_t canvas_row_bytes, int64_t pass1_width, bool pass1_mma, bool pass1_imma,
-                         cudaStream_t stream);
+                         int64_t imma_stage_bytes, cudaStream_t stream);
 
 }  // namespace cuda
 }  // namespace interleave

@@ -73,6 +73,21 @@ __device__ __forceinline__ void il_imma_u8u8_16832(int32_t (&c)[4], const uint32
 __device__ __forceinline__ uint32_t il_smem_addr(const void* p) {
   return static_cast<uint32_t>(__cvta_generic_to_shared(p));
 }
+// 16 bytes from global to shared memory, asynchronously and past L1 (cp.async.cg, sm_80 and
+// later): both addresses 16-byte aligned. The copy belongs to the thread's next
+// il_cp_async_commit() group and has landed, for this thread, once il_cp_async_wait_group<N>()
+// returns with it among the older groups; other threads see it after that and a barrier
+// (__syncwarp among a warp's lanes).
+__device__ __forceinline__ void il_cp_async16(void* smem_dst, const void* gmem_src) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(il_smem_addr(smem_dst)), "l"(gmem_src) : "memory");
+}
+// Closes this thread's group of cp.async copies (an empty group is allowed).
+__device__ __forceinline__ void il_cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+// Waits until at most Pending of this thread's committed groups, the newest, are still in flight.
+template <int Pending>
+__device__ __forceinline__ void il_cp_async_wait_group() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(Pending) : "memory");
+}
 // Makes ordinary stores to shared memory visible to the async proxy that wgmma reads B through.
 __device__ __forceinline__ void il_fence_proxy_async_smem() {
 #if defined(IL_HAS_WGMMA)

@@ -40,6 +40,10 @@ int64_t& anyres_cuda_simt_rows();
 // it replaces anyres_cuda_mma's path for the call. Default false (INTERLEAVE_ANYRES_IMMA=1: true)
 // until a GPU run has timed it; interleave.ops.anyres_tiles.cuda_integer_tensor_cores switches it.
 bool& anyres_cuda_imma();
+// Whether the integer pass 1 copies each warp's source rows into shared memory with 16-byte
+// cp.async (images whose rows are 16-byte aligned; plan_tile_batch's allow_imma_stage). Off by
+// default until a GPU run has timed it; INTERLEAVE_ANYRES_IMMA_STAGED=1 starts a process with it on.
+bool& anyres_cuda_imma_staged();
 // Whether a job that runs pass 1 on tensor cores (either path) and has a vertical pass runs both
 // passes in one block (plan_tile_batch's allow_fused). Default true;
 // interleave.ops.anyres_tiles.cuda_fused_passes switches it (benchmarks time both).

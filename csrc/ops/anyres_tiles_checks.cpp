@@ -107,6 +107,12 @@ bool& anyres_cuda_fused() {
   return fused;
 }
 
+bool& anyres_cuda_imma_staged() {
+  // Off until a GPU run has timed it against the direct loads (the same bytes either way).
+  static bool staged = env_opt_in("INTERLEAVE_ANYRES_IMMA_STAGED");
+  return staged;
+}
+
 bool& anyres_cuda_imma() {
   // Off until a GPU run has timed it against the SIMT pass (exact either way, checked bitwise in
   // emulation); INTERLEAVE_ANYRES_IMMA=1 starts a process with it on.

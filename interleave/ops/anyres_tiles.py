@@ -194,6 +194,19 @@ def cuda_integer_tensor_cores(enabled: bool = True):
 
 
 @contextlib.contextmanager
+def cuda_integer_staged_rows(enabled: bool = True):
+    """Within the block (a process-wide setting, restored on exit), whether the integer tensor-core
+    pass 1 (`cuda_integer_tensor_cores`) copies each warp's source rows into shared memory with
+    16-byte `cp.async`, the next 16 rows in flight while it computes (images whose rows are 16-byte
+    aligned: widths that are multiples of 16, e.g. 1920; others load as without it). Without it the
+    pass reads its operands straight from global memory with 32-bit loads that each touch 8 rows'
+    cache lines. The same bytes either way. Off by default until a GPU run has timed it
+    (`INTERLEAVE_ANYRES_IMMA_STAGED=1` starts a process with it on)."""
+    with _extension.native_setting("_set_anyres_imma_staged", bool(enabled)):
+        yield
+
+
+@contextlib.contextmanager
 def cuda_fused_passes(enabled: bool = True):
     """Within the block (a process-wide setting, restored on exit), whether a job whose first pass
     runs on tensor cores (`cuda_tensor_cores` or `cuda_integer_tensor_cores`) and that needs a

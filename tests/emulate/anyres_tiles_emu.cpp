@@ -36,6 +36,11 @@ extern "C" int emu_imma_jobs() { return imma_jobs; }
 static int allow_imma_vertical = 1, imma_vertical_jobs = 0;
 extern "C" void emu_set_imma_vertical(int allow) { allow_imma_vertical = allow; }
 extern "C" int emu_imma_vertical_jobs() { return imma_vertical_jobs; }
+// Whether the next calls let integer pass-1 jobs stage their source rows with cp.async
+// (plan_tile_batch's allow_imma_stage), and how many jobs of the last call did.
+static int allow_imma_stage = 0, imma_stage_jobs = 0;
+extern "C" void emu_set_imma_stage(int allow) { allow_imma_stage = allow; }
+extern "C" int emu_imma_stage_jobs() { return imma_stage_jobs; }
 // The fused band (canvas rows per block; 0: not fused) of each job of the last call.
 static std::vector<int> fused_bands;
 extern "C" int emu_fused_band(int job) { return job >= 0 && job < static_cast<int>(fused_bands.size()) ? fused_bands[job] : -1; }
@@ -55,8 +60,9 @@ extern "C" int emu_anyres_tiles(int num_images, const uint8_t* const* images, co
   std::vector<std::array<int64_t, 2>> sizes;
   for (int i = 0; i < num_images; ++i) sizes.push_back({hw[2 * i], hw[2 * i + 1]});
   const TileBatch batch = plan_tile_batch(jobs_table, pixels, sizes, tile, lut == nullptr ? 1 : lut_bytes, allow_mma != 0,
-                                          allow_fused != 0, simt_rows, allow_imma != 0, allow_imma_vertical != 0);
-  *mma_jobs = *fused_jobs = imma_jobs = imma_vertical_jobs = 0;
+                                          allow_fused != 0, simt_rows, allow_imma != 0, allow_imma_vertical != 0,
+                                          allow_imma_stage != 0);
+  *mma_jobs = *fused_jobs = imma_jobs = imma_vertical_jobs = imma_stage_jobs = 0;
   fused_bands.clear();
   for (const TileJobDevice& d : batch.descs) {
     fused_bands.push_back(d.fused_band);
@@ -64,8 +70,13 @@ extern "C" int emu_anyres_tiles(int num_images, const uint8_t* const* images, co
     *mma_jobs += d.mma_pass1;
     *fused_jobs += d.fused;
     imma_jobs += d.imma_pass1;
+    imma_stage_jobs += d.imma_stage;
   }
   const int64_t pass1 = batch.pass1, pass2 = batch.pass2, staged_row_bytes = batch.staged_row_bytes;
+  // cp.async may read the images only (cuda_emu.h aborts otherwise).
+  emu::readable.clear();
+  for (int i = 0; i < num_images; ++i)
+    emu::readable.emplace_back(images[i], static_cast<size_t>(hw[2 * i] * hw[2 * i + 1] * 3));
   std::vector<uint8_t> mid(static_cast<size_t>(std::max<int64_t>(batch.mid_bytes, 1)), 0xAB);
   const bool use_staged = pass1_staged_row(staged_row_bytes);
   const TileJobDevice* jobs = batch.descs.data();
@@ -75,7 +86,7 @@ extern "C" int emu_anyres_tiles(int num_images, const uint8_t* const* images, co
   if (pass1 > 0) {
     const int threads = batch.pass1_mma || batch.pass1_imma ? kMmaThreads : pass1_threads(batch.pass1_width);  // the launcher's
     if (batch.pass1_imma)  // the launcher's choice of instantiation
-      emu::launch(static_cast<unsigned>(pass1), threads, static_cast<size_t>(staged_row_bytes),
+      emu::launch(static_cast<unsigned>(pass1), threads, static_cast<size_t>(staged_row_bytes + batch.imma_stage_bytes),
                   [&] { anyres_pass1_kernel<true, kImmaPath>(jobs, num_jobs, coeffs, m, out, lut, lut_bytes, t); });
     else if (batch.pass1_mma)
       emu::launch(static_cast<unsigned>(pass1), threads, static_cast<size_t>(staged_row_bytes),
@@ -86,6 +97,7 @@ extern "C" int emu_anyres_tiles(int num_images, const uint8_t* const* images, co
     else
       emu::launch(static_cast<unsigned>(pass1), threads, 0, [&] { anyres_pass1_kernel<false>(jobs, num_jobs, coeffs, m, out, lut, lut_bytes, t); });
   }
+  emu::readable.clear();
   if (pass2 > 0) {
     // The launcher's choice (pass2_staged_out, with_pass2_kernel); force_direct tests the other path.
     const int64_t canvas_row_bytes = batch.canvas_row_bytes;

@@ -24,6 +24,7 @@
 #include <cstring>
 #include <deque>
 #include <functional>
+#include <utility>
 #include <vector>
 
 #define __global__
@@ -65,7 +66,23 @@ struct CpAsync {
   const void* src;
   size_t bytes;
 };
-inline std::vector<std::vector<CpAsync>> cp_async_pending;
+inline std::vector<std::vector<CpAsync>> cp_async_pending;       // not yet committed
+inline std::vector<std::deque<std::vector<CpAsync>>> cp_async_groups;  // committed, oldest first
+// The global-memory buffers a launch may read with cp.async (a driver registers its inputs; empty:
+// unchecked): a copy from outside them aborts, so an out-of-bounds source is caught even where the
+// bytes it would bring are never used.
+inline std::vector<std::pair<const unsigned char*, size_t>> readable;
+inline bool is_readable(const void* p, size_t bytes) {
+  if (readable.empty()) return true;
+  const auto* q = static_cast<const unsigned char*>(p);
+  for (const auto& r : readable)
+    if (q >= r.first && q + bytes <= r.first + r.second) return true;
+  return false;
+}
+inline void cp_async_land(std::vector<CpAsync>& copies) {
+  for (const CpAsync& c : copies) std::memcpy(c.dst, c.src, c.bytes);
+  copies.clear();
+}
 inline std::vector<std::vector<WgmmaOp>> wgmma_open;
 inline std::vector<std::deque<std::vector<WgmmaOp>>> wgmma_committed;
 
@@ -163,6 +180,7 @@ void launch2d(unsigned grid_x, unsigned grid_y, unsigned block, size_t smem_byte
   wgmma_open.assign(block, {});
   wgmma_committed.assign(block, {});
   cp_async_pending.assign(block, {});
+  cp_async_groups.assign(block, {});
   contexts.resize(block);
   states.assign(block, kReady);
   if (stacks.size() < block) stacks.resize(block, std::vector<char>(kStack));
@@ -180,11 +198,15 @@ void launch2d(unsigned grid_x, unsigned grid_y, unsigned block, size_t smem_byte
         states[t] = kReady;
       }
       run_block(block);
-      for (unsigned t = 0; t < block; ++t)
-        if (!cp_async_pending[t].empty()) {
+      for (unsigned t = 0; t < block; ++t) {
+        bool in_flight = !cp_async_pending[t].empty();
+        for (const auto& g : cp_async_groups[t]) in_flight = in_flight || !g.empty();
+        cp_async_groups[t].clear();  // empty groups: allowed, as on the GPU
+        if (in_flight) {
           std::fprintf(stderr, "cuda_emu: thread %u ended with cp.async copies never waited for\n", t);
           std::abort();
         }
+      }
     }
   }
 }
@@ -196,6 +218,8 @@ void launch(unsigned grid, unsigned block, size_t smem_bytes, Kernel kernel) {
 }  // namespace emu
 
 inline void __syncthreads() { emu::barrier(); }
+// A warp barrier: every unfinished lane of the caller's warp (a full mask only).
+inline void __syncwarp(unsigned = 0xffffffffu) { emu::warp_sync(); }
 
 namespace emu {
 template <typename T>
@@ -389,8 +413,35 @@ inline void il_cp_async4(void* smem_dst, const void* gmem_src) {
   emu::cp_async_pending[threadIdx.x].push_back({smem_dst, gmem_src, 4});
 }
 inline void il_cp_async_wait_all() {
-  for (const emu::CpAsync& c : emu::cp_async_pending[threadIdx.x]) std::memcpy(c.dst, c.src, c.bytes);
+  for (auto& g : emu::cp_async_groups[threadIdx.x]) emu::cp_async_land(g);
+  emu::cp_async_groups[threadIdx.x].clear();
+  emu::cp_async_land(emu::cp_async_pending[threadIdx.x]);
+}
+// 16-byte copies: both addresses must be 16-byte aligned (shared memory from its base), as the
+// GPU requires; the emulator aborts otherwise.
+inline void il_cp_async16(void* smem_dst, const void* gmem_src) {
+  if (il_smem_addr(smem_dst) % 16 != 0 || reinterpret_cast<uintptr_t>(gmem_src) % 16 != 0) {
+    std::fprintf(stderr, "cuda_emu: cp.async of 16 bytes with a misaligned address (thread %u)\n", threadIdx.x);
+    std::abort();
+  }
+  if (!emu::is_readable(gmem_src, 16)) {
+    std::fprintf(stderr, "cuda_emu: cp.async of 16 bytes from outside every input buffer (thread %u, block %u)\n",
+                 threadIdx.x, blockIdx.x);
+    std::abort();
+  }
+  emu::cp_async_pending[threadIdx.x].push_back({smem_dst, gmem_src, 16});
+}
+inline void il_cp_async_commit() {
+  emu::cp_async_groups[threadIdx.x].push_back(std::move(emu::cp_async_pending[threadIdx.x]));
   emu::cp_async_pending[threadIdx.x].clear();
+}
+template <int Pending>
+inline void il_cp_async_wait_group() {
+  auto& groups = emu::cp_async_groups[threadIdx.x];
+  while (groups.size() > static_cast<size_t>(Pending)) {
+    emu::cp_async_land(groups.front());
+    groups.pop_front();
+  }
 }
 inline void il_wgmma_fence() {}
 inline void il_bar_sync_warpgroup(int) { emu::group_sync(); }
