@@ -226,6 +226,35 @@ inline int64_t imma_vertical_stride(const AxisCoeffs& v, int64_t band, int64_t t
   return words * 4;
 }
 
+// The B fragments of a fused integer job's vertical pass on tensor cores (TileJobDevice::v_planes;
+// imma_vertical_pixels), computed once here instead of by every warp of every block: for resized row
+// y, kImmaPlaneWords words, word 12 t + 4 p + 2 q + r holding plane p (0: the signed high byte of
+// each weight, bits 16-23; 1: bits 8-15; 2: bits 0-7) of the weights at the 4 window rows
+// 32 q + 16 r + 4 t + [0, 4) (byte i: row + i), zero outside the row's taps. The window starts
+// where the kernel starts it: the first tap of the first resized row of y's row tile (8 canvas rows
+// from a multiple of 8), counted from the first tap of its band's first resized row (bands of
+// `band` canvas rows) and rounded down to 4, as imma_vertical_stride mirrors too.
+inline std::vector<int32_t> imma_vertical_planes(const AxisCoeffs& v, int64_t top, int64_t band) {
+  std::vector<int32_t> words(static_cast<size_t>(v.out_size) * kImmaPlaneWords, 0);
+  for (int64_t y = 0; y < v.out_size; ++y) {
+    const int64_t cy = y + top;
+    const int64_t ya = std::max<int64_t>(cy / band * band - top, 0), y_lo = std::max(cy / 8 * 8 - top, ya);
+    const int64_t j0 = ((v.first[y_lo] - v.first[ya]) & ~int64_t{3}) - (v.first[y] - v.first[ya]);
+    for (int t = 0; t < 4; ++t)
+      for (int q = 0; q < 2; ++q)
+        for (int r = 0; r < 2; ++r)
+          for (int i = 0; i < 4; ++i) {
+            const int64_t j = j0 + 32 * q + 16 * r + 4 * t + i;
+            const uint32_t w = static_cast<uint32_t>(j >= 0 && j < v.count[y] ? v.weights[y * v.ksize + j] : 0);
+            for (int p = 0; p < 3; ++p) {
+              uint32_t& word = reinterpret_cast<uint32_t&>(words[y * kImmaPlaneWords + 12 * t + 4 * p + 2 * q + r]);
+              word |= ((w >> (16 - 8 * p)) & 255u) << (8 * i);
+            }
+          }
+  }
+  return words;
+}
+
 // Pass 1's dynamic shared memory for a fused integer job: the intermediate (column-major when its
 // vertical pass runs on tensor cores, vstride > 0; else row-major words) or the output rows laid out
 // in the same memory, whichever is larger.
@@ -363,6 +392,9 @@ inline TileBatch plan_tile_batch(const std::vector<TileJob>& table, const std::v
   // (no source row wider than kMaxStagedRowBytes allows). Its blocks cover bands x chunks.
   const bool staged = pass1_staged_row(b.staged_row_bytes);
   int64_t pass2 = 0;
+  // Each distinct vertical axis and placement's B fragments once (the 16 frames of a video share
+  // theirs), 16-byte aligned in the arena (the kernel loads them as uint4; the arena starts aligned).
+  std::map<std::array<int64_t, 4>, int64_t> planes_at;
   for (size_t i = 0; i < b.descs.size(); ++i) {
     TileJobDevice& d = b.descs[i];
     d.mma_pass1 = staged && d.mma_stride > 0;
@@ -370,6 +402,16 @@ inline TileBatch plan_tile_batch(const std::vector<TileJob>& table, const std::v
     d.fused = (d.mma_pass1 || d.imma_pass1) && d.fused;
     if (!d.mma_pass1) d.mma_stride = 0;
     if (!d.fused) d.fused_rows = d.fused_band = d.imma_vstride = 0;
+    if (d.fused && d.imma_pass1 && d.imma_vstride > 0) {
+      const ResizePlan p = plan_resize(table[i]);
+      const std::array<int64_t, 4> key{p.vertical->in_size, p.vertical->out_size, d.dst_top, d.fused_band};
+      auto it = planes_at.find(key);
+      if (it == planes_at.end()) {
+        while (b.arena.size() % 4 != 0) b.arena.push_back(0);
+        it = planes_at.emplace(key, append(imma_vertical_planes(*p.vertical, d.dst_top, d.fused_band))).first;
+      }
+      d.v_planes = it->second;
+    }
     d.pass1_begin = b.pass1;
     d.pass2_begin = pass2;  // fused jobs have no pass-2 rows
     if (!d.fused) pass2 += table[i].canvas_h;

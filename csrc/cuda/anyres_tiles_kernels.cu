@@ -720,8 +720,9 @@ __device__ __forceinline__ void fused_block(const TileJobDevice& J, const int32_
 // (its first resized row's first tap, rounded down to 4; imma_vertical_stride checked that the
 // tile's taps lie within 64 rows of it). Warp w takes the column tile [16 (w & 3), +16) and the
 // row tiles (w >> 2) + 2u of 8 canvas rows; px[u][e] gets the canvas pixel at row 8 rt + 2t + (e & 1)
-// (from cy0) and column 16 ct + g + 8 (e >> 1): resized, or the pad colour. Per row tile: 16 weight
-// loads, 24 shared-memory loads, 18 MMAs, where the SIMT pass takes ~130 instructions per pixel.
+// (from cy0) and column 16 ct + g + 8 (e >> 1): resized, or the pad colour. Per row tile: 3 16-byte
+// weight loads (the B fragments, made on the host), 24 shared-memory loads, 18 MMAs, where
+// the SIMT pass takes ~130 instructions per pixel.
 constexpr int kImmaRowTiles = kImmaFusedRows / 8 / 2;  // row tiles per warp, at most
 
 __device__ __forceinline__ void imma_vertical_pixels(const TileJobDevice& J, const int32_t* __restrict__ coeffs,
@@ -732,7 +733,6 @@ __device__ __forceinline__ void imma_vertical_pixels(const TileJobDevice& J, con
   const int32_t top = static_cast<int32_t>(J.dst_top), left = static_cast<int32_t>(J.dst_left);
   const int32_t row_first = static_cast<int32_t>(J.row_first), m_lo = f.m_lo;
   const int32_t* v_first = coeffs + J.v_first;
-  const int32_t* v_count = coeffs + J.v_count;
   const uint32_t pad = static_cast<uint32_t>(J.dst_pad);
   // This lane's two A columns (g and g + 8 of the column tile) and whether they are resized.
   const int32_t xx0 = 16 * ct + g;
@@ -747,12 +747,17 @@ __device__ __forceinline__ void imma_vertical_pixels(const TileJobDevice& J, con
     if (!f.resized || y_lo >= y_hi) continue;  // warp-uniform
     const int32_t kbase = (v_first[y_lo] - row_first - m_lo) & ~3;
     // B: the weights of output row yn = cy - top + g (none outside [y_lo, y_hi)) at intermediate row
-    // kbase + 32q + 16r + 4t + i (from m_lo), byte planes: register [q][r], byte i.
+    // kbase + 32q + 16r + 4t + i (from m_lo), byte planes: register [q][r], byte i; made on the host
+    // (imma_vertical_planes: words [t][plane][q][r] per row), three 16-byte loads.
     const int32_t yn = cy - top + g;
-    const bool n_in = yn >= y_lo && yn < y_hi;
-    const int32_t fn = n_in ? v_first[yn] - row_first - m_lo : 0, cn = n_in ? v_count[yn] : 0;
-    const int32_t* kn = coeffs + J.v_weights + static_cast<int64_t>(n_in ? yn : 0) * J.v_ksize;  // tap j at kn[j]
-    const WeightPlanes b = weight_planes(kn, 1, kbase - fn, cn, t);
+    WeightPlanes b = {};
+    if (yn >= y_lo && yn < y_hi) {
+      const uint4* w = reinterpret_cast<const uint4*>(coeffs + J.v_planes + static_cast<int64_t>(yn) * kImmaPlaneWords) + 3 * t;
+      const uint4 hi = __ldg(w), md = __ldg(w + 1), lo = __ldg(w + 2);
+      b.hi[0][0] = hi.x; b.hi[0][1] = hi.y; b.hi[1][0] = hi.z; b.hi[1][1] = hi.w;
+      b.mid[0][0] = md.x; b.mid[0][1] = md.y; b.mid[1][0] = md.z; b.mid[1][1] = md.w;
+      b.lo[0][0] = lo.x; b.lo[0][1] = lo.y; b.lo[1][0] = lo.z; b.lo[1][1] = lo.w;
+    }
     // A: words of columns xx0 (rows g of the fragment) and xx0 + 8 (rows g + 8) at k = kbase + 4t
     // (+16, +32, +48), channel c's plane at c * 64 * vstride.
     const uint8_t* col_g = cm + xx0 * vstride + kbase + 4 * t;

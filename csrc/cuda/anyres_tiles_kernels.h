@@ -62,7 +62,13 @@ struct TileJobDevice {
   // the image's address too). Then the launch's first kImmaStageBlockBytes of dynamic shared memory
   // are the warps' stage buffers and the job's other buffers follow them.
   int32_t imma_stage;
+  // A fused integer job's vertical pass on tensor cores: offset into the int32 arena of its B
+  // fragments, made once on the host (imma_vertical_planes in anyres_tiles_batch.h): per resized
+  // row kImmaPlaneWords words, lane t's 12 (3 planes x 2 k-chunks x 2 registers) at 12 t, so a lane
+  // takes them with three 16-byte loads instead of 16 weight loads and their byte splitting.
+  int64_t v_planes;
 };
+constexpr int kImmaPlaneWords = 48;  // per resized row: 4 lanes t x 12 words
 
 constexpr int kSimtRows = 4;
 
