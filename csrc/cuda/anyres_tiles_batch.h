@@ -69,15 +69,6 @@ inline bool cached_mma_axis_exact(const AxisCoeffs& c) {
   return memoized_axis_check(mutex, cache, std::pair<int, int>{c.in_size, c.out_size}, [&] { return mma_axis_exact(c); });
 }
 
-// Whether a horizontal axis can run on pass 1's integer tensor-core path (kImmaBand), its image at
-// source canvas x `src_left`: every group of 8 outputs reads at most kImmaWindow source pixels from
-// its window start, and every weight w splits into a signed high byte (w >> 16 in [-128, 127]) and
-// two unsigned bytes ((w >> 8) & 255, w & 255). Each plane's sum then stays far inside int32
-// (|sum| <= 64 * 255 * 255), and 2^16 hi + 2^8 mid + lo, taken modulo 2^32, is Pillow's own int32
-// sum. The groups are the kernel's: chunks of kMmaChunk columns of a row `width` wide whose outputs
-// start at `dst_left` (unfused: the intermediate row itself, dst_left 0, groups at multiples of 8;
-// fused: the canvas row) cover outputs [max(c0 - dst_left, 0), min(c0 + 64 - dst_left, n)), in
-// groups of 8 from the chunk's first output, the last one cut at the chunk's end.
 // Whether every weight of an axis splits into the integer paths' byte planes: a signed high byte
 // (w >> 16 in [-128, 127]) and two unsigned ones.
 inline bool weights_fit_byte_planes(const AxisCoeffs& c) {
@@ -89,6 +80,15 @@ inline bool weights_fit_byte_planes(const AxisCoeffs& c) {
   return true;
 }
 
+// Whether a horizontal axis can run on pass 1's integer tensor-core path (kImmaBand), its image at
+// source canvas x `src_left`: every group of 8 outputs reads at most kImmaWindow source pixels from
+// its window start, and every weight w splits into a signed high byte (w >> 16 in [-128, 127]) and
+// two unsigned bytes ((w >> 8) & 255, w & 255). Each plane's sum then stays far inside int32
+// (|sum| <= 64 * 255 * 255), and 2^16 hi + 2^8 mid + lo, taken modulo 2^32, is Pillow's own int32
+// sum. The groups are the kernel's: chunks of kMmaChunk columns of a row `width` wide whose outputs
+// start at `dst_left` (unfused: the intermediate row itself, dst_left 0, groups at multiples of 8;
+// fused: the canvas row) cover outputs [max(c0 - dst_left, 0), min(c0 + 64 - dst_left, n)), in
+// groups of 8 from the chunk's first output, the last one cut at the chunk's end.
 inline bool imma_axis_ok(const AxisCoeffs& c, int64_t src_left, int64_t dst_left, int64_t width) {
   const int64_t n = c.out_size;
   if (n <= 0) return false;
@@ -226,31 +226,50 @@ inline int64_t imma_vertical_stride(const AxisCoeffs& v, int64_t band, int64_t t
   return words * 4;
 }
 
-// The B fragments of a fused integer job's vertical pass on tensor cores (TileJobDevice::v_planes;
-// imma_vertical_pixels), computed once here instead of by every warp of every block: for resized row
-// y, kImmaPlaneWords words, word 12 t + 4 p + 2 q + r holding plane p (0: the signed high byte of
-// each weight, bits 16-23; 1: bits 8-15; 2: bits 0-7) of the weights at the 4 window rows
-// 32 q + 16 r + 4 t + [0, 4) (byte i: row + i), zero outside the row's taps. The window starts
-// where the kernel starts it: the first tap of the first resized row of y's row tile (8 canvas rows
-// from a multiple of 8), counted from the first tap of its band's first resized row (bands of
-// `band` canvas rows) and rounded down to 4, as imma_vertical_stride mirrors too.
+// One output's weights as the integer MMAs' B fragments (kImmaPlaneWords words at `words`): word
+// 12 t + 4 p + 2 q + r holds plane p (0: the signed high byte of each weight, bits 16-23; 1: bits
+// 8-15; 2: bits 0-7) of the weights of taps j0 + 32 q + 16 r + 4 t + [0, 4) (byte i: tap + i), zero
+// outside [0, count): lane t of the MMA takes its 12 words with three 16-byte loads. Made on the
+// host once per axis and placement, where every warp of every block split 16 weights into bytes.
+inline void imma_plane_words(const AxisCoeffs& c, int64_t x, int64_t j0, int32_t* words) {
+  for (int t = 0; t < 4; ++t)
+    for (int q = 0; q < 2; ++q)
+      for (int r = 0; r < 2; ++r)
+        for (int i = 0; i < 4; ++i) {
+          const int64_t j = j0 + 32 * q + 16 * r + 4 * t + i;
+          const uint32_t w = static_cast<uint32_t>(j >= 0 && j < c.count[x] ? c.weights[x * c.ksize + j] : 0);
+          for (int p = 0; p < 3; ++p)
+            reinterpret_cast<uint32_t&>(words[12 * t + 4 * p + 2 * q + r]) |= ((w >> (16 - 8 * p)) & 255u) << (8 * i);
+        }
+}
+
+// The horizontal pass's B fragments (TileJobDevice::h_planes; imma_group_rows) for every output x
+// of axis c: its group of 8 starts where the kernel starts it (the outputs of canvas chunk k of 64
+// columns, the image at canvas column dst_left, from max(64 k - dst_left, 0) in steps of 8; unfused
+// jobs: dst_left 0, multiples of 8), the group's window at imma_window_start(first[x0], src_left),
+// so output x's taps run from j0 = window start - first[x].
+inline std::vector<int32_t> imma_horizontal_planes(const AxisCoeffs& c, int64_t src_left, int64_t dst_left) {
+  std::vector<int32_t> words(static_cast<size_t>(c.out_size) * kImmaPlaneWords, 0);
+  for (int64_t x = 0; x < c.out_size; ++x) {
+    const int64_t xa = std::max<int64_t>((x + dst_left) / kMmaChunk * kMmaChunk - dst_left, 0);
+    const int64_t x0 = xa + (x - xa) / 8 * 8;
+    imma_plane_words(c, x, imma_window_start(c.first[x0], src_left) - c.first[x], words.data() + x * kImmaPlaneWords);
+  }
+  return words;
+}
+
+// The vertical pass's B fragments of a fused integer job on tensor cores (TileJobDevice::v_planes;
+// imma_vertical_pixels) for every resized row y: its window starts where the kernel starts it, the
+// first tap of the first resized row of y's row tile (8 canvas rows from a multiple of 8), counted
+// from the first tap of its band's first resized row (bands of `band` canvas rows, the image at
+// canvas row top) and rounded down to 4, as imma_vertical_stride mirrors too.
 inline std::vector<int32_t> imma_vertical_planes(const AxisCoeffs& v, int64_t top, int64_t band) {
   std::vector<int32_t> words(static_cast<size_t>(v.out_size) * kImmaPlaneWords, 0);
   for (int64_t y = 0; y < v.out_size; ++y) {
     const int64_t cy = y + top;
     const int64_t ya = std::max<int64_t>(cy / band * band - top, 0), y_lo = std::max(cy / 8 * 8 - top, ya);
     const int64_t j0 = ((v.first[y_lo] - v.first[ya]) & ~int64_t{3}) - (v.first[y] - v.first[ya]);
-    for (int t = 0; t < 4; ++t)
-      for (int q = 0; q < 2; ++q)
-        for (int r = 0; r < 2; ++r)
-          for (int i = 0; i < 4; ++i) {
-            const int64_t j = j0 + 32 * q + 16 * r + 4 * t + i;
-            const uint32_t w = static_cast<uint32_t>(j >= 0 && j < v.count[y] ? v.weights[y * v.ksize + j] : 0);
-            for (int p = 0; p < 3; ++p) {
-              uint32_t& word = reinterpret_cast<uint32_t&>(words[y * kImmaPlaneWords + 12 * t + 4 * p + 2 * q + r]);
-              word |= ((w >> (16 - 8 * p)) & 255u) << (8 * i);
-            }
-          }
+    imma_plane_words(v, y, j0, words.data() + y * kImmaPlaneWords);
   }
   return words;
 }
@@ -392,9 +411,17 @@ inline TileBatch plan_tile_batch(const std::vector<TileJob>& table, const std::v
   // (no source row wider than kMaxStagedRowBytes allows). Its blocks cover bands x chunks.
   const bool staged = pass1_staged_row(b.staged_row_bytes);
   int64_t pass2 = 0;
-  // Each distinct vertical axis and placement's B fragments once (the 16 frames of a video share
-  // theirs), 16-byte aligned in the arena (the kernel loads them as uint4; the arena starts aligned).
-  std::map<std::array<int64_t, 4>, int64_t> planes_at;
+  // Each distinct axis and placement's B fragments once (the 16 frames of a video share theirs),
+  // 16-byte aligned in the arena (the kernel loads them as uint4; the arena starts aligned).
+  std::map<std::array<int64_t, 5>, int64_t> planes_at;
+  const auto append_planes = [&](const std::array<int64_t, 5>& key, auto&& make) {
+    auto it = planes_at.find(key);
+    if (it == planes_at.end()) {
+      while (b.arena.size() % 4 != 0) b.arena.push_back(0);
+      it = planes_at.emplace(key, append(make())).first;
+    }
+    return it->second;
+  };
   for (size_t i = 0; i < b.descs.size(); ++i) {
     TileJobDevice& d = b.descs[i];
     d.mma_pass1 = staged && d.mma_stride > 0;
@@ -402,15 +429,14 @@ inline TileBatch plan_tile_batch(const std::vector<TileJob>& table, const std::v
     d.fused = (d.mma_pass1 || d.imma_pass1) && d.fused;
     if (!d.mma_pass1) d.mma_stride = 0;
     if (!d.fused) d.fused_rows = d.fused_band = d.imma_vstride = 0;
-    if (d.fused && d.imma_pass1 && d.imma_vstride > 0) {
+    if (d.imma_pass1) {
       const ResizePlan p = plan_resize(table[i]);
-      const std::array<int64_t, 4> key{p.vertical->in_size, p.vertical->out_size, d.dst_top, d.fused_band};
-      auto it = planes_at.find(key);
-      if (it == planes_at.end()) {
-        while (b.arena.size() % 4 != 0) b.arena.push_back(0);
-        it = planes_at.emplace(key, append(imma_vertical_planes(*p.vertical, d.dst_top, d.fused_band))).first;
-      }
-      d.v_planes = it->second;
+      const int64_t dst_left = d.fused ? d.dst_left : 0;  // where the groups of 8 start (see above)
+      d.h_planes = append_planes({0, p.horizontal->in_size, p.horizontal->out_size, d.src_left, dst_left},
+                                 [&] { return imma_horizontal_planes(*p.horizontal, d.src_left, dst_left); });
+      if (d.fused && d.imma_vstride > 0)
+        d.v_planes = append_planes({1, p.vertical->in_size, p.vertical->out_size, d.dst_top, d.fused_band},
+                                   [&] { return imma_vertical_planes(*p.vertical, d.dst_top, d.fused_band); });
     }
     d.pass1_begin = b.pass1;
     d.pass2_begin = pass2;  // fused jobs have no pass-2 rows

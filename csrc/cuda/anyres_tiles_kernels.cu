@@ -278,32 +278,24 @@ __device__ __forceinline__ void imma_load_quad_bytes(const TileJobDevice& J, con
 }
 
 // One output's weights as the byte planes of an m16n8k32 B fragment (this lane's column): the weight
-// of tap j = j0 + 32q + 16r + 4t + i (zero outside [0, count)) is kn[j * kstep], split into its signed
-// high byte (bits 16-23; |w| < 2^23) and two unsigned bytes: register [q][r], byte i.
+// of tap j = window start + 32q + 16r + 4t + i (zero outside the output's taps) split into its
+// signed high byte (bits 16-23; |w| < 2^23) and two unsigned bytes: register [q][r], byte i.
 struct WeightPlanes {
   uint32_t hi[2][2], mid[2][2], lo[2][2];
 };
 
-__device__ __forceinline__ WeightPlanes weight_planes(const int32_t* kn, int32_t kstep, int32_t j0, int32_t count,
-                                                      int t) {
-  WeightPlanes b;
-#pragma unroll
-  for (int q = 0; q < 2; ++q)
-#pragma unroll
-    for (int r = 0; r < 2; ++r) {
-      uint32_t hi = 0, md = 0, lo = 0;
-#pragma unroll
-      for (int i = 0; i < 4; ++i) {
-        const int32_t j = j0 + 32 * q + 16 * r + 4 * t + i;
-        const uint32_t w = static_cast<uint32_t>((j >= 0 && j < count) ? kn[j * kstep] : 0);
-        hi |= ((w >> 16) & 255u) << (8 * i);
-        md |= ((w >> 8) & 255u) << (8 * i);
-        lo |= (w & 255u) << (8 * i);
-      }
-      b.hi[q][r] = hi;
-      b.mid[q][r] = md;
-      b.lo[q][r] = lo;
-    }
+// Output n's planes for lane t from a table made on the host (imma_horizontal_planes,
+// imma_vertical_planes in anyres_tiles_batch.h: kImmaPlaneWords words per output, lane t's 12 at
+// 12 t as [plane][q][r]): three 16-byte loads. Zero where !n_in (outputs past the group's end).
+__device__ __forceinline__ WeightPlanes load_weight_planes(const int32_t* planes, int32_t n, bool n_in, int t) {
+  WeightPlanes b = {};
+  if (n_in) {
+    const uint4* w = reinterpret_cast<const uint4*>(planes + static_cast<int64_t>(n) * kImmaPlaneWords) + 3 * t;
+    const uint4 hi = __ldg(w), md = __ldg(w + 1), lo = __ldg(w + 2);
+    b.hi[0][0] = hi.x; b.hi[0][1] = hi.y; b.hi[1][0] = hi.z; b.hi[1][1] = hi.w;
+    b.mid[0][0] = md.x; b.mid[0][1] = md.y; b.mid[1][0] = md.z; b.mid[1][1] = md.w;
+    b.lo[0][0] = lo.x; b.lo[0][1] = lo.y; b.lo[1][0] = lo.z; b.lo[1][1] = lo.w;
+  }
   return b;
 }
 
@@ -367,16 +359,13 @@ __device__ __forceinline__ void imma_group_rows(const TileJobDevice& J, const in
                                                 Sink&& sink) {
   const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
   const int32_t* first = coeffs + J.h_first;
-  const int32_t* count = coeffs + J.h_count;
   const int32_t left = static_cast<int32_t>(J.src_left);
   const int32_t s = static_cast<int32_t>(imma_window_start(first[x0], left));
   // B, once per warp: weights of output x0 + g (zero past the group's end) at source pixels
-  // s + 32q + 16r + 4t + i, split into byte planes: register [q][r], byte i.
+  // s + 32q + 16r + 4t + i, split into byte planes: register [q][r], byte i (made on the host:
+  // imma_horizontal_planes).
   const int32_t xn = x0 + g;
-  const bool n_in = xn < x_end;
-  const int32_t fn = n_in ? first[xn] : 0, cn = n_in ? count[xn] : 0;
-  const int32_t* kn = coeffs + J.h_weights + (n_in ? xn : 0);  // tap-major: tap i at kn[i * h_outputs]
-  const WeightPlanes b = weight_planes(kn, static_cast<int32_t>(J.h_outputs), s - fn, cn, t);
+  const WeightPlanes b = load_weight_planes(coeffs + J.h_planes, xn, xn < x_end, t);
   // This lane's four groups of 4 pixels per row start at s + 4t + 16m (m = 2q + upper k half), image
   // column xi0 + 16m. Where the image's rows are 4-byte aligned, a group wholly inside the image is
   // three aligned words (xi0 is a multiple of 4), at fixed offsets from one pointer per row; which
@@ -750,14 +739,7 @@ __device__ __forceinline__ void imma_vertical_pixels(const TileJobDevice& J, con
     // kbase + 32q + 16r + 4t + i (from m_lo), byte planes: register [q][r], byte i; made on the host
     // (imma_vertical_planes: words [t][plane][q][r] per row), three 16-byte loads.
     const int32_t yn = cy - top + g;
-    WeightPlanes b = {};
-    if (yn >= y_lo && yn < y_hi) {
-      const uint4* w = reinterpret_cast<const uint4*>(coeffs + J.v_planes + static_cast<int64_t>(yn) * kImmaPlaneWords) + 3 * t;
-      const uint4 hi = __ldg(w), md = __ldg(w + 1), lo = __ldg(w + 2);
-      b.hi[0][0] = hi.x; b.hi[0][1] = hi.y; b.hi[1][0] = hi.z; b.hi[1][1] = hi.w;
-      b.mid[0][0] = md.x; b.mid[0][1] = md.y; b.mid[1][0] = md.z; b.mid[1][1] = md.w;
-      b.lo[0][0] = lo.x; b.lo[0][1] = lo.y; b.lo[1][0] = lo.z; b.lo[1][1] = lo.w;
-    }
+    const WeightPlanes b = load_weight_planes(coeffs + J.v_planes, yn, yn >= y_lo && yn < y_hi, t);
     // A: words of columns xx0 (rows g of the fragment) and xx0 + 8 (rows g + 8) at k = kbase + 4t
     // (+16, +32, +48), channel c's plane at c * 64 * vstride.
     const uint8_t* col_g = cm + xx0 * vstride + kbase + 4 * t;

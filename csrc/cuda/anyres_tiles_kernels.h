@@ -67,6 +67,9 @@ struct TileJobDevice {
   // row kImmaPlaneWords words, lane t's 12 (3 planes x 2 k-chunks x 2 registers) at 12 t, so a lane
   // takes them with three 16-byte loads instead of 16 weight loads and their byte splitting.
   int64_t v_planes;
+  // The same for the integer pass 1 (imma_group_rows): per intermediate column (output) x, the B
+  // fragments of its weights over its group's window (imma_horizontal_planes).
+  int64_t h_planes;
 };
 constexpr int kImmaPlaneWords = 48;  // per resized row: 4 lanes t x 12 words
 
