@@ -121,6 +121,36 @@ def check_anyres_imma_staged():
     return _anyres_against_default(staged)
 
 
+def check_anyres_arena_cache():
+    """anyres_tiles with its coefficient arena's device copy kept for later calls (the default:
+    anyres_cuda_arena_cache()) against uploading it every call, bitwise: the same sizes three times
+    (a miss, then hits) on a side stream and on the default stream, on the SIMT and integer paths."""
+    import torch
+    from interleave import _extension
+    from interleave.ops import anyres_tiles
+    from interleave.ops.anyres_tiles import cuda_integer_tensor_cores
+    if not torch.cuda.is_available():
+        return UNAVAILABLE + "no CUDA GPU"
+    g = torch.Generator().manual_seed(1)
+    images = [torch.randint(0, 256, (1080, 1920, 3), generator=g, dtype=torch.uint8).cuda(),
+              torch.randint(0, 256, (733, 1411, 3), generator=g, dtype=torch.uint8).cuda()]
+    side = torch.cuda.Stream()
+    for imma in (False, True):
+        with cuda_integer_tensor_cores(imma):
+            with _extension.native_setting("_set_anyres_arena_cache", False):
+                want = anyres_tiles(images, "anyres_max_9").tiles
+            for stream in (side, side, torch.cuda.current_stream()):
+                stream.wait_stream(torch.cuda.current_stream())
+                with torch.cuda.stream(stream):
+                    got = anyres_tiles(images, "anyres_max_9").tiles
+                torch.cuda.current_stream().wait_stream(stream)
+                torch.cuda.synchronize()
+                if not torch.equal(got, want):
+                    return (f"integer={imma}: {(got != want).sum().item()} of {want.numel()} bytes differ from "
+                            "the uploaded-every-call path")
+    return None
+
+
 def check_wgmma_staged():
     """The wgmma kernel's staged variant (cuda_gemm("wgmma_staged"): each tile's pixels copied into
     shared memory with cp.async) against the gathered one: the same fp16 operands and MMAs in the
@@ -276,11 +306,13 @@ def check_merge_loads16():
 CHECKS = {"wgmma": check_wgmma, "wgmma_staged": check_wgmma_staged, "anyres_mma": check_anyres_mma,
           "im2col_staged": check_im2col_staged, "cublas_lt": check_cublas_lt, "merge_lookback": check_merge_lookback,
           "merge_loads16": check_merge_loads16, "cublas_tune": check_cublas_tune, "anyres_rows4": check_anyres_rows4,
-          "anyres_imma": check_anyres_imma, "anyres_imma_staged": check_anyres_imma_staged}
+          "anyres_imma": check_anyres_imma, "anyres_imma_staged": check_anyres_imma_staged,
+          "anyres_arena_cache": check_anyres_arena_cache}
 # What a run checks by default: the paths no GPU has run yet. The others passed on an H100 at
 # 12ae393 (bench/results/2026-11-27-H100-12ae393-preflight.txt) and run with --all; the look-back's
 # first version passed at de8175c, the current one (the whole block looking back) has not run.
-UNVERIFIED = ["merge_lookback", "merge_loads16", "cublas_tune", "anyres_rows4", "anyres_imma", "anyres_imma_staged"]
+UNVERIFIED = ["merge_lookback", "merge_loads16", "cublas_tune", "anyres_rows4", "anyres_imma", "anyres_imma_staged",
+              "anyres_arena_cache"]
 
 
 def run_one(name):

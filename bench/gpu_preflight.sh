@@ -13,5 +13,6 @@ export INTERLEAVE_SKIP_PATHS="${skip_line#INTERLEAVE_SKIP_PATHS=}"
 # Paths on a default path: turned off for the whole run by their own switches.
 case ",$INTERLEAVE_SKIP_PATHS," in *,im2col_staged,*) export INTERLEAVE_IM2COL_STAGED=0 ;; esac
 case ",$INTERLEAVE_SKIP_PATHS," in *,cublas_lt,*) export INTERLEAVE_CUBLASLT=0 ;; esac
+case ",$INTERLEAVE_SKIP_PATHS," in *,anyres_arena_cache,*) export INTERLEAVE_ANYRES_ARENA_CACHE=0 ;; esac
 echo "INTERLEAVE_SKIP_PATHS=$INTERLEAVE_SKIP_PATHS IM2COL_STAGED=${INTERLEAVE_IM2COL_STAGED:-1}" \
-  "CUBLASLT=${INTERLEAVE_CUBLASLT:-1}"
+  "CUBLASLT=${INTERLEAVE_CUBLASLT:-1} ANYRES_ARENA_CACHE=${INTERLEAVE_ANYRES_ARENA_CACHE:-1}"

@@ -196,6 +196,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   // Whether CUDA anyres_tiles may run pass 1 on tensor cores (exact either way); returns the old one.
   m.def("_set_anyres_mma", [](bool allowed) { return std::exchange(interleave::anyres_cuda_mma(), allowed); });
   m.def("_set_anyres_imma", [](bool allowed) { return std::exchange(interleave::anyres_cuda_imma(), allowed); });
+  m.def("_set_anyres_arena_cache",
+        [](bool cached) { return std::exchange(interleave::anyres_cuda_arena_cache(), cached); });
   m.def("_set_anyres_imma_staged",
         [](bool staged) { return std::exchange(interleave::anyres_cuda_imma_staged(), staged); });
   m.def("_set_anyres_fused", [](bool allowed) { return std::exchange(interleave::anyres_cuda_fused(), allowed); });

@@ -44,6 +44,10 @@ def info() -> int:
             "one launch, decoupled look-back (INTERLEAVE_MERGE_LOOKBACK=1)" if lookback
             else "one launch, each block counting the ids before its chunk, up to 8192 positions; "
                  "the count kernel first beyond (INTERLEAVE_MERGE_LOOKBACK=1: a decoupled look-back at any length)"))
+        print("CUDA anyres_tiles coefficients: " + (
+            "uploaded once per arena key and device, reused by later calls"
+            if _extension.native_setting_value("_set_anyres_arena_cache")
+            else "uploaded every call (INTERLEAVE_ANYRES_ARENA_CACHE=0)"))
         print("off by default (measured slower on an H100, c0e6c19): anyres_tiles tensor-core passes "
               "(interleave.ops.anyres_tiles.cuda_tensor_cores())")
         imma = _extension.native_setting_value("_set_anyres_imma")

@@ -11,7 +11,8 @@ DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)]
 PREFLIGHT_TESTS = {"wgmma": ["wgmma"], "anyres_mma": ["tensor_core_pass", "mma"], "merge_lookback": ["lookback"],
                    "merge_loads16": ["loads16"], "cublas_tune": ["cublaslt_tune"],
                    "anyres_rows4": ["tensor_core_pass", "rows4"], "anyres_imma": ["tensor_core_pass", "integer"],
-                   "anyres_imma_staged": ["tensor_core_pass", "integer_staged"]}
+                   "anyres_imma_staged": ["tensor_core_pass", "integer_staged"],
+                   "anyres_arena_cache": ["coefficients_reused"]}
 
 
 def pytest_collection_modifyitems(config, items):

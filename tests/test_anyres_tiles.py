@@ -103,6 +103,32 @@ def test_cuda_tensor_core_pass_equals_pillow(sizes, mode, tensor_cores):
         check(images, mode, "cuda")
 
 
+@pytest.mark.cuda
+@pytest.mark.parametrize("imma", [False, True], ids=["simt", "integer"])
+def test_cuda_coefficients_reused_across_calls_and_streams(imma):
+    """The device copy of a batch's coefficients is kept per arena key (device_arena in
+    csrc/cuda/anyres_tiles_cuda.cpp): a first call uploads it on a side stream, and calls with the
+    same sizes on that stream, on the default stream right after, and again on the side stream
+    read it without uploading; every result equals Pillow's. A new size in between changes the key."""
+    from interleave.ops.anyres_tiles import cuda_integer_tensor_cores
+    if not _extension.has_op_kernel("interleave::anyres_tiles", "cuda"):
+        pytest.skip("no CUDA kernel of anyres_tiles")
+    sizes = [(1080, 1920), (721, 1283)]  # a size no other test uses: the first call uploads
+    images = [random_image(h, w, 30 + i) for i, (h, w) in enumerate(sizes)]
+    expected = {}
+    side = torch.cuda.Stream()
+    with cuda_integer_tensor_cores(imma):
+        for stream in (side, side, torch.cuda.current_stream(), None, side):
+            batch = images if stream is not None else images[:1]  # None: another key in between
+            with torch.cuda.stream(stream if stream is not None else torch.cuda.current_stream()):
+                result = anyres_tiles([im.cuda(non_blocking=True) for im in batch], "llava")
+                tiles = result.tiles.cpu()
+            key = len(batch)
+            if key not in expected:
+                expected[key] = reference.anyres_tiles(batch, result.plans)
+            assert torch.equal(tiles, expected[key]), (key, stream)
+
+
 @settings(max_examples=25, deadline=None)
 @given(h=st.integers(1, 700), w=st.integers(1, 700), mode=st.sampled_from(MODES), seed=st.integers(0, 9))
 def test_property_random_sizes_cpu(h, w, mode, seed):
@@ -162,6 +188,15 @@ def test_cuda_integer_staged_rows_is_a_scoped_switch():
             assert current() is False
         assert current() is True
     assert current() is before
+
+
+def test_cuda_arena_cache_is_on_unless_the_environment_says_0():
+    """The CUDA glue keeps its coefficient arenas on the device by default; INTERLEAVE_ANYRES_ARENA_CACHE=0
+    (what bench/gpu_preflight.sh exports when its check fails) uploads them every call."""
+    if _extension.module is None:
+        pytest.skip("compiled extension not built")
+    assert _extension.native_setting_value("_set_anyres_arena_cache") is \
+        (os.environ.get("INTERLEAVE_ANYRES_ARENA_CACHE") != "0")
 
 
 def test_cuda_simt_rows_rejects_other_values():

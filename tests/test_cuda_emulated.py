@@ -76,6 +76,9 @@ def anyres_emu(tmp_path_factory):
     so.emu_set_imma_stage.restype = None
     so.emu_set_imma_stage.argtypes = [ctypes.c_int]
     so.emu_imma_stage_jobs.restype = ctypes.c_int
+    so.emu_check_arena_key.restype = ctypes.c_int
+    so.emu_check_arena_key.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p,
+                                       ctypes.c_int64, ctypes.c_int, ctypes.c_int, ctypes.c_int]
     return so
 
 
@@ -372,6 +375,49 @@ def test_anyres_tiles_integer_staged_rows_emulated(anyres_emu, case):
     (mma_jobs, fused_jobs, imma_jobs), = taken
     assert imma_jobs >= 1 and anyres_emu.emu_imma_stage_jobs() == staged_jobs, (taken, anyres_emu.emu_imma_stage_jobs())
     assert (fused_jobs >= 1) == (path != "unfused")
+
+
+# The glue uploads a batch's coefficient arena once per TileBatch::arena_key and device and reuses
+# the device copy (device_arena in csrc/cuda/anyres_tiles_cuda.cpp): equal keys must mean equal
+# arenas, whatever else differs. 200 random batches drawn from a small pool of sizes (so that axes
+# and keys repeat under different modes, tiles, placements and paths), planned (no launch) with
+# every path switch; the driver compares each arena with the first one planned under its key (the
+# emulated launches above add theirs), each also with its images moved on their canvases.
+# Dropping the axes' output size or the horizontal planes' canvas shift from the key fails this.
+def test_anyres_arena_key_determines_the_arena(anyres_emu):
+    rng = random.Random(7)
+    pool = [1, 17, 200, 383, 384, 517, 1080, 1411, 1920, 2343]
+    modes = ["anyres_max_9", "anyres", "pad", "llava"]
+    buffers = {}
+    for case in range(200):
+        tile = rng.choice([384, 384, 28, 56])
+        sizes = [(rng.choice(pool), rng.choice(pool)) for _ in range(rng.choice([1, 2, 3]))]
+        mode = [rng.choice(modes) for _ in sizes]
+        grid = planning.ONEVISION_PINPOINTS if tile == 384 else [[tile * r, tile * c] for r in range(1, 4)
+                                                                  for c in range(1, 4)]
+        plans = [planning.plan_image(h, w, m, pinpoints=grid, tile=tile) for (h, w), m in zip(sizes, mode)]
+        jobs, _ = build_jobs(plans, tile, rng.choice(["horizontal", "pillow13"]))
+        ims = [buffers.setdefault(s, np.empty((s[0], s[1], 3), dtype=np.uint8)) for s in sizes]
+        ptrs = (ctypes.c_void_p * len(ims))(*[im.ctypes.data for im in ims])
+        hw = np.array(sizes, dtype=np.int64)
+        table = np.ascontiguousarray(jobs.numpy().astype(np.int64))
+        shifted = table.copy()  # the same axes placed elsewhere on their canvases (the plane tables' keys)
+        shift = rng.choice([4, 8, 21])
+        for row in shifted:  # kJobDstTop / kJobDstLeft, where the resized image still fits
+            if row[10] + row[6] + shift <= row[8]:
+                row[10] += shift
+            if row[11] + row[7] + shift <= row[9]:
+                row[11] += shift
+        for imma, fused, mma, stage in [(0, 1, 1, 0), (1, 1, 1, 1), (1, 0, 1, 0), (1, 1, 1, 0), (0, 0, 0, 0)]:
+            anyres_emu.emu_set_imma(imma)
+            anyres_emu.emu_set_imma_stage(stage)
+            out_bytes = rng.choice([1, 2, 4])
+            for t in (table, shifted):
+                rc = anyres_emu.emu_check_arena_key(len(ims), ptrs, hw.ctypes.data_as(ctypes.c_void_p), t.shape[0],
+                                                    t.ctypes.data_as(ctypes.c_void_p), tile, out_bytes, mma, fused)
+                assert rc == 0, (case, sizes, mode, tile, imma, fused, mma, t is shifted)
+    anyres_emu.emu_set_imma(0)
+    anyres_emu.emu_set_imma_stage(0)
 
 
 # Random batches through the integer tensor-core passes (fused, vertical on tensor cores where it

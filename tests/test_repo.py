@@ -182,7 +182,8 @@ def test_gpu_preflight_rules_out_paths_and_the_tests_follow():
     if torch_cuda_available():
         return  # on a GPU the verdicts depend on the kernels; gpu_check.sh records them
     assert set(last.split("=", 1)[1].split(",")) == {"merge_lookback", "merge_loads16", "cublas_tune",
-                                                     "anyres_rows4", "anyres_imma", "anyres_imma_staged"}, out  # UNVERIFIED
+                                                     "anyres_rows4", "anyres_imma", "anyres_imma_staged",
+                                                     "anyres_arena_cache"}, out  # UNVERIFIED
     listed = subprocess.run([sys.executable, os.path.join(root, "bench", "gpu_preflight.py"), "--list"],
                             capture_output=True, text=True, timeout=60, check=True).stdout.strip()
     assert listed == last.split("=", 1)[1], (listed, last)  # what gpu_preflight.sh rules out without a verdict
@@ -190,7 +191,7 @@ def test_gpu_preflight_rules_out_paths_and_the_tests_follow():
                          capture_output=True, text=True, timeout=300, check=True).stdout
     assert set(out.strip().splitlines()[-1].split("=", 1)[1].split(",")) == \
         {"wgmma", "wgmma_staged", "anyres_mma", "im2col_staged", "cublas_lt", "merge_lookback", "merge_loads16",
-         "cublas_tune", "anyres_rows4", "anyres_imma", "anyres_imma_staged"}, out
+         "cublas_tune", "anyres_rows4", "anyres_imma", "anyres_imma_staged", "anyres_arena_cache"}, out
     env = dict(os.environ, INTERLEAVE_SKIP_PATHS="anyres_mma")
     r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider",
                         os.path.join(root, "tests", "test_anyres_tiles.py"), "-k", "tensor_core_pass"],

@@ -22,6 +22,10 @@ namespace cuda {
 struct TileBatch {
   std::vector<TileJobDevice> descs;
   std::vector<int32_t> arena;  // never empty (one 0 when no job resamples)
+  // What the arena holds, in order: its content is a function of these values alone (the axes'
+  // sizes and layouts, the plane tables' keys, the padding), so equal keys mean equal arenas and
+  // the glue reuses its device copy (anyres_tiles_cuda.cpp) instead of uploading it every call.
+  std::vector<int64_t> arena_key;
   int64_t mid_bytes = 0, pass1 = 0, pass2 = 0, staged_row_bytes = 0, canvas_row_bytes = 0;
   int64_t pass1_width = 0;  // the widest intermediate row: pass 1's block size (pass1_threads)
   bool pass1_mma = false;   // some job's pass 1 runs on fp16 tensor cores: kMmaThreads per block
@@ -332,6 +336,7 @@ inline TileBatch plan_tile_batch(const std::vector<TileJob>& table, const std::v
     const std::array<int64_t, 3> key{c.in_size, c.out_size, tap_major};
     const auto it = uploaded.find(key);
     if (it != uploaded.end()) return it->second;
+    b.arena_key.insert(b.arena_key.end(), {1, key[0], key[1], key[2]});
     std::vector<int32_t> transposed;
     if (tap_major) {  // [out_size][ksize] -> [ksize][out_size]
       transposed.resize(c.weights.size());
@@ -418,7 +423,9 @@ inline TileBatch plan_tile_batch(const std::vector<TileJob>& table, const std::v
     auto it = planes_at.find(key);
     if (it == planes_at.end()) {
       while (b.arena.size() % 4 != 0) b.arena.push_back(0);
-      it = planes_at.emplace(key, append(make())).first;
+      b.arena_key.insert(b.arena_key.end(), {2, key[0], key[1], key[2], key[3], key[4]});
+      // Memoized like the coefficients (~75K byte operations per 384-output table otherwise).
+      it = planes_at.emplace(key, append(*bounded_memo<std::array<int64_t, 5>, std::vector<int32_t>>(key, make))).first;
     }
     return it->second;
   };
@@ -477,7 +484,10 @@ inline TileBatch plan_tile_batch(const std::vector<TileJob>& table, const std::v
     if (!d.fused) b.mid_bytes += d.mid_rows * d.mid_width * kMidBytesPerPixel;
   }
   b.pass2 = pass2;
-  if (b.arena.empty()) b.arena.push_back(0);
+  if (b.arena.empty()) {
+    b.arena.push_back(0);
+    b.arena_key.push_back(3);
+  }
   return b;
 }
 

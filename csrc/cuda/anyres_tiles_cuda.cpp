@@ -1,14 +1,18 @@
 // Torch glue of the anyres_tiles CUDA kernels: checks, Pillow coefficients computed on the host
-// (never on the device, see csrc/common/resample.h), one upload of the job descriptors and
-// coefficients, one intermediate arena, two launches for the whole batch (pass 1 on tensor cores
+// (never on the device, see csrc/common/resample.h), one upload of the job descriptors per call and
+// of the coefficients per arena key (device_arena), one intermediate arena, two launches for the whole batch (pass 1 on tensor cores
 // where that is exact and switched on: anyres_tiles_kernels.h, kMmaRows and kImmaBand).
 #include <ATen/ops/empty.h>
+#include <c10/cuda/CUDACachingAllocator.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 
 #include <array>
 #include <cstring>
+#include <map>
+#include <mutex>
+#include <utility>
 #include <vector>
 
 #include "../ops/anyres_tiles.h"
@@ -16,6 +20,61 @@
 #include "anyres_tiles_kernels.h"
 
 namespace interleave {
+namespace {
+
+// Uploads `bytes` from the host to a new device tensor on `stream`'s device, asynchronously from
+// pinned memory: a pageable copy waits for the stream, i.e. for the caller's image upload queued
+// just before, so the host could not plan the next batch meanwhile. The caching host allocator
+// keeps the pinned block until the copy has run (as pack_tokens' layout upload does).
+at::Tensor upload(const void* bytes, int64_t size, const at::Device& device) {
+  at::Tensor staging = at::empty({size}, at::TensorOptions().dtype(at::kByte).pinned_memory(true));
+  std::memcpy(staging.mutable_data_ptr<uint8_t>(), bytes, static_cast<size_t>(size));
+  return staging.to(at::TensorOptions().device(device).dtype(at::kByte), /*non_blocking=*/true);
+}
+
+// The device copy of a batch's coefficient arena, kept per device and arena key
+// (TileBatch::arena_key) for later calls: the 16 frames of a video or a processor's repeated image
+// sizes then upload only their job descriptors (the arena is ~50 KB for 16 frames on the SIMT
+// path, ~200 KB with the integer path's fragment tables, ~2-8 us of the call's device time).
+// A copy made on one stream is waited for by another through its event; recordStream tells the
+// caching allocator every stream that reads it, so a copy dropped from the cache (at most 32
+// entries, then it starts over) is not reused under a kernel still reading it. Under stream
+// capture (CUDA graphs), or with anyres_cuda_arena_cache() off, the arena is uploaded as part of the
+// call, as before.
+at::Tensor device_arena(const cuda::TileBatch& batch, const at::Device& device, cudaStream_t stream) {
+  const int64_t bytes = static_cast<int64_t>(batch.arena.size() * sizeof(int32_t));
+  cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
+  C10_CUDA_CHECK(cudaStreamIsCapturing(stream, &capture));
+  if (capture != cudaStreamCaptureStatusNone || !anyres_cuda_arena_cache())
+    return upload(batch.arena.data(), bytes, device);
+  struct Entry {
+    at::Tensor coeffs;
+    cudaStream_t stream;   // where it was uploaded
+    cudaEvent_t uploaded;  // recorded there after the copy
+  };
+  static std::mutex mutex;
+  static std::map<std::pair<int, std::vector<int64_t>>, Entry> cache;
+  const std::lock_guard<std::mutex> lock(mutex);
+  std::pair<int, std::vector<int64_t>> key{device.index(), batch.arena_key};
+  auto it = cache.find(key);
+  if (it == cache.end()) {
+    if (cache.size() >= 32) {
+      for (auto& e : cache) C10_CUDA_CHECK(cudaEventDestroy(e.second.uploaded));
+      cache.clear();
+    }
+    Entry e{upload(batch.arena.data(), bytes, device), stream, nullptr};
+    C10_CUDA_CHECK(cudaEventCreateWithFlags(&e.uploaded, cudaEventDisableTiming));
+    C10_CUDA_CHECK(cudaEventRecord(e.uploaded, stream));
+    it = cache.emplace(std::move(key), std::move(e)).first;
+  } else if (it->second.stream != stream) {
+    C10_CUDA_CHECK(cudaStreamWaitEvent(stream, it->second.uploaded, 0));
+  }
+  c10::cuda::CUDACachingAllocator::recordStream(it->second.coeffs.storage().data_ptr(),
+                                                c10::cuda::getCurrentCUDAStream(device.index()));
+  return it->second.coeffs;
+}
+
+}  // namespace
 
 at::Tensor anyres_tiles_cuda(at::TensorList images, const at::Tensor& jobs, int64_t num_tiles,
                              int64_t tile, const std::optional<at::Tensor>& lut) {
@@ -39,24 +98,15 @@ at::Tensor anyres_tiles_cuda(at::TensorList images, const at::Tensor& jobs, int6
                                                          static_cast<int>(anyres_cuda_simt_rows()), anyres_cuda_imma(),
                                                          /*allow_imma_vertical=*/true, anyres_cuda_imma_staged());
   const auto& descs = batch.descs;
-  const auto& arena = batch.arena;
   TORCH_CHECK_VALUE(batch.pass1 < (int64_t(1) << 31) && batch.pass2 < (int64_t(1) << 31),
                     "anyres_tiles_cuda: batch too large for one launch");
 
-  // One host->device copy for descriptors and coefficients together, from pinned memory and
-  // asynchronous: a pageable copy waits for the stream, i.e. for the caller's image upload queued
-  // just before, so the host could not plan the next batch meanwhile. The caching host allocator
-  // keeps the pinned block until the copy has run (as pack_tokens' layout upload does).
+  // The job descriptors (they hold this call's image pointers) every call; the coefficients once per
+  // arena key and device (device_arena).
   const auto dev = at::TensorOptions().device(images[0].device());
-  const int64_t desc_bytes = static_cast<int64_t>(descs.size() * sizeof(cuda::TileJobDevice));
-  const int64_t coeff_at = (desc_bytes + 15) / 16 * 16;  // 16-byte aligned start of the int32s
-  const int64_t coeff_bytes = static_cast<int64_t>(arena.size() * sizeof(int32_t));
-  at::Tensor staging = at::empty({coeff_at + coeff_bytes}, at::TensorOptions().dtype(at::kByte).pinned_memory(true));
-  uint8_t* h = staging.mutable_data_ptr<uint8_t>();
-  std::memset(h, 0, static_cast<size_t>(coeff_at));
-  std::memcpy(h, descs.data(), static_cast<size_t>(desc_bytes));
-  std::memcpy(h + coeff_at, arena.data(), static_cast<size_t>(coeff_bytes));
-  at::Tensor meta = staging.to(dev.dtype(at::kByte), /*non_blocking=*/true);
+  at::Tensor meta = upload(descs.data(), static_cast<int64_t>(descs.size() * sizeof(cuda::TileJobDevice)),
+                           images[0].device());
+  const at::Tensor coeffs = device_arena(batch, images[0].device(), stream);
   at::Tensor mid = at::empty({std::max<int64_t>(batch.mid_bytes, 1)}, dev.dtype(at::kByte));
   at::Tensor out, lut_c;
   if (lut.has_value()) {
@@ -67,7 +117,7 @@ at::Tensor anyres_tiles_cuda(at::TensorList images, const at::Tensor& jobs, int6
   }
   cuda::launch_anyres_tiles(reinterpret_cast<const cuda::TileJobDevice*>(meta.const_data_ptr<uint8_t>()),
                             static_cast<int>(descs.size()), batch.pass1, batch.pass2,
-                            reinterpret_cast<const int32_t*>(meta.const_data_ptr<uint8_t>() + coeff_at),
+                            reinterpret_cast<const int32_t*>(coeffs.const_data_ptr<uint8_t>()),
                             mid.mutable_data_ptr<uint8_t>(), out.mutable_data_ptr(),
                             lut.has_value() ? lut_c.const_data_ptr() : nullptr,
                             lut.has_value() ? static_cast<int>(lut_c.element_size()) : 0, tile,

@@ -44,6 +44,11 @@ bool& anyres_cuda_imma();
 // cp.async (images whose rows are 16-byte aligned; plan_tile_batch's allow_imma_stage). Off by
 // default until a GPU run has timed it; INTERLEAVE_ANYRES_IMMA_STAGED=1 starts a process with it on.
 bool& anyres_cuda_imma_staged();
+// Whether the CUDA glue keeps the device copy of a batch's coefficient arena for later calls with
+// the same arena key (device_arena in anyres_tiles_cuda.cpp). Default true;
+// INTERLEAVE_ANYRES_ARENA_CACHE=0 (bench/gpu_preflight.sh sets it when its check fails) uploads
+// the arena every call, as before.
+bool& anyres_cuda_arena_cache();
 // Whether a job that runs pass 1 on tensor cores (either path) and has a vertical pass runs both
 // passes in one block (plan_tile_batch's allow_fused). Default true;
 // interleave.ops.anyres_tiles.cuda_fused_passes switches it (benchmarks time both).

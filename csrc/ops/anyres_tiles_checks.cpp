@@ -107,6 +107,11 @@ bool& anyres_cuda_fused() {
   return fused;
 }
 
+bool& anyres_cuda_arena_cache() {
+  static bool cached = env_switch_on("INTERLEAVE_ANYRES_ARENA_CACHE");
+  return cached;
+}
+
 bool& anyres_cuda_imma_staged() {
   // Off until a GPU run has timed it against the direct loads (the same bytes either way).
   static bool staged = env_opt_in("INTERLEAVE_ANYRES_IMMA_STAGED");

@@ -45,23 +45,57 @@ extern "C" int emu_imma_stage_jobs() { return imma_stage_jobs; }
 static std::vector<int> fused_bands;
 extern "C" int emu_fused_band(int job) { return job >= 0 && job < static_cast<int>(fused_bands.size()) ? fused_bands[job] : -1; }
 
-extern "C" int emu_anyres_tiles(int num_images, const uint8_t* const* images, const int64_t* hw, int num_jobs,
-                                const int64_t* table, int64_t tile, const void* lut, int lut_bytes, void* out,
-                                int force_direct, int allow_mma, int allow_fused, int* mma_jobs,
-                                int* fused_jobs) {
-  // The glue's host side, shared (anyres_tiles_batch.h): descriptors, the deduplicated
-  // coefficient arena, the intermediate's size, the shared-memory sizes.
+// The glue's host side, shared (anyres_tiles_batch.h): descriptors, the deduplicated coefficient
+// arena, the intermediate's size, the shared-memory sizes. Returns false on a bad image index.
+static bool plan_batch(int num_images, const uint8_t* const* images, const int64_t* hw, int num_jobs,
+                       const int64_t* table, int64_t tile, int out_bytes, int allow_mma, int allow_fused,
+                       TileBatch& batch) {
   std::vector<TileJob> jobs_table;
   for (int i = 0; i < num_jobs; ++i) {
     jobs_table.push_back(unpack_tile_job(table + static_cast<int64_t>(i) * kJobFields));
-    if (jobs_table.back().image < 0 || jobs_table.back().image >= num_images) return 1;
+    if (jobs_table.back().image < 0 || jobs_table.back().image >= num_images) return false;
   }
   const std::vector<const uint8_t*> pixels(images, images + num_images);
   std::vector<std::array<int64_t, 2>> sizes;
   for (int i = 0; i < num_images; ++i) sizes.push_back({hw[2 * i], hw[2 * i + 1]});
-  const TileBatch batch = plan_tile_batch(jobs_table, pixels, sizes, tile, lut == nullptr ? 1 : lut_bytes, allow_mma != 0,
-                                          allow_fused != 0, simt_rows, allow_imma != 0, allow_imma_vertical != 0,
-                                          allow_imma_stage != 0);
+  batch = plan_tile_batch(jobs_table, pixels, sizes, tile, out_bytes, allow_mma != 0, allow_fused != 0, simt_rows,
+                          allow_imma != 0, allow_imma_vertical != 0, allow_imma_stage != 0);
+  return true;
+}
+
+// The glue keeps a device copy of the arena per arena_key (device_arena in anyres_tiles_cuda.cpp):
+// across every batch planned here (the emulated launches and emu_check_arena_key's), equal keys
+// must mean equal arenas. 0: consistent; 2: an arena differs from an earlier one under its key.
+static int check_arena_key(const TileBatch& batch) {
+  static std::map<std::vector<int64_t>, std::vector<int32_t>> arenas;
+  const auto seen = arenas.find(batch.arena_key);
+  if (seen == arenas.end()) {
+    arenas.emplace(batch.arena_key, batch.arena);
+    return 0;
+  }
+  return seen->second == batch.arena ? 0 : 2;
+}
+
+// Plans a batch (no launch) and checks its arena against its key: 0, 1 (bad job), 2 (mismatch);
+// emu_fused_band then reads its jobs' bands.
+extern "C" int emu_check_arena_key(int num_images, const uint8_t* const* images, const int64_t* hw, int num_jobs,
+                                   const int64_t* table, int64_t tile, int out_bytes, int allow_mma, int allow_fused) {
+  TileBatch batch;
+  if (!plan_batch(num_images, images, hw, num_jobs, table, tile, out_bytes, allow_mma, allow_fused, batch)) return 1;
+  fused_bands.clear();
+  for (const TileJobDevice& d : batch.descs) fused_bands.push_back(d.fused_band);
+  return check_arena_key(batch);
+}
+
+extern "C" int emu_anyres_tiles(int num_images, const uint8_t* const* images, const int64_t* hw, int num_jobs,
+                                const int64_t* table, int64_t tile, const void* lut, int lut_bytes, void* out,
+                                int force_direct, int allow_mma, int allow_fused, int* mma_jobs,
+                                int* fused_jobs) {
+  TileBatch batch;
+  if (!plan_batch(num_images, images, hw, num_jobs, table, tile, lut == nullptr ? 1 : lut_bytes, allow_mma,
+                  allow_fused, batch))
+    return 1;
+  if (check_arena_key(batch) != 0) return 2;
   *mma_jobs = *fused_jobs = imma_jobs = imma_vertical_jobs = imma_stage_jobs = 0;
   fused_bands.clear();
   for (const TileJobDevice& d : batch.descs) {
