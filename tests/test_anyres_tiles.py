@@ -150,41 +150,27 @@ def test_cuda_fused_passes_is_a_scoped_switch():
     assert _extension.native_setting_value("_set_anyres_fused") is True
 
 
-def test_cuda_integer_tensor_cores_is_a_scoped_switch():
-    """The integer tensor-core pass 1 is off by default (until a GPU run has timed it) and
-    cuda_integer_tensor_cores() turns it on for its block only."""
-    from interleave.ops.anyres_tiles import cuda_integer_tensor_cores
+@pytest.mark.parametrize("switch,setter,env", [
+    ("cuda_integer_tensor_cores", "_set_anyres_imma", "INTERLEAVE_ANYRES_IMMA"),
+    ("cuda_integer_staged_rows", "_set_anyres_imma_staged", "INTERLEAVE_ANYRES_IMMA_STAGED"),
+], ids=["integer_pass", "staged_rows"])
+def test_cuda_integer_switches_are_scoped(switch, setter, env):
+    """The integer tensor-core pass 1 and the staging of its source rows are off by default (until a
+    GPU run has timed them; the environment variable turns them on for a process) and each context
+    manager turns its switch on (or off) for its block only."""
+    import importlib
     if _extension.module is None:
         pytest.skip("compiled extension not built")
+    scoped = getattr(importlib.import_module("interleave.ops.anyres_tiles"), switch)
 
     def current():
-        return _extension.native_setting_value("_set_anyres_imma")
+        return _extension.native_setting_value(setter)
 
     before = current()
-    assert before is (os.environ.get("INTERLEAVE_ANYRES_IMMA") == "1")
-    with cuda_integer_tensor_cores():
+    assert before is (os.environ.get(env) == "1")
+    with scoped():
         assert current() is True
-        with cuda_integer_tensor_cores(False):
-            assert current() is False
-        assert current() is True
-    assert current() is before
-
-
-def test_cuda_integer_staged_rows_is_a_scoped_switch():
-    """Staging the integer pass 1's source rows is off by default (until a GPU run has timed it) and
-    cuda_integer_staged_rows() turns it on for its block only."""
-    from interleave.ops.anyres_tiles import cuda_integer_staged_rows
-    if _extension.module is None:
-        pytest.skip("compiled extension not built")
-
-    def current():
-        return _extension.native_setting_value("_set_anyres_imma_staged")
-
-    before = current()
-    assert before is (os.environ.get("INTERLEAVE_ANYRES_IMMA_STAGED") == "1")
-    with cuda_integer_staged_rows():
-        assert current() is True
-        with cuda_integer_staged_rows(False):
+        with scoped(False):
             assert current() is False
         assert current() is True
     assert current() is before

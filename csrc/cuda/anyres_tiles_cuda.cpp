@@ -22,7 +22,7 @@
 namespace interleave {
 namespace {
 
-// Uploads `bytes` from the host to a new device tensor on `stream`'s device, asynchronously from
+// Uploads `bytes` from the host to a new tensor on `device`, on the current stream, asynchronously from
 // pinned memory: a pageable copy waits for the stream, i.e. for the caller's image upload queued
 // just before, so the host could not plan the next batch meanwhile. The caching host allocator
 // keeps the pinned block until the copy has run (as pack_tokens' layout upload does).
@@ -36,7 +36,7 @@ at::Tensor upload(const void* bytes, int64_t size, const at::Device& device) {
 // (TileBatch::arena_key) for later calls: the 16 frames of a video or a processor's repeated image
 // sizes then upload only their job descriptors (the arena is ~50 KB for 16 frames on the SIMT
 // path, ~200 KB with the integer path's fragment tables, ~2-8 us of the call's device time).
-// A copy made on one stream is waited for by another through its event; recordStream tells the
+// A later call waits for the copy through its event (on any stream); recordStream tells the
 // caching allocator every stream that reads it, so a copy dropped from the cache (at most 32
 // entries, then it starts over) is not reused under a kernel still reading it. Under stream
 // capture (CUDA graphs), or with anyres_cuda_arena_cache() off, the arena is uploaded as part of the
@@ -49,8 +49,7 @@ at::Tensor device_arena(const cuda::TileBatch& batch, const at::Device& device, 
     return upload(batch.arena.data(), bytes, device);
   struct Entry {
     at::Tensor coeffs;
-    cudaStream_t stream;   // where it was uploaded
-    cudaEvent_t uploaded;  // recorded there after the copy
+    cudaEvent_t uploaded;  // recorded after the copy, on the stream that made it
   };
   static std::mutex mutex;
   static std::map<std::pair<int, std::vector<int64_t>>, Entry> cache;
@@ -62,11 +61,13 @@ at::Tensor device_arena(const cuda::TileBatch& batch, const at::Device& device, 
       for (auto& e : cache) C10_CUDA_CHECK(cudaEventDestroy(e.second.uploaded));
       cache.clear();
     }
-    Entry e{upload(batch.arena.data(), bytes, device), stream, nullptr};
+    Entry e{upload(batch.arena.data(), bytes, device), nullptr};
     C10_CUDA_CHECK(cudaEventCreateWithFlags(&e.uploaded, cudaEventDisableTiming));
     C10_CUDA_CHECK(cudaEventRecord(e.uploaded, stream));
     it = cache.emplace(std::move(key), std::move(e)).first;
-  } else if (it->second.stream != stream) {
+  } else {
+    // Always (a no-op dependency on the stream that uploaded it): comparing stream handles would
+    // miss a new stream that reuses a destroyed one's handle while its copy is still queued.
     C10_CUDA_CHECK(cudaStreamWaitEvent(stream, it->second.uploaded, 0));
   }
   c10::cuda::CUDACachingAllocator::recordStream(it->second.coeffs.storage().data_ptr(),
