@@ -17,8 +17,11 @@ if [ -z "$NCU" ]; then echo "ncu: not found"; exit 0; fi
 specs=${NCU_SPECS:-"anyres_tiles:16.frames:uint8@ours anyres_tiles:16.frames:uint8@ours_imma anyres_tiles:16.frames:uint8@ours_imma_staged
 patch_embed:N=64:bfloat16@ours_wgmma patch_embed:N=64:bfloat16@ours_wgmma_staged patch_embed:N=64:bfloat16@ours_cublas
 merge_tokens:D=1024:bfloat16@ours_sync_free"}
+# MemoryWorkloadAnalysis_Tables: L1/TEX requests, wavefronts and sectors per access kind (does the
+# integer pass 1's direct loads' ~8 lines per instruction bind, against its staged rows?).
 sections="--section SpeedOfLight --section ComputeWorkloadAnalysis --section MemoryWorkloadAnalysis
-  --section WarpStateStats --section SchedulerStats --section InstructionStats --section LaunchStats --section Occupancy"
+  --section MemoryWorkloadAnalysis_Tables --section WarpStateStats --section SchedulerStats --section InstructionStats
+  --section LaunchStats --section Occupancy"
 budget=${NCU_BUDGET_S:-100}
 for spec in $specs; do
   [ "$SECONDS" -lt $(( budget - 15 )) ] || { echo "ncu: out of time before $spec"; break; }
