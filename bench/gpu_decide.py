@@ -186,9 +186,8 @@ def anyres_imma_decision(results, failures):
         "tensor_core_pass_equals_pillow[integer_staged", "integer tensor-core pass 1, staged source rows",
         "make the staged rows the default with the integer pass (anyres_cuda_imma and anyres_cuda_imma_staged in "
         "csrc/ops/anyres_tiles_checks.cpp) if it is also faster than ours_imma below", "keep it off")
-    staged = [r for r in by_op(results, "anyres_tiles") if {"ours_imma", "ours_imma_staged"} <= set(r["median_ms"])]
-    if staged:
-        for r in staged:
+    for r in by_op(results, "anyres_tiles"):
+        if {"ours_imma", "ours_imma_staged"} <= set(r["median_ms"]):
             a, b = best_device_time(r, "ours_imma"), best_device_time(r, "ours_imma_staged")
             print(f"  {r['shape']}: integer fused {a:.3f} ms, staged rows {b:.3f} ms ({a / b:.2f}x)")
     both = [r for r in by_op(results, "anyres_tiles") if {"ours_imma", "ours_imma_unfused"} <= set(r["median_ms"])]

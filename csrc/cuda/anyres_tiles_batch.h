@@ -324,6 +324,7 @@ inline TileBatch plan_tile_batch(const std::vector<TileJob>& table, const std::v
                                  bool allow_imma_stage = false) {
   TileBatch b;
   b.descs.resize(table.size());
+  std::vector<ResizePlan> plans(table.size());  // each job's, for both loops below
   auto append = [&b](const std::vector<int32_t>& v) {
     const int64_t at = static_cast<int64_t>(b.arena.size());
     b.arena.insert(b.arena.end(), v.begin(), v.end());
@@ -361,7 +362,7 @@ inline TileBatch plan_tile_batch(const std::vector<TileJob>& table, const std::v
     d.dst_top = j.dst_top; d.dst_left = j.dst_left; d.first_tile = j.first_tile;
     d.src_pad = static_cast<int32_t>(j.src_pad);  // packed RGB, < 2^24
     d.dst_pad = static_cast<int32_t>(j.dst_pad);
-    const ResizePlan p = plan_resize(j);
+    const ResizePlan& p = plans[i] = plan_resize(j);
     d.need_horizontal = p.need_horizontal;
     d.need_vertical = p.need_vertical;
     d.vertical_first = p.vertical_first;
@@ -437,7 +438,7 @@ inline TileBatch plan_tile_batch(const std::vector<TileJob>& table, const std::v
     if (!d.mma_pass1) d.mma_stride = 0;
     if (!d.fused) d.fused_rows = d.fused_band = d.imma_vstride = 0;
     if (d.imma_pass1) {
-      const ResizePlan p = plan_resize(table[i]);
+      const ResizePlan& p = plans[i];
       const int64_t dst_left = d.fused ? d.dst_left : 0;  // where the groups of 8 start (see above)
       d.h_planes = append_planes({0, p.horizontal->in_size, p.horizontal->out_size, d.src_left, dst_left},
                                  [&] { return imma_horizontal_planes(*p.horizontal, d.src_left, dst_left); });
@@ -466,7 +467,7 @@ inline TileBatch plan_tile_batch(const std::vector<TileJob>& table, const std::v
       b.pass1_imma = true;  // kMmaThreads per block, the integer tensor-core instantiation of the kernel
       d.imma_stage = allow_imma_stage && d.img_w * 3 % 16 == 0 && reinterpret_cast<uintptr_t>(d.image) % 16 == 0;
       if (d.imma_stage) b.imma_stage_bytes = kImmaStageBlockBytes;
-      if (d.fused)  // the intermediate rows in shared memory (no staged source)
+      if (d.fused)  // the intermediate rows in shared memory (after the stage buffers, if any)
         b.staged_row_bytes = std::max(b.staged_row_bytes,
                                       imma_fused_smem_bytes(d.imma_vstride, d.fused_rows, d.fused_band, tile, out_bytes));
       d.rows_per_block = 1;

@@ -1,7 +1,8 @@
 // Torch glue of the anyres_tiles CUDA kernels: checks, Pillow coefficients computed on the host
 // (never on the device, see csrc/common/resample.h), one upload of the job descriptors per call and
-// of the coefficients per arena key (device_arena), one intermediate arena, two launches for the whole batch (pass 1 on tensor cores
-// where that is exact and switched on: anyres_tiles_kernels.h, kMmaRows and kImmaBand).
+// of the coefficients per arena key (device_arena), one intermediate arena, two launches for the
+// whole batch (pass 1 on tensor cores where that is exact and switched on: anyres_tiles_kernels.h,
+// kMmaRows and kImmaBand).
 #include <ATen/ops/empty.h>
 #include <c10/cuda/CUDACachingAllocator.h>
 #include <c10/cuda/CUDAException.h>

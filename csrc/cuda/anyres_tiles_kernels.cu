@@ -9,6 +9,7 @@
 
 #include "../common/resample.h"
 #include "anyres_tiles_kernels.h"
+#include "dispatch.cuh"
 #include "ptx_primitives.cuh"
 
 namespace interleave {
@@ -439,9 +440,9 @@ __device__ __forceinline__ void imma_group_rows(const TileJobDevice& J, const in
       } else {
 #pragma unroll
         for (int h = 0; h < 2; ++h) {
-          const int32_t r = r0 + g + 8 * h, y = static_cast<int32_t>(J.row_first) + r - top;
+          const int32_t r = r0 + g + 8 * h, y = r + dy;
           const bool row_in = r < r_end && y >= 0 && y < img_h;
-          const uint8_t* img_row = J.image + (row_in ? y : 0) * row_bytes;
+          const uint8_t* img_row = image + (row_in ? y : 0) * row_bytes;
           // group m's words at p + 12m (only dereferenced where inside[m])
           const uint32_t* p = reinterpret_cast<const uint32_t*>(img_row + static_cast<int64_t>(xi0) * 3);
           if (row_in && all_inside) {
@@ -1110,19 +1111,14 @@ void launch_anyres_tiles(const TileJobDevice* jobs, int num_jobs, int64_t pass1_
     const unsigned blocks = static_cast<unsigned>(pass1_rows);
     const int threads = pass1_mma || pass1_imma ? kMmaThreads : pass1_threads(pass1_width);
     if (pass1_imma) {
-      // The stage buffers (imma_stage jobs) come first. Beyond the default 48 KiB the kernel must opt
-      // in: once per device, for the most any launch asks (a host call per launch would add
-      // microseconds).
+      // The stage buffers (imma_stage jobs) come first; past the default 48 KiB the kernel opts in.
       const size_t smem = static_cast<size_t>(staged_row_bytes + imma_stage_bytes);
       if (smem > static_cast<size_t>(kMaxStagedRowBytes)) {
         static std::atomic<bool> opted_in[64] = {};
         int device = 0;
         cudaGetDevice(&device);
-        if (device < 0 || device >= 64 || !opted_in[device].load()) {
-          cudaFuncSetAttribute(anyres_pass1_kernel<true, kImmaPath>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                               static_cast<int>(kMaxStagedRowBytes + kImmaStageBlockBytes));
-          if (device >= 0 && device < 64) opted_in[device].store(true);
-        }
+        opt_in_dynamic_smem(opted_in, device, static_cast<int>(kMaxStagedRowBytes + kImmaStageBlockBytes),
+                            anyres_pass1_kernel<true, kImmaPath>);
       }
       anyres_pass1_kernel<true, kImmaPath><<<blocks, threads, smem, stream>>>(jobs, num_jobs, coeffs, mid, out, lut,
                                                                                lut_bytes, static_cast<int32_t>(tile));

@@ -71,7 +71,7 @@ struct TileJobDevice {
   // fragments of its weights over its group's window (imma_horizontal_planes).
   int64_t h_planes;
 };
-constexpr int kImmaPlaneWords = 48;  // per resized row: 4 lanes t x 12 words
+constexpr int kImmaPlaneWords = 48;  // per output (column or resized row): 4 lanes t x 12 words
 
 constexpr int kSimtRows = 4;
 

@@ -6,6 +6,7 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
+#include <atomic>
 #include <cstdint>
 #include <cstring>
 
@@ -26,6 +27,16 @@ inline void with_type(DType t, F&& f) {
 }
 
 inline bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 0; }
+
+// Lets `kernels` use up to `bytes` of dynamic shared memory (past the default 48 KiB): set once per
+// device and call site (`opted`: the call site's flags), for the most any of its launches asks, as
+// a host call on every launch would add microseconds.
+template <typename... Kernels>
+inline void opt_in_dynamic_smem(std::atomic<bool> (&opted)[64], int device, int bytes, Kernels... kernels) {
+  if (device >= 0 && device < 64 && opted[device].load()) return;
+  (cudaFuncSetAttribute(kernels, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes), ...);
+  if (device >= 0 && device < 64) opted[device].store(true);
+}
 
 // ---- conversions with the rounding of Tensor.to (c10 converts through float) ----------------
 __device__ __forceinline__ float to_float(float x) { return x; }

@@ -349,16 +349,10 @@ void launch_patch_embed_wgmma(const PatchEmbedWgmmaArgs& in, bool staged, cudaSt
   const int64_t slices = std::max<int64_t>(1, std::min<int64_t>(sms / panels, (m_tiles + kWgmmaGroups - 1) / kWgmmaGroups));
   const size_t smem = staged ? args.layout.smem : patch_embed_wgmma_smem_bytes(args.k_steps);
   const dim3 grid(static_cast<unsigned>(panels), static_cast<unsigned>(std::min<int64_t>(slices, 65535)));
-  // The attribute allows the most shared memory any call can ask for, set once per device (a host
-  // call on every launch would add microseconds).
   static std::atomic<bool> opted_in[64] = {};
-  if (device < 0 || device >= 64 || !opted_in[device].load()) {
-    cudaFuncSetAttribute(wgmma_patch_kernel<__nv_bfloat16, false>, cudaFuncAttributeMaxDynamicSharedMemorySize, kWgmmaMaxSmem);
-    cudaFuncSetAttribute(wgmma_patch_kernel<__half, false>, cudaFuncAttributeMaxDynamicSharedMemorySize, kWgmmaMaxSmem);
-    cudaFuncSetAttribute(wgmma_patch_kernel<__nv_bfloat16, true>, cudaFuncAttributeMaxDynamicSharedMemorySize, kWgmmaMaxSmem);
-    cudaFuncSetAttribute(wgmma_patch_kernel<__half, true>, cudaFuncAttributeMaxDynamicSharedMemorySize, kWgmmaMaxSmem);
-    if (device >= 0 && device < 64) opted_in[device].store(true);
-  }
+  opt_in_dynamic_smem(opted_in, device, kWgmmaMaxSmem, wgmma_patch_kernel<__nv_bfloat16, false>,
+                      wgmma_patch_kernel<__half, false>, wgmma_patch_kernel<__nv_bfloat16, true>,
+                      wgmma_patch_kernel<__half, true>);
   const bool bf16 = args.out_type == OutType::kBFloat16;
   if (staged && bf16)
     wgmma_patch_kernel<__nv_bfloat16, true><<<grid, kWgmmaThreads, smem, stream>>>(args);
