@@ -342,6 +342,32 @@ def test_lookback_equals_reference_repeatedly(B, L, D, chunk):
 
 @pytest.mark.cuda
 @needs_ext
+def test_lookback_states_across_many_streams():
+    """More streams than the look-back's state pool holds (csrc/cuda/state_pool.h, 16 per device),
+    each with a launch held in flight behind a GPU sleep, then again on the same streams: every output
+    equals the reference (two launches in flight on one state would corrupt each other's prefixes),
+    and the states are reused rather than one per stream."""
+    from interleave.ops.merge_tokens import cuda_lookback, cuda_min_chunk
+    input_ids, weight, visual = make_inputs(2, 6000, 32, 3000, [3000, 4100], device="cuda")
+    want = reference.merge_tokens(input_ids, weight, visual, [IMAGE])
+    streams = [torch.cuda.Stream() for _ in range(24)]
+    outs = []
+    with cuda_min_chunk(32), cuda_lookback(True):
+        for rnd in range(2):
+            for i, st in enumerate(streams):
+                st.wait_stream(torch.cuda.current_stream())
+                with torch.cuda.stream(st):
+                    torch.cuda._sleep(200_000 if (i + rnd) % 3 == 0 else 1_000)
+                    outs.append(merge_tokens(input_ids, weight, visual, IMAGE, num_placeholders=visual.shape[0]))
+        for st in streams:
+            torch.cuda.current_stream().wait_stream(st)
+    torch.cuda.synchronize()
+    for out in outs:
+        assert torch.equal(out, want)
+
+
+@pytest.mark.cuda
+@needs_ext
 @pytest.mark.parametrize("setting", ["lookback", "two-launch", "rotated", "chunk16", "loads16", "lookback-loads16",
                                      "default-path-loads16"])
 def test_sync_free_settings_equal_reference(setting):

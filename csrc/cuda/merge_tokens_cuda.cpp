@@ -10,45 +10,73 @@
 
 #include <algorithm>
 #include <map>
+#include <memory>
 #include <mutex>
 #include <utility>
 
 #include "../ops/merge_tokens.h"
 #include "merge_tokens_kernels.h"
+#include "state_pool.h"
 #include "torch_dtype.h"
 
 namespace interleave {
 namespace {
 
-// The look-back state of (device, stream), allocated and zeroed on first use (a cudaMalloc, which
-// may synchronize the device: the first look-back call on a stream is not sync-free), never freed
-// (a few KiB per stream that ever ran the look-back). Launches on one stream run one after another and
-// each leaves the state zeroed, so a stream's launches can share it; two streams never do. nullptr
-// while the stream is being captured into a CUDA graph (no allocation then; a graph replayed
-// alongside eager launches on its capture stream would share the state): the caller takes the count
-// kernel instead.
-cuda::MergeLookback* lookback_state(int device, cudaStream_t stream) {
-  static std::mutex mu;
-  static std::map<std::pair<int, cudaStream_t>, cuda::MergeLookback*> states;
+// The look-back states (cuda::MergeLookback, a few KiB each, zeroed when made; every launch leaves
+// its state zeroed for the next): a StatePool per device (csrc/cuda/state_pool.h says which state a
+// launch gets and why a state is never shared by two launches in flight). At most kMaxStates per
+// device, never freed. Making one is a cudaMalloc, which may synchronize the device: a look-back call
+// that needs a new state (the first on a stream, while the others are busy) is not sync-free.
+struct CudaStateBackend {
+  using Stream = cudaStream_t;
+  using Event = cudaEvent_t;
+  void* allocate(cudaStream_t stream) {
+    void* p = nullptr;
+    C10_CUDA_CHECK(cudaMalloc(&p, sizeof(cuda::MergeLookback)));
+    const cudaError_t err = cudaMemsetAsync(p, 0, sizeof(cuda::MergeLookback), stream);
+    if (err != cudaSuccess) {
+      (void)cudaFree(p);
+      C10_CUDA_CHECK(err);
+    }
+    return p;
+  }
+  cudaEvent_t make_event() {
+    cudaEvent_t e = nullptr;
+    C10_CUDA_CHECK(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));
+    return e;
+  }
+  bool finished(cudaEvent_t e) {
+    const cudaError_t err = cudaEventQuery(e);
+    if (err == cudaSuccess) return true;
+    (void)cudaGetLastError();  // cudaErrorNotReady (or an error: then not reusable either)
+    return false;
+  }
+  void wait(cudaStream_t stream, cudaEvent_t e) { C10_CUDA_CHECK(cudaStreamWaitEvent(stream, e, 0)); }
+  bool record(cudaEvent_t e, cudaStream_t stream) {
+    if (cudaEventRecord(e, stream) == cudaSuccess) return true;
+    (void)cudaGetLastError();
+    return false;
+  }
+};
+
+using LookbackLease = ScopedLease<CudaStateBackend>;
+
+// The pool of `device`, or nullptr while the stream is being captured into a CUDA graph (no
+// allocation or event then; a graph replayed alongside eager launches would share a state): the
+// caller takes the count kernel instead.
+StatePool<CudaStateBackend>* lookback_pool(int device, cudaStream_t stream) {
   cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
   if (cudaStreamIsCapturing(stream, &capture) != cudaSuccess) {
     (void)cudaGetLastError();  // e.g. the legacy stream while another stream captures: treat as capturing
     return nullptr;
   }
   if (capture != cudaStreamCaptureStatusNone) return nullptr;
+  static std::mutex mu;
+  static std::map<int, std::unique_ptr<StatePool<CudaStateBackend>>> pools;
   const std::lock_guard<std::mutex> lock(mu);
-  auto [it, added] = states.try_emplace({device, stream}, nullptr);
-  if (added) {
-    void* p = nullptr;
-    const cudaError_t err = cudaMalloc(&p, sizeof(cuda::MergeLookback));
-    if (err != cudaSuccess) {
-      states.erase(it);
-      C10_CUDA_CHECK(err);
-    }
-    C10_CUDA_CHECK(cudaMemsetAsync(p, 0, sizeof(cuda::MergeLookback), stream));
-    it->second = static_cast<cuda::MergeLookback*>(p);
-  }
-  return it->second;
+  auto& pool = pools[device];
+  if (!pool) pool = std::make_unique<StatePool<CudaStateBackend>>();
+  return pool.get();
 }
 
 // Runs the counting pass; chunk_info stays on the device. self_count: no counting pass, the
@@ -96,8 +124,10 @@ at::Tensor merge_tokens_cuda(const at::Tensor& input_ids_arg, const at::Tensor& 
   const bool sync_free = num_placeholders.has_value();
   // The sync-free path is one launch: the look-back at any length (where a state is at hand), else
   // the self count up to merge_cuda_self_count_max() positions; otherwise the count kernel first.
-  cuda::MergeLookback* lookback =
-      sync_free && merge_cuda_lookback() ? lookback_state(ids.get_device(), stream) : nullptr;
+  // The lease (if any) records its state's event when this function returns, after the launch.
+  const LookbackLease lease(sync_free && merge_cuda_lookback() ? lookback_pool(ids.get_device(), stream) : nullptr,
+                            stream);
+  cuda::MergeLookback* lookback = static_cast<cuda::MergeLookback*>(lease.state());
   const bool one_launch = lookback != nullptr || (sync_free && s.batch * s.length <= merge_cuda_self_count_max());
   const cuda::MergePositions pos = count_positions(ids, s, chunk_info, stream, one_launch, lookback);
   int64_t total = 0, first_bad = -1;  // what the host knows: nothing to count when n == 0
