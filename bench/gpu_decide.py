@@ -15,6 +15,7 @@ import sys
 
 # The issues' GPU bars (issues 2-6).
 MERGE_BAR, ANYRES_BAR, PACK_BAR, ROOFLINE_BAR, TTFT_BAR = 0.85, 0.70, 0.80, 0.50, 1.5
+PROCESSOR_BAR = 10.0  # issue 3: the image processor against transformers' with device="cuda"
 
 
 def load_failures(log_path):
@@ -106,6 +107,13 @@ def bars(results):
                   f"vs the cuDNN path {speedup:.1f}x (bar 2x)")
         else:
             print(f"  patch_embed {r['shape']} bf16: no roofline in this run; vs the cuDNN path {speedup:.1f}x (bar 2x)")
+    for r in by_op(results, "image_processor"):
+        s = r.get("speedup_vs", {}).get("transformers_torchvision")
+        if s is None:
+            print(f"  image_processor {r['shape']}: no torchvision baseline in this run")
+            continue
+        print(f"  image_processor {r['shape']}: {s:.1f}x transformers' torchvision processor on CUDA; "
+              f"bar {PROCESSOR_BAR:.0f}x: {'met' if s >= PROCESSOR_BAR else 'not met'}")
     for r in by_op(results, "model"):
         if "first token" in r["shape"]:
             s = r["speedup_vs"].get("transformers")

@@ -53,9 +53,11 @@ def to_rgb_uint8(image, index: int = 0) -> torch.Tensor:
     alpha composited onto white, grayscale and palette expanded). Accepts PIL images, numpy
     arrays and tensors ([H, W, C] or [C, H, W], C in 1, 3, 4, or [H, W])."""
     if isinstance(image, torch.Tensor):
-        if image.dtype == torch.uint8 and image.dim() == 3 and image.shape[2] == 3:
-            return image
-        image = image.cpu().numpy()
+        if image.dtype == torch.uint8:
+            rgb = _uint8_tensor_to_rgb(image)
+            if rgb is not None:
+                return rgb
+        image = image.cpu().numpy()  # RGBA (alpha compositing as transformers does it) and errors
     try:
         import PIL.Image
     except ImportError:  # pragma: no cover - Pillow is a dependency of transformers
@@ -87,6 +89,26 @@ def to_rgb_uint8(image, index: int = 0) -> torch.Tensor:
         from transformers.image_transforms import convert_to_rgb
         image = convert_to_rgb(np.ascontiguousarray(image), return_numpy=True)
     return _from_numpy(np.ascontiguousarray(image))
+
+
+def _uint8_tensor_to_rgb(image: torch.Tensor) -> Optional[torch.Tensor]:
+    """A uint8 tensor as [H, W, 3] on its own device (a view where the layout allows; the op makes
+    it contiguous there): channels-first [3, H, W] (what GPU decoders such as
+    torchvision.io.decode_jpeg(device="cuda") return), [H, W, 3], and grayscale [H, W], [1, H, W],
+    [H, W, 1] (expanded to three equal channels, as convert_to_rgb does). None for layouts the
+    host path converts (RGBA) or rejects. The channels-first rule is the numpy path's: C first
+    when dim 0 is 1, 3 or 4 and the last dim is not."""
+    if image.dim() == 2:
+        image = image[:, :, None]
+    if image.dim() != 3:
+        return None
+    if image.shape[0] in (1, 3, 4) and image.shape[2] not in (1, 3, 4):
+        image = image.permute(1, 2, 0)
+    if image.shape[2] == 3:
+        return image
+    if image.shape[2] == 1:
+        return image.expand(-1, -1, 3)
+    return None
 
 
 def _from_numpy(array: np.ndarray) -> torch.Tensor:

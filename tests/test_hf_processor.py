@@ -67,7 +67,8 @@ def test_siglip_equals_pil_processor():
     assert_same(hf(images, return_tensors="pt"), ours(images, return_tensors="pt"))
 
 
-@pytest.mark.parametrize("convert", ["rgba", "palette", "gray_pil", "gray_array", "chw_array", "tensor"])
+@pytest.mark.parametrize("convert", ["rgba", "palette", "gray_pil", "gray_array", "chw_array", "tensor", "chw_tensor",
+                                     "gray_tensor", "gray_chw_tensor", "rgba_tensor"])
 def test_input_kinds_convert_like_transformers(convert):
     imgs = real_images()
     coffee = imgs["coffee"]
@@ -78,11 +79,17 @@ def test_input_kinds_convert_like_transformers(convert):
              "gray_pil": Image.fromarray(coffee).convert("L"),
              "gray_array": np.asarray(Image.fromarray(coffee).convert("L")),
              "chw_array": np.ascontiguousarray(np.moveaxis(coffee, -1, 0)),
-             "tensor": torch.from_numpy(coffee.copy())}[convert]
+             "tensor": torch.from_numpy(coffee.copy()),
+             # what GPU decoders return (torchvision.io.decode_jpeg): converted on the tensor's device
+             "chw_tensor": torch.from_numpy(coffee.copy()).permute(2, 0, 1).contiguous(),
+             "gray_tensor": torch.from_numpy(np.asarray(Image.fromarray(coffee).convert("L")).copy()),
+             "gray_chw_tensor": torch.from_numpy(np.asarray(Image.fromarray(coffee).convert("L")).copy())[None],
+             "rgba_tensor": torch.from_numpy(rgba.copy())}[convert]
     hf = pil_onevision.LlavaOnevisionImageProcessorPil(**SIGLIP)
     theirs_input = image.numpy() if isinstance(image, torch.Tensor) else image
-    if convert == "gray_array":  # transformers rejects a bare [H, W] array in a list: give it the PIL image
-        theirs_input = Image.fromarray(image)
+    if convert in ("gray_array", "gray_tensor", "gray_chw_tensor"):
+        # transformers rejects a bare [H, W] array in a list: give it the PIL image
+        theirs_input = Image.fromarray(coffee).convert("L")
     assert_same(hf([theirs_input], return_tensors="pt"), ImageProcessor.from_hf(hf)([image]))
 
 
@@ -109,6 +116,31 @@ def test_onevision_on_cuda_equals_pil_processor():
     ours = ImageProcessor.from_hf(hf, device="cuda")(images)
     assert ours["pixel_values"].device.type == "cuda"
     assert_same(hf(images, return_tensors="pt"), ours)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("layout", ["chw", "hwc", "gray"])
+def test_images_already_on_the_gpu_stay_there(layout):
+    """Images decoded on the GPU (torchvision.io.decode_jpeg(device="cuda") returns uint8 [3, H, W])
+    are tiled where they are: no host round trip (sync debug mode would raise on the copy to the
+    host), and the same pixel_values as the PIL processor given the host image."""
+    rng = np.random.default_rng(3)
+    host = rng.integers(0, 256, (1080, 1920, 3), dtype=np.uint8)
+    if layout == "gray":
+        host = np.repeat(host[:, :, :1], 3, axis=2)
+    on_gpu = {"chw": lambda t: t.permute(2, 0, 1).contiguous(), "hwc": lambda t: t,
+              "gray": lambda t: t[:, :, 0].contiguous()}[layout](torch.from_numpy(host).cuda())
+    hf = pil_onevision.LlavaOnevisionImageProcessorPil(**SIGLIP)
+    proc = ImageProcessor.from_hf(hf, device="cuda")
+    proc([on_gpu])  # warm: the normalization table's one upload
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        ours = proc([on_gpu])
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    assert ours["pixel_values"].device.type == "cuda"
+    assert_same(hf([host], return_tensors="pt"), ours)
 
 
 @pytest.mark.cuda
