@@ -111,6 +111,25 @@ def _uint8_tensor_to_rgb(image: torch.Tensor) -> Optional[torch.Tensor]:
     return None
 
 
+def _batch_channels_first(images: Sequence[torch.Tensor]) -> list:
+    """Channels-first views (from _uint8_tensor_to_rgb) of equal shape on one device made [H, W, 3]
+    contiguous together: one stack and one transposing copy for a whole video's frames, where the op
+    would otherwise allocate and copy each frame on its own (a launch and ~10 us of host time per
+    frame on CUDA). Other images are returned as they are."""
+    groups: dict = {}
+    for i, im in enumerate(images):
+        if im.dim() == 3 and not im.is_contiguous() and im.permute(2, 0, 1).is_contiguous():
+            groups.setdefault((tuple(im.shape), im.device), []).append(i)
+    out = list(images)
+    for members in groups.values():
+        if len(members) < 2:
+            continue
+        hwc = torch.stack([images[i].permute(2, 0, 1) for i in members]).permute(0, 2, 3, 1).contiguous()
+        for k, i in enumerate(members):
+            out[i] = hwc[k]
+    return out
+
+
 def _from_numpy(array: np.ndarray) -> torch.Tensor:
     # Read-only arrays (np.asarray of a PIL image) are fine: the op never writes its inputs.
     with warnings.catch_warnings():
@@ -240,6 +259,8 @@ class ImageProcessor:
             flat = self._staging.upload(decoded, device)
         else:
             flat = [d.to(device) for d in decoded]
+            if device.type == "cuda":
+                flat = _batch_channels_first(flat)
         table = self._table_on(device) if normalize else None
 
         if self.kind == "siglip":

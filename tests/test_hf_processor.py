@@ -93,6 +93,24 @@ def test_input_kinds_convert_like_transformers(convert):
     assert_same(hf([theirs_input], return_tensors="pt"), ImageProcessor.from_hf(hf)([image]))
 
 
+def test_channels_first_frames_are_made_contiguous_together():
+    """_batch_channels_first (the CUDA path's conversion of GPU-decoded [3, H, W] frames): equal-shape
+    channels-first views become contiguous [H, W, 3] slices of one batch with the same pixels;
+    other images (contiguous, another shape alone, grayscale expands) are passed through."""
+    from interleave.hf import _batch_channels_first, _uint8_tensor_to_rgb
+    g = torch.Generator().manual_seed(0)
+    frames = [torch.randint(0, 256, (3, 5, 7), dtype=torch.uint8, generator=g) for _ in range(3)]
+    views = [_uint8_tensor_to_rgb(f) for f in frames]
+    others = [torch.zeros(5, 7, 3, dtype=torch.uint8), _uint8_tensor_to_rgb(torch.ones(3, 4, 5, dtype=torch.uint8)),
+              _uint8_tensor_to_rgb(torch.full((5, 7), 9, dtype=torch.uint8))]
+    out = _batch_channels_first(views[:2] + others + views[2:])
+    assert [tuple(o.shape) for o in out] == [(5, 7, 3)] * 3 + [(4, 5, 3), (5, 7, 3), (5, 7, 3)]
+    for o, f in zip(out[:2] + out[-1:], frames):
+        assert o.is_contiguous() and torch.equal(o, f.permute(1, 2, 0))
+    assert out[0].untyped_storage().data_ptr() == out[-1].untyped_storage().data_ptr()  # one batch
+    assert out[2] is others[0] and out[3] is others[1] and out[4] is others[2]
+
+
 def test_clear_errors():
     hf = pil_onevision.LlavaOnevisionImageProcessorPil(**SIGLIP)
     ours = ImageProcessor.from_hf(hf)
