@@ -76,19 +76,19 @@ def to_rgb_uint8(image, index: int = 0) -> torch.Tensor:
     if image.dtype != np.uint8:
         raise ValueError(f"ImageProcessor: image {index} has dtype {image.dtype}; only uint8 arrays are "
                          "supported (16-bit and float images: convert to 8-bit RGB first)")
-    if image.ndim == 2:
-        image = image[:, :, None]
+    # Channels-first and grayscale arrays become views (the CPU kernel reads a channels-first
+    # image in place, the CUDA upload packs it); RGBA is composited below.
+    rgb = _uint8_tensor_to_rgb(_from_numpy(np.ascontiguousarray(image)))
+    if rgb is not None:
+        return rgb
     if image.ndim == 3 and image.shape[0] in (1, 3, 4) and image.shape[2] not in (1, 3, 4):
         image = np.moveaxis(image, 0, -1)  # channels first -> last
     if image.ndim != 3 or image.shape[2] not in (1, 3, 4):
         raise ValueError(f"ImageProcessor: image {index} has shape {image.shape}; expected [H, W, C] or "
                          "[C, H, W] with C in 1, 3, 4")
-    if image.shape[2] == 1:
-        image = np.repeat(image, 3, axis=2)
-    elif image.shape[2] == 4:
-        from transformers.image_transforms import convert_to_rgb
-        image = convert_to_rgb(np.ascontiguousarray(image), return_numpy=True)
-    return _from_numpy(np.ascontiguousarray(image))
+    # 4 channels (1 and 3 were handled above): alpha composited onto white, as transformers does
+    from transformers.image_transforms import convert_to_rgb
+    return _from_numpy(np.ascontiguousarray(convert_to_rgb(np.ascontiguousarray(image), return_numpy=True)))
 
 
 def _uint8_tensor_to_rgb(image: torch.Tensor) -> Optional[torch.Tensor]:

@@ -343,6 +343,36 @@ def test_cpu_simd_levels_equal_pillow(level):
     assert cpu_simd_level() == before
 
 
+@pytest.mark.parametrize("level", ["generic", "avx2", "avx512"])
+def test_channels_first_images_equal_channels_last(device, level):
+    """A channels-first image ([3, H, W] viewed as [H, W, 3]: what torchvision's decoders return),
+    which the CPU kernel reads in place (interleaving each source row at the given instruction-set
+    level): the same tiles as the channels-last copy, in every mode (pad mode's padded source rows,
+    a width kept as is, Pillow 13's vertical-first order for 5000x7), with a normalized output too,
+    and mixed with channels-last images, a batch slice and 1-pixel-wide ones in one call."""
+    from interleave.ops.anyres_tiles import CPU_SIMD_LEVELS, cpu_simd, cpu_simd_supported, normalization_table
+    if device == "cuda" and level != "generic":
+        pytest.skip("the SIMD level is a CPU setting")
+    if CPU_SIMD_LEVELS.index(level) > CPU_SIMD_LEVELS.index(cpu_simd_supported()):
+        pytest.skip(f"this CPU does not support {level}")
+    sizes = [(1080, 1920), (383, 385), (384, 384), (5000, 7), (2000, 37), (7, 3000), (1, 9), (9, 1), (300, 200)]
+    images = [random_image(h, w, i, smooth=i % 2 == 1) for i, (h, w) in enumerate(sizes)]
+    video = torch.stack([im.permute(2, 0, 1) for im in (images[1], random_image(383, 385, 99))])  # [T, 3, H, W]
+    planar = [im.permute(2, 0, 1).contiguous().permute(1, 2, 0) for im in images] + [video[1].permute(1, 2, 0)]
+    images = images + [random_image(383, 385, 99)]
+    assert not planar[0].is_contiguous() and planar[0].stride() == (1920, 1, 1080 * 1920)
+    table = normalization_table([0.5] * 3, [0.5] * 3, dtype=torch.float32)
+    with cpu_simd(level):
+        for mode in MODES:
+            want = anyres_tiles(images, mode)
+            got = anyres_tiles([p.to(device) for p in planar], mode)
+            assert torch.equal(got.tiles.cpu(), want.tiles), mode
+        mixed = [planar[i] if i % 2 else images[i] for i in range(len(images))]
+        want = anyres_tiles(images, "anyres_max_9", normalize=table).tiles
+        got = anyres_tiles([m.to(device) for m in mixed], "anyres_max_9", normalize=table.to(device)).tiles
+        assert torch.equal(got.cpu(), want)
+
+
 def test_cpu_simd_rejects_unknown_level():
     from interleave.ops.anyres_tiles import cpu_simd
 

@@ -60,14 +60,32 @@ void write_canvas_row(const TileSink& sink, const uint8_t* row, int64_t first_ti
   }
 }
 
+// A channels-first image viewed as [H, W, 3] (strides W, 1, H*W: image.permute(1, 2, 0) of a
+// contiguous [3, H, W], as torchvision's and torchcodec's decoders return it). The kernel reads it
+// in place, interleaving each source row into the row buffer (interleave_row), instead of making
+// the whole image channels-last first.
+bool is_planar(const at::Tensor& im) {
+  const int64_t h = im.size(0), w = im.size(1);
+  return im.dim() == 3 && im.size(2) == 3 && h > 1 && w > 1 && im.stride(0) == w && im.stride(1) == 1 &&
+         im.stride(2) == h * w;
+}
+
 // Row sy of the (virtual) source canvas: the image row with src_pad around it, or all src_pad.
-const uint8_t* source_row(const TileJob& j, const at::Tensor& image, int64_t sy, uint8_t* buf) {
+const uint8_t* source_row(const TileJob& j, const at::Tensor& image, bool planar, CpuSimd simd, int64_t sy,
+                          uint8_t* buf) {
   const int64_t h = image.size(0), w = image.size(1);
   const uint8_t* img = image.const_data_ptr<uint8_t>();
   const int64_t y = sy - j.src_top;
-  if (y >= 0 && y < h && j.src_left == 0 && w == j.src_w) return img + y * w * 3;
-  fill_rgb(buf, j.src_w, j.src_pad);
-  if (y >= 0 && y < h) std::memcpy(buf + j.src_left * 3, img + y * w * 3, w * 3);
+  if (!planar && y >= 0 && y < h && j.src_left == 0 && w == j.src_w) return img + y * w * 3;
+  if (j.src_left > 0 || w < j.src_w || y < 0 || y >= h) fill_rgb(buf, j.src_w, j.src_pad);
+  if (y >= 0 && y < h) {
+    if (planar) {
+      const uint8_t* planes[3] = {img + y * w, img + h * w + y * w, img + 2 * h * w + y * w};
+      interleave_row(simd, planes, w, buf + j.src_left * 3);
+    } else {
+      std::memcpy(buf + j.src_left * 3, img + y * w * 3, w * 3);
+    }
+  }
   return buf;
 }
 
@@ -97,8 +115,12 @@ void vertical_pass(CpuSimd simd, const uint8_t* rows, int64_t row_bytes, const A
                quad && quad->ok ? quad->output_digits(yy) : nullptr, acc, dst);
 }
 
-void run_job(const TileJob& j, const at::Tensor& image, int64_t tile, const TileSink& sink) {
+void run_job(const TileJob& j, const at::Tensor& image_arg, int64_t tile, const TileSink& sink) {
   const ResizePlan c = plan_resize(j);
+  // Pillow's vertical-first order reads whole image rows in place: a channels-first image is made
+  // channels-last for it (the only path that copies one).
+  const bool planar = is_planar(image_arg) && !c.vertical_first;
+  const at::Tensor image = c.vertical_first ? image_arg.contiguous() : image_arg;
   const CpuSimd simd = sink.simd;
   // The vpdpbusd form of the weights (AVX-512 level), memoized like the coefficients.
   const bool vnni = simd >= CpuSimd::kAvx512;
@@ -112,7 +134,7 @@ void run_job(const TileJob& j, const at::Tensor& image, int64_t tile, const Tile
   const int64_t mid_rows = c.mid_rows;
   // Without a horizontal pass and without source padding the first pass would only copy image
   // rows: the second pass reads them in place instead.
-  const bool in_place = !c.vertical_first && !c.need_horizontal && j.src_top == 0 &&
+  const bool in_place = !planar && !c.vertical_first && !c.need_horizontal && j.src_top == 0 &&
                         j.src_left == 0 && j.src_h == image.size(0) && j.src_w == image.size(1);
   std::vector<uint8_t> mid_buffer(in_place ? 0 : static_cast<size_t>(mid_rows * mid_bytes));
   uint8_t* mid_out = mid_buffer.data();
@@ -135,14 +157,14 @@ void run_job(const TileJob& j, const at::Tensor& image, int64_t tile, const Tile
           const uint8_t* src[kResampleBlockRows];
           uint8_t* dst[kResampleBlockRows];
           for (int b = 0; b < kResampleBlockRows; ++b) {
-            src[b] = source_row(j, image, c.row_first + r + b, bufs.data() + b * j.src_w * 3);
+            src[b] = source_row(j, image, planar, simd, c.row_first + r + b, bufs.data() + b * j.src_w * 3);
             dst[b] = mid_out + (r + b) * mid_bytes;
           }
           horizontal_block(simd, src, dst, *c.horizontal, quad_h.get(), j.src_w, scratch.data());
         }
       }
       for (; r < r1; ++r) {
-        const uint8_t* src = source_row(j, image, c.row_first + r, bufs.data());
+        const uint8_t* src = source_row(j, image, planar, simd, c.row_first + r, bufs.data());
         uint8_t* dst = mid_out + r * mid_bytes;
         if (c.need_horizontal) horizontal_pass(src, dst, *c.horizontal);
         else std::memcpy(dst, src, mid_bytes);
@@ -189,7 +211,7 @@ at::Tensor anyres_tiles_cpu(at::TensorList images, const at::Tensor& jobs, int64
   if (!images.empty()) check_anyres_lut(lut, images[0]);
   std::vector<at::Tensor> contiguous;
   contiguous.reserve(images.size());
-  for (const auto& im : images) contiguous.push_back(im.contiguous());
+  for (const auto& im : images) contiguous.push_back(is_planar(im) ? im : im.contiguous());
   TileSink sink;
   sink.simd = anyres_cpu_simd();
   at::Tensor out, lut_c;

@@ -105,6 +105,20 @@ __attribute__((always_inline)) inline void horizontal_block_lanes(const uint8_t*
   }
 }
 
+__attribute__((always_inline)) inline void interleave_row_body(const uint8_t* __restrict r, const uint8_t* __restrict g,
+                                                               const uint8_t* __restrict b, int64_t n,
+                                                               uint8_t* __restrict dst) {
+  for (int64_t x = 0; x < n; ++x) {
+    dst[3 * x] = r[x];
+    dst[3 * x + 1] = g[x];
+    dst[3 * x + 2] = b[x];
+  }
+}
+
+void interleave_row_generic(const uint8_t* const* planes, int64_t n, uint8_t* dst) {
+  interleave_row_body(planes[0], planes[1], planes[2], n, dst);
+}
+
 void horizontal_block_generic(const uint8_t* const* src, uint8_t* const* dst, const AxisCoeffs& c,
                               int64_t in_width, uint8_t* scratch) {
   horizontal_block_lanes(src, dst, c, in_width, scratch);
@@ -161,6 +175,10 @@ __attribute__((target("avx2"))) void horizontal_block_avx2(const uint8_t* const*
   horizontal_block_lanes(src, dst, c, in_width, scratch);
 }
 
+__attribute__((target("avx2"))) void interleave_row_avx2(const uint8_t* const* planes, int64_t n, uint8_t* dst) {
+  interleave_row_body(planes[0], planes[1], planes[2], n, dst);
+}
+
 // 32 bytes of a vertical row per step, four 8 x int32 accumulators held in registers over the taps
 // (the portable loop reads and writes an int32 row per tap).
 __attribute__((target("avx2"))) void vertical_row_avx2(const uint8_t* rows, int64_t row_bytes, const int32_t* k,
@@ -194,6 +212,10 @@ __attribute__((target("avx2"))) void vertical_row_avx2(const uint8_t* rows, int6
 
 // (a0 + half) + (a1 << 8) + (a2 << 16) (modulo 2^32: Pillow's sum; a0 starts at half) >> 22.
 // (A function, not a lambda: lambdas do not inherit the target attribute.)
+IL_AVX512_TARGET void interleave_row_avx512(const uint8_t* const* planes, int64_t n, uint8_t* dst) {
+  interleave_row_body(planes[0], planes[1], planes[2], n, dst);
+}
+
 IL_AVX512_TARGET inline __m256i quad_sum(__m256i a0, __m256i a1, __m256i a2) {
   const __m256i s = _mm256_add_epi32(_mm256_add_epi32(a0, _mm256_slli_epi32(a1, 8)), _mm256_slli_epi32(a2, 16));
   return _mm256_srai_epi32(s, kResamplePrecisionBits);
@@ -488,6 +510,15 @@ void vertical_row(CpuSimd level, const uint8_t* rows, int64_t row_bytes, const i
   (void)level;
   (void)digits;
   vertical_row_generic(rows, row_bytes, weights, count, acc, dst);
+}
+
+void interleave_row(CpuSimd level, const uint8_t* const* planes, int64_t n, uint8_t* dst) {
+#if IL_RESAMPLE_X86
+  if (level >= CpuSimd::kAvx512) return interleave_row_avx512(planes, n, dst);
+  if (level >= CpuSimd::kAvx2) return interleave_row_avx2(planes, n, dst);
+#endif
+  (void)level;
+  interleave_row_generic(planes, n, dst);
 }
 
 LutPlanes lut_planes(const void* table, int elem_bytes) {

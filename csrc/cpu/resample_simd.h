@@ -63,6 +63,12 @@ void horizontal_block(CpuSimd level, const uint8_t* const* src, uint8_t* const* 
 void vertical_row(CpuSimd level, const uint8_t* rows, int64_t row_bytes, const int32_t* weights, int count,
                   const int32_t* digits, int32_t* acc, uint8_t* dst);
 
+// One RGB row from three channel planes (a channels-first image, e.g. torchvision's decoders'
+// [3, H, W], read in place): dst[x * 3 + c] = planes[c][x] for x in [0, n). The compiler's
+// vectorized interleave at the AVX2/AVX-512 levels (~0.2-0.3 ms for a 1080x1920 image on one core
+// here, against ~6 ms for ATen's channels-first to channels-last copy).
+void interleave_row(CpuSimd level, const uint8_t* const* planes, int64_t n, uint8_t* dst);
+
 // Normalized CHW values through a [3, 256] table of elem_bytes-wide values: for pixels x in
 // [0, n) of one RGB row, dst[c][x] = table[c][src[x * 3 + c]] (bytes copied as they are).
 // planes: lut_planes(table) (AVX-512 level) or unused.
