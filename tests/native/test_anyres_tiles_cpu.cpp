@@ -54,15 +54,20 @@ void check_case(int h, int w, int oh, int ow, bool vertical_first) {
   // tile = 1: every output pixel is its own tile, so the output is the resized image itself.
   std::vector<int64_t> job = {0, h, w, 0, 0, 0, oh, ow, oh, ow, 0, 0, 0, 0, vertical_first ? 1 : 0};
   at::Tensor jobs = at::from_blob(job.data(), {1, interleave::kJobFields}, at::kLong);
-  at::Tensor out = interleave::anyres_tiles_cpu({image}, jobs, int64_t(oh) * ow, 1, std::nullopt);
+  // The same image channels-first ([3, H, W] viewed as [H, W, 3]), read in place by the kernel
+  // (a separate allocation of exactly 3 * h * w bytes, so ASan sees any read past a plane).
+  const at::Tensor planar = image.permute({2, 0, 1}).contiguous().permute({1, 2, 0});
   const uint8_t* src = image.const_data_ptr<uint8_t>();
   const Image expected = naive_resize(Image(src, src + image.numel()), h, w, oh, ow, vertical_first);
-  const uint8_t* got = out.const_data_ptr<uint8_t>();
-  for (size_t i = 0; i < expected.size(); ++i) {
-    if (got[i] != expected[i]) {
-      std::fprintf(stderr, "mismatch %dx%d -> %dx%d vertical_first=%d at byte %zu\n", h, w, oh, ow,
-                   int(vertical_first), i);
-      IL_CHECK(false);
+  for (const at::Tensor& input : {image, planar}) {
+    at::Tensor out = interleave::anyres_tiles_cpu({input}, jobs, int64_t(oh) * ow, 1, std::nullopt);
+    const uint8_t* got = out.const_data_ptr<uint8_t>();
+    for (size_t i = 0; i < expected.size(); ++i) {
+      if (got[i] != expected[i]) {
+        std::fprintf(stderr, "mismatch %dx%d -> %dx%d vertical_first=%d planar=%d at byte %zu\n", h, w, oh, ow,
+                     int(vertical_first), int(!input.is_contiguous()), i);
+        IL_CHECK(false);
+      }
     }
   }
 }
