@@ -111,6 +111,41 @@ def _uint8_tensor_to_rgb(image: torch.Tensor) -> Optional[torch.Tensor]:
     return None
 
 
+def _is_4d(x) -> bool:
+    return isinstance(x, (np.ndarray, torch.Tensor)) and x.ndim == 4
+
+
+def _frames_as_images(images, kind: str):
+    """A 4D array or tensor (a video's frames, [T, H, W, C] or [T, C, H, W], as decord or torchcodec
+    return them), alone or in a flat list, is that many images, as transformers' SigLIP processors
+    read it (make_flat_list_of_images). transformers' OneVision and LLaVA-NeXT processors fail on one
+    (an IndexError): a clear error here. Channels-first frames on the GPU are made channels-last in
+    one copy for the whole video."""
+    if _is_4d(images):
+        flat = [images]
+    elif isinstance(images, (list, tuple)) and not any(isinstance(x, (list, tuple)) for x in images):
+        flat = list(images)
+    else:
+        return images
+    if not any(_is_4d(x) for x in flat):
+        return images
+    if kind != "siglip":
+        shape = next(tuple(x.shape) for x in flat if _is_4d(x))
+        raise ValueError(f"ImageProcessor: a 4D input of shape {shape} is a batch of video frames, which "
+                         f"transformers' {kind} image processor does not take; pass a list of images, or "
+                         "frames to a SigLIP processor (ImageProcessor.from_hf of a SiglipImageProcessor)")
+    out = []
+    for x in flat:
+        if not _is_4d(x):
+            out.append(x)
+            continue
+        if isinstance(x, torch.Tensor) and x.is_cuda and x.dtype == torch.uint8 and x.shape[1] in (1, 3) \
+                and x.shape[3] not in (1, 3, 4):
+            x = x.permute(0, 2, 3, 1).contiguous()
+        out.extend(x)
+    return out
+
+
 def _batch_channels_first(images: Sequence[torch.Tensor]) -> list:
     """Channels-first views (from _uint8_tensor_to_rgb) of equal shape on one device made [H, W, 3]
     contiguous together: one stack and one transposing copy for a whole video's frames, where the op
@@ -246,6 +281,7 @@ class ImageProcessor:
         if kwargs:
             raise TypeError(f"ImageProcessor: unsupported arguments {sorted(kwargs)}")
         device = torch.device(device) if device is not None else (self.device or torch.device("cpu"))
+        images = _frames_as_images(images, self.kind)
         # Nesting as transformers reads it: a list of lists is a batch of multi-image samples.
         if isinstance(images, (list, tuple)) and images and isinstance(images[0], (list, tuple)):
             samples = [list(s) for s in images if s]

@@ -111,6 +111,22 @@ def test_channels_first_frames_are_made_contiguous_together():
     assert out[2] is others[0] and out[3] is others[1] and out[4] is others[2]
 
 
+@pytest.mark.parametrize("layout", ["thwc_array", "tchw_tensor", "list_of_two"])
+def test_video_as_a_4d_batch_of_frames_like_transformers(layout):
+    """A 4D array or tensor of frames ([T, H, W, C] from decord, [T, C, H, W] from torchcodec),
+    alone or in a flat list, is that many images for the SigLIP processor, as in transformers;
+    the anyres processors (which fail on one in transformers) raise a clear error."""
+    rng = np.random.default_rng(5)
+    video = rng.integers(0, 256, (4, 90, 160, 3), dtype=np.uint8)
+    frames = {"thwc_array": video, "tchw_tensor": torch.from_numpy(video).permute(0, 3, 1, 2).contiguous(),
+              "list_of_two": [video, video[:2]]}[layout]
+    hf = pil_siglip.SiglipImageProcessorPil(size={"height": 384, "width": 384}, **SIGLIP)
+    assert_same(hf(frames, return_tensors="pt"), ImageProcessor.from_hf(hf)(frames))
+    onevision = ImageProcessor.from_hf(pil_onevision.LlavaOnevisionImageProcessorPil(**SIGLIP))
+    with pytest.raises(ValueError, match=r"4D input of shape \(4, 90, 160, 3\) is a batch of video frames"):
+        onevision(video)
+
+
 def test_clear_errors():
     hf = pil_onevision.LlavaOnevisionImageProcessorPil(**SIGLIP)
     ours = ImageProcessor.from_hf(hf)
@@ -159,6 +175,25 @@ def test_images_already_on_the_gpu_stay_there(layout):
         torch.cuda.set_sync_debug_mode(0)
     assert ours["pixel_values"].device.type == "cuda"
     assert_same(hf([host], return_tensors="pt"), ours)
+
+
+@pytest.mark.cuda
+def test_video_frames_on_the_gpu_as_one_tensor():
+    """[T, 3, H, W] uint8 frames on the GPU (torchcodec's VideoDecoder(device="cuda")) in one call: the
+    same pixel_values as the PIL SigLIP processor on the host frames, without a host round trip."""
+    rng = np.random.default_rng(6)
+    video = rng.integers(0, 256, (8, 1080, 1920, 3), dtype=np.uint8)
+    on_gpu = torch.from_numpy(video).cuda().permute(0, 3, 1, 2).contiguous()
+    hf = pil_siglip.SiglipImageProcessorPil(size={"height": 384, "width": 384}, **SIGLIP)
+    proc = ImageProcessor.from_hf(hf, device="cuda")
+    proc(on_gpu)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        ours = proc(on_gpu)
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    assert_same(hf(list(video), return_tensors="pt"), ours)
 
 
 @pytest.mark.cuda
