@@ -212,7 +212,10 @@ class ImageProcessor:
     upload (CUDA only): "pinned" (the default) stages all of a call's images in one reused pinned
     buffer and uploads them in one asynchronous transfer; "pageable" copies each decoded image to the
     device on its own. On the H100 (404b09f) pinned took 0.80 ms vs 1.03 ms for a 1080x1920 image
-    and 4.0 ms vs 8.8 ms for 16 frames; the benchmark keeps timing both (`ours_pageable`)."""
+    and 4.0 ms vs 8.8 ms for 16 frames; the benchmark keeps timing both (`ours_pageable`).
+
+    Where a call tiles: its `device=` argument, else the constructor's, else the GPU its images are
+    on when all of them are uint8 tensors on one GPU (a GPU decoder's output), else the CPU."""
 
     def __init__(self, kind: str, *, image_mean: Sequence[float], image_std: Sequence[float],
                  rescale_factor: float = 1 / 255, size: int = planning.TILE,
@@ -280,7 +283,6 @@ class ImageProcessor:
 
         if kwargs:
             raise TypeError(f"ImageProcessor: unsupported arguments {sorted(kwargs)}")
-        device = torch.device(device) if device is not None else (self.device or torch.device("cpu"))
         images = _frames_as_images(images, self.kind)
         # Nesting as transformers reads it: a list of lists is a batch of multi-image samples.
         if isinstance(images, (list, tuple)) and images and isinstance(images[0], (list, tuple)):
@@ -291,6 +293,14 @@ class ImageProcessor:
             samples = [[images]]
         batch_num_images = [len(s) for s in samples]
         decoded = [to_rgb_uint8(im, i) for i, im in enumerate(x for s in samples for x in s)]
+        if device is not None:
+            device = torch.device(device)
+        elif self.device is not None:
+            device = self.device
+        else:  # where the images are when all are on one GPU (tiled there, as transformers' torchvision
+            # processor does with device=None), else the CPU
+            where = {d.device for d in decoded}
+            device = where.pop() if len(where) == 1 and decoded[0].is_cuda else torch.device("cpu")
         if device.type == "cuda" and self.upload == "pinned" and all(not d.is_cuda for d in decoded):
             flat = self._staging.upload(decoded, device)
         else:

@@ -165,7 +165,8 @@ def test_images_already_on_the_gpu_stay_there(layout):
     on_gpu = {"chw": lambda t: t.permute(2, 0, 1).contiguous(), "hwc": lambda t: t,
               "gray": lambda t: t[:, :, 0].contiguous()}[layout](torch.from_numpy(host).cuda())
     hf = pil_onevision.LlavaOnevisionImageProcessorPil(**SIGLIP)
-    proc = ImageProcessor.from_hf(hf, device="cuda")
+    # No device given anywhere: the images' GPU (as transformers' torchvision processor would).
+    proc = ImageProcessor.from_hf(hf)
     proc([on_gpu])  # warm: the normalization table's one upload
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
