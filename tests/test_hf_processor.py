@@ -211,6 +211,15 @@ def test_pinned_upload_equals_pageable_and_reuses_its_buffer():
         images = [rng.integers(0, 256, (300 + 40 * i, 451, 3), dtype=np.uint8) for i in range(n)]
         a, b = pageable(images), pinned(images)
         assert torch.equal(a["pixel_values"], b["pixel_values"])
+    # Channels-first host images (a tensor, an array, two frames of one shape) and a grayscale one,
+    # staged as stored and made channels-last on the GPU: the PIL processor's pixel_values.
+    host = [rng.integers(0, 256, (300, 451, 3), dtype=np.uint8) for _ in range(3)]
+    gray = rng.integers(0, 256, (200, 333), dtype=np.uint8)
+    inputs = [torch.from_numpy(host[0]).permute(2, 0, 1).contiguous(), np.ascontiguousarray(host[1].transpose(2, 0, 1)),
+              torch.from_numpy(host[2]).permute(2, 0, 1).contiguous(), gray]
+    expected = hf([[h] for h in host] + [[np.repeat(gray[:, :, None], 3, axis=2)]], return_tensors="pt")
+    for proc in (pinned, pageable):
+        assert_same(expected, proc([[x] for x in inputs]))
 
 
 @pytest.mark.cuda
