@@ -208,6 +208,10 @@ def anyres_tiles_cases(device: str, quick: bool = False, compile_reference: bool
             if not preflight_failed("anyres_imma_staged"):
                 variants["ours_imma_staged"] = lambda ims=images, m=mode: _with_integer_tensor_cores(
                     anyres_tiles, ims, m, staged=True)
+        # The same images channels-first ([3, H, W] tensors, as torchvision.io.decode_image returns
+        # them): read in place by the CPU kernel, staged as stored for CUDA.
+        chw = [torch.from_numpy(np.array(im, copy=True)).permute(2, 0, 1).contiguous() for im in images]
+        variants["ours_channels_first"] = lambda p=ours, ims=chw: p(ims)["pixel_values"]
         if device == "cpu" and _cpu_simd_below_best("avx2"):  # what the AVX-512 loops gain, same run
             variants["ours_avx2"] = lambda ims=images, m=mode: _with_cpu_simd("avx2", lambda: anyres_tiles(ims, m).tiles)
         cases.append(Case(
@@ -331,6 +335,8 @@ def _skimage_photo(name: str, h: int, w: int) -> "np.ndarray":
 def image_processor_cases(device: str, quick: bool = False, compile_reference: bool = True) -> list[Case]:
     """interleave.hf.ImageProcessor against transformers' PIL processor (the reference: equal
     pixel_values) and its torchvision-backend processor (when torchvision is installed)."""
+    import numpy as np
+
     from .hf import ImageProcessor
     try:
         from transformers.models.llava_onevision import image_processing_pil_llava_onevision as ov_pil
@@ -367,6 +373,10 @@ def image_processor_cases(device: str, quick: bool = False, compile_reference: b
             pageable = ImageProcessor.from_hf(hf_pil, device=device)
             pageable.upload = "pageable"
             variants["ours_pageable"] = lambda p=pageable, ims=images: p(ims)["pixel_values"]
+        # The same images channels-first ([3, H, W] tensors, as torchvision.io.decode_image returns
+        # them): read in place by the CPU kernel, staged as stored for CUDA.
+        chw = [torch.from_numpy(np.array(im, copy=True)).permute(2, 0, 1).contiguous() for im in images]
+        variants["ours_channels_first"] = lambda p=ours, ims=chw: p(ims)["pixel_values"]
         if device == "cpu" and _cpu_simd_below_best("avx2"):
             variants["ours_avx2"] = lambda p=ours, ims=images: _with_cpu_simd("avx2", lambda: p(ims)["pixel_values"])
         cases.append(Case(
