@@ -9,6 +9,7 @@
 #include <cstdint>
 #include <cstring>
 #include <map>
+#include <memory>
 #include <mutex>
 #include <utility>
 #include <vector>
@@ -19,13 +20,39 @@
 namespace interleave {
 namespace cuda {
 
+// A run of the coefficient arena: `size` int32 values at `offset`, copied from `data`, which
+// `owner` keeps alive (a memoized coefficient or plane table).
+struct ArenaPiece {
+  std::shared_ptr<const void> owner;
+  const int32_t* data = nullptr;
+  int64_t offset = 0, size = 0;
+};
+
 struct TileBatch {
   std::vector<TileJobDevice> descs;
-  std::vector<int32_t> arena;  // never empty (one 0 when no job resamples)
+  // The int32 coefficient arena, as pieces of the memoized tables and its size (never 0: one zero
+  // when no job resamples; the gaps between pieces are zeros). Its content is written only where it
+  // is uploaded (write_arena, straight into the upload's staging buffer): on a device-cache hit
+  // nothing of it is copied on the host (a ~200 KB vector per call on the integer path, whose
+  // reallocations page-faulted: ~200 us per call measured by a plan loop on this machine).
+  std::vector<ArenaPiece> arena_pieces;
+  int64_t arena_size = 0;
   // What the arena holds, in order: its content is a function of these values alone (the axes'
   // sizes and layouts, the plane tables' keys, the padding), so equal keys mean equal arenas and
   // the glue reuses its device copy (anyres_tiles_cuda.cpp) instead of uploading it every call.
   std::vector<int64_t> arena_key;
+
+  // The arena into dst[0, arena_size).
+  void write_arena(int32_t* dst) const {
+    std::memset(dst, 0, static_cast<size_t>(arena_size) * sizeof(int32_t));
+    for (const ArenaPiece& p : arena_pieces)
+      std::memcpy(dst + p.offset, p.data, static_cast<size_t>(p.size) * sizeof(int32_t));
+  }
+  std::vector<int32_t> arena() const {
+    std::vector<int32_t> a(static_cast<size_t>(arena_size));
+    write_arena(a.data());
+    return a;
+  }
   int64_t mid_bytes = 0, pass1 = 0, pass2 = 0, staged_row_bytes = 0, canvas_row_bytes = 0;
   int64_t pass1_width = 0;  // the widest intermediate row: pass 1's block size (pass1_threads)
   bool pass1_mma = false;   // some job's pass 1 runs on fp16 tensor cores: kMmaThreads per block
@@ -325,26 +352,32 @@ inline TileBatch plan_tile_batch(const std::vector<TileJob>& table, const std::v
   TileBatch b;
   b.descs.resize(table.size());
   std::vector<ResizePlan> plans(table.size());  // each job's, for both loops below
-  auto append = [&b](const std::vector<int32_t>& v) {
-    const int64_t at = static_cast<int64_t>(b.arena.size());
-    b.arena.insert(b.arena.end(), v.begin(), v.end());
+  // A memoized table's values as the arena's next piece (nothing is copied here: write_arena).
+  auto append = [&b](std::shared_ptr<const void> owner, const std::vector<int32_t>& v) {
+    const int64_t at = b.arena_size;
+    b.arena_pieces.push_back(ArenaPiece{std::move(owner), v.data(), at, static_cast<int64_t>(v.size())});
+    b.arena_size += static_cast<int64_t>(v.size());
     return at;
   };
   // Each distinct axis (in_size, out_size, layout) is uploaded once: the 16 frames of a video share
   // theirs. Horizontal axes go tap-major (TileJobDevice::h_weights), vertical ones as computed.
   std::map<std::array<int64_t, 3>, std::array<int64_t, 4>> uploaded;  // + whether mma_axis_exact
-  auto append_axis = [&](const AxisCoeffs& c, bool tap_major) {
+  auto append_axis = [&](const std::shared_ptr<const AxisCoeffs>& axis, bool tap_major) {
+    const AxisCoeffs& c = *axis;
     const std::array<int64_t, 3> key{c.in_size, c.out_size, tap_major};
     const auto it = uploaded.find(key);
     if (it != uploaded.end()) return it->second;
     b.arena_key.insert(b.arena_key.end(), {1, key[0], key[1], key[2]});
-    std::vector<int32_t> transposed;
-    if (tap_major) {  // [out_size][ksize] -> [ksize][out_size]
-      transposed.resize(c.weights.size());
-      for (int64_t x = 0; x < c.out_size; ++x)
-        for (int64_t i = 0; i < c.ksize; ++i) transposed[i * c.out_size + x] = c.weights[x * c.ksize + i];
-    }
-    const std::array<int64_t, 4> at{append(c.first), append(c.count), append(tap_major ? transposed : c.weights),
+    std::shared_ptr<const std::vector<int32_t>> transposed;
+    if (tap_major)  // [out_size][ksize] -> [ksize][out_size], memoized like the coefficients
+      transposed = bounded_memo<std::array<int64_t, 2>, std::vector<int32_t>>({c.in_size, c.out_size}, [&] {
+        std::vector<int32_t> t(c.weights.size());
+        for (int64_t x = 0; x < c.out_size; ++x)
+          for (int64_t i = 0; i < c.ksize; ++i) t[i * c.out_size + x] = c.weights[x * c.ksize + i];
+        return t;
+      });
+    const std::array<int64_t, 4> at{append(axis, c.first), append(axis, c.count),
+                                    tap_major ? append(transposed, *transposed) : append(axis, c.weights),
                                     tap_major && allow_mma && cached_mma_axis_exact(c)};
     uploaded.emplace(key, at);
     return at;
@@ -368,7 +401,7 @@ inline TileBatch plan_tile_batch(const std::vector<TileJob>& table, const std::v
     d.vertical_first = p.vertical_first;
     if (p.need_horizontal) {
       d.h_outputs = p.horizontal->out_size;
-      const auto at = append_axis(*p.horizontal, true);
+      const auto at = append_axis(p.horizontal, true);
       d.h_first = at[0]; d.h_count = at[1]; d.h_weights = at[2];
       // A candidate for a tensor-core pass 1 (decided below, once the launch's staging is known):
       // the integer one first.
@@ -402,7 +435,7 @@ inline TileBatch plan_tile_batch(const std::vector<TileJob>& table, const std::v
     }
     if (p.need_vertical) {
       d.v_ksize = p.vertical->ksize;
-      const auto at = append_axis(*p.vertical, false);
+      const auto at = append_axis(p.vertical, false);
       d.v_first = at[0]; d.v_count = at[1]; d.v_weights = at[2];
     }
     if (p.need_horizontal && !p.vertical_first)
@@ -423,10 +456,11 @@ inline TileBatch plan_tile_batch(const std::vector<TileJob>& table, const std::v
   const auto append_planes = [&](const std::array<int64_t, 5>& key, auto&& make) {
     auto it = planes_at.find(key);
     if (it == planes_at.end()) {
-      while (b.arena.size() % 4 != 0) b.arena.push_back(0);
+      b.arena_size = (b.arena_size + 3) / 4 * 4;  // zeros up to the next 16 bytes
       b.arena_key.insert(b.arena_key.end(), {2, key[0], key[1], key[2], key[3], key[4]});
       // Memoized like the coefficients (~75K byte operations per 384-output table otherwise).
-      it = planes_at.emplace(key, append(*bounded_memo<std::array<int64_t, 5>, std::vector<int32_t>>(key, make))).first;
+      const auto planes = bounded_memo<std::array<int64_t, 5>, std::vector<int32_t>>(key, make);
+      it = planes_at.emplace(key, append(planes, *planes)).first;
     }
     return it->second;
   };
@@ -485,8 +519,8 @@ inline TileBatch plan_tile_batch(const std::vector<TileJob>& table, const std::v
     if (!d.fused) b.mid_bytes += d.mid_rows * d.mid_width * kMidBytesPerPixel;
   }
   b.pass2 = pass2;
-  if (b.arena.empty()) {
-    b.arena.push_back(0);
+  if (b.arena_size == 0) {
+    b.arena_size = 1;
     b.arena_key.push_back(3);
   }
   return b;

@@ -42,12 +42,20 @@ at::Tensor upload(const void* bytes, int64_t size, const at::Device& device) {
 // entries, then it starts over) is not reused under a kernel still reading it. Under stream
 // capture (CUDA graphs), or with anyres_cuda_arena_cache() off, the arena is uploaded as part of the
 // call, as before.
+// The batch's coefficient arena written straight into the pinned staging buffer and uploaded
+// (TileBatch::write_arena: the host never holds it otherwise).
+at::Tensor upload_arena(const cuda::TileBatch& batch, const at::Device& device) {
+  at::Tensor staging = at::empty({batch.arena_size * static_cast<int64_t>(sizeof(int32_t))},
+                                 at::TensorOptions().dtype(at::kByte).pinned_memory(true));
+  batch.write_arena(reinterpret_cast<int32_t*>(staging.mutable_data_ptr<uint8_t>()));
+  return staging.to(at::TensorOptions().device(device).dtype(at::kByte), /*non_blocking=*/true);
+}
+
 at::Tensor device_arena(const cuda::TileBatch& batch, const at::Device& device, cudaStream_t stream) {
-  const int64_t bytes = static_cast<int64_t>(batch.arena.size() * sizeof(int32_t));
   cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
   C10_CUDA_CHECK(cudaStreamIsCapturing(stream, &capture));
   if (capture != cudaStreamCaptureStatusNone || !anyres_cuda_arena_cache())
-    return upload(batch.arena.data(), bytes, device);
+    return upload_arena(batch, device);
   struct Entry {
     at::Tensor coeffs;
     cudaEvent_t uploaded;  // recorded after the copy, on the stream that made it
@@ -62,7 +70,7 @@ at::Tensor device_arena(const cuda::TileBatch& batch, const at::Device& device, 
       for (auto& e : cache) C10_CUDA_CHECK(cudaEventDestroy(e.second.uploaded));
       cache.clear();
     }
-    Entry e{upload(batch.arena.data(), bytes, device), nullptr};
+    Entry e{upload_arena(batch, device), nullptr};
     C10_CUDA_CHECK(cudaEventCreateWithFlags(&e.uploaded, cudaEventDisableTiming));
     C10_CUDA_CHECK(cudaEventRecord(e.uploaded, stream));
     it = cache.emplace(std::move(key), std::move(e)).first;

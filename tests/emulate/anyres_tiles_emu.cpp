@@ -70,10 +70,10 @@ static int check_arena_key(const TileBatch& batch) {
   static std::map<std::vector<int64_t>, std::vector<int32_t>> arenas;
   const auto seen = arenas.find(batch.arena_key);
   if (seen == arenas.end()) {
-    arenas.emplace(batch.arena_key, batch.arena);
+    arenas.emplace(batch.arena_key, batch.arena());
     return 0;
   }
-  return seen->second == batch.arena ? 0 : 2;
+  return seen->second == batch.arena() ? 0 : 2;
 }
 
 // Plans a batch (no launch) and checks its arena against its key: 0, 1 (bad job), 2 (mismatch);
@@ -114,7 +114,9 @@ extern "C" int emu_anyres_tiles(int num_images, const uint8_t* const* images, co
   std::vector<uint8_t> mid(static_cast<size_t>(std::max<int64_t>(batch.mid_bytes, 1)), 0xAB);
   const bool use_staged = pass1_staged_row(staged_row_bytes);
   const TileJobDevice* jobs = batch.descs.data();
-  const int32_t* coeffs = batch.arena.data();
+  // As the glue uploads it (TileBatch::write_arena), into a buffer of exactly its size.
+  const std::vector<int32_t> arena = batch.arena();
+  const int32_t* coeffs = arena.data();
   uint8_t* m = mid.data();
   const int32_t t = static_cast<int32_t>(tile);
   if (pass1 > 0) {
