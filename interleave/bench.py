@@ -208,10 +208,11 @@ def anyres_tiles_cases(device: str, quick: bool = False, compile_reference: bool
             if not preflight_failed("anyres_imma_staged"):
                 variants["ours_imma_staged"] = lambda ims=images, m=mode: _with_integer_tensor_cores(
                     anyres_tiles, ims, m, staged=True)
-        # The same images channels-first ([3, H, W] tensors, as torchvision.io.decode_image returns
-        # them): read in place by the CPU kernel, staged as stored for CUDA.
-        chw = [torch.from_numpy(np.array(im, copy=True)).permute(2, 0, 1).contiguous() for im in images]
-        variants["ours_channels_first"] = lambda p=ours, ims=chw: p(ims)["pixel_values"]
+        # On the CPU, the same images channels-first ([3, H, W] viewed as [H, W, 3], as torchvision's
+        # decoders return them), read in place by the kernel.
+        if device == "cpu":
+            planar = [im.permute(2, 0, 1).contiguous().permute(1, 2, 0) for im in images]
+            variants["ours_channels_first"] = lambda ims=planar, m=mode: anyres_tiles(ims, m).tiles
         if device == "cpu" and _cpu_simd_below_best("avx2"):  # what the AVX-512 loops gain, same run
             variants["ours_avx2"] = lambda ims=images, m=mode: _with_cpu_simd("avx2", lambda: anyres_tiles(ims, m).tiles)
         cases.append(Case(
