@@ -81,7 +81,7 @@ def to_rgb_uint8(image, index: int = 0) -> torch.Tensor:
     rgb = _uint8_tensor_to_rgb(_from_numpy(np.ascontiguousarray(image)))
     if rgb is not None:
         return rgb
-    if image.ndim == 3 and image.shape[0] in (1, 3, 4) and image.shape[2] not in (1, 3, 4):
+    if _channels_first(image.shape):
         image = np.moveaxis(image, 0, -1)  # channels first -> last
     if image.ndim != 3 or image.shape[2] not in (1, 3, 4):
         raise ValueError(f"ImageProcessor: image {index} has shape {image.shape}; expected [H, W, C] or "
@@ -91,18 +91,23 @@ def to_rgb_uint8(image, index: int = 0) -> torch.Tensor:
     return _from_numpy(np.ascontiguousarray(convert_to_rgb(np.ascontiguousarray(image), return_numpy=True)))
 
 
+def _channels_first(shape) -> bool:
+    """Whether a 3D image shape is [C, H, W] rather than [H, W, C] (transformers' inference):
+    dim 0 is 1, 3 or 4 channels and the last dim is not."""
+    return len(shape) == 3 and shape[0] in (1, 3, 4) and shape[2] not in (1, 3, 4)
+
+
 def _uint8_tensor_to_rgb(image: torch.Tensor) -> Optional[torch.Tensor]:
     """A uint8 tensor as [H, W, 3] on its own device (a view where the layout allows; the op makes
     it contiguous there): channels-first [3, H, W] (what GPU decoders such as
     torchvision.io.decode_jpeg(device="cuda") return), [H, W, 3], and grayscale [H, W], [1, H, W],
     [H, W, 1] (expanded to three equal channels, as convert_to_rgb does). None for layouts the
-    host path converts (RGBA) or rejects. The channels-first rule is the numpy path's: C first
-    when dim 0 is 1, 3 or 4 and the last dim is not."""
+    host path converts (RGBA) or rejects."""
     if image.dim() == 2:
         image = image[:, :, None]
     if image.dim() != 3:
         return None
-    if image.shape[0] in (1, 3, 4) and image.shape[2] not in (1, 3, 4):
+    if _channels_first(image.shape):
         image = image.permute(1, 2, 0)
     if image.shape[2] == 3:
         return image
@@ -139,8 +144,7 @@ def _frames_as_images(images, kind: str):
         if not _is_4d(x):
             out.append(x)
             continue
-        if isinstance(x, torch.Tensor) and x.is_cuda and x.dtype == torch.uint8 and x.shape[1] in (1, 3) \
-                and x.shape[3] not in (1, 3, 4):
+        if isinstance(x, torch.Tensor) and x.is_cuda and x.dtype == torch.uint8 and _channels_first(x.shape[1:]):
             x = x.permute(0, 2, 3, 1).contiguous()
         out.extend(x)
     return out

@@ -65,9 +65,9 @@ void write_canvas_row(const TileSink& sink, const uint8_t* row, int64_t first_ti
 // in place, interleaving each source row into the row buffer (interleave_row), instead of making
 // the whole image channels-last first.
 bool is_planar(const at::Tensor& im) {
+  if (im.dim() != 3 || im.size(2) != 3) return false;
   const int64_t h = im.size(0), w = im.size(1);
-  return im.dim() == 3 && im.size(2) == 3 && h > 1 && w > 1 && im.stride(0) == w && im.stride(1) == 1 &&
-         im.stride(2) == h * w;
+  return h > 1 && w > 1 && im.stride(0) == w && im.stride(1) == 1 && im.stride(2) == h * w;
 }
 
 // Row sy of the (virtual) source canvas: the image row with src_pad around it, or all src_pad.

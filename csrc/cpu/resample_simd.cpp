@@ -210,12 +210,12 @@ __attribute__((target("avx2"))) void vertical_row_avx2(const uint8_t* rows, int6
 
 #define IL_AVX512_TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi")))
 
-// (a0 + half) + (a1 << 8) + (a2 << 16) (modulo 2^32: Pillow's sum; a0 starts at half) >> 22.
-// (A function, not a lambda: lambdas do not inherit the target attribute.)
 IL_AVX512_TARGET void interleave_row_avx512(const uint8_t* const* planes, int64_t n, uint8_t* dst) {
   interleave_row_body(planes[0], planes[1], planes[2], n, dst);
 }
 
+// (a0 + half) + (a1 << 8) + (a2 << 16) (modulo 2^32: Pillow's sum; a0 starts at half) >> 22.
+// (A function, not a lambda: lambdas do not inherit the target attribute.)
 IL_AVX512_TARGET inline __m256i quad_sum(__m256i a0, __m256i a1, __m256i a2) {
   const __m256i s = _mm256_add_epi32(_mm256_add_epi32(a0, _mm256_slli_epi32(a1, 8)), _mm256_slli_epi32(a2, 16));
   return _mm256_srai_epi32(s, kResamplePrecisionBits);

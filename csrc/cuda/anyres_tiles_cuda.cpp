@@ -23,14 +23,27 @@
 namespace interleave {
 namespace {
 
-// Uploads `bytes` from the host to a new tensor on `device`, on the current stream, asynchronously from
-// pinned memory: a pageable copy waits for the stream, i.e. for the caller's image upload queued
-// just before, so the host could not plan the next batch meanwhile. The caching host allocator
-// keeps the pinned block until the copy has run (as pack_tokens' layout upload does).
-at::Tensor upload(const void* bytes, int64_t size, const at::Device& device) {
+// Uploads `size` bytes, which fill(dst) writes into a pinned staging buffer, to a new tensor on
+// `device`, on the current stream, asynchronously: a pageable copy waits for the stream, i.e. for
+// the caller's image upload queued just before, so the host could not plan the next batch
+// meanwhile. The caching host allocator keeps the pinned block until the copy has run (as
+// pack_tokens' layout upload does).
+template <typename Fill>
+at::Tensor upload(int64_t size, const at::Device& device, Fill fill) {
   at::Tensor staging = at::empty({size}, at::TensorOptions().dtype(at::kByte).pinned_memory(true));
-  std::memcpy(staging.mutable_data_ptr<uint8_t>(), bytes, static_cast<size_t>(size));
+  fill(staging.mutable_data_ptr<uint8_t>());
   return staging.to(at::TensorOptions().device(device).dtype(at::kByte), /*non_blocking=*/true);
+}
+
+at::Tensor upload(const void* bytes, int64_t size, const at::Device& device) {
+  return upload(size, device, [&](uint8_t* dst) { std::memcpy(dst, bytes, static_cast<size_t>(size)); });
+}
+
+// The batch's coefficient arena, written straight into the staging buffer (TileBatch::write_arena:
+// the host never holds it otherwise).
+at::Tensor upload_arena(const cuda::TileBatch& batch, const at::Device& device) {
+  return upload(batch.arena_size * static_cast<int64_t>(sizeof(int32_t)), device,
+                [&](uint8_t* dst) { batch.write_arena(reinterpret_cast<int32_t*>(dst)); });
 }
 
 // The device copy of a batch's coefficient arena, kept per device and arena key
@@ -42,15 +55,6 @@ at::Tensor upload(const void* bytes, int64_t size, const at::Device& device) {
 // entries, then it starts over) is not reused under a kernel still reading it. Under stream
 // capture (CUDA graphs), or with anyres_cuda_arena_cache() off, the arena is uploaded as part of the
 // call, as before.
-// The batch's coefficient arena written straight into the pinned staging buffer and uploaded
-// (TileBatch::write_arena: the host never holds it otherwise).
-at::Tensor upload_arena(const cuda::TileBatch& batch, const at::Device& device) {
-  at::Tensor staging = at::empty({batch.arena_size * static_cast<int64_t>(sizeof(int32_t))},
-                                 at::TensorOptions().dtype(at::kByte).pinned_memory(true));
-  batch.write_arena(reinterpret_cast<int32_t*>(staging.mutable_data_ptr<uint8_t>()));
-  return staging.to(at::TensorOptions().device(device).dtype(at::kByte), /*non_blocking=*/true);
-}
-
 at::Tensor device_arena(const cuda::TileBatch& batch, const at::Device& device, cudaStream_t stream) {
   cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
   C10_CUDA_CHECK(cudaStreamIsCapturing(stream, &capture));

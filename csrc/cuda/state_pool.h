@@ -52,8 +52,8 @@ class StatePool {
     int pick = -1;
     for (int i = 0; i < size() && pick < 0; ++i)  // rule 1
       if (slots_[i].used && slots_[i].stream == stream) pick = i;
-    for (int i = 0; i < size() && pick < 0; ++i)  // rule 2
-      if (slots_[i].holders == 0 && (!slots_[i].recorded || backend_.finished(slots_[i].event))) pick = i;
+    for (int i = 0; i < size() && pick < 0; ++i)  // rule 2 (a slot no thread holds has been recorded)
+      if (slots_[i].holders == 0 && backend_.finished(slots_[i].event)) pick = i;
     if (pick < 0 && size() < kMaxStates) {  // rule 3
       Slot s;
       s.state = backend_.allocate(stream);
@@ -87,13 +87,12 @@ class StatePool {
   }
 
   int size() const { return static_cast<int>(slots_.size()); }
-  Backend& backend() { return backend_; }
 
  private:
   struct Slot {
     void* state = nullptr;
     Event event{};
-    bool recorded = false;  // the event has been recorded at least once
+    bool recorded = false;  // the event has been recorded at least once (always, once holders is 0)
     Stream stream{};        // of the last acquire
     uint64_t used = 0;      // clock of the last acquire; 0: never
     int holders = 0;        // host threads between acquire and release
