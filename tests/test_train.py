@@ -137,11 +137,13 @@ def test_two_processes_equal_one(workdir, fsdp):
     script = workdir / "dist_run.py"
     script.write_text(
         "import json, os, sys, torch\n"
-        "from interleave.train import TrainConfig, train\n"
+        "from interleave.train import TrainConfig, exit_worker, train\n"
         "cfg = TrainConfig(**json.loads(sys.argv[1]))\n"
         "res = train(cfg)\n"
         "if int(os.environ.get('RANK', '0')) == 0:\n"
-        "    json.dump(res['losses'], open(sys.argv[2], 'w'))\n")
+        "    with open(sys.argv[2], 'w') as f:\n"
+        "        json.dump(res['losses'], f)\n"
+        "exit_worker(0)\n")  # as `python -m interleave train` ends under torchrun
     common = dict(model=str(workdir / "model"), data=[str(workdir / "m4.json")], image_root=str(workdir / "img"),
                   steps=5, lr=1e-3, warmup_ratio=0.2, progress=False, tune="projector,llm")
     name = "fsdp" if fsdp else "ddp"
@@ -171,6 +173,19 @@ def test_two_processes_equal_one(workdir, fsdp):
     b = interleave.InterleaveModel.from_pretrained(str(workdir / f"two-{name}" / "step-5")).hf.state_dict()
     for k in a:  # Adam divides by sqrt(v): rounding-level gradient differences move weights by ~1e-6
         torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5)
+
+
+def test_exit_worker_flushes_and_keeps_the_exit_code(tmp_path):
+    """exit_worker leaves without the interpreter's teardown (os._exit) but loses no buffered output:
+    stdout redirected to a file is block-buffered, so an unflushed line would be missing."""
+    run = subprocess.run([sys.executable, "-c",
+                          "import sys\nfrom interleave.train import exit_worker\n"
+                          "print('buffered line')\nprint('to stderr', end='', file=sys.stderr)\n"
+                          "import atexit\natexit.register(print, 'atexit ran')\nexit_worker(3)\n"],
+                         stdout=open(tmp_path / "out.txt", "w"), stderr=subprocess.PIPE, text=True, timeout=120)
+    assert run.returncode == 3
+    assert (tmp_path / "out.txt").read_text() == "buffered line\n"  # atexit handlers are skipped
+    assert run.stderr.endswith("to stderr")
 
 
 def test_first_fit_and_packed_mask():
