@@ -14,6 +14,7 @@ many kernels a call launches:
         python3 bench/gpu_ncu.py anyres_tiles:16.frames:uint8@ours_mma
 Without ncu it prints what it ran (the CPU tests check the case names that way).
 """
+import functools
 import sys
 
 import torch
@@ -23,14 +24,19 @@ from interleave.bench import CASES
 WARMUP = 2
 
 
+@functools.lru_cache(maxsize=None)
+def _cases(op, device):
+    # Built once per op: the CPU test resolves several specs of one op in one process.
+    return CASES[op](device, quick=False, compile_reference=False)
+
+
 def find(spec):
     """The callable of op:shape:dtype[@variant] from interleave.bench's cases, with its label."""
     case_spec, _, variant = spec.partition("@")
     op, shape, dtype = case_spec.split(":")
     shape = shape.replace(".", " ")
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    cases = [c for c in CASES[op](device, quick=False, compile_reference=False)
-             if shape in c.shape and c.dtype == dtype]
+    cases = [c for c in _cases(op, device) if shape in c.shape and c.dtype == dtype]
     if not cases:
         raise SystemExit(f"gpu_ncu: no case {case_spec!r} on {device}")
     case = cases[0]
