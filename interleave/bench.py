@@ -67,9 +67,13 @@ def merge_tokens_inputs(B=1, L=8192, D=1024, K=7290, V=152000, dtype=torch.float
     per_row = [K // B + (1 if b < K % B else 0) for b in range(B)]
     for b, count in enumerate(per_row):
         input_ids[b, torch.randperm(L, generator=g)[:count]] = IMAGE_TOKEN_ID
-    weight = torch.randn(V, D, generator=g, dtype=torch.float32).to(dtype)
-    visual = torch.randn(K, D, generator=g, dtype=torch.float32).to(dtype)
-    return input_ids.to(device), weight.to(device), visual.to(device)
+    # Independent normal values (no row repeats another: a gather of the wrong row shows), drawn
+    # where they will live: on the host a 152000 x 4096 table takes ~5 s of one core, which on a
+    # GPU machine came out of the GPU check's budget; a device generator takes milliseconds.
+    dev = g if torch.device(device).type == "cpu" else torch.Generator(device=device).manual_seed(seed)
+    weight = torch.empty(V, D, device=device).normal_(generator=dev).to(dtype)
+    visual = torch.empty(K, D, device=device).normal_(generator=dev).to(dtype)
+    return input_ids.to(device), weight, visual
 
 
 def _merge_variants(device, ids, weight, visual, K) -> dict:
