@@ -557,7 +557,7 @@ def model_cases(device: str, quick: bool = False, compile_reference: bool = True
     image_id, vocab = (259, 2048) if quick else (151646, 152000)
     hf_model = tiny_model("onevision", widths="real", vision_layers=vision_layers, text_layers=text_layers,
                           image_token_id=image_id, video_token_id=image_id + 1,
-                          vocab_size=vocab).to(device=device, dtype=dtype)
+                          vocab_size=vocab, device=device).to(dtype=dtype)
     ref_processor = LlavaOnevisionImageProcessorPil(image_mean=[0.5] * 3, image_std=[0.5] * 3,
                                                     image_grid_pinpoints=hf_model.config.image_grid_pinpoints)
     model = InterleaveModel.from_transformers(hf_model, tiny_tokenizer(), hf.ImageProcessor.from_hf(ref_processor))
@@ -651,7 +651,7 @@ def train_step_cases(device: str, quick: bool = False, compile_reference: bool =
     vocab = 2048 if quick else 32768  # the LM head at 152k would dwarf everything else on a CPU
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
     hf_model = tiny_model("llava", widths="real", vision_layers=2 if not quick else 1, text_layers=2 if not quick else 1,
-                          vocab_size=vocab).to(device=device, dtype=dtype)
+                          vocab_size=vocab, device=device).to(dtype=dtype)
     ref_processor = SiglipImageProcessorPil(size={"height": 384, "width": 384}, image_mean=[0.5] * 3, image_std=[0.5] * 3)
     model = InterleaveModel.from_transformers(hf_model, tiny_tokenizer(), hf.ImageProcessor.from_hf(ref_processor))
     trainable = set_trainable(model, "projector,llm")

@@ -37,11 +37,14 @@ def tiny_tokenizer():
 
 def tiny_model(kind: str = "llava", *, widths: str = "tiny", vision_layers: int = 2, text_layers: int = 2,
                tile: Optional[int] = None, seed: int = 0, image_token_id: int = 259, video_token_id: int = 260,
-               vocab_size: Optional[int] = None, text_head_dim: Optional[int] = None):
+               vocab_size: Optional[int] = None, text_head_dim: Optional[int] = None, device=None):
     """A random transformers model of `kind`. widths='tiny': SigLIP 32 wide with 28-pixel tiles
     (2x2 features); 'real': SigLIP 1152 (MLP 4304, 16 heads, 384-pixel tiles, 27x27 features) and
     Qwen2 1024 (MLP 2816, 16 heads, 2 KV heads), vocabulary 152000. text_head_dim: the LLM's head
-    width (default hidden / heads: 12 for 'tiny'; FlexAttention's GPU kernels need at least 16)."""
+    width (default hidden / heads: 12 for 'tiny'; FlexAttention's GPU kernels need at least 16).
+    device: where the weights are made and initialized (the 0.5B-depth benchmark model took ~27 s
+    of initialization on this project's 2-core host; on a GPU, milliseconds). The random values
+    depend on the device's generator: the same seed gives other weights on another device."""
     import transformers
 
     if kind not in KINDS:
@@ -72,16 +75,21 @@ def tiny_model(kind: str = "llava", *, widths: str = "tiny", vision_layers: int 
     common = dict(vision_config=vision, text_config=text, image_token_id=image_token_id,
                   vision_feature_layer=-1, vision_feature_select_strategy="full")
     if kind == "llava":
-        config = transformers.LlavaConfig(**common)
-        model = transformers.LlavaForConditionalGeneration(config)
+        config, cls = transformers.LlavaConfig(**common), transformers.LlavaForConditionalGeneration
     elif kind == "llava_next":
         config = transformers.LlavaNextConfig(image_grid_pinpoints=grid, **common)
-        model = transformers.LlavaNextForConditionalGeneration(config)
+        cls = transformers.LlavaNextForConditionalGeneration
     else:
         config = transformers.LlavaOnevisionConfig(image_grid_pinpoints=grid, video_token_id=video_token_id,
                                                    vision_aspect_ratio="anyres_max_9", **common)
-        model = transformers.LlavaOnevisionForConditionalGeneration(config)
-    return model.eval()
+        cls = transformers.LlavaOnevisionForConditionalGeneration
+    if device is None:
+        return cls(config).eval()
+    device = torch.device(device)
+    if device.type == "cuda":
+        torch.cuda.manual_seed(seed)  # the initializers draw from the device's generator there
+    with device:
+        return cls(config).eval()
 
 
 def save_tiny_checkpoint(path: str, kind: str = "llava", **kwargs) -> str:
