@@ -45,11 +45,15 @@ def profile_call(name, fn, reps=10):
 
 
 def main(argv):
+    built_op, built = None, []
     for spec in argv:
         op, shape, dtype = spec.split(":")
         shape = shape.replace(".", " ")
-        cases = [c for c in CASES[op]("cuda", quick=False, compile_reference=False)
-                 if shape in c.shape and c.dtype == dtype]
+        if op != built_op:  # consecutive specs of one op share its cases (built once: seconds each)
+            built_op, built = None, []
+            torch.cuda.empty_cache()
+            built_op, built = op, CASES[op]("cuda", quick=False, compile_reference=False)
+        cases = [c for c in built if shape in c.shape and c.dtype == dtype]
         if not cases:
             print(f"{spec}: no such case")
             continue
@@ -64,7 +68,6 @@ def main(argv):
         if ref is not None:
             profile_call(ref, case.baselines[ref])
         del cases, case
-        torch.cuda.empty_cache()
     return 0
 
 
