@@ -391,10 +391,10 @@ def exit_worker(code: int = 0) -> None:
     destroy_process_group() does not stop a gloo group's worker threads (gloo's shutdown is a no-op),
     and the group outlives it: DTensor's sharding caches keep FSDP2's device mesh alive. Those threads
     then meet the interpreter's teardown, where a C++ thread that touches a Python object exits
-    mid-destructor and the rank aborts ("terminate called without an active exception"; one rank of
-    the 2-process FSDP2 test, twice in this project's CI runs; not reproduced in 22 local runs). The checkpoint is written and every rank
-    has passed train()'s final barrier by now, so nothing is lost by leaving at once: output
-    streams and logging are flushed first."""
+    mid-destructor and the rank aborts ("terminate called without an active exception": one rank
+    of the 2-process FSDP2 test, twice in this project's CI runs, never in 22 local runs). The
+    checkpoint is written and every rank has passed train()'s final barrier by now, so nothing is
+    lost by leaving at once: output streams and logging are flushed first."""
     import logging
     import sys
     logging.shutdown()
