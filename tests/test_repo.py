@@ -224,9 +224,10 @@ def test_gpu_check_runs_the_unverified_paths_tests_first():
 
 
 def test_gpu_ncu_specs_name_benchmark_cases():
-    """bench/gpu_ncu.sh's default cases (read under Nsight Compute at the end of gpu_check.sh) name
-    cases of interleave.bench: each op:shape:dtype resolves on the CPU, and each @variant is one the
-    benchmark defines for CUDA (a typo would only show on the GPU, in its scarce minutes)."""
+    """bench/gpu_ncu.sh's default cases (read under Nsight Compute at the end of gpu_check.sh) and
+    gpu_check.sh's kernel-table cases (bench/gpu_profile.py) name cases of interleave.bench: each
+    op:shape:dtype resolves on the CPU, and each @variant is one the benchmark defines for CUDA (a
+    typo would only show on the GPU, in its scarce minutes)."""
     text = open(os.path.join(ROOT, "bench", "gpu_ncu.sh")).read()
     specs = re.search(r'specs=\$\{NCU_SPECS:-"(.+?)"\}', text, flags=re.S).group(1).split()
     bench_text = open(os.path.join(ROOT, "interleave", "bench.py")).read()
@@ -243,5 +244,14 @@ def test_gpu_ncu_specs_name_benchmark_cases():
             gemm_modes = {f"ours_{m}" for m in ("wgmma", "wgmma_staged", "cublas", "cublas_copy", "mma")}
             assert variant == "ours" or variant in gemm_modes or f'variants["{variant}"]' in bench_text \
                 or f'"{variant}":' in bench_text, spec
+        # gpu_check.sh's kernel tables (bench/gpu_profile.py, same op:shape:dtype form): each names a
+        # case too (an unknown one prints "no such case" and costs its share of the 90 s).
+        check = open(os.path.join(ROOT, "bench", "gpu_check.sh")).read()
+        profile = re.search(r"gpu_profile\.py (.+?) >", check, flags=re.S).group(1)
+        profile_specs = profile.replace("\\\n", " ").replace("\\>", ">").split()
+        assert len(profile_specs) >= 6 and all(s.count(":") == 2 for s in profile_specs), profile_specs
+        for spec in profile_specs:
+            label, _ = gpu_ncu.find(spec)
+            assert label.startswith(spec.split(":")[0]), (spec, label)
     finally:
         sys.path.remove(os.path.join(ROOT, "bench"))
