@@ -188,6 +188,32 @@ def test_exit_worker_flushes_and_keeps_the_exit_code(tmp_path):
     assert run.stderr.endswith("to stderr")
 
 
+@pytest.mark.parametrize("world", ["1", "2"])
+def test_cli_train_ends_torchrun_workers_through_exit_worker(workdir, monkeypatch, world):
+    """`python -m interleave train` under torchrun (WORLD_SIZE > 1) leaves through exit_worker after
+    train() returns; a single process returns normally."""
+    import interleave.train as trainmod
+    seen = {}
+    monkeypatch.setenv("WORLD_SIZE", world)
+    monkeypatch.setenv("RANK", "1")
+
+    def fake_train(cfg):
+        seen["cfg"] = cfg
+        return {"losses": [1.0], "skipped": 0, "truncated": 0, "checkpoint": None}
+    monkeypatch.setattr(trainmod, "train", fake_train)
+
+    def fake_exit(code=0):
+        raise SystemExit(f"exit_worker({code})")
+    monkeypatch.setattr(trainmod, "exit_worker", fake_exit)
+    argv = ["--model", str(workdir / "model"), "--data", str(workdir / "good.jsonl"), "--out", str(workdir / "cli")]
+    if world == "1":
+        assert trainmod.main(argv) == 0
+    else:
+        with pytest.raises(SystemExit, match=r"exit_worker\(0\)"):
+            trainmod.main(argv)
+    assert seen["cfg"].model == str(workdir / "model")
+
+
 def test_first_fit_and_packed_mask():
     assert datamod.first_fit([5, 3, 4, 2, 6], 8) == [[4, 3], [0, 1], [2]]
     samples = [{"input_ids": [1, 2, 3], "labels": [5, 6, 7], "visuals": [], "truncated": False, "visual_tokens": 0},
