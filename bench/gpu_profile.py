@@ -50,7 +50,7 @@ def main(argv):
         op, shape, dtype = spec.split(":")
         shape = shape.replace(".", " ")
         if op != built_op:  # consecutive specs of one op share its cases (built once: seconds each)
-            built_op, built = None, []
+            built = []  # the previous op's tensors are freed before the next op's are made
             torch.cuda.empty_cache()
             built_op, built = op, CASES[op]("cuda", quick=False, compile_reference=False)
         cases = [c for c in built if shape in c.shape and c.dtype == dtype]
@@ -67,7 +67,6 @@ def main(argv):
         ref = next((n for n in case.baselines if n not in CPU_BASELINES), None)
         if ref is not None:
             profile_call(ref, case.baselines[ref])
-        del cases, case
     return 0
 
 

@@ -59,6 +59,13 @@ class Case:
 
 
 # ---- merge_tokens ------------------------------------------------------------------------------
+def _generator_on(device, host: torch.Generator, seed: int) -> torch.Generator:
+    """`host` itself for the CPU, else a generator of `device` seeded with `seed`: large random
+    inputs are drawn where they will live (drawn on the host, a 152000 x 4096 table takes ~5 s of
+    one core, which on a GPU machine comes out of the GPU check's budget)."""
+    return host if torch.device(device).type == "cpu" else torch.Generator(device=device).manual_seed(seed)
+
+
 def merge_tokens_inputs(B=1, L=8192, D=1024, K=7290, V=152000, dtype=torch.float32, device="cpu", seed=0):
     """Ten 27x27 images (K = 7290 placeholders) spread over an 8192-token prompt, random text ids
     from a Qwen-sized vocabulary, a random table and random visual rows (never zeros)."""
@@ -67,10 +74,8 @@ def merge_tokens_inputs(B=1, L=8192, D=1024, K=7290, V=152000, dtype=torch.float
     per_row = [K // B + (1 if b < K % B else 0) for b in range(B)]
     for b, count in enumerate(per_row):
         input_ids[b, torch.randperm(L, generator=g)[:count]] = IMAGE_TOKEN_ID
-    # Independent normal values (no row repeats another: a gather of the wrong row shows), drawn
-    # where they will live: on the host a 152000 x 4096 table takes ~5 s of one core, which on a
-    # GPU machine came out of the GPU check's budget; a device generator takes milliseconds.
-    dev = g if torch.device(device).type == "cpu" else torch.Generator(device=device).manual_seed(seed)
+    # Independent normal values (no row repeats another: a gather of the wrong row shows).
+    dev = _generator_on(device, g, seed)
     weight = torch.empty(V, D, device=device).normal_(generator=dev).to(dtype)
     visual = torch.empty(K, D, device=device).normal_(generator=dev).to(dtype)
     return input_ids.to(device), weight, visual
@@ -765,8 +770,7 @@ def linear_cross_entropy_inputs(N=4096, V=152000, D=1024, dtype=torch.float32, d
     """Hidden states ~N(0, 1), an LM head with logits of std ~1, labels uniform over the vocabulary
     with 1/8 of them ignored (prompt tokens), all requiring grad as in training."""
     g = torch.Generator().manual_seed(seed)
-    # Drawn on the device (as merge_tokens_inputs): the 152000 x 1024 head took ~2 s per case on the host.
-    dev = g if torch.device(device).type == "cpu" else torch.Generator(device=device).manual_seed(seed)
+    dev = _generator_on(device, g, seed)  # the 152000 x 1024 head: ~2 s per case on the host
     hidden = torch.empty(N, D, device=device).normal_(generator=dev).to(dtype).requires_grad_()
     weight = torch.empty(V, D, device=device).normal_(0.0, D ** -0.5, generator=dev).to(dtype).requires_grad_()
     labels = torch.randint(0, V, (N,), generator=g)

@@ -7,6 +7,7 @@ few layers, for benchmarks of the glue around the big matmuls.
 """
 from __future__ import annotations
 
+import contextlib
 from typing import Optional
 
 import torch
@@ -83,12 +84,8 @@ def tiny_model(kind: str = "llava", *, widths: str = "tiny", vision_layers: int 
         config = transformers.LlavaOnevisionConfig(image_grid_pinpoints=grid, video_token_id=video_token_id,
                                                    vision_aspect_ratio="anyres_max_9", **common)
         cls = transformers.LlavaOnevisionForConditionalGeneration
-    if device is None:
-        return cls(config).eval()
-    device = torch.device(device)
-    if device.type == "cuda":
-        torch.cuda.manual_seed(seed)  # the initializers draw from the device's generator there
-    with device:
+    # (torch.manual_seed above seeds every device's generator.)
+    with torch.device(device) if device is not None else contextlib.nullcontext():
         return cls(config).eval()
 
 
