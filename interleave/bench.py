@@ -967,7 +967,10 @@ def time_fn(fn: Callable[[], object], device: str, reps: int, warmup: int = 3,
     waits for (Python, launches, a host sync inside the call) counts. With device_only, a GPU
     sleep queued before the start event hides the host's launches behind it, so the time is the
     device's (kernels and the gaps between them once the host has caught up); a call that syncs
-    the host inside still shows the wait. Returns NaN for device_only off CUDA."""
+    the host inside still shows the wait. Returns NaN for device_only off CUDA.
+
+    A `reps` below `min_reps` wins and caps the warm-up too (`--reps 2` is a smoke run: the quick
+    bench's model case made 8 calls of each side where it asked for 2)."""
     if device_only and device != "cuda":
         return float("nan")
     t0 = time.perf_counter()
@@ -975,6 +978,7 @@ def time_fn(fn: Callable[[], object], device: str, reps: int, warmup: int = 3,
     if device == "cuda":
         torch.cuda.synchronize()
     first = time.perf_counter() - t0
+    min_reps, warmup = min(min_reps, reps), min(warmup, reps)
     reps = max(min_reps, min(reps, int(budget_s / max(first, 1e-9))))
     for _ in range(warmup - 1):
         fn()

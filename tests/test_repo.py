@@ -53,6 +53,20 @@ def test_bench_quick_writes_json(tmp_path):
     assert "patch_embed" in r.stdout and "TFLOP/s" in r.stdout
 
 
+def test_time_fn_call_counts():
+    """time_fn's calls: the first (sizes the run), warmup - 1 more, then max(min_reps, reps) timed,
+    unless a smaller `reps` is asked for (a smoke run): then reps bounds both."""
+    from interleave.bench import time_fn
+    for reps, warmup, min_reps, calls in [(30, 3, 5, 1 + 2 + 30), (3, 3, 5, 1 + 2 + 3), (2, 3, 5, 1 + 1 + 2),
+                                          (1, 3, 5, 1 + 0 + 1), (8, 1, 3, 1 + 0 + 8)]:
+        n = []
+        t = time_fn(lambda: n.append(1), "cpu", reps, warmup=warmup, min_reps=min_reps)
+        assert len(n) == calls and t >= 0, (reps, warmup, min_reps, len(n))
+    n = []  # a slow call: the 4 s budget cuts the timed calls, but never below min_reps
+    time_fn(lambda: (n.append(1), __import__("time").sleep(0.1)), "cpu", 30, warmup=1, min_reps=5, budget_s=0.2)
+    assert len(n) == 1 + 5
+
+
 def test_extension_links_libstdcxx_shared():
     """The extension loads libstdc++ as a shared library and holds no copy of its own: on the lent
     H100 machines a toolchain linked it in statically and every TORCH_CHECK message with a number
