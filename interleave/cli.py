@@ -28,12 +28,15 @@ def load_image(path: str):
 
 def load_video(path: str, num_frames: int):
     """Uniformly sampled frames (interleave.plan.sample_frames) of a video file (PyAV) or of a folder
-    of frame images (sorted by name)."""
+    of frame images (sorted by name). Only the sampled frames are converted and kept (a long video
+    is not held in memory). A video with fewer frames than num_frames repeats frames, as the
+    training code's linspace does, with a warning."""
     from .plan import sample_frames
     if os.path.isdir(path):
         files = sorted(f for f in os.listdir(path) if f.lower().endswith(IMAGE_EXTENSIONS))
         if not files:
             raise ValueError(f"video folder {path!r} holds no frame images ({', '.join(IMAGE_EXTENSIONS)})")
+        _warn_if_short(path, len(files), num_frames)
         return [load_image(os.path.join(path, files[i])) for i in sample_frames(len(files), num_frames)]
     if not os.path.isfile(path):
         raise FileNotFoundError(f"video {path!r} does not exist")
@@ -44,9 +47,41 @@ def load_video(path: str, num_frames: int):
         # instead of stopping a long run (generate_main turns it into a clean exit).
         raise ImportError(f"decoding the video file {path!r} needs PyAV (pip install av); "
                           "or use a folder of frame images") from None
+    try:
+        # The frame count from the packets (the header's count is missing or approximate in many
+        # containers), then one decoding pass that converts only the sampled frames.
+        with av.open(path) as container:
+            if not container.streams.video:
+                raise ValueError(f"video {path!r} has no video stream (streams: "
+                                 f"{', '.join(st.type for st in container.streams) or 'none'})")
+            total = sum(1 for packet in container.demux(video=0) if packet.size)
+        frames, decoded = _decode_frames(av, path, sample_frames(total, num_frames) if total else [])
+        if len(frames) < num_frames and decoded:  # fewer frames decoded than packets: sample those
+            frames, decoded = _decode_frames(av, path, sample_frames(decoded, num_frames))
+    except av.FFmpegError as e:
+        raise ValueError(f"video {path!r} could not be decoded: {e}") from None
+    if not decoded:
+        raise ValueError(f"video {path!r} has no frames")
+    _warn_if_short(path, decoded, num_frames)
+    return frames
+
+
+def _decode_frames(av, path: str, indices: list):
+    """The frames at `indices` (sorted, repeats allowed) as RGB arrays, and how many frames the file decodes to."""
+    frames, decoded = [], 0
     with av.open(path) as container:
-        frames = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
-    return [frames[i] for i in sample_frames(len(frames), num_frames)]
+        for frame in container.decode(video=0):
+            while len(frames) < len(indices) and indices[len(frames)] == decoded:
+                frames.append(frame.to_ndarray(format="rgb24"))
+            decoded += 1
+    return frames, decoded
+
+
+def _warn_if_short(path: str, total: int, num_frames: int) -> None:
+    if total < num_frames:
+        import warnings
+        warnings.warn(f"video {path!r} has {total} frame(s), fewer than the {num_frames} asked for: "
+                      "frames repeat (interleave.plan.sample_frames)", stacklevel=3)
 
 
 def generate_main(argv) -> int:

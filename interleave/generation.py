@@ -53,7 +53,7 @@ def generate(model, prompts: Union[str, Sequence[str]], visuals=None, *, max_new
         torch.manual_seed(seed)
     prompt_len = batch["input_ids"].shape[1]
     if stream:
-        return _stream(model, batch, kwargs)
+        return _until_stop(_stream(model, batch, kwargs), strings)
     with torch.inference_mode():
         out = model.hf.generate(**batch, **kwargs)
     texts = [_trim(tokenizer.decode(row[prompt_len:], skip_special_tokens=True), strings) for row in out]
@@ -64,6 +64,29 @@ def _trim(text: str, stop_strings: Sequence[str]) -> str:
     """Cuts the text at the first stop string (generation stops after producing it)."""
     cut = min((text.find(s) for s in stop_strings if s in text), default=-1)
     return text[:cut] if cut >= 0 else text
+
+
+def _until_stop(pieces, stop_strings: Sequence[str]) -> Iterator[str]:
+    """The streamed pieces cut as _trim cuts the whole text: a piece's tail that could begin a stop
+    string is held back until the next piece tells, and nothing from the first stop string on is
+    yielded (transformers stops generating there, but its streamer has already sent that text)."""
+    if not stop_strings:
+        yield from pieces
+        return
+    held = ""
+    for piece in pieces:
+        held += piece
+        cut = min((held.find(s) for s in stop_strings if s in held), default=-1)
+        if cut >= 0:
+            if cut:
+                yield held[:cut]
+            return
+        keep = max((k for s in stop_strings for k in range(1, len(s)) if held.endswith(s[:k])), default=0)
+        if len(held) > keep:
+            yield held[:len(held) - keep]
+            held = held[len(held) - keep:]
+    if held:
+        yield held
 
 
 def _stream(model, batch, kwargs) -> Iterator[str]:

@@ -201,13 +201,20 @@ def plan_video(num_frames: int, pooling: str = "none", *, newline: Optional[bool
     return VideoPlan(num_frames, pooling, (fh, fw), newline, num_frames * fh * fw + int(newline))
 
 
-def sample_frames(total_frames: int, num_samples: int) -> list[int]:
+def sample_frames(total_frames: int, num_samples: int, *, allow_repeats: bool = True) -> list[int]:
     """Uniform frame indices as the LLaVA-NeXT training code: linspace(0, total-1, k) truncated
-    to int. Raises on an empty video or a bad count (the original demo divides by zero there)."""
+    to int. Raises on an empty video or a bad count (the original demo divides by zero there).
+
+    A video shorter than num_samples gets repeated indices, as the training code's linspace gives
+    them (sample_frames(3, 5) == [0, 0, 1, 1, 2]); with allow_repeats=False that is a ValueError
+    naming both numbers instead."""
     if total_frames < 1:
         raise ValueError(f"sample_frames: the video has no frames (total_frames={total_frames})")
     if num_samples < 1:
         raise ValueError(f"sample_frames: num_samples must be >= 1, got {num_samples}")
+    if total_frames < num_samples and not allow_repeats:
+        raise ValueError(f"sample_frames: the video is too short: {total_frames} frame(s), {num_samples} asked for "
+                         "(allow_repeats=True repeats frames as the training code's linspace does)")
     if num_samples == 1:
         return [0]
     step = (total_frames - 1) / (num_samples - 1)

@@ -106,10 +106,29 @@ def test_streaming_and_stop_strings(model, images):
     sampled = interleave.generate(model, prompt, visuals, max_new_tokens=6, do_sample=True, top_k=5, top_p=0.9,
                                   temperature=0.7, seed=0)
     assert isinstance(sampled, str)
-    if len(full) > 1:
-        stop = full[1]
-        cut = interleave.generate(model, prompt, visuals, max_new_tokens=6, stop=[stop])
-        assert cut == full[:full.find(stop)]
+    assert len(full) > 1, full  # the tiny model's greedy answer (the stop string below needs 2 characters)
+    stop = full[1]
+    cut = interleave.generate(model, prompt, visuals, max_new_tokens=6, stop=[stop])
+    assert cut == full[:full.find(stop)]
+    # streamed with the stop string: the same text, nothing from the stop string on
+    assert "".join(interleave.generate(model, prompt, visuals, max_new_tokens=6, stop=[stop], stream=True)) == cut
+    # the static cache (CUDA graphs' cache) generates the same greedy text
+    assert interleave.generate(model, prompt, visuals, max_new_tokens=6, static_cache=True) == full
+
+
+@pytest.mark.parametrize("pieces,stops,expected", [
+    (["Hel", "lo <", "|e", "nd|> more"], ["<|end|>"], ["Hel", "lo ", ""]),  # held back over three pieces
+    (["ab", "c<", "x"], ["<|end|>"], ["ab", "c", "<x"]),                     # a false start is released
+    (["abc"], ["b", "c"], ["a"]),                                             # the earliest stop string wins
+    (["STOP at once"], ["STOP"], []),
+    (["no", " stop"], [], ["no", " stop"]),
+    (["tail <|"], ["<|end|>"], ["tail ", "<|"]),                              # the end flushes what was held
+])
+def test_stream_pieces_cut_at_stop_strings(pieces, stops, expected):
+    from interleave.generation import _trim, _until_stop
+    got = list(_until_stop(iter(pieces), stops))
+    assert [p for p in got if p] == [p for p in expected if p]
+    assert "".join(got) == _trim("".join(pieces), stops)
 
 
 # ---- processing -----------------------------------------------------------------------------------

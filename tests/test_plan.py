@@ -136,6 +136,11 @@ def test_sample_frames_errors():
         plan.sample_frames(0, 10)
     with pytest.raises(ValueError, match="num_samples"):
         plan.sample_frames(10, 0)
+    # a video shorter than the count: linspace's repeated indices, or an error naming both numbers
+    assert plan.sample_frames(3, 5) == [0, 0, 1, 1, 2]
+    with pytest.raises(ValueError, match=r"too short: 3 frame\(s\), 5 asked for"):
+        plan.sample_frames(3, 5, allow_repeats=False)
+    assert plan.sample_frames(5, 5, allow_repeats=False) == [0, 1, 2, 3, 4]
 
 
 def test_bad_arguments():

@@ -53,6 +53,22 @@ def test_bench_quick_writes_json(tmp_path):
     assert "patch_embed" in r.stdout and "TFLOP/s" in r.stdout
 
 
+def test_every_subpackage_is_packaged():
+    """A non-editable install (pip install ., a wheel) ships every package directory: the list once
+    named two and left interleave.triton_kernels (the CUDA linear_cross_entropy kernel) out."""
+    import warnings
+
+    from setuptools.config.pyprojecttoml import apply_configuration
+    from setuptools.dist import Distribution
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a deprecated pyproject key fails here, not in a 2027 build
+        dist = apply_configuration(Distribution(), os.path.join(ROOT, "pyproject.toml"))
+    on_disk = {os.path.relpath(d, ROOT).replace(os.sep, ".") for d, _, files in os.walk(os.path.join(ROOT, "interleave"))
+               if "__init__.py" in files}
+    assert on_disk >= {"interleave", "interleave.ops", "interleave.triton_kernels"}
+    assert set(dist.packages) == on_disk
+
+
 def test_time_fn_call_counts():
     """time_fn's calls: the first (sizes the run), warmup - 1 more, then max(min_reps, reps) timed,
     unless a smaller `reps` is asked for (a smoke run): then reps bounds both."""
