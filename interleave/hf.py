@@ -27,6 +27,23 @@ from .patching import is_patched, patch, unpatch, visual_path, visual_tokens  # 
 KINDS = ("siglip", "llava_next", "onevision")
 
 
+def _same_setting(a, b) -> bool:
+    """Settings compare as values: lists and tuples alike, numbers within float rounding, size
+    dicts (transformers 5.x keeps a SizeDict dataclass) by their set keys."""
+    import dataclasses
+    a, b = (({k: v for k, v in (dataclasses.asdict(x) if dataclasses.is_dataclass(x) else x).items() if v is not None})
+            if isinstance(x, dict) or (dataclasses.is_dataclass(x) and not isinstance(x, type)) else x for x in (a, b))
+    if isinstance(a, dict) or isinstance(b, dict):
+        return isinstance(a, dict) and isinstance(b, dict) and a.keys() == b.keys() and \
+            all(_same_setting(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple, np.ndarray)) or isinstance(b, (list, tuple, np.ndarray)):
+        a, b = np.asarray(a, dtype=object).ravel().tolist(), np.asarray(b, dtype=object).ravel().tolist()
+        return len(a) == len(b) and all(_same_setting(x, y) for x, y in zip(a, b))
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool):
+        return abs(float(a) - float(b)) <= 1e-9 * max(1.0, abs(float(b)))
+    return a == b
+
+
 def _kind_of(hf_image_processor) -> str:
     name = type(hf_image_processor).__name__
     if name.startswith("LlavaOnevision"):
@@ -270,9 +287,21 @@ class ImageProcessor:
         grid = getattr(p, "image_grid_pinpoints", None) if kind != "siglip" else None
         mean = list(np.broadcast_to(np.asarray(p.image_mean, dtype=np.float64), (3,)))
         std = list(np.broadcast_to(np.asarray(p.image_std, dtype=np.float64), (3,)))
-        return cls(kind, image_mean=mean, image_std=std, rescale_factor=p.rescale_factor,
+        ours = cls(kind, image_mean=mean, image_std=std, rescale_factor=p.rescale_factor,
                    size=_square_size(p.size, "size"), grid_pinpoints=grid,
                    do_pad=bool(getattr(p, "do_pad", True)), device=device)
+        # Kept for what a transformers processor reads off its image processor besides calling it
+        # (fetch_images, image_grid_pinpoints, model_input_names, ...: see __getattr__), so that
+        # `processor.image_processor = ImageProcessor.from_hf(processor.image_processor)` works.
+        ours._hf = p
+        return ours
+
+    def __getattr__(self, name):
+        # Only for attributes this class does not have: the wrapped transformers processor's.
+        hf = self.__dict__.get("_hf")
+        if hf is None or name.startswith("__"):
+            raise AttributeError(f"{type(self).__name__!s} has no attribute {name!r}")
+        return getattr(hf, name)
 
     def __getstate__(self):  # device copies of the table stay behind (DataLoader workers)
         state = dict(self.__dict__)
@@ -293,11 +322,35 @@ class ImageProcessor:
         with nvtx.range("image_processor"):
             return self._process(images, return_tensors, device, normalize, **kwargs)
 
+    # Per-call settings transformers' image processors take (and its processors pass on). One that
+    # is None or equals this processor's setting changes nothing; another value is an error naming it
+    # (the settings are read once, by from_hf).
+    _ALWAYS = {"do_resize": True, "do_rescale": True, "do_normalize": True, "do_convert_rgb": True,
+               "resample": 3, "data_format": "channels_first"}
+    _SETTINGS = ("size", "crop_size", "do_center_crop", "rescale_factor", "image_mean", "image_std", "do_pad",
+                 "image_grid_pinpoints", "vision_aspect_ratio")
+
+    def _check_call_settings(self, kwargs: dict) -> None:
+        for key, value in kwargs.items():
+            if value is None or key == "input_data_format":  # the layout of each input is read off its shape
+                continue
+            if key in self._ALWAYS:
+                expected = self._ALWAYS[key]
+                same = str(getattr(value, "value", value)) == str(expected) or value == expected
+            elif key in self._SETTINGS:
+                hf = self.__dict__.get("_hf")
+                expected = getattr(hf, key, None) if hf is not None else None
+                same = hf is not None and _same_setting(value, expected)
+            else:
+                raise TypeError(f"ImageProcessor: unsupported argument {key}={value!r}")
+            if not same:
+                raise ValueError(f"ImageProcessor: per-call {key}={value!r} differs from this processor's setting "
+                                 f"({expected!r}); make an ImageProcessor.from_hf of a processor with that setting")
+
     def _process(self, images, return_tensors, device, normalize=True, **kwargs):
         from transformers.image_processing_utils import BatchFeature
 
-        if kwargs:
-            raise TypeError(f"ImageProcessor: unsupported arguments {sorted(kwargs)}")
+        self._check_call_settings(kwargs)
         images = _frames_as_images(images, self.kind)
         # Nesting as transformers reads it: a list of lists is a batch of multi-image samples.
         if isinstance(images, (list, tuple)) and images and isinstance(images[0], (list, tuple)):

@@ -266,3 +266,67 @@ def test_from_torchvision_backend_processor():
     ours = ImageProcessor.from_hf(LlavaOnevisionImageProcessor(**SIGLIP))
     images = [imgs["coffee"]]
     assert_same(pil(images, return_tensors="pt"), ours(images, return_tensors="pt"))
+
+
+def _multimodal_processor(kind, image_processor):
+    """transformers' multimodal processor (tokenizer + image processor) of each kind, on the tiny
+    byte-level tokenizer (nothing downloaded)."""
+    import transformers
+    from interleave.tiny import tiny_tokenizer
+    tok = tiny_tokenizer()
+    tok.image_token, tok.video_token = "<image>", "<video>"
+    if kind == "onevision":
+        from transformers.models.llava_onevision.video_processing_llava_onevision import LlavaOnevisionVideoProcessor
+        return transformers.LlavaOnevisionProcessor(image_processor=image_processor, tokenizer=tok,
+                                                    video_processor=LlavaOnevisionVideoProcessor(),
+                                                    num_image_tokens=729, vision_feature_select_strategy="full")
+    cls = transformers.LlavaNextProcessor if kind == "llava_next" else transformers.LlavaProcessor
+    return cls(image_processor=image_processor, tokenizer=tok, patch_size=14, vision_feature_select_strategy="full",
+               num_additional_image_tokens=0)
+
+
+@pytest.mark.parametrize("kind", ["onevision", "llava_next", "siglip"])
+def test_drop_in_inside_a_transformers_processor(kind):
+    """`processor.image_processor = ImageProcessor.from_hf(processor.image_processor)`: the
+    multimodal processor's whole output (token ids with the placeholders expanded, pixel_values,
+    image_sizes, batch_num_images) equals the PIL processor's."""
+    import copy
+    hf_pil = {"onevision": lambda: pil_onevision.LlavaOnevisionImageProcessorPil(**SIGLIP),
+              "llava_next": lambda: pil_llava_next.LlavaNextImageProcessorPil(
+                  image_grid_pinpoints=[[384, 768], [768, 384], [768, 768]], size={"height": 384, "width": 384},
+                  crop_size={"height": 384, "width": 384}, do_center_crop=False, **SIGLIP),
+              "siglip": lambda: pil_siglip.SiglipImageProcessorPil(size={"height": 384, "width": 384}, **SIGLIP)}[kind]()
+    theirs = _multimodal_processor(kind, hf_pil)
+    ours = copy.copy(theirs)
+    ours.image_processor = ImageProcessor.from_hf(hf_pil)
+    imgs = real_images()
+    if kind == "onevision":  # a single-image sample (anyres) and a two-image one (padded squares)
+        images, text = [[imgs["coffee"]], [imgs["chelsea"], imgs["astronaut"]]], ["<image>one", "<image><image>two"]
+    else:
+        images, text = [imgs["coffee"], imgs["chelsea"]], ["<image>one", "<image>two"]
+    a = theirs(images=images, text=text, return_tensors="pt", padding=True)
+    b = ours(images=images, text=text, return_tensors="pt", padding=True)
+    assert a["input_ids"].shape[1] > 729  # the placeholders were expanded (to the same counts: below)
+    assert_same(a, b)
+
+
+def test_per_call_settings_equal_to_the_processors_own_are_accepted():
+    hf = pil_onevision.LlavaOnevisionImageProcessorPil(**SIGLIP)
+    ours = ImageProcessor.from_hf(hf)
+    image = real_images()["chelsea"]
+    expected = hf([image], return_tensors="pt")
+    same = dict(do_resize=True, do_rescale=True, do_normalize=True, do_convert_rgb=None, size=dict(hf.size),
+                image_mean=(0.5, 0.5, 0.5), image_std=[0.5, 0.5, 0.5], do_pad=True, rescale_factor=1 / 255,
+                image_grid_pinpoints=[list(p) for p in hf.image_grid_pinpoints], resample=3,
+                data_format="channels_first", input_data_format="channels_last")
+    assert_same(expected, ours([image], return_tensors="pt", **same))
+    # attributes a multimodal processor reads off its image processor come from the wrapped one
+    assert ours.image_grid_pinpoints == hf.image_grid_pinpoints and ours.model_input_names == hf.model_input_names
+    with pytest.raises(AttributeError, match="no attribute 'nonexistent'"):
+        ours.nonexistent
+    with pytest.raises(ValueError, match=r"per-call image_mean=\[0.4, 0.5, 0.5\] differs from this processor's setting"):
+        ours([image], image_mean=[0.4, 0.5, 0.5])
+    with pytest.raises(ValueError, match="per-call do_resize=False differs"):
+        ours([image], do_resize=False)
+    with pytest.raises(TypeError, match="unsupported argument colour=1"):
+        ours([image], colour=1)
