@@ -142,6 +142,24 @@ def visual_tokens(model, pixel_values=None, image_sizes=None, pixel_values_video
     return images, videos
 
 
+def _in_placeholder_order(input_ids, image_id: int, video_id: int, image_tokens, video_tokens):
+    """Image and video rows interleaved as their placeholders come in row-major `input_ids`: the
+    k-th image placeholder takes image row k, the k-th video one video row k (transformers fills
+    each kind with its own masked_scatter). One host sync, for the per-kind counts (merge_tokens
+    checks the total)."""
+    flat = input_ids.reshape(-1)
+    is_image, is_video = flat == image_id, flat == video_id
+    n_images, n_videos = torch.stack([is_image.sum(), is_video.sum()]).tolist()
+    if n_images != image_tokens.shape[0] or n_videos != video_tokens.shape[0]:
+        raise ValueError(f"interleave: {n_images} image placeholder(s) for {image_tokens.shape[0]} image token rows "
+                         f"and {n_videos} video placeholder(s) for {video_tokens.shape[0]} video token rows")
+    rows = torch.cat([image_tokens, video_tokens.to(image_tokens.dtype)])
+    source = torch.where(is_image, torch.cumsum(is_image, 0) - 1, torch.cumsum(is_video, 0) - 1 + n_images)
+    # placeholder positions in order, without a nonzero() (a stable sort puts them first)
+    positions = torch.argsort((~(is_image | is_video)).to(torch.uint8), stable=True)[:n_images + n_videos]
+    return rows.index_select(0, source[positions])
+
+
 def _patched_forward(inner, original):
     kind = _kind(inner)
 
@@ -162,11 +180,11 @@ def _patched_forward(inner, original):
         config = inner.config
         image_id = config.image_token_id if hasattr(config, "image_token_id") else config.image_token_index
         if image_tokens is not None and video_tokens is not None:
-            # Images and videos have their own placeholder ids and transformers fills each in order:
-            # merge the images, then scatter the video rows (transformers' way) into their placeholders.
-            embeds = merge_tokens(input_ids, embed.weight, image_tokens, image_id, padding_idx=embed.padding_idx)
-            mask = (input_ids == config.video_token_id).unsqueeze(-1)
-            embeds = embeds.masked_scatter(mask, video_tokens.to(embeds.dtype))
+            # Images and videos have their own placeholder ids and transformers fills each kind in
+            # order: the rows of both, put in placeholder order, go through one merge over both ids.
+            tokens = _in_placeholder_order(input_ids, image_id, config.video_token_id, image_tokens, video_tokens)
+            embeds = merge_tokens(input_ids, embed.weight, tokens, [image_id, config.video_token_id],
+                                  padding_idx=embed.padding_idx)
         else:
             tokens, token_id = (image_tokens, image_id) if image_tokens is not None else (video_tokens, config.video_token_id)
             embeds = merge_tokens(input_ids, embed.weight, tokens, token_id, padding_idx=embed.padding_idx)

@@ -115,6 +115,25 @@ def test_onevision_video_and_image_prompt():
     _compare(model, inputs, exact=False)
     only_video = dict(input_ids=torch.tensor([[20] + [VIDEO_ID] * video.num_tokens + [21]]), pixel_values_videos=frames)
     _compare(model, only_video, exact=False)
+    # the image first, then the video; and a batch of two rows, each kind in each row
+    inputs["input_ids"] = torch.tensor([ids[:-2] + [20] + [VIDEO_ID] * video.num_tokens + ids[-2:]])
+    _compare(model, inputs, exact=False)
+    row_a = ids[:4] + [VIDEO_ID] * 2 + ids[4:]  # the video's first two rows inside the image's ...
+    row_b = [VIDEO_ID] * (video.num_tokens - 2) + [21] * (len(row_a) - video.num_tokens + 2)  # ... the rest in row 2
+    two, _ = _image_inputs("onevision", [(30, 50)])
+    two["input_ids"] = torch.tensor([row_a, row_b])
+    two["pixel_values_videos"] = frames
+    two["attention_mask"] = torch.ones_like(two["input_ids"])
+    _compare(model, two, exact=False)
+    # a count that does not match: an error naming the numbers (transformers raises its own unpatched)
+    bad = dict(inputs, input_ids=torch.tensor([ids + [VIDEO_ID] * 3]))
+    interleave.hf.patch(model)
+    try:
+        with pytest.raises(ValueError, match=r"image placeholder\(s\) for .* and 3 video placeholder\(s\) for"):
+            with torch.no_grad():
+                model(**bad)
+    finally:
+        interleave.hf.unpatch(model)
 
 
 def test_visual_tokens_equal_transformers_features():
