@@ -320,7 +320,14 @@ class ImageProcessor:
         """normalize=False (ours, not transformers'): pixel_values are the uint8 tiles [..., S, S, 3]
         themselves, for a patch embedding that folds the normalization in (interleave.ops.patch_embed)."""
         with nvtx.range("image_processor"):
-            return self._process(images, return_tensors, device, normalize, **kwargs)
+            out = self._process(images, return_tensors, device, normalize, **kwargs)
+        if return_tensors is None:  # as transformers' processors: per-image numpy arrays, sizes as tuples
+            for key, value in list(out.items()):
+                if key == "pixel_values":
+                    out[key] = [v.cpu().numpy() for v in value]
+                elif key == "image_sizes":
+                    out[key] = [tuple(s) for s in value.tolist()]
+        return out
 
     # Per-call settings transformers' image processors take (and its processors pass on). One that
     # is None or equals this processor's setting changes nothing; another value is an error naming it

@@ -330,3 +330,21 @@ def test_per_call_settings_equal_to_the_processors_own_are_accepted():
         ours([image], do_resize=False)
     with pytest.raises(TypeError, match="unsupported argument colour=1"):
         ours([image], colour=1)
+
+
+@pytest.mark.parametrize("kind", ["onevision", "siglip"])
+def test_return_tensors_none_gives_lists_like_transformers(kind):
+    hf = pil_onevision.LlavaOnevisionImageProcessorPil(**SIGLIP) if kind == "onevision" else \
+        pil_siglip.SiglipImageProcessorPil(size={"height": 384, "width": 384}, **SIGLIP)
+    imgs = real_images()
+    for images in ([imgs["chelsea"], imgs["coffee"]], [[imgs["chelsea"], imgs["coffee"]]]):
+        theirs, ours = hf(images), ImageProcessor.from_hf(hf)(images, return_tensors=None)
+        assert set(theirs.keys()) == set(ours.keys())
+        for key in theirs:
+            a, b = theirs[key], ours[key]
+            assert type(a) is type(b) is list and len(a) == len(b), key
+            for x, y in zip(a, b):
+                if isinstance(x, np.ndarray):
+                    assert x.dtype == y.dtype and np.array_equal(x, y), key
+                else:
+                    assert x == y and type(x) is type(y), key
