@@ -348,3 +348,21 @@ def test_return_tensors_none_gives_lists_like_transformers(kind):
                     assert x.dtype == y.dtype and np.array_equal(x, y), key
                 else:
                     assert x == y and type(x) is type(y), key
+
+
+@pytest.mark.parametrize("kind", ["onevision", "siglip"])
+def test_within_two_levels_of_the_torchvision_processor(kind):
+    """DESIGN.md asks uint8 image ops to match Pillow exactly and torchvision within 1 level; the two
+    disagree by up to 2 levels on these photos (torchvision's antialiased bicubic runs in float, Pillow
+    in 22-bit fixed point with a uint8 intermediate), so ours, equal to Pillow, is within 2 of
+    transformers' torchvision processor, and rarely off at all (measured: at most 0.6% of values)."""
+    pytest.importorskip("torchvision")
+    from transformers.models.llava_onevision.image_processing_llava_onevision import LlavaOnevisionImageProcessor
+    from transformers.models.siglip.image_processing_siglip import SiglipImageProcessor
+    tv = LlavaOnevisionImageProcessor(**SIGLIP) if kind == "onevision" else \
+        SiglipImageProcessor(size={"height": 384, "width": 384}, **SIGLIP)
+    ours = ImageProcessor.from_hf(tv)
+    for name, image in real_images().items():
+        levels = (tv([image], return_tensors="pt")["pixel_values"] - ours([image])["pixel_values"]).abs() * 127.5
+        assert float(levels.max()) <= 2.0 + 1e-3, name
+        assert float((levels > 0.5).float().mean()) < 0.01, name
