@@ -66,8 +66,11 @@ def test_logits_and_greedy_generation_equal_transformers(model, images):
 
 
 def test_batched_generation_equals_one_by_one(model, images):
+    """Every kind of visual input in one left-padded batch (a video beside images, a text-only
+    prompt), against each prompt alone."""
     prompts = _prompts(model, images)
-    names = ["multi_image", "single_anyres", "3d"]
+    prompts["text_only"] = ("Say something.", [])
+    names = ["multi_image", "video", "single_anyres", "text_only", "3d"]
     batch_out = interleave.generate(model, [prompts[n][0] for n in names], [prompts[n][1] for n in names],
                                     max_new_tokens=6)
     single = [interleave.generate(model, prompts[n][0], prompts[n][1], max_new_tokens=6) for n in names]
