@@ -4,6 +4,16 @@ from __future__ import annotations
 import sys
 
 
+def _installed_version(distribution: str):
+    """The installed version of a package, read from its metadata (importing transformers or
+    torchvision would cost seconds)."""
+    from importlib import metadata
+    try:
+        return metadata.version(distribution)
+    except metadata.PackageNotFoundError:
+        return None
+
+
 def info() -> int:
     import torch
 
@@ -19,6 +29,9 @@ def info() -> int:
         print(f"  built for torch {ext.torch_version}, "
               + (f"CUDA {ext.cuda_version}, arch list {ext.arch_list or '(torch default)'}"
                  if ext.with_cuda else "CPU kernels only (no CUDA)"))
+    print("optional packages: " + "; ".join(f"{name} {_installed_version(name) or 'not installed'} ({why})" for name, why in (
+        ("transformers", "drop-in patches, the model, baselines"), ("torchvision", "the torchvision-processor baseline"),
+        ("av", "video files in generate/train"), ("triton", "the CUDA linear_cross_entropy kernel"))))
     print("backends (which implementation a tensor on each device uses):")
     for op in ops.OPS:
         print(f"  {op:20s} cpu:  {ops.backend(op, 'cpu')}")
