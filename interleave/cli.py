@@ -88,6 +88,7 @@ def generate_main(argv) -> int:
     import torch
 
     from . import InterleaveModel, Video, generate
+    from .processing import DEFAULT_SYSTEM
 
     p = argparse.ArgumentParser(prog="python -m interleave generate", description="Answer a prompt about images/video.")
     p.add_argument("--model", required=True, help="local checkpoint folder (transformers layout)")
@@ -103,22 +104,31 @@ def generate_main(argv) -> int:
     p.add_argument("--top-k", type=int, default=0)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None)
+    p.add_argument("--stop", action="append", default=[], help="a stop string (repeat for several); "
+                   "the tokenizer's end of turn always stops")
+    p.add_argument("--system", default=DEFAULT_SYSTEM, help=f"the system prompt (default {DEFAULT_SYSTEM!r}; '' for none)")
+    p.add_argument("--image-format", choices=["interleaved", "front"], default="interleaved",
+                   help="placeholders where the prompt puts them, or all at the front of the turn")
+    p.add_argument("--static-cache", action="store_true", help="transformers' static KV cache (for CUDA graphs)")
+    p.add_argument("--seed", type=int, default=None, help="seed for --sample")
     args = p.parse_args(argv)
 
     dtype = getattr(torch, args.dtype) if args.dtype else (torch.bfloat16 if args.device.startswith("cuda") else None)
+    try:  # bad input files: one line naming the problem, not a traceback
+        visuals = [load_image(path) for path in args.image]
+        frames = load_video(args.video, args.frames) if args.video else None
+    except (OSError, ValueError, ImportError) as e:
+        raise SystemExit(f"generate: {e}") from None
     model = InterleaveModel.from_pretrained(args.model, dtype=dtype, device=args.device)
-    visuals = [load_image(path) for path in args.image]
     holders = "<image>" * len(visuals)
-    if args.video:
-        try:
-            frames = load_video(args.video, args.frames)
-        except ImportError as e:
-            raise SystemExit(f"generate: {e}") from None
+    if frames is not None:
         visuals.append(Video(frames))
         holders += "<video>" if model.kind == "onevision" else "<image>" * len(frames)
     prompt = args.prompt if ("<image>" in args.prompt or "<video>" in args.prompt) else holders + args.prompt
     for piece in generate(model, prompt, visuals, max_new_tokens=args.max_new_tokens, do_sample=args.sample,
-                          temperature=args.temperature, top_p=args.top_p, top_k=args.top_k, stream=True):
+                          temperature=args.temperature, top_p=args.top_p, top_k=args.top_k, stop=args.stop,
+                          static_cache=args.static_cache, system=args.system or None,
+                          image_format=args.image_format, seed=args.seed, stream=True):
         print(piece, end="", flush=True)
     print()
     return 0

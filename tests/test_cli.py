@@ -131,3 +131,28 @@ def test_op_scope_skips_autograd_and_names_the_range_under_a_profiler():
         with _extension.op_scope("scoped", plain):
             torch.ones(1) + 1
     assert any(e.name == "interleave/scoped" for e in prof.events())
+
+
+def test_generate_options_reach_generation(tmp_path, capsys):
+    """--stop, --system, --image-format, --static-cache: the CLI prints what interleave.generate
+    returns with the same options (in-process: the subprocess test above covers the entry point)."""
+    from interleave import InterleaveModel, cli, generate
+    from interleave.tiny import save_tiny_checkpoint
+    model_dir = save_tiny_checkpoint(str(tmp_path / "model"), "onevision")
+    Image.fromarray(skdata.astronaut()[::2, ::2]).save(tmp_path / "a.png")
+    model = InterleaveModel.from_pretrained(model_dir, device="cpu")
+    image = cli.load_image(str(tmp_path / "a.png"))
+    # Seeded sampling: the tiny random model's greedy answer is one repeated byte.
+    options = dict(max_new_tokens=8, system=None, image_format="front", do_sample=True, top_k=50, seed=3)
+    full = generate(model, "Describe <image> briefly.", [image], **options)
+    stop = next(c for c in full[1:] if c.isascii() and c.isprintable())  # a character after the first
+    expected = generate(model, "Describe <image> briefly.", [image], stop=[stop], static_cache=True, **options)
+    assert expected == full[:full.find(stop)] and len(expected) < len(full)
+    capsys.readouterr()
+    assert cli.generate_main(["--model", model_dir, "--device", "cpu", "--image", str(tmp_path / "a.png"),
+                              "--prompt", "Describe <image> briefly.", "--max-new-tokens", "8", "--stop", stop,
+                              "--system", "", "--image-format", "front", "--static-cache", "--sample",
+                              "--top-k", "50", "--seed", "3"]) == 0
+    assert capsys.readouterr().out == expected + "\n"
+    with pytest.raises(SystemExit, match=r"generate: image '.*missing.png' does not exist"):
+        cli.generate_main(["--model", model_dir, "--image", str(tmp_path / "missing.png"), "--prompt", "x"])
