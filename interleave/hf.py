@@ -343,7 +343,9 @@ class ImageProcessor:
                 continue
             if key in self._ALWAYS:
                 expected = self._ALWAYS[key]
-                same = str(getattr(value, "value", value)) == str(expected) or value == expected
+                # enums by value: PIL's Resampling.BICUBIC (3), torchvision's InterpolationMode ("bicubic"),
+                # transformers' ChannelDimension ("channels_first")
+                same = str(getattr(value, "value", value)).lower() in (str(expected).lower(), "bicubic" if key == "resample" else "")
             elif key in self._SETTINGS:
                 hf = self.__dict__.get("_hf")
                 expected = getattr(hf, key, None) if hf is not None else None

@@ -320,6 +320,17 @@ def test_per_call_settings_equal_to_the_processors_own_are_accepted():
                 image_grid_pinpoints=[list(p) for p in hf.image_grid_pinpoints], resample=3,
                 data_format="channels_first", input_data_format="channels_last")
     assert_same(expected, ours([image], return_tensors="pt", **same))
+    from PIL.Image import Resampling
+    from transformers.image_utils import ChannelDimension
+    enums = dict(resample=Resampling.BICUBIC, data_format=ChannelDimension.FIRST)
+    assert_same(expected, ours([image], return_tensors="pt", **enums))
+    try:
+        from torchvision.transforms import InterpolationMode
+        assert_same(expected, ours([image], return_tensors="pt", resample=InterpolationMode.BICUBIC))
+    except ImportError:
+        pass
+    with pytest.raises(ValueError, match="per-call resample="):
+        ours([image], resample=Resampling.BILINEAR)
     # attributes a multimodal processor reads off its image processor come from the wrapped one
     assert ours.image_grid_pinpoints == hf.image_grid_pinpoints and ours.model_input_names == hf.model_input_names
     with pytest.raises(AttributeError, match="no attribute 'nonexistent'"):
