@@ -377,3 +377,21 @@ def test_within_two_levels_of_the_torchvision_processor(kind):
         levels = (tv([image], return_tensors="pt")["pixel_values"] - ours([image])["pixel_values"]).abs() * 127.5
         assert float(levels.max()) <= 2.0 + 1e-3, name
         assert float((levels > 0.5).float().mean()) < 0.01, name
+
+
+def test_video_frames_within_two_levels_of_the_onevision_video_processor():
+    """transformers processes OneVision videos with its own video processor (torchvision ops, not
+    Pillow): our frames (what InterleaveModel feeds a <video>) are within 2 levels of its
+    pixel_values_videos, and rarely off at all."""
+    pytest.importorskip("torchvision")
+    from transformers.models.llava_onevision.video_processing_llava_onevision import LlavaOnevisionVideoProcessor
+    video_processor = LlavaOnevisionVideoProcessor()
+    ours = ImageProcessor("siglip", image_mean=video_processor.image_mean, image_std=video_processor.image_std)
+    level = torch.tensor([1 / (255 * s) for s in video_processor.image_std]).view(3, 1, 1)
+    imgs = real_images()
+    for name, frames in (("astronaut", np.stack([imgs["astronaut"], imgs["astronaut"][::-1]])),
+                         ("wide", np.stack([imgs["wide"], imgs["wide"][:, ::-1]]))):
+        theirs = video_processor(videos=[frames], return_tensors="pt")["pixel_values_videos"][0]
+        levels = (theirs - ours(list(frames))["pixel_values"]).abs() / level
+        assert float(levels.max()) <= 2.0 + 1e-3, name
+        assert float((levels > 0.5).float().mean()) < 0.01, name
