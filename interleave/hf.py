@@ -409,3 +409,71 @@ class ImageProcessor:
         if self.kind == "onevision":
             data["batch_num_images"] = batch_num_images
         return BatchFeature(data=data, tensor_type=return_tensors)
+
+
+class VideoProcessor:
+    """A drop-in for transformers' OneVision video processor (`LlavaOnevisionVideoProcessor`: every
+    frame squashed to size x size, rescaled, normalized): all frames of all videos of a call go
+    through one `anyres_tiles` call, as ImageProcessor does for images.
+
+    Not bit-equal to transformers: its video processors resize with torchvision, ours with Pillow's
+    arithmetic (what the image processors and our model use), at most 2 levels apart and under 1% of
+    values off by more than half a level (tests/test_hf_processor.py). Frames are not sampled here
+    (transformers' `do_sample_frames` is off by default; interleave.plan.sample_frames picks them).
+
+        processor.video_processor = VideoProcessor.from_hf(processor.video_processor)
+    """
+
+    def __init__(self, *, image_mean: Sequence[float], image_std: Sequence[float], rescale_factor: float = 1 / 255,
+                 size: int = planning.TILE, device: Union[str, torch.device, None] = None, upload: str = "pinned"):
+        self._frames = ImageProcessor("siglip", image_mean=image_mean, image_std=image_std,
+                                      rescale_factor=rescale_factor, size=size, device=device, upload=upload)
+
+    @classmethod
+    def from_hf(cls, hf_video_processor, device: Union[str, torch.device, None] = None) -> "VideoProcessor":
+        p = hf_video_processor
+        for flag in ("do_resize", "do_rescale", "do_normalize"):
+            if getattr(p, flag, True) is False:
+                raise ValueError(f"VideoProcessor.from_hf: {flag}=False is not supported")
+        if getattr(p, "do_sample_frames", False):
+            raise ValueError("VideoProcessor.from_hf: do_sample_frames=True is not supported; sample the frames "
+                             "first (interleave.plan.sample_frames)")
+        if getattr(p, "do_center_crop", None) and _square_size(p.crop_size, "crop_size") != _square_size(p.size, "size"):
+            raise ValueError("VideoProcessor.from_hf: a center crop smaller than the resize is not supported")
+        resample = getattr(p, "resample", 3)
+        if str(getattr(resample, "value", resample)).lower() not in ("3", "bicubic"):
+            raise ValueError(f"VideoProcessor.from_hf: only bicubic resampling is supported, got {resample}")
+        mean = list(np.broadcast_to(np.asarray(p.image_mean, dtype=np.float64), (3,)))
+        std = list(np.broadcast_to(np.asarray(p.image_std, dtype=np.float64), (3,)))
+        ours = cls(image_mean=mean, image_std=std, rescale_factor=p.rescale_factor, size=_square_size(p.size, "size"),
+                   device=device)
+        ours._hf = p  # what a multimodal processor reads off it besides calling it (see __getattr__)
+        ours._frames._hf = p  # per-call settings compare against the video processor's
+        return ours
+
+    def __getattr__(self, name):
+        hf = self.__dict__.get("_hf")
+        if hf is None or name.startswith("__"):
+            raise AttributeError(f"{type(self).__name__!s} has no attribute {name!r}")
+        return getattr(hf, name)
+
+    def __call__(self, videos, return_tensors: Optional[str] = "pt", device=None, **kwargs):
+        from transformers.image_processing_utils import BatchFeature
+        from transformers.video_utils import make_batched_videos
+
+        for key in ("do_sample_frames", "num_frames", "fps", "video_metadata", "return_metadata"):
+            value = kwargs.pop(key, None)
+            if key == "do_sample_frames" and value:
+                raise ValueError("VideoProcessor: do_sample_frames=True is not supported; sample the frames first "
+                                 "(interleave.plan.sample_frames)")
+        videos = make_batched_videos(videos)  # a list of [T, H, W, C] arrays or [T, C, H, W] tensors
+        counts = [len(v) for v in videos]
+        with nvtx.range("video_processor"):
+            frames = self._frames(list(videos), return_tensors="pt", device=device, **kwargs)["pixel_values"]
+        per_video = list(frames.split(counts))
+        if return_tensors is None:  # as transformers: a list of [T, 3, S, S] tensors
+            return BatchFeature(data={"pixel_values_videos": per_video})
+        if len(set(counts)) > 1:
+            raise ValueError(f"VideoProcessor: videos of {sorted(set(counts))} frames cannot be stacked into one "
+                             "tensor; pass return_tensors=None for a list")
+        return BatchFeature(data={"pixel_values_videos": torch.stack(per_video)}, tensor_type=return_tensors)

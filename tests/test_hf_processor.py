@@ -379,19 +379,44 @@ def test_within_two_levels_of_the_torchvision_processor(kind):
         assert float((levels > 0.5).float().mean()) < 0.01, name
 
 
-def test_video_frames_within_two_levels_of_the_onevision_video_processor():
+def test_video_processor_within_two_levels_of_the_onevision_video_processor():
     """transformers processes OneVision videos with its own video processor (torchvision ops, not
-    Pillow): our frames (what InterleaveModel feeds a <video>) are within 2 levels of its
-    pixel_values_videos, and rarely off at all."""
+    Pillow): ours (interleave.hf.VideoProcessor, the frames InterleaveModel feeds a <video>) is within
+    2 levels of its pixel_values_videos and rarely off at all, alone and swapped into the
+    multimodal processor (whose input_ids are then equal)."""
     pytest.importorskip("torchvision")
+    import copy
+
+    from interleave.hf import VideoProcessor
     from transformers.models.llava_onevision.video_processing_llava_onevision import LlavaOnevisionVideoProcessor
     video_processor = LlavaOnevisionVideoProcessor()
-    ours = ImageProcessor("siglip", image_mean=video_processor.image_mean, image_std=video_processor.image_std)
+    ours = VideoProcessor.from_hf(video_processor)
     level = torch.tensor([1 / (255 * s) for s in video_processor.image_std]).view(3, 1, 1)
     imgs = real_images()
-    for name, frames in (("astronaut", np.stack([imgs["astronaut"], imgs["astronaut"][::-1]])),
-                         ("wide", np.stack([imgs["wide"], imgs["wide"][:, ::-1]]))):
-        theirs = video_processor(videos=[frames], return_tensors="pt")["pixel_values_videos"][0]
-        levels = (theirs - ours(list(frames))["pixel_values"]).abs() / level
-        assert float(levels.max()) <= 2.0 + 1e-3, name
-        assert float((levels > 0.5).float().mean()) < 0.01, name
+    clips = [np.stack([imgs["astronaut"], imgs["astronaut"][::-1], imgs["astronaut"][:, ::-1]]),
+             np.stack([imgs["wide"], imgs["wide"][:, ::-1]])]
+    for clip in clips:
+        theirs, mine = video_processor(videos=[clip], return_tensors="pt"), ours([clip], return_tensors="pt")
+        assert set(theirs.keys()) == set(mine.keys()) == {"pixel_values_videos"}
+        a, b = theirs["pixel_values_videos"], mine["pixel_values_videos"]
+        assert a.shape == b.shape and a.dtype == b.dtype
+        levels = (a[0] - b[0]).abs() / level
+        assert float(levels.max()) <= 2.0 + 1e-3 and float((levels > 0.5).float().mean()) < 0.01
+    # videos of different lengths: lists with return_tensors=None, as transformers returns them
+    theirs, mine = video_processor(videos=clips, return_tensors=None), ours(clips, return_tensors=None)
+    assert [t.shape for t in theirs["pixel_values_videos"]] == [t.shape for t in mine["pixel_values_videos"]]
+    with pytest.raises(ValueError, match=r"videos of \[2, 3\] frames cannot be stacked"):
+        ours(clips)
+    with pytest.raises(ValueError, match="do_sample_frames=True is not supported"):
+        ours(clips, do_sample_frames=True)
+    # inside transformers' multimodal processor: the same ids, frames within 2 levels
+    processor = _multimodal_processor("onevision", pil_onevision.LlavaOnevisionImageProcessorPil(**SIGLIP))
+    processor.video_processor = video_processor
+    swapped = copy.copy(processor)
+    swapped.video_processor = ours
+    text = ["<video>What happens?", "<image>And here?"]
+    inputs = dict(videos=[clips[0]], images=[imgs["coffee"]], text=text, return_tensors="pt", padding=True)
+    a, b = processor(**inputs), swapped(**inputs)
+    assert set(a.keys()) == set(b.keys()) and torch.equal(a["input_ids"], b["input_ids"])
+    assert torch.equal(a["pixel_values"], b["pixel_values"])
+    assert float(((a["pixel_values_videos"] - b["pixel_values_videos"]).abs() / level).max()) <= 2.0 + 1e-3
