@@ -398,7 +398,35 @@ def image_processor_cases(device: str, quick: bool = False, compile_reference: b
             baselines=baselines, bytes_moved=moved))
         if device == "cuda" and not quick:
             cases.append(_decoded_on_gpu_case(name, ours, hf_pil, hf_tv, [t.cuda() for t in chw], moved))
+    if device == "cpu" and not quick:  # (CPU only: GPU runs are budgeted)
+        cases += _video_processor_cases()
     return cases
+
+
+def _video_processor_cases() -> list:
+    """interleave.hf.VideoProcessor against transformers' OneVision video processor on a 16-frame
+    1080x1920 clip: not bitwise (transformers resizes video frames with torchvision, ours with
+    Pillow's arithmetic), held to 2 levels of the normalized values."""
+    import numpy as np
+    try:
+        import torchvision  # noqa: F401  (transformers' video processors need it)
+        from transformers.models.llava_onevision.video_processing_llava_onevision import LlavaOnevisionVideoProcessor
+    except ImportError:
+        print("bench: torchvision missing; skipping the video processor case", file=sys.stderr)
+        return []
+    from .hf import VideoProcessor
+    hf_video = LlavaOnevisionVideoProcessor()
+    ours = VideoProcessor.from_hf(hf_video)
+    clip = np.stack([np.asarray(_photo(1080, 1920))] * 16)
+    probe = ours([clip])["pixel_values_videos"]
+    # 2 levels of the channel with the smallest std, relative to the largest value (Case.tolerance)
+    two_levels = 2 / (255 * min(hf_video.image_std))
+    return [Case(op="image_processor", device="cpu", shape="OneVision video processor, 16 frames 1080x1920",
+                 dtype="float32", ours=lambda: ours([clip])["pixel_values_videos"],
+                 baselines={"transformers_video_processor": lambda: hf_video(videos=[clip], return_tensors="pt")[
+                     "pixel_values_videos"]},
+                 bytes_moved=clip.nbytes + probe.numel() * probe.element_size(),
+                 tolerance=two_levels / float(probe.abs().max()) * 1.001)]
 
 
 def _torchvision_processor(hf_pil, tv_name: str):
