@@ -1,8 +1,10 @@
-"""Drop-ins for transformers: a fast image processor, and patches for loaded Llava models.
+"""Drop-ins for transformers: fast image and video processors, and patches for loaded Llava models.
 
-    from interleave.hf import ImageProcessor
+    from interleave.hf import ImageProcessor, VideoProcessor
     processor = ImageProcessor.from_hf(hf_image_processor)        # SigLIP, LLaVA-NeXT or OneVision
     batch = processor(images, return_tensors="pt", device="cuda")  # decode on CPU, tile on the GPU
+    mm_processor.image_processor = ImageProcessor.from_hf(mm_processor.image_processor)  # inside transformers'
+    mm_processor.video_processor = VideoProcessor.from_hf(mm_processor.video_processor)  # (within 2 levels)
     interleave.hf.patch(model)   # model's visual path + merge on our ops (interleave/patching.py)
 
 The call signature and the BatchFeature keys are transformers' (`pixel_values`, `image_sizes`,
