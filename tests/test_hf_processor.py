@@ -179,6 +179,22 @@ def test_images_already_on_the_gpu_stay_there(layout):
 
 
 @pytest.mark.cuda
+def test_video_processor_on_cuda_equals_cpu():
+    """VideoProcessor(device="cuda"), from host frames and from [T, 3, H, W] frames on the GPU, is
+    bit-equal to the CPU one (the same Pillow arithmetic on both)."""
+    pytest.importorskip("torchvision")
+    from interleave.hf import VideoProcessor
+    from transformers.models.llava_onevision.video_processing_llava_onevision import LlavaOnevisionVideoProcessor
+    hf = LlavaOnevisionVideoProcessor()
+    clip = np.random.default_rng(1).integers(0, 256, (5, 360, 640, 3), dtype=np.uint8)
+    expected = VideoProcessor.from_hf(hf)([clip])["pixel_values_videos"]
+    on_gpu = VideoProcessor.from_hf(hf, device="cuda")([clip])["pixel_values_videos"]
+    assert on_gpu.device.type == "cuda" and torch.equal(on_gpu.cpu(), expected)
+    frames = torch.from_numpy(clip).permute(0, 3, 1, 2).contiguous().cuda()  # a GPU decoder's layout
+    assert torch.equal(VideoProcessor.from_hf(hf)([frames])["pixel_values_videos"].cpu(), expected)
+
+
+@pytest.mark.cuda
 def test_video_frames_on_the_gpu_as_one_tensor():
     """[T, 3, H, W] uint8 frames on the GPU (torchcodec's VideoDecoder(device="cuda")) in one call: the
     same pixel_values as the PIL SigLIP processor on the host frames, without a host round trip."""
