@@ -202,6 +202,32 @@ def _from_numpy(array: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(array)
 
 
+def _supported_settings(p, who: str) -> dict:
+    """The settings of a transformers image/video processor that ours take (mean, std, rescale factor,
+    square size), after checking the rest is what ours do: resize, rescale and normalize on, bicubic
+    (PIL's Resampling or torchvision's InterpolationMode), no center crop smaller than the resize."""
+    for flag in ("do_resize", "do_rescale", "do_normalize"):
+        if getattr(p, flag, True) is False:
+            raise ValueError(f"{who}: {flag}=False is not supported")
+    if getattr(p, "do_center_crop", None) and _square_size(p.crop_size, "crop_size") != _square_size(p.size, "size"):
+        raise ValueError(f"{who}: a center crop smaller than the resize is not supported")
+    resample = getattr(p, "resample", 3)
+    if str(getattr(resample, "value", resample)).lower() not in ("3", "bicubic"):
+        raise ValueError(f"{who}: only bicubic resampling is supported, got {resample}")
+    mean = list(np.broadcast_to(np.asarray(p.image_mean, dtype=np.float64), (3,)))
+    std = list(np.broadcast_to(np.asarray(p.image_std, dtype=np.float64), (3,)))
+    return dict(image_mean=mean, image_std=std, rescale_factor=p.rescale_factor, size=_square_size(p.size, "size"))
+
+
+def _wrapped_attribute(self, name):
+    """__getattr__ of our processors: an attribute the class does not have is the wrapped transformers
+    processor's (from_hf keeps it), for what transformers' multimodal processors read off theirs."""
+    hf = self.__dict__.get("_hf")
+    if hf is None or name.startswith("__"):
+        raise AttributeError(f"{type(self).__name__!s} has no attribute {name!r}")
+    return getattr(hf, name)
+
+
 class _PinnedStaging:
     """A pinned host buffer reused across calls: all images of a call are copied into it (torch's
     multi-threaded CPU copy) and uploaded in one asynchronous transfer; the event of that transfer
@@ -276,34 +302,16 @@ class ImageProcessor:
         """Reads the settings of a transformers image processor (PIL or torchvision backend)."""
         p = hf_image_processor
         kind = _kind_of(p)
-        for flag in ("do_resize", "do_rescale", "do_normalize"):
-            if getattr(p, flag, True) is False:
-                raise ValueError(f"ImageProcessor.from_hf: {flag}=False is not supported")
-        if getattr(p, "do_center_crop", None):
-            crop = _square_size(p.crop_size, "crop_size")
-            if crop != _square_size(p.size, "size"):
-                raise ValueError("ImageProcessor.from_hf: a center crop smaller than the resize is not supported")
-        resample = getattr(p, "resample", 3)
-        if int(resample) != 3:
-            raise ValueError(f"ImageProcessor.from_hf: only bicubic resampling is supported, got {resample}")
+        settings = _supported_settings(p, "ImageProcessor.from_hf")
         grid = getattr(p, "image_grid_pinpoints", None) if kind != "siglip" else None
-        mean = list(np.broadcast_to(np.asarray(p.image_mean, dtype=np.float64), (3,)))
-        std = list(np.broadcast_to(np.asarray(p.image_std, dtype=np.float64), (3,)))
-        ours = cls(kind, image_mean=mean, image_std=std, rescale_factor=p.rescale_factor,
-                   size=_square_size(p.size, "size"), grid_pinpoints=grid,
-                   do_pad=bool(getattr(p, "do_pad", True)), device=device)
+        ours = cls(kind, **settings, grid_pinpoints=grid, do_pad=bool(getattr(p, "do_pad", True)), device=device)
         # Kept for what a transformers processor reads off its image processor besides calling it
         # (fetch_images, image_grid_pinpoints, model_input_names, ...: see __getattr__), so that
         # `processor.image_processor = ImageProcessor.from_hf(processor.image_processor)` works.
         ours._hf = p
         return ours
 
-    def __getattr__(self, name):
-        # Only for attributes this class does not have: the wrapped transformers processor's.
-        hf = self.__dict__.get("_hf")
-        if hf is None or name.startswith("__"):
-            raise AttributeError(f"{type(self).__name__!s} has no attribute {name!r}")
-        return getattr(hf, name)
+    __getattr__ = _wrapped_attribute
 
     def __getstate__(self):  # device copies of the table stay behind (DataLoader workers)
         state = dict(self.__dict__)
@@ -434,30 +442,15 @@ class VideoProcessor:
     @classmethod
     def from_hf(cls, hf_video_processor, device: Union[str, torch.device, None] = None) -> "VideoProcessor":
         p = hf_video_processor
-        for flag in ("do_resize", "do_rescale", "do_normalize"):
-            if getattr(p, flag, True) is False:
-                raise ValueError(f"VideoProcessor.from_hf: {flag}=False is not supported")
         if getattr(p, "do_sample_frames", False):
             raise ValueError("VideoProcessor.from_hf: do_sample_frames=True is not supported; sample the frames "
                              "first (interleave.plan.sample_frames)")
-        if getattr(p, "do_center_crop", None) and _square_size(p.crop_size, "crop_size") != _square_size(p.size, "size"):
-            raise ValueError("VideoProcessor.from_hf: a center crop smaller than the resize is not supported")
-        resample = getattr(p, "resample", 3)
-        if str(getattr(resample, "value", resample)).lower() not in ("3", "bicubic"):
-            raise ValueError(f"VideoProcessor.from_hf: only bicubic resampling is supported, got {resample}")
-        mean = list(np.broadcast_to(np.asarray(p.image_mean, dtype=np.float64), (3,)))
-        std = list(np.broadcast_to(np.asarray(p.image_std, dtype=np.float64), (3,)))
-        ours = cls(image_mean=mean, image_std=std, rescale_factor=p.rescale_factor, size=_square_size(p.size, "size"),
-                   device=device)
+        ours = cls(**_supported_settings(p, "VideoProcessor.from_hf"), device=device)
         ours._hf = p  # what a multimodal processor reads off it besides calling it (see __getattr__)
         ours._frames._hf = p  # per-call settings compare against the video processor's
         return ours
 
-    def __getattr__(self, name):
-        hf = self.__dict__.get("_hf")
-        if hf is None or name.startswith("__"):
-            raise AttributeError(f"{type(self).__name__!s} has no attribute {name!r}")
-        return getattr(hf, name)
+    __getattr__ = _wrapped_attribute
 
     def __call__(self, videos, return_tensors: Optional[str] = "pt", device=None, **kwargs):
         from transformers.image_processing_utils import BatchFeature
