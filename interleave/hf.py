@@ -33,8 +33,12 @@ def _same_setting(a, b) -> bool:
     """Settings compare as values: lists and tuples alike, numbers within float rounding, size
     dicts (transformers 5.x keeps a SizeDict dataclass) by their set keys."""
     import dataclasses
-    a, b = (({k: v for k, v in (dataclasses.asdict(x) if dataclasses.is_dataclass(x) else x).items() if v is not None})
-            if isinstance(x, dict) or (dataclasses.is_dataclass(x) and not isinstance(x, type)) else x for x in (a, b))
+
+    def as_value(x):
+        if dataclasses.is_dataclass(x) and not isinstance(x, type):
+            x = dataclasses.asdict(x)
+        return {k: v for k, v in x.items() if v is not None} if isinstance(x, dict) else x
+    a, b = as_value(a), as_value(b)
     if isinstance(a, dict) or isinstance(b, dict):
         return isinstance(a, dict) and isinstance(b, dict) and a.keys() == b.keys() and \
             all(_same_setting(a[k], b[k]) for k in a)
@@ -202,6 +206,11 @@ def _from_numpy(array: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(array)
 
 
+def _is_bicubic(resample) -> bool:
+    """PIL's Resampling.BICUBIC (3, or the int) or torchvision's InterpolationMode.BICUBIC ("bicubic")."""
+    return str(getattr(resample, "value", resample)).lower() in ("3", "bicubic")
+
+
 def _supported_settings(p, who: str) -> dict:
     """The settings of a transformers image/video processor that ours take (mean, std, rescale factor,
     square size), after checking the rest is what ours do: resize, rescale and normalize on, bicubic
@@ -212,7 +221,7 @@ def _supported_settings(p, who: str) -> dict:
     if getattr(p, "do_center_crop", None) and _square_size(p.crop_size, "crop_size") != _square_size(p.size, "size"):
         raise ValueError(f"{who}: a center crop smaller than the resize is not supported")
     resample = getattr(p, "resample", 3)
-    if str(getattr(resample, "value", resample)).lower() not in ("3", "bicubic"):
+    if not _is_bicubic(resample):
         raise ValueError(f"{who}: only bicubic resampling is supported, got {resample}")
     mean = list(np.broadcast_to(np.asarray(p.image_mean, dtype=np.float64), (3,)))
     std = list(np.broadcast_to(np.asarray(p.image_std, dtype=np.float64), (3,)))
@@ -343,7 +352,7 @@ class ImageProcessor:
     # is None or equals this processor's setting changes nothing; another value is an error naming it
     # (the settings are read once, by from_hf).
     _ALWAYS = {"do_resize": True, "do_rescale": True, "do_normalize": True, "do_convert_rgb": True,
-               "resample": 3, "data_format": "channels_first"}
+               "data_format": "channels_first"}
     _SETTINGS = ("size", "crop_size", "do_center_crop", "rescale_factor", "image_mean", "image_std", "do_pad",
                  "image_grid_pinpoints", "vision_aspect_ratio")
 
@@ -351,11 +360,12 @@ class ImageProcessor:
         for key, value in kwargs.items():
             if value is None or key == "input_data_format":  # the layout of each input is read off its shape
                 continue
-            if key in self._ALWAYS:
+            if key == "resample":
+                expected, same = "bicubic", _is_bicubic(value)
+            elif key in self._ALWAYS:
                 expected = self._ALWAYS[key]
-                # enums by value: PIL's Resampling.BICUBIC (3), torchvision's InterpolationMode ("bicubic"),
-                # transformers' ChannelDimension ("channels_first")
-                same = str(getattr(value, "value", value)).lower() in (str(expected).lower(), "bicubic" if key == "resample" else "")
+                # enums by value (transformers' ChannelDimension.FIRST is "channels_first")
+                same = str(getattr(value, "value", value)).lower() == str(expected).lower()
             elif key in self._SETTINGS:
                 hf = self.__dict__.get("_hf")
                 expected = getattr(hf, key, None) if hf is not None else None
@@ -421,6 +431,9 @@ class ImageProcessor:
         return BatchFeature(data=data, tensor_type=return_tensors)
 
 
+_NO_FRAME_SAMPLING = "do_sample_frames=True is not supported; sample the frames first (interleave.plan.sample_frames)"
+
+
 class VideoProcessor:
     """A drop-in for transformers' OneVision video processor (`LlavaOnevisionVideoProcessor`: every
     frame squashed to size x size, rescaled, normalized): all frames of all videos of a call go
@@ -443,8 +456,7 @@ class VideoProcessor:
     def from_hf(cls, hf_video_processor, device: Union[str, torch.device, None] = None) -> "VideoProcessor":
         p = hf_video_processor
         if getattr(p, "do_sample_frames", False):
-            raise ValueError("VideoProcessor.from_hf: do_sample_frames=True is not supported; sample the frames "
-                             "first (interleave.plan.sample_frames)")
+            raise ValueError(f"VideoProcessor.from_hf: {_NO_FRAME_SAMPLING}")
         ours = cls(**_supported_settings(p, "VideoProcessor.from_hf"), device=device)
         ours._hf = p  # what a multimodal processor reads off it besides calling it (see __getattr__)
         ours._frames._hf = p  # per-call settings compare against the video processor's
@@ -456,11 +468,10 @@ class VideoProcessor:
         from transformers.image_processing_utils import BatchFeature
         from transformers.video_utils import make_batched_videos
 
-        for key in ("do_sample_frames", "num_frames", "fps", "video_metadata", "return_metadata"):
-            value = kwargs.pop(key, None)
-            if key == "do_sample_frames" and value:
-                raise ValueError("VideoProcessor: do_sample_frames=True is not supported; sample the frames first "
-                                 "(interleave.plan.sample_frames)")
+        if kwargs.pop("do_sample_frames", None):
+            raise ValueError(f"VideoProcessor: {_NO_FRAME_SAMPLING}")
+        for key in ("num_frames", "fps", "video_metadata", "return_metadata"):  # frame sampling's, unused here
+            kwargs.pop(key, None)
         videos = make_batched_videos(videos)  # a list of [T, H, W, C] arrays or [T, C, H, W] tensors
         counts = [len(v) for v in videos]
         with nvtx.range("video_processor"):
