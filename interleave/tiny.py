@@ -54,7 +54,8 @@ def tiny_model(kind: str = "llava", *, widths: str = "tiny", vision_layers: int 
     if widths == "tiny":
         tile = tile or 28
         vision = transformers.SiglipVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=vision_layers,
-                                                 num_attention_heads=2, image_size=tile, patch_size=14)
+                                                 num_attention_heads=2, image_size=tile, patch_size=14,
+                                                 vision_use_head=False)
         text = transformers.Qwen2Config(vocab_size=vocab_size or 300, hidden_size=48, intermediate_size=96,
                                         num_hidden_layers=text_layers, num_attention_heads=4, num_key_value_heads=2,
                                         max_position_embeddings=4096, tie_word_embeddings=True,
@@ -63,12 +64,16 @@ def tiny_model(kind: str = "llava", *, widths: str = "tiny", vision_layers: int 
         tile = tile or planning.TILE
         vision = transformers.SiglipVisionConfig(hidden_size=1152, intermediate_size=4304, num_hidden_layers=vision_layers,
                                                  num_attention_heads=16, image_size=tile, patch_size=14,
-                                                 layer_norm_eps=1e-6, hidden_act="gelu_pytorch_tanh")
+                                                 layer_norm_eps=1e-6, hidden_act="gelu_pytorch_tanh",
+                                                 vision_use_head=False)
         text = transformers.Qwen2Config(vocab_size=vocab_size or 152000, hidden_size=1024, intermediate_size=2816,
                                         num_hidden_layers=text_layers, num_attention_heads=16, num_key_value_heads=2,
                                         max_position_embeddings=32768, rope_theta=1e6, tie_word_embeddings=True)
     else:
         raise ValueError(f"tiny_model: widths must be 'tiny' or 'real', got {widths!r}")
+    # No attention-pooling head on the tower, as in the published checkpoints (LLaVA's SigLIP tower
+    # drops it; transformers' LlavaOnevisionConfig defaults to vision_use_head=False): with it,
+    # transformers' get_image_features would run a head no checkpoint has, inflating the reference.
     if widths == "real":  # OneVision's 6x6 grid of 384-pixel tiles
         grid = [list(p) for p in planning.ONEVISION_PINPOINTS]
     else:  # up to 3x3 tiles

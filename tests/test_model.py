@@ -162,6 +162,17 @@ def test_encode_expands_placeholders_and_checks_counts():
     assert all(lab == -100 for t, lab in zip(ids, labels) if t == 259)
 
 
+@pytest.mark.parametrize("widths", ["tiny", "real"])
+def test_tiny_model_has_no_pooling_head(widths):
+    """The random models mirror the published checkpoints' towers, which have no attention-pooling
+    head (transformers would run it in get_image_features, and the benchmarks would time that
+    against us)."""
+    from interleave.tiny import tiny_model
+    model = tiny_model("onevision", widths=widths, vision_layers=1, text_layers=1, vocab_size=300)
+    assert model.config.vision_config.vision_use_head is False
+    assert not any(".head." in name for name, _ in model.named_parameters())
+
+
 def test_tiny_model_made_on_a_device(device):
     """tiny_model(device=...) makes and initializes the weights there (the benchmarks' 0.5B-depth
     model: ~27 s of host initialization before): every tensor on that device, the config as without
