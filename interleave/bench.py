@@ -392,6 +392,9 @@ def image_processor_cases(device: str, quick: bool = False, compile_reference: b
             pageable = ImageProcessor.from_hf(hf_pil, device=device)
             pageable.upload = "pageable"
             variants["ours_pageable"] = lambda p=pageable, ims=images: p(ims)["pixel_values"]
+            # staged and uploaded in 2 MiB pieces, a piece's transfer under the host's copy of the next
+            overlapped = ImageProcessor.from_hf(hf_pil, device=device, upload="overlapped")
+            variants["ours_overlapped"] = lambda p=overlapped, ims=images: p(ims)["pixel_values"]
         # The same images channels-first ([3, H, W] tensors, as torchvision.io.decode_image returns
         # them): read in place by the CPU kernel, staged as stored for CUDA.
         chw = [torch.from_numpy(np.array(im, copy=True)).permute(2, 0, 1).contiguous() for im in images]

@@ -237,10 +237,32 @@ def _wrapped_attribute(self, name):
     return getattr(hf, name)
 
 
+# upload="overlapped": the size of the pieces a call's images are staged and uploaded in. A piece's
+# transfer runs while the host stages the next; 2 MiB keeps each transfer near PCIe's full rate
+# (large transfers) and the pieces few (50 for 16 1080x1920 frames, each one cudaMemcpyAsync).
+_UPLOAD_PIECE_BYTES = 2 << 20
+_UPLOAD_MODES = ("pinned", "overlapped", "pageable")
+
+
+def _upload_pieces(sizes: Sequence[int], piece_bytes: int) -> list:
+    """(start, end) byte ranges of the staging buffer for images of `sizes` bytes placed back to
+    back: each image cut into pieces of at most `piece_bytes`, no piece spanning two images (a piece
+    is staged from one image's bytes)."""
+    if piece_bytes < 1:
+        raise ValueError(f"piece_bytes must be positive, got {piece_bytes}")
+    pieces, lo = [], 0
+    for size in sizes:
+        pieces += [(lo + s, lo + min(s + piece_bytes, size)) for s in range(0, size, piece_bytes)]
+        lo += size
+    return pieces
+
+
 class _PinnedStaging:
     """A pinned host buffer reused across calls: all images of a call are copied into it (torch's
-    multi-threaded CPU copy) and uploaded in one asynchronous transfer; the event of that transfer
-    guards the buffer against the next call overwriting it too early."""
+    multi-threaded CPU copy) and uploaded asynchronously, in one transfer after the last image
+    ("pinned") or piece by piece, each piece's transfer under the host's copy of the next
+    ("overlapped"); the event of the last transfer guards the buffer against the next call
+    overwriting it too early."""
 
     def __init__(self):
         self.buffer: Optional[torch.Tensor] = None
@@ -255,7 +277,7 @@ class _PinnedStaging:
     def __setstate__(self, state):
         self.__init__()
 
-    def upload(self, arrays: Sequence[torch.Tensor], device: torch.device) -> list:
+    def upload(self, arrays: Sequence[torch.Tensor], device: torch.device, overlapped: bool = False) -> list:
         bounds = list(itertools.accumulate((a.numel() for a in arrays), initial=0))
         total = bounds[-1]
         with self.lock:
@@ -266,9 +288,20 @@ class _PinnedStaging:
             # Channels-first images (views from _uint8_tensor_to_rgb) are staged as they are stored and
             # made channels-last on the GPU: the host's transposing copy took ~6 ms per 1080x1920.
             stored = [_channels_first_storage(a) for a in arrays]
-            for a, lo, hi in zip(stored, bounds, bounds[1:]):
-                self.buffer[lo:hi].copy_(a.reshape(-1))
-            on_device = self.buffer[:total].to(device, non_blocking=True)
+            flat = [st.reshape(-1) for st in stored]
+            if overlapped:
+                on_device = torch.empty(max(total, 1), dtype=torch.uint8, device=device)
+                owner = 0
+                for lo, hi in _upload_pieces([a.numel() for a in arrays], _UPLOAD_PIECE_BYTES):
+                    while bounds[owner + 1] <= lo:  # the image this piece belongs to
+                        owner += 1
+                    start = bounds[owner]
+                    self.buffer[lo:hi].copy_(flat[owner][lo - start:hi - start])
+                    on_device[lo:hi].copy_(self.buffer[lo:hi], non_blocking=True)
+            else:
+                for a, lo, hi in zip(flat, bounds, bounds[1:]):
+                    self.buffer[lo:hi].copy_(a)
+                on_device = self.buffer[:total].to(device, non_blocking=True)
             self.event = torch.cuda.Event()
             self.event.record(torch.cuda.current_stream(device))
         return [on_device[lo:hi].view(st.shape).permute(1, 2, 0) if st is not a else on_device[lo:hi].view(a.shape)
@@ -279,9 +312,11 @@ class ImageProcessor:
     """The image processors of SigLIP, LLaVA-NeXT and LLaVA-OneVision, on CPU or CUDA.
 
     upload (CUDA only): "pinned" (the default) stages all of a call's images in one reused pinned
-    buffer and uploads them in one asynchronous transfer; "pageable" copies each decoded image to the
-    device on its own. On the H100 (404b09f) pinned took 0.80 ms vs 1.03 ms for a 1080x1920 image
-    and 4.0 ms vs 8.8 ms for 16 frames; the benchmark keeps timing both (`ours_pageable`).
+    buffer and uploads them in one asynchronous transfer; "overlapped" stages and uploads them in
+    2 MiB pieces, each piece's transfer running while the host stages the next (not yet timed on a
+    GPU: the benchmark's `ours_overlapped`); "pageable" copies each decoded image to the device on
+    its own. On the H100 (404b09f) pinned took 0.80 ms vs 1.03 ms for a 1080x1920 image and 4.0 ms
+    vs 8.8 ms for 16 frames; the benchmark keeps timing them all (`ours_pageable`).
 
     Where a call tiles: its `device=` argument, else the constructor's, else the GPU its images are
     on when all of them are uint8 tensors on one GPU (a GPU decoder's output), else the CPU."""
@@ -292,8 +327,8 @@ class ImageProcessor:
                  device: Union[str, torch.device, None] = None, upload: str = "pinned"):
         if kind not in KINDS:
             raise ValueError(f"ImageProcessor: kind must be one of {KINDS}, got {kind!r}")
-        if upload not in ("pageable", "pinned"):
-            raise ValueError(f"ImageProcessor: upload must be 'pageable' or 'pinned', got {upload!r}")
+        if upload not in _UPLOAD_MODES:
+            raise ValueError(f"ImageProcessor: upload must be one of {_UPLOAD_MODES}, got {upload!r}")
         self.upload = upload
         self._staging = _PinnedStaging()
         self.kind = kind
@@ -307,13 +342,15 @@ class ImageProcessor:
         self.pad_color = tuple(int(x * 255) for x in image_mean)
 
     @classmethod
-    def from_hf(cls, hf_image_processor, device: Union[str, torch.device, None] = None) -> "ImageProcessor":
+    def from_hf(cls, hf_image_processor, device: Union[str, torch.device, None] = None,
+                upload: str = "pinned") -> "ImageProcessor":
         """Reads the settings of a transformers image processor (PIL or torchvision backend)."""
         p = hf_image_processor
         kind = _kind_of(p)
         settings = _supported_settings(p, "ImageProcessor.from_hf")
         grid = getattr(p, "image_grid_pinpoints", None) if kind != "siglip" else None
-        ours = cls(kind, **settings, grid_pinpoints=grid, do_pad=bool(getattr(p, "do_pad", True)), device=device)
+        ours = cls(kind, **settings, grid_pinpoints=grid, do_pad=bool(getattr(p, "do_pad", True)), device=device,
+                   upload=upload)
         # Kept for what a transformers processor reads off its image processor besides calling it
         # (fetch_images, image_grid_pinpoints, model_input_names, ...: see __getattr__), so that
         # `processor.image_processor = ImageProcessor.from_hf(processor.image_processor)` works.
@@ -398,8 +435,8 @@ class ImageProcessor:
             # processor does with device=None), else the CPU
             where = {d.device for d in decoded}
             device = where.pop() if len(where) == 1 and decoded[0].is_cuda else torch.device("cpu")
-        if device.type == "cuda" and self.upload == "pinned" and all(not d.is_cuda for d in decoded):
-            flat = self._staging.upload(decoded, device)
+        if device.type == "cuda" and self.upload != "pageable" and all(not d.is_cuda for d in decoded):
+            flat = self._staging.upload(decoded, device, overlapped=self.upload == "overlapped")
         else:
             flat = [d.to(device) for d in decoded]
         if device.type == "cuda":
@@ -453,11 +490,12 @@ class VideoProcessor:
                                       rescale_factor=rescale_factor, size=size, device=device, upload=upload)
 
     @classmethod
-    def from_hf(cls, hf_video_processor, device: Union[str, torch.device, None] = None) -> "VideoProcessor":
+    def from_hf(cls, hf_video_processor, device: Union[str, torch.device, None] = None,
+                upload: str = "pinned") -> "VideoProcessor":
         p = hf_video_processor
         if getattr(p, "do_sample_frames", False):
             raise ValueError(f"VideoProcessor.from_hf: {_NO_FRAME_SAMPLING}")
-        ours = cls(**_supported_settings(p, "VideoProcessor.from_hf"), device=device)
+        ours = cls(**_supported_settings(p, "VideoProcessor.from_hf"), device=device, upload=upload)
         ours._hf = p  # what a multimodal processor reads off it besides calling it (see __getattr__)
         ours._frames._hf = p  # per-call settings compare against the video processor's
         return ours

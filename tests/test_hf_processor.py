@@ -1,4 +1,6 @@
 """interleave.hf.ImageProcessor against transformers' PIL image processors, bit for bit."""
+import itertools
+
 import numpy as np
 import pytest
 import torch
@@ -236,6 +238,78 @@ def test_pinned_upload_equals_pageable_and_reuses_its_buffer():
     expected = hf([[h] for h in host] + [[np.repeat(gray[:, :, None], 3, axis=2)]], return_tensors="pt")
     for proc in (pinned, pageable):
         assert_same(expected, proc([[x] for x in inputs]))
+
+
+def test_upload_pieces_cover_each_image_without_spanning_two():
+    """upload="overlapped" stages and transfers pieces: together they cover every byte once, in
+    order, each within one image and at most the piece size."""
+    from interleave.hf import _upload_pieces
+    assert _upload_pieces([5, 3, 8], 4) == [(0, 4), (4, 5), (5, 8), (8, 12), (12, 16)]
+    assert _upload_pieces([2 << 20], 2 << 20) == [(0, 2 << 20)]
+    assert _upload_pieces([], 4) == []
+    sizes = [1, 1080 * 1920 * 3, 7, 300 * 451 * 3]
+    pieces = _upload_pieces(sizes, 1 << 16)
+    edges = list(itertools.accumulate(sizes, initial=0))
+    assert pieces[0][0] == 0 and pieces[-1][1] == edges[-1]
+    assert all(a[1] == b[0] for a, b in zip(pieces, pieces[1:]))
+    assert all(0 < hi - lo <= 1 << 16 for lo, hi in pieces)
+    assert all(not lo < e < hi for lo, hi in pieces for e in edges)
+    with pytest.raises(ValueError, match="piece_bytes"):
+        _upload_pieces([3], 0)
+
+
+@pytest.mark.parametrize("overlapped", [False, True])
+def test_staging_places_every_image_on_the_host(monkeypatch, overlapped):
+    """The staging's bookkeeping without a GPU: with a host buffer in place of the pinned one, the
+    CPU as the "device" and a stand-in event, both upload modes give back every image (HWC arrays
+    and channels-first views, 5-byte pieces cutting through them) with its values and shape."""
+    import interleave.hf as hf_module
+    from interleave.hf import _PinnedStaging, _uint8_tensor_to_rgb
+
+    class Event:
+        def record(self, stream):
+            pass
+
+        def synchronize(self):
+            pass
+    monkeypatch.setattr(hf_module, "_UPLOAD_PIECE_BYTES", 5)
+    monkeypatch.setattr(torch.cuda, "Event", Event)
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda device: None)
+    rng = np.random.default_rng(6)
+    hwc = [torch.from_numpy(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)) for h, w in ((4, 3), (1, 1), (5, 7))]
+    chw = _uint8_tensor_to_rgb(torch.from_numpy(rng.integers(0, 256, (3, 6, 2), dtype=np.uint8)))
+    assert not chw.is_contiguous()  # a [H, W, 3] view of [3, H, W] storage, staged as stored
+    images = [hwc[0], chw, hwc[1], hwc[2]]
+    staging = _PinnedStaging()
+    staging.buffer = torch.full((1000,), 7, dtype=torch.uint8)  # large enough: no pinned allocation
+    for _ in range(2):
+        got = staging.upload(images, torch.device("cpu"), overlapped=overlapped)
+        assert [g.shape for g in got] == [im.shape for im in images]
+        assert all(torch.equal(g, im) for g, im in zip(got, images))
+
+
+@pytest.mark.cuda
+def test_overlapped_upload_equals_pinned(monkeypatch):
+    """upload="overlapped": the same pixel_values as "pinned", with pieces small enough (4 KiB here)
+    that images are cut into many and a piece ends inside a channels-first image; repeated calls
+    reuse the buffer."""
+    import interleave.hf as hf_module
+    monkeypatch.setattr(hf_module, "_UPLOAD_PIECE_BYTES", 4096)
+    rng = np.random.default_rng(4)
+    hf = pil_onevision.LlavaOnevisionImageProcessorPil(**SIGLIP)
+    pinned = ImageProcessor.from_hf(hf, device="cuda")
+    overlapped = ImageProcessor.from_hf(hf, device="cuda", upload="overlapped")
+    assert overlapped.upload == "overlapped"
+    for n in (2, 3, 1):
+        images = [rng.integers(0, 256, (300 + 41 * i, 451, 3), dtype=np.uint8) for i in range(n)]
+        images.append(torch.from_numpy(rng.integers(0, 256, (3, 123, 77), dtype=np.uint8)))  # channels-first
+        assert torch.equal(pinned(images)["pixel_values"], overlapped(images)["pixel_values"])
+    from interleave.hf import VideoProcessor
+    from transformers.models.llava_onevision.video_processing_llava_onevision import LlavaOnevisionVideoProcessor
+    video = VideoProcessor.from_hf(LlavaOnevisionVideoProcessor(), device="cuda", upload="overlapped")
+    clip = rng.integers(0, 256, (4, 90, 160, 3), dtype=np.uint8)
+    expected = VideoProcessor.from_hf(LlavaOnevisionVideoProcessor())([clip])["pixel_values_videos"]
+    assert torch.equal(video([clip])["pixel_values_videos"].cpu(), expected)
 
 
 @pytest.mark.cuda

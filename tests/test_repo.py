@@ -198,6 +198,18 @@ def test_gpu_decide_reads_a_committed_run(tmp_path):
     out = subprocess.run([sys.executable, script, str(fake), str(failed)], capture_output=True, text=True,
                          check=True).stdout
     assert "-> look-back: keep it a variant" in out, out
+    # The image processor's overlapped upload: 1.25x faster by call time, equal, tests passed ->
+    # make it the default; 1% faster -> keep pinned.
+    for speedup, verdict in ((1.25, "make it the default"), (1.01, "keep pinned")):
+        for r in report["results"]:
+            if r["op"] == "image_processor" and r["device"] == "cuda":
+                r["median_ms"]["ours_overlapped"] = r["median_ms"]["ours"] / speedup
+                r.setdefault("variants_bitwise_equal", {})["ours_overlapped"] = True
+        fake.write_text(json.dumps(report))
+        out = subprocess.run([sys.executable, script, str(fake), str(passed)], capture_output=True, text=True,
+                             check=True).stdout
+        assert f"({speedup:.2f}x), bitwise equal: True" in out.split('upload="overlapped"')[1], out
+        assert f"-> overlapped upload (tests: passed): {verdict}" in out, out
 
 
 def test_gpu_preflight_rules_out_paths_and_the_tests_follow():
