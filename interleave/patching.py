@@ -145,14 +145,22 @@ def visual_tokens(model, pixel_values=None, image_sizes=None, pixel_values_video
 def _in_placeholder_order(input_ids, image_id: int, video_id: int, image_tokens, video_tokens):
     """Image and video rows interleaved as their placeholders come in row-major `input_ids`: the
     k-th image placeholder takes image row k, the k-th video one video row k (transformers fills
-    each kind with its own masked_scatter). One host sync, for the per-kind counts (merge_tokens
-    checks the total)."""
+    each kind with its own masked_scatter). The per-kind counts are checked against the rows
+    (merge_tokens checks only the total): eagerly with one host sync and a ValueError naming both;
+    under torch.compile as a device-side assertion, so that the graph has no break."""
     flat = input_ids.reshape(-1)
     is_image, is_video = flat == image_id, flat == video_id
-    n_images, n_videos = torch.stack([is_image.sum(), is_video.sum()]).tolist()
-    if n_images != image_tokens.shape[0] or n_videos != video_tokens.shape[0]:
-        raise ValueError(f"interleave: {n_images} image placeholder(s) for {image_tokens.shape[0]} image token rows "
-                         f"and {n_videos} video placeholder(s) for {video_tokens.shape[0]} video token rows")
+    n_images, n_videos = image_tokens.shape[0], video_tokens.shape[0]
+    counts = torch.stack([is_image.sum(), is_video.sum()])
+    if torch.compiler.is_compiling():
+        expected = torch.tensor([n_images, n_videos], device=counts.device)
+        torch._assert_async(torch.all(counts == expected), "interleave: image/video placeholder counts differ "
+                            "from the image/video token rows")
+    else:
+        found_images, found_videos = counts.tolist()
+        if (found_images, found_videos) != (n_images, n_videos):
+            raise ValueError(f"interleave: {found_images} image placeholder(s) for {n_images} image token rows "
+                             f"and {found_videos} video placeholder(s) for {n_videos} video token rows")
     rows = torch.cat([image_tokens, video_tokens.to(image_tokens.dtype)])
     source = torch.where(is_image, torch.cumsum(is_image, 0) - 1, torch.cumsum(is_video, 0) - 1 + n_images)
     # placeholder positions in order, without a nonzero() (a stable sort puts them first)

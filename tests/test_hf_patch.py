@@ -147,6 +147,40 @@ def test_visual_tokens_equal_transformers_features():
     assert ours.shape[0] == sum(p.num_tokens for p in plans)
 
 
+def test_mixed_images_and_video_merge_compiles_without_a_graph_break():
+    """Images and a video in one batch: their rows put in placeholder order and merged by one
+    merge_tokens over both ids equal transformers' two masked_scatters; under
+    torch.compile(fullgraph=True) that is one graph (the per-kind counts are checked on the device
+    there, eagerly with a ValueError naming them), and a per-kind mismatch still fails."""
+    import torch._dynamo
+    from interleave.patching import _in_placeholder_order
+    g = torch.Generator().manual_seed(5)
+    weight = torch.randn(300, 16, generator=g)
+    ids = torch.tensor([[1, IMAGE_ID, IMAGE_ID, 2, VIDEO_ID, 3, IMAGE_ID],
+                        [VIDEO_ID, VIDEO_ID, 4, 5, IMAGE_ID, 6, 7]])
+    images, videos = torch.randn(4, 16, generator=g), torch.randn(3, 16, generator=g)
+
+    def merge(ids, images, videos):
+        rows = _in_placeholder_order(ids, IMAGE_ID, VIDEO_ID, images, videos)
+        return interleave.ops.merge_tokens(ids, weight, rows, [IMAGE_ID, VIDEO_ID])
+
+    ref = torch.nn.functional.embedding(ids, weight)
+    ref = ref.masked_scatter((ids == IMAGE_ID)[..., None].expand_as(ref), images)
+    ref = ref.masked_scatter((ids == VIDEO_ID)[..., None].expand_as(ref), videos)
+    assert torch.equal(merge(ids, images, videos), ref)
+    swapped = (images[:3], torch.cat([images[3:], videos]))  # the total matches, the kinds do not
+    with pytest.raises(ValueError, match=r"4 image placeholder\(s\) for 3 image token rows and 3 video "
+                                         r"placeholder\(s\) for 4 video token rows"):
+        merge(ids, *swapped)
+    explained = torch._dynamo.explain(merge)(ids, images, videos)
+    assert explained.graph_count == 1 and explained.graph_break_count == 0, explained.break_reasons
+    torch._dynamo.reset()
+    compiled = torch.compile(merge, fullgraph=True, backend="aot_eager")
+    assert torch.equal(compiled(ids, images, videos), ref)
+    with pytest.raises(RuntimeError, match="placeholder counts differ"):
+        compiled(ids, *swapped)
+
+
 def test_patch_unpatch_and_errors():
     model = _model("llava")
     keys = set(model.state_dict())
