@@ -26,7 +26,7 @@ from typing import Callable, Optional
 
 import torch
 
-from . import __version__, _extension, reference
+from . import __version__, _extension, reference, transformers_compat
 from .ops import merge_tokens
 
 IMAGE_TOKEN_ID = 151646  # <image> of the llava-interleave-qwen checkpoints (REFERENCE.md section 8)
@@ -358,15 +358,14 @@ def image_processor_cases(device: str, quick: bool = False, compile_reference: b
 
     from .hf import ImageProcessor
     try:
-        from transformers.models.llava_onevision import image_processing_pil_llava_onevision as ov_pil
-        from transformers.models.siglip import image_processing_pil_siglip as sg_pil
+        onevision_pil = transformers_compat.pil_image_processor_class("onevision")
+        siglip_pil = transformers_compat.pil_image_processor_class("siglip")
     except ImportError:
         return []
     siglip = dict(image_mean=[0.5] * 3, image_std=[0.5] * 3)
-    configs = [("OneVision 1080x1920 -> 16 tiles", ov_pil.LlavaOnevisionImageProcessorPil(**siglip),
-                "LlavaOnevisionImageProcessor", [_photo(1080, 1920)]),
-               ("SigLIP 16 frames 1080x1920", sg_pil.SiglipImageProcessorPil(size={"height": 384, "width": 384}, **siglip),
-                "SiglipImageProcessor", [_photo(1080, 1920)] * 16)]
+    configs = [("OneVision 1080x1920 -> 16 tiles", onevision_pil(**siglip), "onevision", [_photo(1080, 1920)]),
+               ("SigLIP 16 frames 1080x1920", siglip_pil(size={"height": 384, "width": 384}, **siglip),
+                "siglip", [_photo(1080, 1920)] * 16)]
     if device == "cpu":  # issue 3's real photos, single images (CPU only: GPU runs are budgeted)
         retina, astronaut = _skimage_photo("retina", 1411, 1411), _skimage_photo("astronaut", 512, 512)
         configs[1:1] = [("OneVision retina 1411x1411", configs[0][1], configs[0][2], [retina]),
@@ -377,10 +376,10 @@ def image_processor_cases(device: str, quick: bool = False, compile_reference: b
     if quick:
         configs = [("OneVision 300x500", configs[0][1], configs[0][2], [_photo(300, 500)])]
     cases = []
-    for name, hf_pil, tv_name, images in configs:
+    for name, hf_pil, kind, images in configs:
         ours = ImageProcessor.from_hf(hf_pil, device=device)
         baselines = {"transformers_pil": lambda p=hf_pil, ims=images: p(ims, return_tensors="pt")["pixel_values"]}
-        hf_tv = _torchvision_processor(hf_pil, tv_name)
+        hf_tv = _torchvision_processor(hf_pil, kind)
         if hf_tv is not None:  # the torchvision backend (transformers' default processor class)
             kwargs = {"device": device} if device == "cuda" else {}
             baselines["transformers_torchvision"] = lambda p=hf_tv, ims=images, kw=kwargs: p(
@@ -438,17 +437,15 @@ def _video_processor_cases() -> list:
                  tolerance=two_levels / float(probe.abs().max()) * 1.001)]
 
 
-def _torchvision_processor(hf_pil, tv_name: str):
-    """transformers' torchvision-backend processor with the PIL processor's settings, or None
-    without torchvision (the class imports, then fails on call)."""
-    import importlib
-    import importlib.util
+def _torchvision_processor(hf_pil, kind: str):
+    """transformers' torchvision-backend processor of `kind` with the PIL processor's settings, or
+    None without torchvision (the class imports, then fails on call)."""
     try:
-        if importlib.util.find_spec("torchvision") is None:
+        cls = transformers_compat.torchvision_image_processor_class(kind)
+        if cls is None:
             return None
-        module = importlib.import_module(type(hf_pil).__module__.replace("image_processing_pil_", "image_processing_"))
-        return getattr(module, tv_name)(**{k: getattr(hf_pil, k) for k in ("image_mean", "image_std")},
-                                        **({"size": {"height": 384, "width": 384}} if "Siglip" in tv_name else {}))
+        return cls(**{k: getattr(hf_pil, k) for k in ("image_mean", "image_std")},
+                   **({"size": {"height": 384, "width": 384}} if kind == "siglip" else {}))
     except (ImportError, AttributeError, TypeError):
         return None
 
@@ -587,8 +584,7 @@ def model_cases(device: str, quick: bool = False, compile_reference: bool = True
         (processor + vision tower + projector + packing + merge);
       - time to first token: a 4-image prompt, processor + prefill + one decoded token."""
     try:
-        from transformers.models.llava_onevision.image_processing_pil_llava_onevision import (
-            LlavaOnevisionImageProcessorPil)
+        onevision_pil = transformers_compat.pil_image_processor_class("onevision")
     except ImportError:
         print("bench: transformers/Pillow missing; skipping model", file=sys.stderr)
         return []
@@ -605,7 +601,7 @@ def model_cases(device: str, quick: bool = False, compile_reference: bool = True
     hf_model = tiny_model("onevision", widths="real", vision_layers=vision_layers, text_layers=text_layers,
                           image_token_id=image_id, video_token_id=image_id + 1,
                           vocab_size=vocab, device=device).to(dtype=dtype)
-    ref_processor = LlavaOnevisionImageProcessorPil(image_mean=[0.5] * 3, image_std=[0.5] * 3,
+    ref_processor = onevision_pil(image_mean=[0.5] * 3, image_std=[0.5] * 3,
                                                     image_grid_pinpoints=hf_model.config.image_grid_pinpoints)
     model = InterleaveModel.from_transformers(hf_model, tiny_tokenizer(), hf.ImageProcessor.from_hf(ref_processor))
     inner = hf_model.model
@@ -625,12 +621,12 @@ def model_cases(device: str, quick: bool = False, compile_reference: bool = True
         was = hf.is_patched(hf_model)
         hf.unpatch(hf_model)
         try:
-            feats = inner.get_image_features(pixels["pixel_values"].to(device, dtype), pixels["image_sizes"].to(device),
-                                             batch_num_images=pixels["batch_num_images"], return_dict=True)
+            visual = transformers_compat.image_features(
+                inner, pixels["pixel_values"].to(device, dtype), pixels["image_sizes"].to(device),
+                pixels["batch_num_images"]).to(dtype)
         finally:
             if was:
                 hf.patch(hf_model)
-        visual = torch.cat(feats.pooler_output).to(dtype)
         mask = (ids == image_id).unsqueeze(-1)
         return embed(ids).masked_scatter(mask, visual)
 
@@ -687,7 +683,7 @@ def train_step_cases(device: str, quick: bool = False, compile_reference: bool =
     processor, the unpatched model and its loss over full logits. Same initial weights each call
     (the optimizer state is reset), same loss."""
     try:
-        from transformers.models.siglip.image_processing_pil_siglip import SiglipImageProcessorPil
+        siglip_pil = transformers_compat.pil_image_processor_class("siglip")
     except ImportError:
         return []
     from . import InterleaveModel, hf, processing
@@ -699,7 +695,7 @@ def train_step_cases(device: str, quick: bool = False, compile_reference: bool =
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
     hf_model = tiny_model("llava", widths="real", vision_layers=2 if not quick else 1, text_layers=2 if not quick else 1,
                           vocab_size=vocab, device=device).to(dtype=dtype)
-    ref_processor = SiglipImageProcessorPil(size={"height": 384, "width": 384}, image_mean=[0.5] * 3, image_std=[0.5] * 3)
+    ref_processor = siglip_pil(size={"height": 384, "width": 384}, image_mean=[0.5] * 3, image_std=[0.5] * 3)
     model = InterleaveModel.from_transformers(hf_model, tiny_tokenizer(), hf.ImageProcessor.from_hf(ref_processor))
     trainable = set_trainable(model, "projector,llm")
     initial = {k: v.detach().clone() for k, v in hf_model.state_dict().items()}

@@ -148,7 +148,7 @@ def demo_main(argv) -> int:
     import torch
     from skimage import data
 
-    from . import InterleaveModel, Video, generate, hf
+    from . import InterleaveModel, Video, generate, hf, transformers_compat
     from .tiny import tiny_model, tiny_tokenizer
 
     p = argparse.ArgumentParser(prog="python -m interleave demo", description=__doc__.split("\n")[0])
@@ -159,9 +159,7 @@ def demo_main(argv) -> int:
     print(f"building a tiny random OneVision-layout model (SigLIP 32 wide, {args.tile}px tiles, Qwen2 48 wide)")
     hf_model = tiny_model("onevision", tile=args.tile)
     try:  # the reference processor: transformers' PIL image processor with the model's settings
-        from transformers.models.llava_onevision.image_processing_pil_llava_onevision import (
-            LlavaOnevisionImageProcessorPil)
-        ref_processor = LlavaOnevisionImageProcessorPil(
+        ref_processor = transformers_compat.pil_image_processor_class("onevision")(
             size={"height": args.tile, "width": args.tile}, image_grid_pinpoints=hf_model.config.image_grid_pinpoints,
             image_mean=[0.5] * 3, image_std=[0.5] * 3)
     except ImportError:
@@ -192,10 +190,10 @@ def demo_main(argv) -> int:
         def ref_visual():
             out = []
             if "pixel_values" in pixels:
-                out.append(inner.get_image_features(pixels["pixel_values"], pixels["image_sizes"],
-                                                    batch_num_images=pixels.get("batch_num_images"), return_dict=True))
+                out.append(transformers_compat.image_features(inner, pixels["pixel_values"], pixels["image_sizes"],
+                                                                 pixels.get("batch_num_images")))
             if "pixel_values_videos" in pixels:
-                out.append(inner.get_video_features(pixels["pixel_values_videos"], return_dict=True))
+                out.append(transformers_compat.video_features(inner, pixels["pixel_values_videos"]))
             return out
 
         def ours_prefill():

@@ -71,10 +71,31 @@ def _square_size(size, what: str) -> int:
     return int(h)
 
 
+def _pil_to_rgb(image) -> np.ndarray:
+    """transformers' convert_to_rgb of a PIL image, as an array: 5.x composites transparency onto
+    white (asked for as an array: its PIL return is deprecated), 4.57 converts with Pillow's
+    convert("RGB") (alpha dropped). Whichever is installed, so that pixel_values stay equal."""
+    import inspect
+
+    from transformers.image_transforms import convert_to_rgb
+    if "return_numpy" in inspect.signature(convert_to_rgb).parameters:
+        return convert_to_rgb(image, return_numpy=True)
+    return np.asarray(convert_to_rgb(image))
+
+
+def _composite_on_white(rgba: np.ndarray) -> np.ndarray:
+    """An [H, W, 4] uint8 array's alpha composited onto white, with transformers 5.x's arithmetic
+    (image_transforms.convert_to_rgb of an array, float64, rounded half to even); 4.57's
+    processors reject 4-channel arrays, so this is the one behaviour either version can match."""
+    alpha = rgba[..., 3:4] / 255
+    return np.round(alpha * rgba[..., :3] + (1 - alpha) * 255).astype(np.uint8)
+
+
 def to_rgb_uint8(image, index: int = 0) -> torch.Tensor:
     """One image as uint8 [H, W, 3], converted to RGB as transformers does (convert_to_rgb:
-    alpha composited onto white, grayscale and palette expanded). Accepts PIL images, numpy
-    arrays and tensors ([H, W, C] or [C, H, W], C in 1, 3, 4, or [H, W])."""
+    alpha composited onto white, grayscale and palette expanded; PIL images with the installed
+    transformers' own function). Accepts PIL images, numpy arrays and tensors ([H, W, C] or
+    [C, H, W], C in 1, 3, 4, or [H, W])."""
     if isinstance(image, torch.Tensor):
         if image.dtype == torch.uint8:
             rgb = _uint8_tensor_to_rgb(image)
@@ -91,8 +112,7 @@ def to_rgb_uint8(image, index: int = 0) -> torch.Tensor:
         if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
             raise ValueError(f"ImageProcessor: image {index} has mode {image.mode!r} (16-bit or float); "
                              "convert it to 8-bit RGB first, e.g. image.convert('RGB')")
-        from transformers.image_transforms import convert_to_rgb
-        return _from_numpy(np.ascontiguousarray(convert_to_rgb(image, return_numpy=True)))
+        return _from_numpy(np.ascontiguousarray(_pil_to_rgb(image)))
     if not isinstance(image, np.ndarray):
         raise TypeError(f"ImageProcessor: image {index} is a {type(image).__name__}; pass PIL images, "
                         "numpy arrays or uint8 tensors")
@@ -109,9 +129,8 @@ def to_rgb_uint8(image, index: int = 0) -> torch.Tensor:
     if image.ndim != 3 or image.shape[2] not in (1, 3, 4):
         raise ValueError(f"ImageProcessor: image {index} has shape {image.shape}; expected [H, W, C] or "
                          "[C, H, W] with C in 1, 3, 4")
-    # 4 channels (1 and 3 were handled above): alpha composited onto white, as transformers does
-    from transformers.image_transforms import convert_to_rgb
-    return _from_numpy(np.ascontiguousarray(convert_to_rgb(np.ascontiguousarray(image), return_numpy=True)))
+    # 4 channels (1 and 3 were handled above): alpha composited onto white, as transformers 5.x does
+    return _from_numpy(_composite_on_white(image))
 
 
 def _channels_first(shape) -> bool:

@@ -30,6 +30,44 @@ _ARCHITECTURES = {"llava": "LlavaForConditionalGeneration", "llava_next": "Llava
                   "llava_onevision": "LlavaOnevisionForConditionalGeneration"}
 
 
+_HUB_TOWER, _NEW_TOWER = "vision_tower.vision_model.", "vision_tower."
+
+
+def _hub_layout_state_dict(path: str) -> Optional[dict]:
+    """transformers 5.x saves the vision tower as `vision_tower.*` and reads that and the Hub's
+    `vision_tower.vision_model.*` (REFERENCE.md section 10); 4.57 reads only the Hub's, and loads
+    a 5.x-saved checkpoint with a randomly initialized tower and a warning. Under 4.x, such a
+    checkpoint's tensors with the tower keys in the Hub layout (for from_pretrained's state_dict);
+    else None: transformers reads the files itself. Safetensors files (one or an index's shards)."""
+    import json
+
+    from .transformers_compat import major_version
+    if major_version() >= 5:
+        return None
+    single, index = os.path.join(path, "model.safetensors"), os.path.join(path, "model.safetensors.index.json")
+    if os.path.isfile(index):
+        with open(index) as f:
+            files = sorted(set(json.load(f)["weight_map"].values()))
+    elif os.path.isfile(single):
+        files = ["model.safetensors"]
+    else:
+        return None
+    from safetensors import safe_open
+    keys = []
+    for name in files:
+        with safe_open(os.path.join(path, name), framework="pt") as f:
+            keys += list(f.keys())
+    if not any(k.startswith(_NEW_TOWER) and not k.startswith(_HUB_TOWER) for k in keys):
+        return None
+    from safetensors.torch import load_file
+    state = {}
+    for name in files:
+        for k, v in load_file(os.path.join(path, name)).items():
+            state[_HUB_TOWER + k[len(_NEW_TOWER):] if k.startswith(_NEW_TOWER) and not k.startswith(_HUB_TOWER)
+                  else k] = v
+    return state
+
+
 @dataclasses.dataclass
 class Video:
     """A video as its (already sampled) frames, uint8 [H, W, 3] each (or a [F, H, W, 3] tensor).
@@ -77,7 +115,11 @@ class InterleaveModel(torch.nn.Module):
             raise ValueError(f"InterleaveModel.from_pretrained: model_type {config.model_type!r} is not one of "
                              f"{sorted(_ARCHITECTURES)}")
         kwargs = {"dtype": dtype} if dtype is not None else {}
-        model = getattr(transformers, arch).from_pretrained(path, local_files_only=True, **kwargs)
+        renamed = _hub_layout_state_dict(path)
+        if renamed is None:
+            model = getattr(transformers, arch).from_pretrained(path, local_files_only=True, **kwargs)
+        else:  # (4.x takes a state_dict only without a path)
+            model = getattr(transformers, arch).from_pretrained(None, config=config, state_dict=renamed, **kwargs)
         tokenizer = None
         if any(os.path.isfile(os.path.join(path, f)) for f in ("tokenizer.json", "tokenizer_config.json", "vocab.json")):
             tokenizer = transformers.AutoTokenizer.from_pretrained(path, local_files_only=True)

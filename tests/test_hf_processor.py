@@ -9,10 +9,12 @@ from interleave.hf import ImageProcessor
 
 Image = pytest.importorskip("PIL.Image")
 
-pil_onevision = pytest.importorskip(
-    "transformers.models.llava_onevision.image_processing_pil_llava_onevision")
-pil_llava_next = pytest.importorskip("transformers.models.llava_next.image_processing_pil_llava_next")
-pil_siglip = pytest.importorskip("transformers.models.siglip.image_processing_pil_siglip")
+pytest.importorskip("transformers")
+from interleave import transformers_compat  # noqa: E402
+from interleave.transformers_compat import pil_image_processor_class, torchvision_image_processor_class  # noqa: E402
+
+# transformers' Pillow-backed processors (5.x: XImageProcessorPil; 4.57: the slow XImageProcessor)
+OnevisionPil, LlavaNextPil, SiglipPil = (pil_image_processor_class(k) for k in ("onevision", "llava_next", "siglip"))
 
 SIGLIP = dict(image_mean=[0.5, 0.5, 0.5], image_std=[0.5, 0.5, 0.5])
 
@@ -42,7 +44,7 @@ def assert_same(theirs, ours):
 @pytest.mark.parametrize("batch", ["single", "two_singles", "multi_image", "mixed"])
 def test_onevision_equals_pil_processor(mean, batch):
     imgs = real_images()
-    hf = pil_onevision.LlavaOnevisionImageProcessorPil(**(SIGLIP if mean == "siglip" else {}))
+    hf = OnevisionPil(**(SIGLIP if mean == "siglip" else {}))
     ours = ImageProcessor.from_hf(hf)
     images = {"single": [imgs["wide"]],
               "two_singles": [imgs["retina"], imgs["chelsea"]],
@@ -53,7 +55,7 @@ def test_onevision_equals_pil_processor(mean, batch):
 
 def test_llava_next_equals_pil_processor():
     imgs = real_images()
-    hf = pil_llava_next.LlavaNextImageProcessorPil(
+    hf = LlavaNextPil(
         size={"height": 384, "width": 384}, crop_size={"height": 384, "width": 384},
         image_grid_pinpoints=[[384, 768], [768, 384], [768, 768], [1152, 384], [384, 1152]], **SIGLIP)
     ours = ImageProcessor.from_hf(hf)
@@ -63,7 +65,7 @@ def test_llava_next_equals_pil_processor():
 
 def test_siglip_equals_pil_processor():
     imgs = real_images()
-    hf = pil_siglip.SiglipImageProcessorPil(size={"height": 384, "width": 384}, **SIGLIP)
+    hf = SiglipPil(size={"height": 384, "width": 384}, **SIGLIP)
     ours = ImageProcessor.from_hf(hf)
     images = [imgs["astronaut"], imgs["wide"], imgs["chelsea"]]
     assert_same(hf(images, return_tensors="pt"), ours(images, return_tensors="pt"))
@@ -87,11 +89,16 @@ def test_input_kinds_convert_like_transformers(convert):
              "gray_tensor": torch.from_numpy(np.asarray(Image.fromarray(coffee).convert("L")).copy()),
              "gray_chw_tensor": torch.from_numpy(np.asarray(Image.fromarray(coffee).convert("L")).copy())[None],
              "rgba_tensor": torch.from_numpy(rgba.copy())}[convert]
-    hf = pil_onevision.LlavaOnevisionImageProcessorPil(**SIGLIP)
+    hf = OnevisionPil(**SIGLIP)
     theirs_input = image.numpy() if isinstance(image, torch.Tensor) else image
     if convert in ("gray_array", "gray_tensor", "gray_chw_tensor"):
         # transformers rejects a bare [H, W] array in a list: give it the PIL image
         theirs_input = Image.fromarray(coffee).convert("L")
+    if convert == "rgba_tensor" and transformers_compat.major_version() < 5:
+        # 4.57's processors reject RGBA arrays; ours composites onto white as 5.x does (its
+        # arithmetic, written out): compare with that RGB image
+        alpha = rgba[..., 3:4] / 255
+        theirs_input = np.round(alpha * rgba[..., :3] + (1 - alpha) * 255).astype(np.uint8)
     assert_same(hf([theirs_input], return_tensors="pt"), ImageProcessor.from_hf(hf)([image]))
 
 
@@ -122,15 +129,15 @@ def test_video_as_a_4d_batch_of_frames_like_transformers(layout):
     video = rng.integers(0, 256, (4, 90, 160, 3), dtype=np.uint8)
     frames = {"thwc_array": video, "tchw_tensor": torch.from_numpy(video).permute(0, 3, 1, 2).contiguous(),
               "list_of_two": [video, video[:2]]}[layout]
-    hf = pil_siglip.SiglipImageProcessorPil(size={"height": 384, "width": 384}, **SIGLIP)
+    hf = SiglipPil(size={"height": 384, "width": 384}, **SIGLIP)
     assert_same(hf(frames, return_tensors="pt"), ImageProcessor.from_hf(hf)(frames))
-    onevision = ImageProcessor.from_hf(pil_onevision.LlavaOnevisionImageProcessorPil(**SIGLIP))
+    onevision = ImageProcessor.from_hf(OnevisionPil(**SIGLIP))
     with pytest.raises(ValueError, match=r"4D input of shape \(4, 90, 160, 3\) is a batch of video frames"):
         onevision(video)
 
 
 def test_clear_errors():
-    hf = pil_onevision.LlavaOnevisionImageProcessorPil(**SIGLIP)
+    hf = OnevisionPil(**SIGLIP)
     ours = ImageProcessor.from_hf(hf)
     with pytest.raises(ValueError, match="16-bit"):
         ours([Image.fromarray(np.zeros((8, 8), dtype=np.uint16))])
@@ -141,14 +148,14 @@ def test_clear_errors():
     with pytest.raises(TypeError, match="unsupported processor"):
         ImageProcessor.from_hf(object())
     with pytest.raises(ValueError, match="only bicubic"):
-        ImageProcessor.from_hf(pil_onevision.LlavaOnevisionImageProcessorPil(resample=2, **SIGLIP))
+        ImageProcessor.from_hf(OnevisionPil(resample=2, **SIGLIP))
 
 
 @pytest.mark.cuda
 def test_onevision_on_cuda_equals_pil_processor():
     rng = np.random.default_rng(0)
     images = [rng.integers(0, 256, (1080, 1920, 3), dtype=np.uint8), rng.integers(0, 256, (300, 451, 3), dtype=np.uint8)]
-    hf = pil_onevision.LlavaOnevisionImageProcessorPil(**SIGLIP)
+    hf = OnevisionPil(**SIGLIP)
     ours = ImageProcessor.from_hf(hf, device="cuda")(images)
     assert ours["pixel_values"].device.type == "cuda"
     assert_same(hf(images, return_tensors="pt"), ours)
@@ -166,7 +173,7 @@ def test_images_already_on_the_gpu_stay_there(layout):
         host = np.repeat(host[:, :, :1], 3, axis=2)
     on_gpu = {"chw": lambda t: t.permute(2, 0, 1).contiguous(), "hwc": lambda t: t,
               "gray": lambda t: t[:, :, 0].contiguous()}[layout](torch.from_numpy(host).cuda())
-    hf = pil_onevision.LlavaOnevisionImageProcessorPil(**SIGLIP)
+    hf = OnevisionPil(**SIGLIP)
     # No device given anywhere: the images' GPU (as transformers' torchvision processor would).
     proc = ImageProcessor.from_hf(hf)
     proc([on_gpu])  # warm: the normalization table's one upload
@@ -203,7 +210,7 @@ def test_video_frames_on_the_gpu_as_one_tensor():
     rng = np.random.default_rng(6)
     video = rng.integers(0, 256, (8, 1080, 1920, 3), dtype=np.uint8)
     on_gpu = torch.from_numpy(video).cuda().permute(0, 3, 1, 2).contiguous()
-    hf = pil_siglip.SiglipImageProcessorPil(size={"height": 384, "width": 384}, **SIGLIP)
+    hf = SiglipPil(size={"height": 384, "width": 384}, **SIGLIP)
     proc = ImageProcessor.from_hf(hf, device="cuda")
     proc(on_gpu)
     torch.cuda.synchronize()
@@ -220,7 +227,7 @@ def test_pinned_upload_equals_pageable_and_reuses_its_buffer():
     """upload="pinned": one staged asynchronous transfer; equal pixel_values, on repeated calls with
     growing and shrinking batches (the pinned buffer is reused once its last upload finished)."""
     rng = np.random.default_rng(1)
-    hf = pil_onevision.LlavaOnevisionImageProcessorPil(**SIGLIP)
+    hf = OnevisionPil(**SIGLIP)
     pageable = ImageProcessor.from_hf(hf, device="cuda")
     pageable.upload = "pageable"
     pinned = ImageProcessor.from_hf(hf, device="cuda")
@@ -296,7 +303,7 @@ def test_overlapped_upload_equals_pinned(monkeypatch):
     import interleave.hf as hf_module
     monkeypatch.setattr(hf_module, "_UPLOAD_PIECE_BYTES", 4096)
     rng = np.random.default_rng(4)
-    hf = pil_onevision.LlavaOnevisionImageProcessorPil(**SIGLIP)
+    hf = OnevisionPil(**SIGLIP)
     pinned = ImageProcessor.from_hf(hf, device="cuda")
     overlapped = ImageProcessor.from_hf(hf, device="cuda", upload="overlapped")
     assert overlapped.upload == "overlapped"
@@ -317,7 +324,7 @@ def test_pinned_upload_from_several_threads():
     """The pinned buffer is shared by one processor's calls: threads calling it at once (a server's
     request threads) each get their own images' pixel_values."""
     import concurrent.futures
-    hf = pil_onevision.LlavaOnevisionImageProcessorPil(**SIGLIP)
+    hf = OnevisionPil(**SIGLIP)
     pinned = ImageProcessor.from_hf(hf, device="cuda")
     rng = np.random.default_rng(2)
     batches = [[rng.integers(0, 256, (200 + 30 * i, 333, 3), dtype=np.uint8)] for i in range(8)]
@@ -349,11 +356,9 @@ def test_upload_mode_is_checked():
 
 def test_from_torchvision_backend_processor():
     pytest.importorskip("torchvision")
-    from transformers.models.llava_onevision.image_processing_llava_onevision import LlavaOnevisionImageProcessor
-
     imgs = real_images()
-    pil = pil_onevision.LlavaOnevisionImageProcessorPil(**SIGLIP)
-    ours = ImageProcessor.from_hf(LlavaOnevisionImageProcessor(**SIGLIP))
+    pil = OnevisionPil(**SIGLIP)
+    ours = ImageProcessor.from_hf(torchvision_image_processor_class("onevision")(**SIGLIP))
     images = [imgs["coffee"]]
     assert_same(pil(images, return_tensors="pt"), ours(images, return_tensors="pt"))
 
@@ -381,11 +386,11 @@ def test_drop_in_inside_a_transformers_processor(kind):
     multimodal processor's whole output (token ids with the placeholders expanded, pixel_values,
     image_sizes, batch_num_images) equals the PIL processor's."""
     import copy
-    hf_pil = {"onevision": lambda: pil_onevision.LlavaOnevisionImageProcessorPil(**SIGLIP),
-              "llava_next": lambda: pil_llava_next.LlavaNextImageProcessorPil(
+    hf_pil = {"onevision": lambda: OnevisionPil(**SIGLIP),
+              "llava_next": lambda: LlavaNextPil(
                   image_grid_pinpoints=[[384, 768], [768, 384], [768, 768]], size={"height": 384, "width": 384},
                   crop_size={"height": 384, "width": 384}, do_center_crop=False, **SIGLIP),
-              "siglip": lambda: pil_siglip.SiglipImageProcessorPil(size={"height": 384, "width": 384}, **SIGLIP)}[kind]()
+              "siglip": lambda: SiglipPil(size={"height": 384, "width": 384}, **SIGLIP)}[kind]()
     theirs = _multimodal_processor(kind, hf_pil)
     ours = copy.copy(theirs)
     ours.image_processor = ImageProcessor.from_hf(hf_pil)
@@ -401,7 +406,7 @@ def test_drop_in_inside_a_transformers_processor(kind):
 
 
 def test_per_call_settings_equal_to_the_processors_own_are_accepted():
-    hf = pil_onevision.LlavaOnevisionImageProcessorPil(**SIGLIP)
+    hf = OnevisionPil(**SIGLIP)
     ours = ImageProcessor.from_hf(hf)
     image = real_images()["chelsea"]
     expected = hf([image], return_tensors="pt")
@@ -435,8 +440,8 @@ def test_per_call_settings_equal_to_the_processors_own_are_accepted():
 
 @pytest.mark.parametrize("kind", ["onevision", "siglip"])
 def test_return_tensors_none_gives_lists_like_transformers(kind):
-    hf = pil_onevision.LlavaOnevisionImageProcessorPil(**SIGLIP) if kind == "onevision" else \
-        pil_siglip.SiglipImageProcessorPil(size={"height": 384, "width": 384}, **SIGLIP)
+    hf = OnevisionPil(**SIGLIP) if kind == "onevision" else \
+        SiglipPil(size={"height": 384, "width": 384}, **SIGLIP)
     imgs = real_images()
     for images in ([imgs["chelsea"], imgs["coffee"]], [[imgs["chelsea"], imgs["coffee"]]]):
         theirs, ours = hf(images), ImageProcessor.from_hf(hf)(images, return_tensors=None)
@@ -458,10 +463,8 @@ def test_within_two_levels_of_the_torchvision_processor(kind):
     in 22-bit fixed point with a uint8 intermediate), so ours, equal to Pillow, is within 2 of
     transformers' torchvision processor, and rarely off at all (measured: at most 0.6% of values)."""
     pytest.importorskip("torchvision")
-    from transformers.models.llava_onevision.image_processing_llava_onevision import LlavaOnevisionImageProcessor
-    from transformers.models.siglip.image_processing_siglip import SiglipImageProcessor
-    tv = LlavaOnevisionImageProcessor(**SIGLIP) if kind == "onevision" else \
-        SiglipImageProcessor(size={"height": 384, "width": 384}, **SIGLIP)
+    tv = torchvision_image_processor_class(kind)(**SIGLIP, **({"size": {"height": 384, "width": 384}}
+                                                             if kind == "siglip" else {}))
     ours = ImageProcessor.from_hf(tv)
     for name, image in real_images().items():
         levels = (tv([image], return_tensors="pt")["pixel_values"] - ours([image])["pixel_values"]).abs() * 127.5
@@ -500,7 +503,7 @@ def test_video_processor_within_two_levels_of_the_onevision_video_processor():
     with pytest.raises(ValueError, match="do_sample_frames=True is not supported"):
         ours(clips, do_sample_frames=True)
     # inside transformers' multimodal processor: the same ids, frames within 2 levels
-    processor = _multimodal_processor("onevision", pil_onevision.LlavaOnevisionImageProcessorPil(**SIGLIP))
+    processor = _multimodal_processor("onevision", OnevisionPil(**SIGLIP))
     processor.video_processor = video_processor
     swapped = copy.copy(processor)
     swapped.video_processor = ours

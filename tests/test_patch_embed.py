@@ -400,8 +400,10 @@ def _photos():
 def _processed(size, device):
     """(uint8 tiles, HF pixel_values) of the photos at size x size: transformers' PIL SigLIP processor
     for pixel_values, anyres_tiles (Pillow-exact squash) for the tiles."""
-    pil = pytest.importorskip("transformers.models.siglip.image_processing_pil_siglip")
-    processor = pil.SiglipImageProcessorPil(size={"height": size, "width": size}, **SIGLIP)
+    pytest.importorskip("transformers")
+    pytest.importorskip("PIL")
+    from interleave.transformers_compat import pil_image_processor_class
+    processor = pil_image_processor_class("siglip")(size={"height": size, "width": size}, **SIGLIP)
     images = _photos()
     pixel_values = processor(images, return_tensors="pt")["pixel_values"]
     tiles = anyres_tiles([torch.from_numpy(np.ascontiguousarray(im)) for im in images], "llava", tile=size).tiles

@@ -26,6 +26,19 @@ def test_ci_runs_the_readme_test_command():
     assert _readme_commands()[1] in ci.splitlines()
 
 
+def test_ci_reruns_the_transformers_tests_under_4_57():
+    """.ci/run reruns the tests that touch transformers under 4.57 (tests/transformers_compat_tests.txt):
+    every line names a test file, or a test function in it, that exists."""
+    ci = open(os.path.join(ROOT, ".ci", "run")).read()
+    assert '"transformers==4.57.6"' in ci and "tests/transformers_compat_tests.txt" in ci
+    lines = open(os.path.join(ROOT, "tests", "transformers_compat_tests.txt")).read().split()
+    assert lines
+    for line in lines:
+        path, _, name = line.partition("::")
+        source = open(os.path.join(ROOT, path)).read()
+        assert not name or re.search(rf"^def {re.escape(name)}\(", source, flags=re.M), line
+
+
 def test_bench_quick_writes_json(tmp_path):
     out = tmp_path / "bench.json"
     r = subprocess.run([sys.executable, "-m", "interleave", "bench", "--device", "cpu", "--quick",
