@@ -186,4 +186,3 @@ def patch_embed_unfold(tiles: torch.Tensor, weight: torch.Tensor, bias: torch.Te
     x = normalize_tiles(tiles, mean, std).to(weight.dtype)
     patches = F.unfold(x, kernel_size=p, stride=p).transpose(1, 2)  # [N, T, 3*p*p], (ch, i, j) order
     return F.linear(patches, weight.flatten(1), bias) + pos_embed
-
