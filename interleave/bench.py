@@ -1344,12 +1344,17 @@ def run(devices: list[str], ops: list[str], quick: bool, reps: int, compile_refe
         if device == "cuda":
             report["environment"]["copy_gbps"] = copy_bandwidth("cuda")
         for op in ops:
+            # Seconds spent per op's inputs and per case (the GPU check budgets its minutes by them)
+            t0 = time.perf_counter()
             cases = CASES[op](device, quick=quick, compile_reference=compile_reference)
+            report["environment"].setdefault("setup_seconds", {})[f"{op} {device}"] = round(time.perf_counter() - t0, 3)
             for i, case in enumerate(cases, 1):
                 progress(f"[{op} {device} {i}/{len(cases)}] {case.shape} {case.dtype} ...")
+                t0 = time.perf_counter()
                 result = run_case(case, reps)
                 if device == "cuda":
                     _add_gpu_fractions(result, case, report["environment"], reps)
+                result["seconds"] = round(time.perf_counter() - t0, 3)
                 report["results"].append(result)
                 checkpoint(report)
             del cases

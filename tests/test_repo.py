@@ -51,6 +51,9 @@ def test_bench_quick_writes_json(tmp_path):
     assert set(results) == {"merge_tokens", "anyres_tiles", "image_processor", "pack_tokens", "model",
                             "linear_cross_entropy", "patch_embed"}
     assert all(r["matches_reference"] and r["ours_gbps"] > 0 for r in report["results"])
+    # what each case and each op's inputs took (the GPU check's budget is planned with them)
+    assert all(r["seconds"] >= 0 for r in report["results"]) and sum(r["seconds"] for r in report["results"]) > 0
+    assert set(report["environment"]["setup_seconds"]) == {f"{op} cpu" for op in results}
     # patch_embed is floating-point math: checked against float64 (within 2x the reference's error).
     assert results["patch_embed"]["within_2x_reference_error"] and results["patch_embed"]["tflops"]["ours"] > 0
     assert results["merge_tokens"]["bitwise_equal"] and results["anyres_tiles"]["bitwise_equal"]
