@@ -148,26 +148,27 @@ def anyres_decision(results, failures):
     print(f"  -> {'FLIP the default to true' if verdict else 'keep it off'}")
 
 
-def anyres_variant_decision(results, failures, variant, title, test_needle, verdict, yes, no):
-    """A bitwise-equal anyres_tiles variant behind an off default: make it the default where it was
-    faster (2% or more) in every case, equal in every case, and its CUDA tests (ids containing
-    test_needle) passed."""
-    cases = variant_cases(results, "anyres_tiles", variant, title)
+def variant_decision(results, failures, variant, title, test_needle, verdict, yes, no, op="anyres_tiles",
+                     time=best_device_time, note=lambda r, a, b: ""):
+    """A bitwise-equal variant of `op` behind an off default: make it the default where it was
+    faster (2% or more, by `time`: the device time unless told otherwise) in every case, equal in
+    every case, and its CUDA tests (ids containing test_needle) passed. `note`: more for a case's line."""
+    cases = variant_cases(results, op, variant, title)
     if not cases:
         return
     faster, equal = True, True
     for r in cases:
         eq = r.get("variants_bitwise_equal", {}).get(variant)
-        a, b = best_device_time(r, "ours"), best_device_time(r, variant)
+        a, b = time(r, "ours"), time(r, variant)
         faster &= b < a * 0.98
         equal &= bool(eq)
-        print(f"  {r['shape']}: ours {a:.3f} ms, {variant} {b:.3f} ms ({a / b:.2f}x), bitwise equal: {eq}")
+        print(f"  {r['shape']}: ours {a:.3f} ms, {variant} {b:.3f} ms ({a / b:.2f}x), bitwise equal: {eq}{note(r, a, b)}")
     t = tests_ok(failures, test_needle)
     print(f"  -> {verdict} (tests: {t}): " + (yes if faster and equal and t == "passed" else no))
 
 
 def anyres_rows4_decision(results, failures):
-    anyres_variant_decision(
+    variant_decision(
         results, failures, "ours_rows4",
         "anyres_tiles SIMT pass 1 with 4 rows per block (default 1: anyres_cuda_simt_rows() in "
         "csrc/ops/anyres_tiles_checks.cpp)", "rows4", "SIMT pass 1, 4 rows per block",
@@ -175,19 +176,19 @@ def anyres_rows4_decision(results, failures):
 
 
 def anyres_imma_decision(results, failures):
-    anyres_variant_decision(
+    variant_decision(
         results, failures, "ours_imma",
         "anyres_tiles pass 1 on integer tensor cores, the vertical pass fused into its blocks (default off: "
         "anyres_cuda_imma() in csrc/ops/anyres_tiles_checks.cpp)", "tensor_core_pass_equals_pillow[integer-",
         "integer tensor-core pass 1, fused",
         "make it the default (anyres_cuda_imma in csrc/ops/anyres_tiles_checks.cpp)", "keep it off")
-    anyres_variant_decision(
+    variant_decision(
         results, failures, "ours_imma_unfused",
         "anyres_tiles pass 1 on integer tensor cores, the intermediate in global memory (cuda_fused_passes(False))",
         "tensor_core_pass_equals_pillow[integer_unfused", "integer tensor-core pass 1, unfused",
         "make it the default unfused (anyres_cuda_imma on, anyres_cuda_fused off, in "
         "csrc/ops/anyres_tiles_checks.cpp) if the fused line above does not say so too", "keep it off")
-    anyres_variant_decision(
+    variant_decision(
         results, failures, "ours_imma_staged",
         "anyres_tiles integer pass 1, fused, each warp's source rows staged by 16-byte cp.async "
         "(cuda_integer_staged_rows(); default off: anyres_cuda_imma_staged() in csrc/ops/anyres_tiles_checks.cpp)",
@@ -327,25 +328,15 @@ def merge_sync_free_decision(results, failures):
 def upload_decision(results, failures):
     """The image processor's upload="overlapped" (2 MiB pieces, each transfer under the host's
     staging of the next) against the default "pinned" (all staged, then one transfer): by call
-    time, since what it hides is the host's copy. Make it the default where it was faster (2% or
-    more) in every case, bitwise equal, and the CUDA upload tests passed."""
-    cases = variant_cases(results, "image_processor", "ours_overlapped",
-                          'image_processor upload="overlapped" (default "pinned": ImageProcessor in interleave/hf.py)')
-    if not cases:
-        return
-    faster, equal = True, True
-    for r in cases:
-        eq = r.get("variants_bitwise_equal", {}).get("ours_overlapped")
-        a, b = r["median_ms"]["ours"], r["median_ms"]["ours_overlapped"]
+    time, since what it hides is the host's copy."""
+    def against_torchvision(r, a, b):
         tv = r["median_ms"].get("transformers_torchvision")
-        vs = f"; vs transformers' torchvision processor {tv / a:.1f}x -> {tv / b:.1f}x" if tv else ""
-        faster &= b < a * 0.98
-        equal &= bool(eq)
-        print(f"  {r['shape']}: ours {a:.3f} ms, ours_overlapped {b:.3f} ms ({a / b:.2f}x), bitwise equal: {eq}{vs}")
-    t = tests_ok(failures, "upload")
-    print(f"  -> overlapped upload (tests: {t}): " +
-          ('make it the default (upload="overlapped" in ImageProcessor/VideoProcessor and from_hf)'
-           if faster and equal and t == "passed" else "keep pinned"))
+        return f"; vs transformers' torchvision processor {tv / a:.1f}x -> {tv / b:.1f}x" if tv else ""
+    variant_decision(
+        results, failures, "ours_overlapped",
+        'image_processor upload="overlapped" (default "pinned": ImageProcessor in interleave/hf.py)', "upload",
+        "overlapped upload", 'make it the default (upload="overlapped" in ImageProcessor/VideoProcessor and from_hf)',
+        "keep pinned", op="image_processor", time=lambda r, name: r["median_ms"][name], note=against_torchvision)
 
 
 def main(argv):
