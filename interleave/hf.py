@@ -72,21 +72,22 @@ def _square_size(size, what: str) -> int:
 
 
 def _pil_to_rgb(image) -> np.ndarray:
-    """transformers' convert_to_rgb of a PIL image, as an array: 5.x composites transparency onto
-    white (asked for as an array: its PIL return is deprecated), 4.57 converts with Pillow's
-    convert("RGB") (alpha dropped). Whichever is installed, so that pixel_values stay equal."""
-    import inspect
-
+    """transformers' convert_to_rgb of a PIL image, as an array: recent 5.x releases composite
+    transparency onto white (asked for as an array: their PIL return is deprecated), 4.57 and 5.0
+    convert with Pillow's convert("RGB") (alpha dropped). Whichever is installed, so that
+    pixel_values stay equal."""
     from transformers.image_transforms import convert_to_rgb
-    if "return_numpy" in inspect.signature(convert_to_rgb).parameters:
+
+    from .transformers_compat import converts_alpha_onto_white
+    if converts_alpha_onto_white():
         return convert_to_rgb(image, return_numpy=True)
     return np.asarray(convert_to_rgb(image))
 
 
 def _composite_on_white(rgba: np.ndarray) -> np.ndarray:
-    """An [H, W, 4] uint8 array's alpha composited onto white, with transformers 5.x's arithmetic
-    (image_transforms.convert_to_rgb of an array, float64, rounded half to even); 4.57's
-    processors reject 4-channel arrays, so this is the one behaviour either version can match."""
+    """An [H, W, 4] uint8 array's alpha composited onto white, with recent transformers' arithmetic
+    (image_transforms.convert_to_rgb of an array, float64, rounded half to even); the processors
+    of 4.57 and 5.0 reject 4-channel arrays, so this is the one behaviour every version can match."""
     alpha = rgba[..., 3:4] / 255
     return np.round(alpha * rgba[..., :3] + (1 - alpha) * 255).astype(np.uint8)
 
@@ -129,7 +130,7 @@ def to_rgb_uint8(image, index: int = 0) -> torch.Tensor:
     if image.ndim != 3 or image.shape[2] not in (1, 3, 4):
         raise ValueError(f"ImageProcessor: image {index} has shape {image.shape}; expected [H, W, C] or "
                          "[C, H, W] with C in 1, 3, 4")
-    # 4 channels (1 and 3 were handled above): alpha composited onto white, as transformers 5.x does
+    # 4 channels (1 and 3 were handled above): alpha composited onto white, as recent transformers does
     return _from_numpy(_composite_on_white(image))
 
 

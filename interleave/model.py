@@ -33,17 +33,25 @@ _ARCHITECTURES = {"llava": "LlavaForConditionalGeneration", "llava_next": "Llava
 _HUB_TOWER, _NEW_TOWER = "vision_tower.vision_model.", "vision_tower."
 
 
-def _hub_layout_state_dict(path: str) -> Optional[dict]:
-    """transformers 5.x saves the vision tower as `vision_tower.*` and reads that and the Hub's
-    `vision_tower.vision_model.*` (REFERENCE.md section 10); 4.57 reads only the Hub's, and loads
-    a 5.x-saved checkpoint with a randomly initialized tower and a warning. Under 4.x, such a
-    checkpoint's tensors with the tower keys in the Hub layout (for from_pretrained's state_dict);
-    else None: transformers reads the files itself. Safetensors files (one or an index's shards)."""
+def _reads_hub_tower_only(config) -> bool:
+    """Whether this transformers' vision tower holds its layers under `vision_model` (4.57 and
+    5.0: it reads the Hub's `vision_tower.vision_model.*` keys only); later 5.x releases hold them
+    directly and read both layouts. Asked of the tower class itself, built on the meta device."""
+    import transformers
+    with torch.device("meta"):
+        tower = transformers.AutoModel.from_config(config.vision_config)
+    return hasattr(tower, "vision_model")
+
+
+def _hub_layout_state_dict(path: str, config) -> Optional[dict]:
+    """Recent transformers releases save the vision tower as `vision_tower.*` and read that and the
+    Hub's `vision_tower.vision_model.*` (REFERENCE.md section 10); 4.57 and 5.0 read only the Hub's,
+    and load a checkpoint saved by a recent release with a randomly initialized tower and a warning.
+    For those, such a checkpoint's tensors with the tower keys in the Hub layout (for
+    from_pretrained's state_dict); else None: transformers reads the files itself. Safetensors
+    files (one or an index's shards)."""
     import json
 
-    from .transformers_compat import major_version
-    if major_version() >= 5:
-        return None
     single, index = os.path.join(path, "model.safetensors"), os.path.join(path, "model.safetensors.index.json")
     if os.path.isfile(index):
         with open(index) as f:
@@ -57,7 +65,8 @@ def _hub_layout_state_dict(path: str) -> Optional[dict]:
     for name in files:
         with safe_open(os.path.join(path, name), framework="pt") as f:
             keys += list(f.keys())
-    if not any(k.startswith(_NEW_TOWER) and not k.startswith(_HUB_TOWER) for k in keys):
+    if not any(k.startswith(_NEW_TOWER) and not k.startswith(_HUB_TOWER) for k in keys) \
+            or not _reads_hub_tower_only(config):
         return None
     from safetensors.torch import load_file
     state = {}
@@ -115,10 +124,10 @@ class InterleaveModel(torch.nn.Module):
             raise ValueError(f"InterleaveModel.from_pretrained: model_type {config.model_type!r} is not one of "
                              f"{sorted(_ARCHITECTURES)}")
         kwargs = {"dtype": dtype} if dtype is not None else {}
-        renamed = _hub_layout_state_dict(path)
+        renamed = _hub_layout_state_dict(path, config)
         if renamed is None:
             model = getattr(transformers, arch).from_pretrained(path, local_files_only=True, **kwargs)
-        else:  # (4.x takes a state_dict only without a path)
+        else:  # (4.57 and 5.0 take a state_dict only without a path)
             model = getattr(transformers, arch).from_pretrained(None, config=config, state_dict=renamed, **kwargs)
         tokenizer = None
         if any(os.path.isfile(os.path.join(path, f)) for f in ("tokenizer.json", "tokenizer_config.json", "vocab.json")):

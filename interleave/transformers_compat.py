@@ -1,5 +1,5 @@
-"""What differs between transformers 4.57 (the last 4.x, which the package supports) and 5.x, in
-one place: where its Pillow and torchvision image processors live, and how its Llava-family models
+"""What differs between transformers releases (4.57, the last 4.x, which the package supports, to
+the current 5.x), in one place: where its Pillow and torchvision image processors live, and how its Llava-family models
 return their visual features. The drop-ins themselves (interleave.hf.patch, ImageProcessor.from_hf,
 InterleaveModel) work on both; the benchmarks, the demo and the tests use these to build the same
 references under either version.
@@ -23,30 +23,47 @@ def major_version() -> int:
     return int(transformers.__version__.split(".")[0])
 
 
+def _has_pil_backend_modules(folder: str, stem: str) -> bool:
+    """Whether this transformers has the newer processor layout (a later 5.x): a Pillow-backed
+    `image_processing_pil_*` module beside the torchvision-backed `image_processing_*`. Older ones
+    (4.57, 5.0) have the Pillow-backed "slow" `image_processing_*` and a `..._fast` torchvision one."""
+    return importlib.util.find_spec(f"transformers.models.{folder}.image_processing_pil_{stem}") is not None
+
+
 def pil_image_processor_class(kind: str):
     """transformers' image processor of `kind` ("onevision", "llava_next", "siglip") that resizes
-    with Pillow: 5.x's `XImageProcessorPil` (image_processing_pil_*), 4.57's `XImageProcessor`
-    (the "slow" one). Raises ImportError without transformers (or Pillow)."""
+    with Pillow: `XImageProcessorPil` (image_processing_pil_*) where it exists, else the "slow"
+    `XImageProcessor` (4.57, 5.0). Raises ImportError without transformers (or Pillow)."""
     folder, stem, cls = _PROCESSORS[kind]
-    if major_version() >= 5:
+    importlib.import_module("PIL.Image")
+    if _has_pil_backend_modules(folder, stem):
         module = importlib.import_module(f"transformers.models.{folder}.image_processing_pil_{stem}")
         return getattr(module, f"{cls}ImageProcessorPil")
-    importlib.import_module("PIL.Image")  # 4.57's slow processors resize with Pillow
     module = importlib.import_module(f"transformers.models.{folder}.image_processing_{stem}")
     return getattr(module, f"{cls}ImageProcessor")
 
 
 def torchvision_image_processor_class(kind: str):
-    """transformers' torchvision-backend image processor of `kind`: 5.x's `XImageProcessor` (its
-    default class), 4.57's `XImageProcessorFast`; None without torchvision."""
+    """transformers' torchvision-backend image processor of `kind`: `XImageProcessor` (the default
+    class) beside an `image_processing_pil_*` module, else `XImageProcessorFast` (4.57, 5.0); None
+    without torchvision."""
     if importlib.util.find_spec("torchvision") is None:
         return None
     folder, stem, cls = _PROCESSORS[kind]
-    if major_version() >= 5:
+    if _has_pil_backend_modules(folder, stem):
         module = importlib.import_module(f"transformers.models.{folder}.image_processing_{stem}")
         return getattr(module, f"{cls}ImageProcessor")
     module = importlib.import_module(f"transformers.models.{folder}.image_processing_{stem}_fast")
     return getattr(module, f"{cls}ImageProcessorFast")
+
+
+def converts_alpha_onto_white() -> bool:
+    """Whether this transformers' `convert_to_rgb` composites transparency onto white (and takes
+    `return_numpy`): recent 5.x releases; 4.57 and 5.0 convert PIL images with Pillow's
+    convert("RGB") (alpha dropped) and leave arrays as they are (their processors then reject RGBA
+    arrays)."""
+    from transformers.image_transforms import convert_to_rgb
+    return "return_numpy" in inspect.signature(convert_to_rgb).parameters
 
 
 def _feature_rows(out) -> torch.Tensor:
@@ -77,14 +94,25 @@ def image_features(inner, pixel_values: torch.Tensor, image_sizes=None, batch_nu
 
 
 def video_features(inner, pixel_values_videos: torch.Tensor) -> torch.Tensor:
-    """The rows transformers scatters into the video placeholders of a LlavaOnevision inner model:
-    5.x's `get_video_features(...).pooler_output` (each video's pooled frames, then one newline
-    row); 4.57's get_video_features returns the pooled frames and its forward appends the newline
-    row, as done here. [K, D]."""
-    if major_version() >= 5:
-        return _feature_rows(inner.get_video_features(pixel_values_videos, return_dict=True))
+    """The rows transformers scatters into the video placeholders of a LlavaOnevision inner model,
+    [K, D]: each video's pooled frames, then one newline row. Recent 5.x releases return them all
+    in `get_video_features(...).pooler_output`; 5.0 (pooler_output) and 4.57 (a tensor) return the
+    pooled frames only and their forward appends the newline row, as done here when the count says
+    it is missing (REFERENCE.md section 7: frames x pooled tokens + 1)."""
+    from .plan import plan_video
     config = inner.config
-    videos = inner.get_video_features(pixel_values_videos, config.vision_feature_layer,
-                                      config.vision_feature_select_strategy)
-    newline = inner.image_newline[None, None, :].repeat(videos.shape[0], 1, 1).to(videos)
-    return torch.cat((videos, newline), dim=1).flatten(0, 1)
+    if major_version() >= 5:
+        out = inner.get_video_features(pixel_values_videos, return_dict=True).pooler_output
+    else:
+        out = inner.get_video_features(pixel_values_videos, config.vision_feature_layer,
+                                       config.vision_feature_select_strategy)
+    videos, frames = pixel_values_videos.shape[:2]
+    out = out.reshape(videos, -1, out.shape[-1])
+    expected = plan_video(frames, "bilinear", tile=config.vision_config.image_size,
+                          patch=config.vision_config.patch_size).num_tokens
+    if out.shape[1] == expected - 1:
+        newline = inner.image_newline[None, None, :].repeat(videos, 1, 1).to(out)
+        out = torch.cat((out, newline), dim=1)
+    if out.shape[1] != expected:
+        raise ValueError(f"transformers_compat.video_features: {out.shape[1]} rows per video, expected {expected}")
+    return out.flatten(0, 1)

@@ -26,11 +26,12 @@ def test_ci_runs_the_readme_test_command():
     assert _readme_commands()[1] in ci.splitlines()
 
 
-def test_ci_reruns_the_transformers_tests_under_4_57():
-    """.ci/run reruns the tests that touch transformers under 4.57 (tests/transformers_compat_tests.txt):
-    every line names a test file, or a test function in it, that exists."""
+def test_ci_reruns_the_transformers_tests_under_older_releases():
+    """.ci/run reruns the tests that touch transformers under 4.57 and 5.0
+    (tests/transformers_compat_tests.txt): every line names a test file, or a test function in it,
+    that exists."""
     ci = open(os.path.join(ROOT, ".ci", "run")).read()
-    assert '"transformers==4.57.6"' in ci and "tests/transformers_compat_tests.txt" in ci
+    assert "compat_run 4.57.6 " in ci and "compat_run 5.0.0 " in ci and "tests/transformers_compat_tests.txt" in ci
     lines = open(os.path.join(ROOT, "tests", "transformers_compat_tests.txt")).read().split()
     assert lines
     for line in lines:
