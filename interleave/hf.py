@@ -365,6 +365,8 @@ class ImageProcessor:
     def from_hf(cls, hf_image_processor, device: Union[str, torch.device, None] = None,
                 upload: str = "pinned") -> "ImageProcessor":
         """Reads the settings of a transformers image processor (PIL or torchvision backend)."""
+        from .transformers_compat import require_supported
+        require_supported("ImageProcessor.from_hf")
         p = hf_image_processor
         kind = _kind_of(p)
         settings = _supported_settings(p, "ImageProcessor.from_hf")
@@ -512,6 +514,8 @@ class VideoProcessor:
     @classmethod
     def from_hf(cls, hf_video_processor, device: Union[str, torch.device, None] = None,
                 upload: str = "pinned") -> "VideoProcessor":
+        from .transformers_compat import require_supported
+        require_supported("VideoProcessor.from_hf")
         p = hf_video_processor
         if getattr(p, "do_sample_frames", False):
             raise ValueError(f"VideoProcessor.from_hf: {_NO_FRAME_SAMPLING}")

@@ -113,6 +113,8 @@ class InterleaveModel(torch.nn.Module):
         settings. Never touches the network."""
         import transformers
 
+        from .transformers_compat import require_supported
+        require_supported("InterleaveModel.from_pretrained")
         if not os.path.isdir(path):
             raise FileNotFoundError(f"InterleaveModel.from_pretrained: {path!r} is not a folder (give a local "
                                     "checkpoint directory; nothing is downloaded)")

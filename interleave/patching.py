@@ -206,6 +206,8 @@ def _patched_forward(inner, original):
 def patch(model):
     """Patches `model` (a transformers Llava/LlavaNext/LlavaOnevision model, or its inner model) in
     place so that its visual path and merge run on interleave's ops; returns it. Idempotent."""
+    from .transformers_compat import require_supported
+    require_supported("interleave.hf.patch")
     inner = _inner(model)
     _kind(inner)
     if _PATCH_ATTR in inner.__dict__:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import inspect
+import re
 
 import torch
 
@@ -18,9 +19,29 @@ _PROCESSORS = {"onevision": ("llava_onevision", "llava_onevision", "LlavaOnevisi
                "siglip": ("siglip", "siglip", "Siglip")}
 
 
-def major_version() -> int:
+# The oldest transformers the package supports (pyproject's extras say the same).
+MIN_VERSION = (4, 57)
+
+
+def installed_version() -> str:
     import transformers
-    return int(transformers.__version__.split(".")[0])
+    return transformers.__version__
+
+
+def major_version() -> int:
+    return int(installed_version().split(".")[0])
+
+
+def require_supported(what: str) -> None:
+    """Raises ImportError naming `what`, the installed version and the fix when transformers is
+    older than MIN_VERSION (transformers is not a hard dependency, so pip does not enforce it; an
+    older one fails later, deep inside, on a missing class or argument)."""
+    version = installed_version()
+    found = tuple(int(x) for x in re.findall(r"\d+", version)[:2])
+    if found < MIN_VERSION:
+        need = ".".join(map(str, MIN_VERSION))
+        raise ImportError(f"{what} needs transformers >= {need}, found {version}; "
+                          f"pip install 'transformers>={need}'")
 
 
 def _has_pil_backend_modules(folder: str, stem: str) -> bool:

@@ -181,6 +181,29 @@ def test_mixed_images_and_video_merge_compiles_without_a_graph_break():
         compiled(ids, *swapped)
 
 
+def test_transformers_older_than_supported_is_named(monkeypatch, tmp_path):
+    """transformers is no hard dependency, so an older one can be installed: every entry point
+    says which version it needs and found, before anything fails deep inside."""
+    from interleave.tiny import save_tiny_checkpoint
+    model = _model("llava")
+    checkpoint = save_tiny_checkpoint(str(tmp_path / "ck"), "llava")
+    monkeypatch.setattr(transformers_compat, "installed_version", lambda: "4.45.2")
+    pil = transformers_compat.pil_image_processor_class("siglip")()
+    calls = {"interleave.hf.patch": lambda: interleave.hf.patch(model),
+             "ImageProcessor.from_hf": lambda: interleave.hf.ImageProcessor.from_hf(pil),
+             "VideoProcessor.from_hf": lambda: interleave.hf.VideoProcessor.from_hf(pil),
+             "InterleaveModel.from_pretrained": lambda: interleave.InterleaveModel.from_pretrained(checkpoint),
+             "interleave.hf.patch ": lambda: interleave.InterleaveModel.from_transformers(model)}
+    for what, call in calls.items():
+        with pytest.raises(ImportError, match=rf"{what.strip()} needs transformers >= 4\.57, found 4\.45\.2; "
+                                              r"pip install 'transformers>=4\.57'"):
+            call()
+    assert not interleave.hf.is_patched(model)
+    monkeypatch.setattr(transformers_compat, "installed_version", lambda: "4.57.0.dev0")
+    assert interleave.hf.patch(model) is model  # a 4.57 development build is 4.57
+    interleave.hf.unpatch(model)
+
+
 def test_patch_unpatch_and_errors():
     model = _model("llava")
     keys = set(model.state_dict())
