@@ -38,7 +38,7 @@ def truth64(pixels, weight, bias, pos, mean=reference.SIGLIP_MEAN, std=reference
 
 
 def max_err(a, b):
-    return float((a.double() - b.double()).abs().max())
+    return float((a.detach().double() - b.detach().double()).abs().max())
 
 
 def assert_within_2x(ours, ref, truth, dtype, roundings=1):
