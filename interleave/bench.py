@@ -388,8 +388,7 @@ def image_processor_cases(device: str, quick: bool = False, compile_reference: b
         moved = sum(im.nbytes for im in images) + probe.numel() * probe.element_size()
         variants = {}
         if device == "cuda":  # each image uploaded on its own (ours: one pinned, asynchronous upload)
-            pageable = ImageProcessor.from_hf(hf_pil, device=device)
-            pageable.upload = "pageable"
+            pageable = ImageProcessor.from_hf(hf_pil, device=device, upload="pageable")
             variants["ours_pageable"] = lambda p=pageable, ims=images: p(ims)["pixel_values"]
             # staged and uploaded in 2 MiB pieces, a piece's transfer under the host's copy of the next
             overlapped = ImageProcessor.from_hf(hf_pil, device=device, upload="overlapped")
@@ -602,7 +601,7 @@ def model_cases(device: str, quick: bool = False, compile_reference: bool = True
                           image_token_id=image_id, video_token_id=image_id + 1,
                           vocab_size=vocab, device=device).to(dtype=dtype)
     ref_processor = onevision_pil(image_mean=[0.5] * 3, image_std=[0.5] * 3,
-                                                    image_grid_pinpoints=hf_model.config.image_grid_pinpoints)
+                                  image_grid_pinpoints=hf_model.config.image_grid_pinpoints)
     model = InterleaveModel.from_transformers(hf_model, tiny_tokenizer(), hf.ImageProcessor.from_hf(ref_processor))
     inner = hf_model.model
     embed = inner.get_input_embeddings()

@@ -191,7 +191,7 @@ def demo_main(argv) -> int:
             out = []
             if "pixel_values" in pixels:
                 out.append(transformers_compat.image_features(inner, pixels["pixel_values"], pixels["image_sizes"],
-                                                                 pixels.get("batch_num_images")))
+                                                              pixels.get("batch_num_images")))
             if "pixel_values_videos" in pixels:
                 out.append(transformers_compat.video_features(inner, pixels["pixel_values_videos"]))
             return out

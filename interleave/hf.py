@@ -311,13 +311,10 @@ class _PinnedStaging:
             flat = [st.reshape(-1) for st in stored]
             if overlapped:
                 on_device = torch.empty(max(total, 1), dtype=torch.uint8, device=device)
-                owner = 0
-                for lo, hi in _upload_pieces([a.numel() for a in arrays], _UPLOAD_PIECE_BYTES):
-                    while bounds[owner + 1] <= lo:  # the image this piece belongs to
-                        owner += 1
-                    start = bounds[owner]
-                    self.buffer[lo:hi].copy_(flat[owner][lo - start:hi - start])
-                    on_device[lo:hi].copy_(self.buffer[lo:hi], non_blocking=True)
+                for a, lo, hi in zip(flat, bounds, bounds[1:]):
+                    for s, e in _upload_pieces([hi - lo], _UPLOAD_PIECE_BYTES):
+                        self.buffer[lo + s:lo + e].copy_(a[s:e])
+                        on_device[lo + s:lo + e].copy_(self.buffer[lo + s:lo + e], non_blocking=True)
             else:
                 for a, lo, hi in zip(flat, bounds, bounds[1:]):
                     self.buffer[lo:hi].copy_(a)

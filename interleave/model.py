@@ -33,6 +33,14 @@ _ARCHITECTURES = {"llava": "LlavaForConditionalGeneration", "llava_next": "Llava
 _HUB_TOWER, _NEW_TOWER = "vision_tower.vision_model.", "vision_tower."
 
 
+def _hub_key(key: str) -> str:
+    """A checkpoint key with a recent transformers' tower prefix (`vision_tower.*`) in the Hub's
+    layout (`vision_tower.vision_model.*`); other keys unchanged."""
+    if key.startswith(_NEW_TOWER) and not key.startswith(_HUB_TOWER):
+        return _HUB_TOWER + key[len(_NEW_TOWER):]
+    return key
+
+
 def _reads_hub_tower_only(config) -> bool:
     """Whether this transformers' vision tower holds its layers under `vision_model` (4.57 and
     5.0: it reads the Hub's `vision_tower.vision_model.*` keys only); later 5.x releases hold them
@@ -65,16 +73,10 @@ def _hub_layout_state_dict(path: str, config) -> Optional[dict]:
     for name in files:
         with safe_open(os.path.join(path, name), framework="pt") as f:
             keys += list(f.keys())
-    if not any(k.startswith(_NEW_TOWER) and not k.startswith(_HUB_TOWER) for k in keys) \
-            or not _reads_hub_tower_only(config):
+    if all(_hub_key(k) == k for k in keys) or not _reads_hub_tower_only(config):
         return None
     from safetensors.torch import load_file
-    state = {}
-    for name in files:
-        for k, v in load_file(os.path.join(path, name)).items():
-            state[_HUB_TOWER + k[len(_NEW_TOWER):] if k.startswith(_NEW_TOWER) and not k.startswith(_HUB_TOWER)
-                  else k] = v
-    return state
+    return {_hub_key(k): v for name in files for k, v in load_file(os.path.join(path, name)).items()}
 
 
 @dataclasses.dataclass

@@ -1,8 +1,9 @@
 """What differs between transformers releases (4.57, the last 4.x, which the package supports, to
-the current 5.x), in one place: where its Pillow and torchvision image processors live, and how its Llava-family models
-return their visual features. The drop-ins themselves (interleave.hf.patch, ImageProcessor.from_hf,
-InterleaveModel) work on both; the benchmarks, the demo and the tests use these to build the same
-references under either version.
+the current 5.x), in one place: where its Pillow and torchvision image processors live, how its
+Llava-family models return their visual features, whether its convert_to_rgb composites alpha, and
+the oldest release supported. The drop-ins (interleave.hf.patch, ImageProcessor.from_hf,
+InterleaveModel) work on all of them; the benchmarks, the demo and the tests build the same
+references under each through these.
 """
 from __future__ import annotations
 
